@@ -1,0 +1,163 @@
+"""The emulated NPU: 3 cores, each a persistent MMIO register file and a PC (program controller) that fetches
+a regcmd list over DMA, applies its register writes and, on the op-enable entry, runs the enabled blocks.
+
+Hardware facts used (../shared/reference/):
+- rocket_hw.md §2.3: the PC starts when OPERATION_ENABLE is written 1 and fetches (PC_DATA_AMOUNT+1)*2
+  64-bit entries (16-byte beats) from BASE_ADDRESS; the low 4 bits of BASE_ADDRESS are PC_SEL.
+- rocket_hw.md §3.1-§3.3: entry layout, targets, the 0x0041 marker, the 0x0081 op-enable entry (last).
+- rocket_fp16_ew_ppu.md §6.D: the register file is not reset between jobs or processes, only by the
+  kernel's reset after a timeout.
+Block execution (CNA/CORE/DPU/PPU with numpy) is NOT here: it is the pluggable executor,
+by default `tinygrad_rocket.emu.blocks.execute(core, block_mask, mem)`, imported lazily.
+"""
+from __future__ import annotations
+import importlib, threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+import numpy as np
+from tinygrad_rocket.regs.entry import (Entry, unpack_entry, TARGET_PC, TARGET_CNA, TARGET_CORE, TARGET_DPU,
+                                        TARGET_DPU_RDMA, TARGET_PPU, TARGET_PPU_RDMA, TARGET_MARKER, TARGET_OP_ENABLE)
+from tinygrad_rocket.emu.memory import IovaSpace
+
+NUM_CORES = 3                 # RK3588: three rknn cores (rocket_hw.md §2.1)
+U32_MASK = 0xFFFF_FFFF
+
+# PC registers (offsets in the core's MMIO space, rocket_hw.md §2.3)
+PC_OPERATION_ENABLE, PC_BASE_ADDRESS, PC_REGISTER_AMOUNTS = 0x0008, 0x0010, 0x0014
+PC_INTERRUPT_MASK, PC_INTERRUPT_CLEAR, PC_TASK_CON, PC_TASK_DMA_BASE_ADDR = 0x0020, 0x0024, 0x0030, 0x0034
+CNA_S_POINTER, CORE_S_POINTER = 0x1004, 0x3004
+
+REGCMD_ENTRY_BYTES = 8        # one u64 per entry
+PC_BEAT_BYTES = 16            # the PC fetches two entries per beat; BASE_ADDRESS[3:0] is PC_SEL, not address
+
+# Register-write targets and the MMIO window each may address (rocket_hw.md §3.2, 4 KiB per block).
+BLOCK_WINDOWS: dict[int, tuple[str, int, int]] = {
+  TARGET_PC: ("PC", 0x0000, 0x1000), TARGET_CNA: ("CNA", 0x1000, 0x2000), TARGET_CORE: ("CORE", 0x3000, 0x4000),
+  TARGET_DPU: ("DPU", 0x4000, 0x5000), TARGET_DPU_RDMA: ("DPU_RDMA", 0x5000, 0x6000),
+  TARGET_PPU: ("PPU", 0x6000, 0x7000), TARGET_PPU_RDMA: ("PPU_RDMA", 0x7000, 0x8000),
+}
+
+# ⚠ The TRM says the 0x0041 entry "must be set" before op-enable, and Mesa always emits it, but one
+# [HW] report (rocket_fp16_ew_ppu.md §6.A) ran a 17-entry list without it. The project's contract is
+# the strict reading; this is the one switch to relax it.
+REQUIRE_MARKER_BEFORE_OP_ENABLE = True
+
+# ⚠ A failed task is modelled as a hang: the kernel times the job out and asserts the core's resets
+# (rocket_hw.md §2.5), which we take to clear the register file. Whether an IOMMU fault ends in that
+# timeout (rather than the job completing with garbage) is not documented; we assume it does.
+RESET_REGISTERS_ON_HANG = True
+
+class HangError(Exception):
+  """The task would hang the core (malformed list, no op-enable, ...): the real kernel times the job out after
+  500 ms and resets the core; the emulator fails it at once."""
+
+class BlockExecutionNotImplemented(NotImplementedError):
+  def __init__(self, block_mask:int, detail:str=""):
+    self.block_mask, self.detail = block_mask, detail
+    super().__init__(f"block execution not implemented (mask {block_mask:#x})" + (f": {detail}" if detail else ""))
+
+@dataclass
+class Counters:
+  jobs_completed: int = 0
+  jobs_failed: int = 0
+  tasks_completed: int = 0
+  tasks_failed: int = 0
+
+def decode_regcmd(words:Sequence[int]) -> list[Entry]:
+  """Validate a fetched list the way the hardware would fail on it, return its entries (trailing no-ops dropped)."""
+  entries = [unpack_entry(int(w)) for w in words]
+  n = len(entries)
+  # All-zero entries are no-ops: the padding entry of an odd count, or zero slots after op-enable, change nothing.
+  while n and words[n-1] == 0: n -= 1
+  if n == 0 or entries[n-1].target != TARGET_OP_ENABLE:
+    raise HangError("regcmd list does not end in op-enable")
+  for i in range(n):
+    if words[i] == 0: continue
+    e = entries[i]
+    if (win := BLOCK_WINDOWS.get(e.target)) is not None:
+      name, lo, hi = win
+      if not lo <= e.offset < hi:
+        raise HangError(f"entry {i} ({int(words[i]):#018x}): {name} register write to offset {e.offset:#06x}, "
+                        f"outside the {name} block {lo:#06x}-{hi-1:#06x}")
+    elif e.target == TARGET_OP_ENABLE:
+      if REQUIRE_MARKER_BEFORE_OP_ENABLE and (i == 0 or entries[i-1].target != TARGET_MARKER):
+        raise HangError(f"op-enable entry {i} is not directly preceded by the 0x0041 marker")
+    elif e.target != TARGET_MARKER:
+      raise HangError(f"entry {i} ({int(words[i]):#018x}): unknown target {e.target:#06x}")
+  return entries[:n]
+
+Executor = Callable[["Core", int, IovaSpace], None]
+
+def default_executor(core:Core, block_mask:int, mem:IovaSpace) -> None:
+  """Run the enabled blocks with tinygrad_rocket/emu/blocks.py (written separately): `execute(core, block_mask, mem)`."""
+  try: blocks = importlib.import_module("tinygrad_rocket.emu.blocks")
+  except ModuleNotFoundError as e:
+    if e.name != "tinygrad_rocket.emu.blocks": raise
+    raise BlockExecutionNotImplemented(block_mask) from None
+  execute = getattr(blocks, "execute", None)
+  if execute is None: raise BlockExecutionNotImplemented(block_mask, "tinygrad_rocket.emu.blocks has no execute()")
+  execute(core, block_mask, mem)
+
+class Core:
+  def __init__(self, index:int):
+    self.index = index
+    self.regs: dict[int, int] = {}       # MMIO offset -> u32; persists across jobs and files
+    self.lock = threading.Lock()         # one job at a time per core (drm_sched credit_limit 1, §2.2)
+    self.executor: Executor|None = None  # None: default_executor; tests plug fakes here
+    self.mem: IovaSpace|None = None      # the address space attached while a job runs (the fd's IOMMU domain)
+    self.counters = Counters()
+
+  def attach(self, mem:IovaSpace) -> None: self.mem = mem
+  def detach(self) -> None: self.mem = None
+  def reset(self) -> None: self.regs.clear()   # soft reset after a timeout: every register back to its reset value
+
+  def mmio_read(self, offset:int) -> int: return self.regs.get(offset, 0)
+  def mmio_write(self, offset:int, value:int) -> None:
+    """A CPU (kernel) register write. Writing 1 to PC OPERATION_ENABLE runs the PC to completion right here."""
+    self.regs[offset] = value & U32_MASK
+    if offset == PC_OPERATION_ENABLE and value & 1: self._run_pc()
+
+  def _run_pc(self) -> None:
+    if self.mem is None: raise HangError("PC started with no IOMMU domain attached")
+    base = self.regs.get(PC_BASE_ADDRESS, 0)
+    if base % PC_BEAT_BYTES:
+      # ⚠ low bits select slave mode (PC_SEL) / are undefined: the PC fetches nothing and no interrupt comes
+      raise HangError(f"regcmd IOVA {base:#x} is not {PC_BEAT_BYTES}-byte aligned (BASE_ADDRESS[3:0] is PC_SEL)")
+    count = (self.regs.get(PC_REGISTER_AMOUNTS, 0) + 1) * (PC_BEAT_BYTES // REGCMD_ENTRY_BYTES)
+    raw = self.mem.read(base, count * REGCMD_ENTRY_BYTES, unit="PC")
+    words = np.frombuffer(raw, dtype="<u8").tolist()
+    for e in decode_regcmd(words):
+      if e.target in BLOCK_WINDOWS: self.regs[e.offset] = e.value
+      elif e.target == TARGET_OP_ENABLE: self._execute(e.value)
+      # the marker and zero entries have no effect of their own
+
+  def _execute(self, block_mask:int) -> None:
+    assert self.mem is not None
+    try: (self.executor or default_executor)(self, block_mask, self.mem)
+    except BlockExecutionNotImplemented: raise
+    except NotImplementedError as e: raise BlockExecutionNotImplemented(block_mask, str(e)) from e
+
+class Npu:
+  """The device: its cores and the round-robin choice of a core for each newly opened file."""
+  def __init__(self, num_cores:int=NUM_CORES):
+    self.cores = [Core(i) for i in range(num_cores)]
+    self._next, self._lock = 0, threading.Lock()
+
+  def pick_core(self) -> Core:
+    # Simplification: drm_sched load-balances an fd's entity across all cores while it has no queued jobs
+    # (rocket_hw.md §2.2); we pin each file to one core, chosen round-robin at open.
+    with self._lock:
+      core = self.cores[self._next]
+      self._next = (self._next + 1) % len(self.cores)
+      return core
+
+  def set_executor(self, executor:Executor|None) -> list[Executor|None]:
+    """Plug one executor into every core; returns the previous ones (for restore_executors)."""
+    old = [c.executor for c in self.cores]
+    for c in self.cores: c.executor = executor
+    return old
+
+  def restore_executors(self, old:Sequence[Executor|None]) -> None:
+    for c, ex in zip(self.cores, old): c.executor = ex
+
+NPU = Npu()  # module-level: like the hardware, shared by every open file in the process
