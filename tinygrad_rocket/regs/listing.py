@@ -78,6 +78,6 @@ def disassemble(words:Sequence[int], base:int|None=None) -> list[str]:
     state = f"regcmd_count {t.count}" if t.terminated else f"{t.count} entries, NO op-enable entry"
     lines.append(f"--- task {k}: {where}, {state} ---")
     lines += [f"{addr(i)}  {format_entry(int(words[i]))}" for i in range(t.start, t.start + t.count)]
-    if t.padding: lines.append(f"        ({t.padding} zero words of slot padding)")
-  if trailing: lines.append(f"--- {trailing} trailing zero words ---")
+    if t.padding: lines.append(f"        ({t.padding} zero word(s) of slot padding)")
+  if trailing: lines.append(f"--- {trailing} trailing zero word(s) ---")
   return lines
