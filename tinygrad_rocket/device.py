@@ -1,0 +1,116 @@
+"""The ROCKET device: BO-backed buffers, and programs that run either on the NPU or as tinygrad's C code in place.
+
+tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __init__.py for the module alias).
+"""
+from __future__ import annotations
+import os, sys, ctypes, platform, time
+from dataclasses import dataclass, field
+from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
+from tinygrad_rocket.ioctl import RocketDriver, BufferObject, open_device
+from tinygrad_rocket.blob import parse_blob
+from tinygrad_rocket import lower, config, report
+
+# ***** buffers *****
+
+@dataclass(eq=False)
+class BoDomain:
+  """Who may touch a BO's memory right now. The CPU mapping is cached (rocket_hw.md §1.4): CPU access starts with
+  PREP_BO (which also waits for the NPU jobs writing it) and device access starts with FINI_BO. Tracking the domain
+  makes a run of CPU kernels, or of NPU jobs, pay for the sync once."""
+  bo: BufferObject|None       # None: host memory tinygrad gave us (Tensor.from_blob); CPU-only
+  cpu_owned: bool = False
+
+@dataclass(eq=False)
+class RocketBuffer:
+  va_addr: int                # CPU address (tinygrad's CPU programs read `va_addr`)
+  size: int
+  domain: BoDomain
+  offset: int = 0             # byte offset into the BO
+  views: list = field(default_factory=list)  # keeps a from_blob owner alive
+
+  @property
+  def dma_addr(self) -> int:
+    if self.domain.bo is None: raise RuntimeError("host (from_blob) buffer has no NPU address")
+    return self.domain.bo.dma_address + self.offset
+
+class RocketAllocator(LRUAllocator['RocketDevice']):
+  def __init__(self, dev:RocketDevice): super().__init__(dev, supports_copy_from_disk=False, supports_transfer=False)
+
+  def _alloc(self, size:int, options:BufferSpec) -> RocketBuffer:
+    if options.external_ptr is not None: return RocketBuffer(options.external_ptr, size, BoDomain(None, cpu_owned=True))
+    bo = self.dev.driver.create_bo(size)
+    return RocketBuffer(bo.va_addr, size, BoDomain(bo))
+  def _free(self, buf:RocketBuffer, options:BufferSpec):
+    if buf.domain.bo is not None: self.dev.driver.close_bo(buf.domain.bo)
+  def _offset(self, buf:RocketBuffer, size:int, offset:int) -> RocketBuffer:
+    return RocketBuffer(buf.va_addr + offset, size, buf.domain, buf.offset + offset)
+
+  # tinygrad copies CPU->ROCKET straight into _as_buffer's view (bypassing _copyin), so every CPU path takes the BO first
+  def _as_buffer(self, buf:RocketBuffer) -> memoryview:
+    self.dev.to_cpu(buf)
+    return to_mv(buf.va_addr, buf.size)
+  def _copyin(self, dest:RocketBuffer, src:memoryview):
+    self.dev.to_cpu(dest)
+    ctypes.memmove(dest.va_addr, (ctypes.c_char * len(src)).from_buffer(src) if not src.readonly else bytes(src), len(src))
+  def _copyout(self, dest:memoryview, src:RocketBuffer):
+    self.dev.to_cpu(src)
+    ctypes.memmove((ctypes.c_char * len(dest)).from_buffer(dest), src.va_addr, len(dest))
+
+# ***** programs *****
+
+class RocketRenderer(ClangRenderer):
+  """tinygrad's C renderer (fallback kernels are plain C run in place on the BOs); NPU kernels are picked out before
+  rendering by the to_program hook installed below."""
+  has_local = False    # no GPU-style local groups
+  has_threads = False  # one CPU thread per fallback kernel: no core_id parameter to fill in
+
+install_to_program_hook(lambda renderer: isinstance(renderer, RocketRenderer), lower.to_program)
+
+class FallbackProgram(CPUProgram):
+  """A kernel no NPU rule takes: tinygrad's C code, run by the CPU on the BO memory in place."""
+  def __init__(self, dev:RocketDevice, obj:TinyELF, reason:str):
+    super().__init__(dev, obj)  # type: ignore[arg-type]  # CPUProgram only stores the device
+    self.rdev, self.reason = dev, reason
+
+  def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
+    report.kernel_ran(self.name, "fallback", self.reason)
+    if not config.fallback_allowed(): raise config.FallbackError(self.name, self.reason)
+    for b in bufs: self.rdev.to_cpu(b)
+    return super().__call__(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait)
+
+# ***** device *****
+
+_notice_printed = False
+
+class RocketDevice(Compiled):
+  def __init__(self, device:str):
+    global _notice_printed
+    file, self.backend_note = open_device()
+    self.driver, self.emulated = RocketDriver(file), type(file).__module__.startswith("tinygrad_rocket.emu")
+    if self.emulated and not _notice_printed:
+      print(f"ROCKET: running on the NPU emulator ({self.backend_note})", file=sys.stderr)
+      _notice_printed = True
+    arch = {'amd64':'x86_64', 'aarch64':'arm64'}.get(m:=platform.machine().lower(), m) + ",native"  # ClangCompiler wants "<arch>,<cpu>"
+    super().__init__(device, RocketAllocator(self), [RocketRenderer], None, arch=arch)
+
+  def runtime(self, obj:TinyELF):
+    blob = parse_blob(obj.lib)
+    if blob.kind == "fallback":
+      return FallbackProgram(self, TinyELF(blob.payload, obj.name, obj.target, obj.signature, obj.profile_key), blob.reason)
+    raise NotImplementedError("NPU programs arrive with the lowering rules")  # TODO(issue 4): NpuRunner
+
+  def to_cpu(self, buf:RocketBuffer) -> None:
+    """Make the buffer's BO safe for CPU access: waits for the NPU jobs writing it and syncs the CPU cache."""
+    if not (d:=buf.domain).cpu_owned:
+      self.driver.prep_bo(d.bo.handle)
+      d.cpu_owned = True
+
+  def to_device(self, buf:RocketBuffer) -> None:
+    """Hand the buffer's BO to the NPU: flushes CPU writes."""
+    if (d:=buf.domain).bo is None: raise RuntimeError("host (from_blob) buffers cannot be used by NPU programs; copy them first")
+    if d.cpu_owned:
+      self.driver.fini_bo(d.bo.handle)
+      d.cpu_owned = False
+
+  def synchronize(self): pass  # every CPU access waits for its BO's writers (to_cpu); TODO(issue 4): wait for in-flight jobs
+  def finalize(self): pass

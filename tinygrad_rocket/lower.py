@@ -1,0 +1,41 @@
+"""Lowering: every ROCKET kernel is offered to the NPU rules first; what no rule takes runs as tinygrad's C code.
+
+A rule looks at a kernel AST (a SINK) and answers with an NPU program, or NotApplicable with the reason. The reasons of
+all rules end up in the fallback binary, so strict mode (ROCKET_FALLBACK=0) and ROCKET_DEBUG can say why a kernel did
+not run on the NPU.
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+from typing import Callable
+from tinygrad_rocket._tg import UOp, Ops, compile_to_c, program_with_binary
+from tinygrad_rocket.blob import fallback_blob, npu_blob
+
+@dataclass(frozen=True)
+class NotApplicable:
+  reason: str
+
+# A rule returns the serialized NPU program for the kernel, or NotApplicable. Rules are tried in order.
+Rule = Callable[[UOp], "bytes | NotApplicable"]
+RULES: list[tuple[str, Rule]] = []
+
+def describe_kernel(ast:UOp) -> str:
+  """A short description of what a kernel computes, for the reasons given to the user."""
+  reduces = [u for u in ast.toposort() if u.op is Ops.REDUCE]
+  stores = sum(1 for u in ast.toposort() if u.op is Ops.STORE)
+  kinds = sorted({u.arg[0].name for u in reduces})
+  what = f"reduce ({'/'.join(kinds)})" if reduces else "elementwise"
+  return f"{what} kernel with {stores} output{'s' if stores != 1 else ''}"
+
+def lower_kernel(ast:UOp) -> bytes | NotApplicable:
+  reasons = []
+  for name, rule in RULES:
+    if not isinstance(res:=rule(ast), NotApplicable): return res
+    reasons.append(f"{name}: {res.reason}")
+  return NotApplicable("; ".join(reasons) if reasons else f"no NPU lowering rule takes a {describe_kernel(ast)} yet")
+
+def to_program(ast:UOp, renderer) -> UOp:
+  """The to_program hook for the ROCKET renderer: an NPU program if a rule takes the kernel, else tinygrad's C code."""
+  prg = compile_to_c(ast, renderer)  # the PROGRAM's SINK/LINEAR carry the buffer slots and names tinygrad expects
+  res = lower_kernel(ast)
+  if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, prg.src[3].arg))
+  return program_with_binary(prg, npu_blob(res))
