@@ -5,6 +5,9 @@
     regs.decode_entry(e).fields["CVT_TYPE"] == 1
     tl = regs.assemble([regs.Task([e, regs.address("CNA", "FEATURE_DATA_ADDR", slot=0)], regs.MESA_CONV_ENABLE)])
     tl.bind([input_iova], regcmd_iova)
+
+Fields documented [31:4] in registers.xml (addresses, DST_SURF_STRIDE, SURF_ADD, EW_SURF_STRIDE, ...) take the byte
+value (a multiple of 16), not the shifted count: value("DPU", "DST_SURF_STRIDE", DST_SURF_STRIDE=w*h*16).
 """
 from tinygrad_rocket.regs.entry import (Entry, pack_entry, unpack_entry, op_enable_entry, MARKER_ENTRY,  # noqa: F401
   TARGET_PC, TARGET_CNA, TARGET_CORE, TARGET_DPU, TARGET_DPU_RDMA, TARGET_PPU, TARGET_PPU_RDMA, TARGET_MARKER,

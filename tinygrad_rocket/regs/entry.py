@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 TARGET_SHIFT, VALUE_SHIFT = 48, 16
+ENTRY_BYTES = 8  # one little-endian u64 per entry
 TARGET_MASK, VALUE_MASK, OFFSET_MASK = 0xFFFF, 0xFFFF_FFFF, 0xFFFF
 
 # Register-write targets: block bit (56+k) moved to bits 63:48, ORed with 0x1 as Mesa always does

@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from typing import Sequence
 from tinygrad_rocket.regs.database import find_register
 from tinygrad_rocket.regs.decode import DecodedEntry, EntryKind, decode_entry
+from tinygrad_rocket.regs.entry import ENTRY_BYTES, TARGET_SHIFT, unpack_entry
 from tinygrad_rocket.regs.fields import Field
+from tinygrad_rocket.regs.tasklist import SLOT_ALIGN
 
-ENTRY_BYTES = 8
-SLOT_WORDS = 64 // ENTRY_BYTES  # task lists sit in 64-byte aligned slots (rocket_hw.md §3.4)
+SLOT_WORDS = SLOT_ALIGN // ENTRY_BYTES
 NAME_WIDTH = 26                 # column for BLOCK.REGISTER
 
 def word_text(word:int) -> str:
   """0x0201_0000000b_104c: target, value, offset separated."""
-  return f"0x{word >> 48 & 0xFFFF:04x}_{word >> 16 & 0xFFFFFFFF:08x}_{word & 0xFFFF:04x}"
+  target, value, offset = unpack_entry(word)
+  return f"0x{target:04x}_{value:08x}_{offset:04x}"
 
 def field_text(f:Field, v:int) -> str:
   s = f"{v:#x}" if (f.address or f.aligned or f.hex) and not f.signed else str(v)
@@ -28,7 +30,9 @@ def field_text(f:Field, v:int) -> str:
 def entry_text(e:DecodedEntry) -> str:
   head = word_text(e.word)
   if e.kind is EntryKind.NOP: return f"{head}  NOP"
-  if e.kind is EntryKind.MARKER: return f"{head}  MARKER" + (f"  payload={e.word & (1 << 48) - 1:#x}" if e.word & (1 << 48) - 1 else "")
+  if e.kind is EntryKind.MARKER:
+    payload = e.word & ((1 << TARGET_SHIFT) - 1)  # TRM: "0x0041_xxxx_xxxx_xxxx", Mesa writes 0
+    return f"{head}  MARKER" + (f"  payload={payload:#x}" if payload else "")
   if e.kind is EntryKind.OP_ENABLE:
     s = f"{head}  {'OP_ENABLE':<{NAME_WIDTH}} = 0x{e.value:08x}  {'|'.join(e.enabled) or '(no blocks)'}"
     if e.extra_bits: s += f"  reserved_bits={e.extra_bits:#x}"

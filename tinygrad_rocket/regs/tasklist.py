@@ -22,10 +22,9 @@ from tinygrad_rocket.regs.blocks import OP_ENABLE_KNOWN
 from tinygrad_rocket.regs.database import find_register, get_block
 from tinygrad_rocket.regs.decode import EntryKind, decode_entry
 from tinygrad_rocket.regs.encode import write
-from tinygrad_rocket.regs.entry import MARKER_ENTRY, VALUE_SHIFT, op_enable_entry, pack_entry
+from tinygrad_rocket.regs.entry import ENTRY_BYTES, MARKER_ENTRY, VALUE_SHIFT, op_enable_entry, pack_entry
 from tinygrad_rocket.regs.fields import REG_MASK, Field, RegError, Register
 
-ENTRY_BYTES = 8
 SLOT_ALIGN = 64  # bytes; task lists start on 64-byte boundaries (Mesa ALIGN(size, 64))
 TAIL_ENTRIES = 4
 SELF = -1        # relocation slot meaning "the regcmd buffer itself" (PC chain links)
@@ -55,7 +54,7 @@ def address(block:str, reg:str, slot:int, offset:int=0) -> AddressWrite:
   """Checked AddressWrite: the register must hold an address; slot is a buffer index (or SELF)."""
   address_field(find_register(block, reg))
   if not isinstance(slot, int) or slot < SELF: raise RegError(f"{block}.{reg}: bad buffer slot {slot!r}")
-  if not isinstance(offset, int) or offset < 0: raise RegError(f"{block}.{reg}: bad byte offset {offset!r}")
+  if not isinstance(offset, int) or not 0 <= offset <= REG_MASK: raise RegError(f"{block}.{reg}: bad byte offset {offset!r}")
   return AddressWrite(block, reg, slot, offset)
 
 BodyEntry = Union[int, AddressWrite]
