@@ -231,12 +231,14 @@ class EmuFile:
     if a.reserved != 0: raise _err(errno.EINVAL, "reserved must be 0")
     bo = self._lookup(a.handle)
     # drm_timeout_abs_to_jiffies: 0, or a deadline not after now, means "poll"
-    remaining_ns = 0 if a.timeout_ns == 0 else a.timeout_ns - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    poll = a.timeout_ns == 0 or a.timeout_ns <= time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     fence = bo.write_fence
     if fence is not None and not fence.signaled():
-      if remaining_ns <= 0: raise _err(errno.EBUSY)
-      timeout_s = remaining_ns / 1e9
-      if not fence.wait(None if timeout_s >= threading.TIMEOUT_MAX else timeout_s): raise _err(errno.ETIMEDOUT)
+      if poll: raise _err(errno.EBUSY)
+      while not fence.signaled():  # loop: never report ETIMEDOUT before the deadline has really passed
+        remaining_s = (a.timeout_ns - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+        if remaining_s <= 0: raise _err(errno.ETIMEDOUT)
+        fence.wait(None if remaining_s >= threading.TIMEOUT_MAX else remaining_s)
     # Emulator-only: the mainline kernel just logs a failed job; we report it here so failures are never silent.
     if bo.fault is not None: raise _err(errno.EIO, bo.fault)
 
