@@ -15,7 +15,7 @@ import importlib, threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 import numpy as np
-from tinygrad_rocket.regs.entry import (Entry, unpack_entry, TARGET_PC, TARGET_CNA, TARGET_CORE, TARGET_DPU,
+from tinygrad_rocket.regs.entry import (Entry, ENTRY_BYTES, unpack_entry, TARGET_PC, TARGET_CNA, TARGET_CORE, TARGET_DPU,
                                         TARGET_DPU_RDMA, TARGET_PPU, TARGET_PPU_RDMA, TARGET_MARKER, TARGET_OP_ENABLE)
 from tinygrad_rocket.emu.memory import IovaSpace
 
@@ -27,7 +27,6 @@ PC_OPERATION_ENABLE, PC_BASE_ADDRESS, PC_REGISTER_AMOUNTS = 0x0008, 0x0010, 0x00
 PC_INTERRUPT_MASK, PC_INTERRUPT_CLEAR, PC_TASK_CON, PC_TASK_DMA_BASE_ADDR = 0x0020, 0x0024, 0x0030, 0x0034
 CNA_S_POINTER, CORE_S_POINTER = 0x1004, 0x3004
 
-REGCMD_ENTRY_BYTES = 8        # one u64 per entry
 PC_BEAT_BYTES = 16            # the PC fetches two entries per beat; BASE_ADDRESS[3:0] is PC_SEL, not address
 
 # Register-write targets and the MMIO window each may address (rocket_hw.md §3.2, 4 KiB per block).
@@ -123,8 +122,8 @@ class Core:
     if base % PC_BEAT_BYTES:
       # ⚠ low bits select slave mode (PC_SEL) / are undefined: the PC fetches nothing and no interrupt comes
       raise HangError(f"regcmd IOVA {base:#x} is not {PC_BEAT_BYTES}-byte aligned (BASE_ADDRESS[3:0] is PC_SEL)")
-    count = (self.regs.get(PC_REGISTER_AMOUNTS, 0) + 1) * (PC_BEAT_BYTES // REGCMD_ENTRY_BYTES)
-    raw = self.mem.read(base, count * REGCMD_ENTRY_BYTES, unit="PC")
+    count = (self.regs.get(PC_REGISTER_AMOUNTS, 0) + 1) * (PC_BEAT_BYTES // ENTRY_BYTES)
+    raw = self.mem.read(base, count * ENTRY_BYTES, unit="PC")
     words = np.frombuffer(raw, dtype="<u8").tolist()
     for e in decode_regcmd(words):
       if e.target in BLOCK_WINDOWS: self.regs[e.offset] = e.value

@@ -12,6 +12,7 @@ from tinygrad_rocket.ioctl.errors import RocketIoctlError, JobValidationError, J
 
 PAGE_SIZE = 4096            # the IOMMU maps whole pages, so a BO's IOVA extent is page-rounded
 REGCMD_ALIGN = 16           # the PC fetches 16-byte beats; low bits of BASE_ADDRESS are PC_SEL (rocket_hw.md §2.3)
+REGCMD_ENTRY_BYTES = 8      # one u64 per regcmd entry (§3.1); the ioctl layer does not import regs/ (it sits below it)
 IOVA_LIMIT = 1 << 32        # UAPI task.regcmd is a u32; the Rockchip IOMMU aperture is 32-bit (§2.1)
 
 class DeviceFileLike(Protocol):
@@ -122,7 +123,7 @@ class RocketDriver:
       if iova % REGCMD_ALIGN: raise bad(f"task {t}: regcmd IOVA {iova:#x} is not {REGCMD_ALIGN}-byte aligned (the PC fetches 16-byte beats)")
       if not 0 < count <= uapi.U32_MAX: raise bad(f"task {t}: regcmd_count {count} is not in 1..{uapi.U32_MAX}")
       # the PC fetches the count rounded up to an even number of entries (kernel PC_DATA_AMOUNT = (n+1)/2 - 1)
-      end = iova + 8 * (count + (count & 1))
+      end = iova + REGCMD_ENTRY_BYTES * (count + (count & 1))
       if not any(bo.dma_address <= iova and end <= bo.iova_end for bo in self.bos.values()):
         raise bad(f"task {t}: regcmd list [{iova:#x}, {end:#x}) is not inside one BO of this driver")
     for kind, handles in (("in", job.in_handles), ("out", job.out_handles)):
