@@ -435,6 +435,7 @@ def test_global_npu_and_executor_plumbing():
     _, out = one_job(f, good_list())
     assert prep(f, out.handle) == 0
   finally: emu_core.NPU.restore_executors(old)
+  assert all(c.executor is emu_core.default_executor for c in emu_core.NPU.cores)
   f.close()
 
 # ---------------------------------------------------------------- decoder and IOVA allocator units

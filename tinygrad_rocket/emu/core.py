@@ -102,7 +102,7 @@ class Core:
     self.index = index
     self.regs: dict[int, int] = {}       # MMIO offset -> u32; persists across jobs and files
     self.lock = threading.Lock()         # one job at a time per core (drm_sched credit_limit 1, §2.2)
-    self.executor: Executor|None = None  # None: default_executor; tests plug fakes here
+    self.executor: Executor = default_executor  # runs the enabled blocks on op-enable; tests plug fakes here
     self.mem: IovaSpace|None = None      # the address space attached while a job runs (the fd's IOMMU domain)
     self.counters = Counters()
 
@@ -125,6 +125,8 @@ class Core:
     count = (self.regs.get(PC_REGISTER_AMOUNTS, 0) + 1) * (PC_BEAT_BYTES // ENTRY_BYTES)
     raw = self.mem.read(base, count * ENTRY_BYTES, unit="PC")
     words = np.frombuffer(raw, dtype="<u8").tolist()
+    # The whole list is validated before any of it takes effect, so a malformed list changes nothing. Entries then
+    # apply in order; an op-enable before the last one (each needs its marker) runs the blocks to completion first.
     for e in decode_regcmd(words):
       if e.target in BLOCK_WINDOWS: self.regs[e.offset] = e.value
       elif e.target == TARGET_OP_ENABLE: self._execute(e.value)
@@ -132,7 +134,7 @@ class Core:
 
   def _execute(self, block_mask:int) -> None:
     assert self.mem is not None
-    try: (self.executor or default_executor)(self, block_mask, self.mem)
+    try: self.executor(self, block_mask, self.mem)
     except BlockExecutionNotImplemented: raise
     except NotImplementedError as e: raise BlockExecutionNotImplemented(block_mask, str(e)) from e
 
@@ -150,13 +152,13 @@ class Npu:
       self._next = (self._next + 1) % len(self.cores)
       return core
 
-  def set_executor(self, executor:Executor|None) -> list[Executor|None]:
-    """Plug one executor into every core; returns the previous ones (for restore_executors)."""
+  def set_executor(self, executor:Executor|None) -> list[Executor]:
+    """Plug one executor into every core (None: the default); returns the previous ones (for restore_executors)."""
     old = [c.executor for c in self.cores]
-    for c in self.cores: c.executor = executor
+    for c in self.cores: c.executor = executor or default_executor
     return old
 
-  def restore_executors(self, old:Sequence[Executor|None]) -> None:
+  def restore_executors(self, old:Sequence[Executor]) -> None:
     for c, ex in zip(self.cores, old): c.executor = ex
 
 NPU = Npu()  # module-level: like the hardware, shared by every open file in the process

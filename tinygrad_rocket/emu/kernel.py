@@ -11,7 +11,9 @@ silent one:
   we fail it at once and PREP_BO on its out BOs raises EIO until a later job writing the BO succeeds.
 - Unknown request numbers raise ENOTTY (drm_ioctl matches on the nr alone and answers EINVAL).
 User pointers (SUBMIT's arrays, VERSION's strings) are addresses in this process, read and written with
-ctypes as copy_from_user/copy_to_user would; NULL (or the zero page) with a non-zero length is EFAULT.
+ctypes as copy_from_user/copy_to_user would; NULL (or the zero page) with a non-zero length is EFAULT, except
+for VERSION's string buffers, where drm_copy_field skips a NULL buffer (`if (len && buf)`) and only sets the length.
+Pointers that are non-NULL but unmapped cannot be detected from Python: they crash the process, as a bug should.
 """
 from __future__ import annotations
 import collections, contextlib, ctypes, errno, mmap, os, sys, threading, time, traceback
@@ -55,7 +57,9 @@ def copy_to_user(addr:int|None, data:bytes) -> None:
 
 class Fence:
   """A job's "finished" fence: signalled once, with an error reason if the job failed."""
-  def __init__(self): self._done, self.error = threading.Event(), None
+  def __init__(self):
+    self._done = threading.Event()
+    self.error: str|None = None
   def signal(self, error:str|None) -> None: self.error = error; self._done.set()
   def signaled(self) -> bool: return self._done.is_set()
   def wait(self, timeout_s:float|None) -> bool: return self._done.wait(timeout_s)
@@ -131,7 +135,7 @@ class EmuFile:
     handler = self._handlers.get(request)
     if handler is None: raise _err(errno.ENOTTY)
     struct_t = uapi.IOCTL_STRUCTS[request]
-    size, copy_out = ctypes.sizeof(struct_t), bool(request >> 30 & uapi.IOC_READ)
+    size, copy_out = ctypes.sizeof(struct_t), bool(uapi.ioc_dir(request) & uapi.IOC_READ)  # IOC_OUT: copied back
     if isinstance(arg, int):
       s = struct_t.from_buffer_copy(copy_from_user(arg, size))
       try: handler(s)

@@ -19,6 +19,7 @@ def _IOC(dir:int, type:int, nr:int, size:int) -> int:
 def _IOW(type:int, nr:int, struct:type[ctypes.Structure]) -> int: return _IOC(IOC_WRITE, type, nr, ctypes.sizeof(struct))
 def _IOWR(type:int, nr:int, struct:type[ctypes.Structure]) -> int: return _IOC(IOC_READ | IOC_WRITE, type, nr, ctypes.sizeof(struct))
 def ioc_size(request:int) -> int: return (request >> _IOC_SIZESHIFT) & ((1 << _IOC_SIZEBITS) - 1)
+def ioc_dir(request:int) -> int: return (request >> _IOC_DIRSHIFT) & (IOC_READ | IOC_WRITE)
 
 # include/uapi/drm/drm.h
 DRM_IOCTL_BASE = ord('d')
