@@ -3,7 +3,7 @@
 tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __init__.py for the module alias).
 """
 from __future__ import annotations
-import os, sys, ctypes, platform, time
+import sys, ctypes, platform
 from dataclasses import dataclass, field
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, open_device

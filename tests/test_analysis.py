@@ -1,0 +1,51 @@
+"""Kernel analysis: tinygrad kernels as loop nests with affine buffer accesses and padding bounds."""
+import pytest
+from tinygrad import Tensor
+from tinygrad_rocket._tg import Ops
+from tinygrad_rocket.analysis import analyze, NotAnalyzable, Affine, Load, Reduce, Alu, Const
+
+def kernels(t:Tensor):
+  lin, _ = t.linear_with_vars()
+  return [c.src[0] for c in lin.src if c.src[0].op is Ops.SINK]
+
+def only_kernel(t:Tensor):
+  (k,) = kernels(t)
+  return analyze(k)
+
+def by_slot(nest): return {ld.slot: ld for ld in nest.loads}
+
+def strides(aff:Affine, nest) -> dict[int, int]:
+  """coefficient per range, keyed by the range's size order for readability: {size: coeff}"""
+  return {nest.ranges[r]: c for r, c in aff.terms}
+
+def test_matmul_affine_maps():
+  n = only_kernel(Tensor.empty(16, 32) @ Tensor.empty(32, 8))
+  assert sorted(n.ranges.values()) == [8, 16, 32] and len(n.reduce_ranges) == 1
+  (k,) = n.reduce_ranges
+  a, b = by_slot(n)[1], by_slot(n)[2]
+  assert a.index.coeff(k) == 1 and b.index.coeff(k) == 8
+  assert isinstance(n.value, Reduce) and n.value.op is Ops.ADD and n.value.ranges == (k,)
+  assert strides(n.out_index, n) == {16: 8, 8: 1}
+
+def test_conv_padding_becomes_bounds():
+  n = only_kernel(Tensor.empty(1, 4, 8, 8).conv2d(Tensor.empty(6, 4, 3, 3), Tensor.empty(6), padding=1).relu())
+  x, w, bias = by_slot(n)[1], by_slot(n)[2], by_slot(n)[3]
+  assert x.pad == 0.0 and len(x.valid) == 4 and x.index.const == -9   # -(1 row * 8 + 1 col): the padding offset
+  assert {(b.lo, b.hi) for b in x.valid} == {(1, None), (None, 9)}      # 1 <= oy+ky < 9: pad 1 on each side of 8
+  assert not w.valid and sorted(w.index.terms, key=lambda t: t[1])[-1][1] == 36  # output-channel stride 4*3*3
+  assert bias.index.terms and len(bias.index.terms) == 1
+  assert isinstance(n.value, Alu) and n.value.op is Ops.MAX and isinstance(n.value.src[0], Const) and n.value.src[0].value == 0.0
+
+def test_strided_and_permuted_views_are_affine():
+  n = only_kernel(Tensor.empty(6, 8)[:, ::2].permute(1, 0) * 3)
+  (x,) = n.loads
+  assert sorted(c for _, c in x.index.terms) == [2, 8]
+
+def test_non_affine_index_is_reported():
+  t = Tensor.empty(12).reshape(3, 4).permute(1, 0).reshape(12) + Tensor.empty(12)
+  with pytest.raises(NotAnalyzable, match="not affine"):
+    for k in kernels(t): analyze(k)
+
+def test_affine_evaluates_like_the_kernel():
+  aff = Affine.of({0: 3, 1: 1}, -2)
+  assert aff.eval({0: 2, 1: 5}) == 9 and (aff + aff.scale(2)).eval({0: 1, 1: 1}) == 6

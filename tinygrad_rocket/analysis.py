@@ -1,0 +1,166 @@
+"""Kernel analysis: a tinygrad kernel AST (a SINK) as a loop nest the NPU lowering rules can match.
+
+What a rule needs to know about a kernel (DESIGN.md, Lowering): its output ranges and reduce ranges, each buffer
+access as an affine map of the ranges (plus the padding predicate that guards it), and the scalar expression tree
+between the loads and the store. Anything outside that form (non-affine indices such as `//` and `%`, several stores,
+symbolic sizes) is reported with the reason, so the kernel falls back with an explanation.
+
+AST shapes this reads (tinygrad 0.14, tinygrad_api.md §3):
+  SINK(END(STORE(INDEX(PARAM, idx), value), *ranges))
+  a load is INDEX(PARAM, idx) used as a value; a padded load is WHERE(valid, INDEX(PARAM, WHERE(valid, idx, Invalid)), 0)
+  REDUCE(expr, *reduce_ranges, arg=(op, 0))
+"""
+from __future__ import annotations
+from dataclasses import dataclass, field
+from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid
+
+class NotAnalyzable(Exception):
+  """The kernel is outside the loop-nest form; the message says where."""
+
+# ***** affine index maps *****
+
+@dataclass(frozen=True)
+class Affine:
+  """sum(coeff * range) + const over RANGE ids."""
+  terms: tuple[tuple[int, int], ...]  # (range id, coefficient), sorted by id, no zero coefficients
+  const: int = 0
+
+  @staticmethod
+  def of(coeffs:dict[int, int], const:int=0) -> Affine: return Affine(tuple(sorted((r, c) for r, c in coeffs.items() if c)), const)
+  def coeff(self, rid:int) -> int: return dict(self.terms).get(rid, 0)
+  def __add__(self, o:Affine) -> Affine:
+    d = dict(self.terms)
+    for r, c in o.terms: d[r] = d.get(r, 0) + c
+    return Affine.of(d, self.const + o.const)
+  def scale(self, k:int) -> Affine: return Affine.of({r: c*k for r, c in self.terms}, self.const*k)
+  def ranges(self) -> set[int]: return {r for r, _ in self.terms}
+  def eval(self, point:dict[int, int]) -> int: return self.const + sum(c*point[r] for r, c in self.terms)
+
+def affine(u:UOp) -> Affine:
+  if u.op is Ops.RANGE: return Affine(((u.arg[0], 1),))
+  if u.op is Ops.CONST and isinstance(u.arg, int) and not isinstance(u.arg, bool): return Affine((), u.arg)
+  if u.op is Ops.ADD: return affine(u.src[0]) + affine(u.src[1])
+  if u.op is Ops.MUL:
+    a, b = u.src
+    if b.op is Ops.CONST: return affine(a).scale(b.arg)
+    if a.op is Ops.CONST: return affine(b).scale(a.arg)
+    raise NotAnalyzable("index multiplies two ranges")
+  if u.op is Ops.CAST: return affine(u.src[0])
+  raise NotAnalyzable(f"index uses {u.op.name} (not affine)")
+
+# ***** predicates (padding) *****
+
+@dataclass(frozen=True)
+class Bound:
+  """lo <= expr < hi over the ranges (either side may be None)."""
+  expr: Affine
+  lo: int|None
+  hi: int|None
+
+def predicate(u:UOp) -> list[Bound]:
+  """A validity predicate as a conjunction of bounds on affine expressions."""
+  if u.op is Ops.AND: return predicate(u.src[0]) + predicate(u.src[1])
+  if u.op is Ops.CMPLT and u.src[1].op is Ops.CONST: return [Bound(affine(u.src[0]), None, u.src[1].arg)]
+  # NOT(x < c) is written CMPNE(CMPLT(x, c), True)
+  if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True and u.src[0].op is Ops.CMPLT and u.src[0].src[1].op is Ops.CONST:
+    return [Bound(affine(u.src[0].src[0]), u.src[0].src[1].arg, None)]
+  if u.op is Ops.CONST and u.arg is True: return []
+  raise NotAnalyzable(f"predicate uses {u.op.name}")
+
+# ***** the scalar expression tree *****
+
+@dataclass(frozen=True)
+class Load:
+  slot: int                # PARAM slot of the buffer
+  dtype: DType
+  size: int                # elements in the buffer
+  index: Affine
+  valid: tuple[Bound, ...] = ()   # outside it the load reads `pad` instead (tinygrad's WHERE(valid, load, pad))
+  pad: float|int|None = None
+
+@dataclass(frozen=True)
+class Const:
+  value: float|int|bool
+  dtype: DType
+
+@dataclass(frozen=True)
+class Reduce:
+  op: Ops                  # Ops.ADD | Ops.MAX | Ops.MUL
+  ranges: tuple[int, ...]
+  src: "Expr"
+  dtype: DType
+
+@dataclass(frozen=True)
+class Alu:
+  op: Ops
+  src: tuple["Expr", ...]
+  dtype: DType
+
+Expr = Load | Const | Reduce | Alu
+
+@dataclass
+class LoopNest:
+  name: str
+  ranges: dict[int, int]             # range id -> size (output and reduce ranges)
+  output_ranges: tuple[int, ...]     # in END order (outermost first)
+  out_slot: int
+  out_dtype: DType
+  out_size: int
+  out_index: Affine
+  value: Expr
+  loads: list[Load] = field(default_factory=list)
+
+  @property
+  def reduce_ranges(self) -> tuple[int, ...]: return tuple(r for r in self.ranges if r not in self.output_ranges)
+
+def _scalar(v) -> float|int|bool:
+  """A constant as a plain Python number (tinygrad wraps floats in ConstFloat, a float subclass)."""
+  return v if isinstance(v, (bool, int)) else float(v)
+
+def _range_size(r:UOp) -> int:
+  if r.src[0].op is not Ops.CONST: raise NotAnalyzable("symbolic range size")
+  return r.src[0].arg
+
+def _load(u:UOp, valid:tuple[Bound, ...]=(), pad=None) -> Load:
+  buf, idx = u.src[0], u.src[1]
+  if buf.op is not Ops.PARAM: raise NotAnalyzable(f"load from {buf.op.name}, not a kernel parameter")
+  if idx.op is Ops.WHERE and idx.src[2].op is Ops.CONST and idx.src[2].arg is Invalid:
+    valid = valid or tuple(predicate(idx.src[0]))
+    idx = idx.src[1]
+  return Load(buf.arg.slot, buf.dtype, buf.src[0].arg if buf.src and buf.src[0].op is Ops.CONST else -1, affine(idx), valid, pad)
+
+def _expr(u:UOp, ranges:dict[int, int], loads:list[Load]) -> Expr:
+  if u.op is Ops.INDEX:
+    loads.append(ld:=_load(u))
+    return ld
+  if u.op is Ops.WHERE and u.src[1].op is Ops.INDEX and u.src[2].op is Ops.CONST:
+    # padded load: WHERE(valid, INDEX(p, WHERE(valid, idx, Invalid)), pad)
+    loads.append(ld:=_load(u.src[1], tuple(predicate(u.src[0])), _scalar(u.src[2].arg)))
+    return ld
+  if u.op is Ops.CONST: return Const(_scalar(u.arg), u.dtype)
+  if u.op is Ops.REDUCE:
+    rs = tuple(r.arg[0] for r in u.src[1:])
+    for r in u.src[1:]: ranges[r.arg[0]] = _range_size(r)
+    return Reduce(u.arg[0], rs, _expr(u.src[0], ranges, loads), u.dtype)
+  if u.op in (Ops.RANGE, Ops.PARAM, Ops.STORE, Ops.END): raise NotAnalyzable(f"{u.op.name} inside the value expression")
+  return Alu(u.op, tuple(_expr(s, ranges, loads) for s in u.src), u.dtype)
+
+def analyze(ast:UOp) -> LoopNest:
+  """The loop nest of a single-output kernel, or NotAnalyzable."""
+  if ast.op is not Ops.SINK: raise NotAnalyzable(f"not a kernel SINK ({ast.op.name})")
+  stores = [u for u in ast.toposort() if u.op is Ops.STORE]
+  if len(stores) != 1: raise NotAnalyzable(f"{len(stores)} stores (one output expected)")
+  if len(ast.src) != 1 or ast.src[0].op not in (Ops.END, Ops.STORE): raise NotAnalyzable("kernel body is not END(STORE)")
+  end = ast.src[0]
+  store = end.src[0] if end.op is Ops.END else end
+  out_rs = tuple(r for r in end.src[1:]) if end.op is Ops.END else ()
+  if any(r.op is not Ops.RANGE or r.arg[1] is AxisType.REDUCE for r in out_rs): raise NotAnalyzable("unexpected output loop")
+  ranges = {r.arg[0]: _range_size(r) for r in out_rs}
+  idx, value = store.src[0], store.src[1]
+  if idx.op is not Ops.INDEX or idx.src[0].op is not Ops.PARAM: raise NotAnalyzable("store is not to a kernel parameter")
+  out = idx.src[0]
+  loads: list[Load] = []
+  expr = _expr(value, ranges, loads)
+  name = ast.arg.name if hasattr(ast.arg, "name") else "kernel"
+  return LoopNest(name, ranges, tuple(r.arg[0] for r in out_rs), out.arg.slot, out.dtype,
+                  out.src[0].arg if out.src and out.src[0].op is Ops.CONST else -1, affine(idx.src[1]), expr, loads)
