@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run a small CNN on ROCKET, check it against tinygrad's CPU device, and print where each kernel ran and why."""
 from __future__ import annotations
-import argparse, time
+import argparse, os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout without installing
 import numpy as np
 import tinygrad_rocket
 from tinygrad_rocket import report

@@ -31,7 +31,7 @@ def lower_kernel(ast:UOp) -> bytes | NotApplicable:
   for name, rule in RULES:
     if not isinstance(res:=rule(ast), NotApplicable): return res
     reasons.append(f"{name}: {res.reason}")
-  return NotApplicable("; ".join(reasons) if reasons else f"no NPU lowering rule takes a {describe_kernel(ast)} yet")
+  return NotApplicable("; ".join(reasons) if reasons else f"no NPU lowering rule exists yet for this {describe_kernel(ast)}")
 
 def to_program(ast:UOp, renderer) -> UOp:
   """The to_program hook for the ROCKET renderer: an NPU program if a rule takes the kernel, else tinygrad's C code."""
