@@ -3,11 +3,13 @@
 tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __init__.py for the module alias).
 """
 from __future__ import annotations
-import sys, ctypes, platform
+import sys, ctypes, platform, time
 from dataclasses import dataclass, field
+import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
-from tinygrad_rocket.ioctl import RocketDriver, BufferObject, open_device
+from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
 from tinygrad_rocket.blob import parse_blob
+from tinygrad_rocket.program import NpuProgram, SCRATCH
 from tinygrad_rocket import lower, config, report
 
 # ***** buffers *****
@@ -19,6 +21,7 @@ class BoDomain:
   makes a run of CPU kernels, or of NPU jobs, pay for the sync once."""
   bo: BufferObject|None       # None: host memory tinygrad gave us (Tensor.from_blob); CPU-only
   cpu_owned: bool = False
+  version: int = 0            # bumped on every write: resident packed weights are valid for one version
 
 @dataclass(eq=False)
 class RocketBuffer:
@@ -48,9 +51,11 @@ class RocketAllocator(LRUAllocator['RocketDevice']):
   # tinygrad copies CPU->ROCKET straight into _as_buffer's view (bypassing _copyin), so every CPU path takes the BO first
   def _as_buffer(self, buf:RocketBuffer) -> memoryview:
     self.dev.to_cpu(buf)
+    buf.domain.version += 1  # the caller may write through the view
     return to_mv(buf.va_addr, buf.size)
   def _copyin(self, dest:RocketBuffer, src:memoryview):
     self.dev.to_cpu(dest)
+    dest.domain.version += 1
     ctypes.memmove(dest.va_addr, (ctypes.c_char * len(src)).from_buffer(src) if not src.readonly else bytes(src), len(src))
   def _copyout(self, dest:memoryview, src:RocketBuffer):
     self.dev.to_cpu(src)
@@ -75,8 +80,60 @@ class FallbackProgram(CPUProgram):
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     report.kernel_ran(self.name, "fallback", self.reason)
     if not config.fallback_allowed(): raise config.FallbackError(self.name, self.reason)
-    for b in bufs: self.rdev.to_cpu(b)
+    for b in bufs:
+      self.rdev.to_cpu(b)
+      b.domain.version += 1  # which parameters a C kernel writes is not in its binary: count them all as written
     return super().__call__(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait)
+
+class NpuJobError(RuntimeError):
+  """An NPU job of a kernel failed on the device (timeout/hang, IOMMU fault, ...)."""
+
+class NpuRunner:
+  """Runs an NpuProgram: pack operands (CPU), one SUBMIT with all its tasks, unpack results (CPU)."""
+  def __init__(self, dev:RocketDevice, prg:NpuProgram):
+    self.dev, self.prg, self.name = dev, prg, prg.name
+    self.scratch = [dev.allocator._alloc(sz, BufferSpec()) for sz in prg.scratch]
+    self.regcmd = dev.allocator._alloc(prg.tasks.nbytes, BufferSpec())
+    dev.to_cpu(self.regcmd)
+    self.words = np.frombuffer(to_mv(self.regcmd.va_addr, prg.tasks.nbytes), np.uint64)
+    self.words[:] = prg.tasks.words
+    self.pack = [(c, *c.indices()) for c in prg.pack]      # gather indices computed once per program
+    self.unpack = [(c, *c.indices()) for c in prg.unpack]
+    written = set(prg.written_scratch())
+    read = {c.dst for c in prg.pack}
+    assert not written & read, f"{prg.name}: a scratch BO is both read and written by the job"
+    self.out_handles = [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(written)]
+    self.in_handles = [self.regcmd.domain.bo.handle] + [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(read)]
+    self.packed_from: dict[int, tuple[int, int, int]] = {}  # resident copy -> (source BO id, version, offset)
+
+  def _array(self, buf:RocketBuffer, dtype:str) -> np.ndarray:
+    return np.frombuffer(to_mv(buf.va_addr, buf.size), dtype)
+
+  def _copy(self, c, src_idx, dst_idx, valid, src:RocketBuffer, dst:RocketBuffer) -> None:
+    self.dev.to_cpu(src); self.dev.to_cpu(dst)
+    vals = self._array(src, c.src_dtype)[src_idx].astype(c.dst_dtype)
+    if valid is not None: vals[~valid] = c.fill
+    self._array(dst, c.dst_dtype)[dst_idx] = vals
+    dst.domain.version += 1
+
+  def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
+    report.kernel_ran(self.name, "npu", self.prg.summary)
+    st = time.perf_counter()
+    slot = {i: b for i, b in enumerate(bufs)} | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
+    for k, (c, si, di, valid) in enumerate(self.pack):
+      src = slot[c.src]
+      key = (id(src.domain), src.domain.version, src.offset)
+      if c.resident and self.packed_from.get(k) == key: continue
+      self._copy(c, si, di, valid, src, slot[c.dst])
+      if c.resident: self.packed_from[k] = key
+    self.dev.to_cpu(self.regcmd)
+    self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items()}, self.regcmd.dma_addr, out=self.words)
+    for b in (*self.scratch, self.regcmd): self.dev.to_device(b)
+    self.dev.driver.submit([Job(self.prg.tasks.task_addresses(self.regcmd.dma_addr), self.in_handles, self.out_handles)])
+    try:
+      for c, si, di, valid in self.unpack: self._copy(c, si, di, valid, slot[c.src], slot[c.dst])
+    except JobFailedError as e: raise NpuJobError(f"NPU job of kernel {self.name} failed: {e}") from e
+    return time.perf_counter() - st if wait else None
 
 # ***** device *****
 
@@ -97,7 +154,7 @@ class RocketDevice(Compiled):
     blob = parse_blob(obj.lib)
     if blob.kind == "fallback":
       return FallbackProgram(self, TinyELF(blob.payload, obj.name, obj.target, obj.signature, obj.profile_key), blob.reason)
-    raise NotImplementedError("NPU programs arrive with the lowering rules")  # TODO(issue 4): NpuRunner
+    return NpuRunner(self, NpuProgram.from_bytes(blob.payload))
 
   def to_cpu(self, buf:RocketBuffer) -> None:
     """Make the buffer's BO safe for CPU access: waits for the NPU jobs writing it and syncs the CPU cache."""

@@ -1,0 +1,84 @@
+"""NpuProgram: what one tinygrad kernel becomes on the NPU, as data that pickles into the kernel's BINARY.
+
+A program reads and writes only BOs of its own ("scratch" slots, in the NPU's layouts): the CPU packs the kernel's
+operands into them before the job (a gather that also rounds to the operand precision) and unpacks the result after
+it. So a job never lists one BO as both input and output (the hardware then "completes" it having run nothing:
+rocket_fp16_ew_ppu.md §6.A), and any affine view tinygrad hands over (permuted, strided, broadcast, padded) costs
+nothing extra: packing is a gather anyway.
+
+Slots: kernel buffers keep their PARAM slot numbers (0..); scratch buffer i is slot SCRATCH + i; the regcmd buffer
+is regs.SELF.
+"""
+from __future__ import annotations
+import pickle
+from dataclasses import dataclass
+import numpy as np
+from tinygrad_rocket.regs import TaskList
+
+SCRATCH = 1000  # slot number of scratch buffer 0
+
+@dataclass(frozen=True)
+class AffineIndex:
+  """Element index = const + sum(coord[d] * strides[d]) over a grid."""
+  strides: tuple[int, ...]
+  const: int = 0
+
+@dataclass(frozen=True)
+class GridBound:
+  """lo <= const + sum(coord[d] * coeffs[d]) < hi (None: unbounded side)."""
+  coeffs: tuple[int, ...]
+  const: int
+  lo: int|None
+  hi: int|None
+
+@dataclass(frozen=True)
+class Copy:
+  """For every coordinate of `grid`: dst[dst_index] = src[src_index] if every bound holds else `fill`, converted to
+  dst_dtype. Packs an operand into an NPU layout (rounding float32 to the NPU's fp16 operands) and unpacks results.
+  `resident`: the source is a weight: pack it once per version of the source buffer (DESIGN.md, Weights)."""
+  src: int
+  src_dtype: str          # numpy dtype name of the source elements
+  dst: int
+  dst_dtype: str
+  grid: tuple[int, ...]
+  src_index: AffineIndex
+  dst_index: AffineIndex
+  bounds: tuple[GridBound, ...] = ()
+  fill: float = 0.0
+  resident: bool = False
+
+  def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None]:
+    """(src element indices, dst element indices, validity mask or None), flat over the grid."""
+    coords = np.indices(self.grid, dtype=np.int64).reshape(len(self.grid), -1) if self.grid else np.zeros((0, 1), np.int64)
+    def lin(strides, const): return const + (np.asarray(strides, np.int64)[:, None] * coords).sum(0)
+    valid = None
+    for b in self.bounds:
+      v = lin(b.coeffs, b.const)
+      ok = np.ones_like(v, dtype=bool)
+      if b.lo is not None: ok &= v >= b.lo
+      if b.hi is not None: ok &= v < b.hi
+      valid = ok if valid is None else valid & ok
+    src = lin(self.src_index.strides, self.src_index.const)
+    if valid is not None: src = np.where(valid, src, 0)
+    return src, lin(self.dst_index.strides, self.dst_index.const), valid
+
+@dataclass(frozen=True)
+class NpuProgram:
+  name: str
+  summary: str                       # what the NPU computes, for ROCKET_DEBUG and reports
+  scratch: tuple[int, ...]           # byte sizes of the program's own BOs (slots SCRATCH + i)
+  tasks: TaskList
+  pack: tuple[Copy, ...]             # kernel buffers -> scratch, before the job
+  unpack: tuple[Copy, ...]           # scratch -> kernel buffers, after it
+  macs: int = 0                      # useful multiply-accumulates (for estimates)
+
+  def to_bytes(self) -> bytes: return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+  @staticmethod
+  def from_bytes(b:bytes) -> NpuProgram:
+    prg = pickle.loads(b)
+    if not isinstance(prg, NpuProgram): raise TypeError(f"not an NpuProgram: {type(prg).__name__}")
+    return prg
+
+  def written_scratch(self) -> tuple[int, ...]:
+    """Scratch slots the NPU writes: those the unpack reads."""
+    return tuple(sorted({c.src for c in self.unpack if c.src >= SCRATCH}))
