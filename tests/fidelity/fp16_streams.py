@@ -28,6 +28,8 @@ from .stream import Addr, Buffer, Reg, Stream, align, ceil_div, raw_entry, U32
 
 GN_SOURCE = "gregordinary/rocket-userspace src/npu_regcmd.c (gen_matmul_fp16/gen_matmul_task, gen_conv2d_fill/gen_conv2d_task), src/rocket_conv.c"
 MTX_SOURCE = "mtx512/rk3588-npu src/npu_matmul.c gen_matmul_fp16/gen_matmul_task (vendor rknpu driver)"
+GN_TASK_SRC = "gregordinary npu_regcmd.c gen_matmul_task/gen_conv2d_task"
+MTX_TASK_SRC = "mtx512 npu_matmul.c gen_matmul_task"
 
 # npu_hw.h (both projects): targets are BLOCK | PC_OP_01, the marker OP_40 = 0x41, op-enable OP_ENABLE = 0x81
 T_PC, T_CNA, T_CORE, T_DPU, T_RDMA = 0x0101, 0x0201, 0x0801, 0x1001, 0x2001
@@ -245,7 +247,7 @@ def gn_task_entries(d:Desc, src:str, input_slot="input", weights_slot="weights",
   assert len(R) == 126, len(R)
   return R
 
-def mtx_task_entries(d:Desc, src:str=MTX_SOURCE) -> list[Reg]:
+def mtx_task_entries(d:Desc, src:str=MTX_TASK_SRC) -> list[Reg]:
   """mtx512 gen_matmul_task (vendor driver): 108 entries, no DPU_RDMA writes at all, op-enable 0x0D
   (PC_ENABLE_DPU | PC_ENABLE_CNA | PC_ENABLE: bit3 DPU, bit2 CORE, bit0 CNA; DPU_RDMA not started)."""
   gn = gn_task_entries(d, src)
@@ -312,7 +314,7 @@ def build_matmul_fp16(p:MatmulProblem, variant:str="gn") -> Stream:
   if variant == "mtx": assert p.addend is None, "mtx512's generator has no EW path"
   if p.addend is not None: assert p.Mp >= 12, "gregordinary: the EW surface-stride floor max(M, 12) needs M >= 12"
   d = _matmul_desc(p)
-  regs = gn_task_entries(d, GN_SOURCE) if variant == "gn" else mtx_task_entries(d)
+  regs = gn_task_entries(d, GN_TASK_SRC) if variant == "gn" else mtx_task_entries(d)
   a = pack_feature(p.a.T[:, :, None], "fp16", channels=p.Kp, height=p.Mp)          # A as cube W=1, H=M, C=K
   w = pack_weights_grouped(p.b[:, :, None, None], *WEIGHT_GROUPS["fp16"], p.Np, p.Kp)  # weight_fp16 [N/16][K/32][16][32]
   out_bytes = p.Np * p.Mp * (2 if p.out_fp16 else 4)
@@ -419,7 +421,7 @@ def decode_conv(p:Fp16ConvProblem, buf:bytes) -> np.ndarray:
 
 def build_conv2d_fp16(p:Fp16ConvProblem) -> Stream:
   d = _conv_desc(p)
-  regs = gn_task_entries(d, GN_SOURCE)
+  regs = gn_task_entries(d, GN_TASK_SRC)
   x, w = pack_conv_input(p), pack_conv_weights(p)
   out_bytes = p.OCp * p.OH * p.OW * (2 if p.out_fp16 else 4)
   bufs = {"input": Buffer("input", x.size * 2, x.astype("<f2").tobytes(), alloc_size=x.size * 2 + GN_BO_SLACK),

@@ -112,6 +112,12 @@ class Stream:
     offs = self.task_offsets()
     return [[(iovas["regcmd"] + offs[i], len(self.task_regs[i])) for i in job] for job in self.jobs]
 
+  def listing(self, iovas:dict[str, int]|None=None, task:int=0) -> str:
+    """One line per entry: index, 64-bit word, name, source (addresses resolved with `iovas`, default all 0)."""
+    iovas = iovas if iovas is not None else {slot: 0 for slot in self.buffers} | {"addend": 0, "nowhere": 0}
+    return "\n".join(f"{i:3d} {w:016x} {r.name:28s} {r.src}" for i, (r, w) in
+                     enumerate(zip(self.task_regs[task], self.tasks(iovas)[task])))
+
   def find(self, task:int, name:str) -> Reg:
     """The last entry named `name` in a task (registers Mesa writes twice keep their final value)."""
     hits = [r for r in self.task_regs[task] if r.name == name]
