@@ -3,7 +3,8 @@
 tinygrad caches a compiled PROGRAM and hands only its BINARY (inside a TinyELF) to the device at run time, possibly
 compiled in another process. So the lowering decision travels inside the binary:
   FALLBACK: magic, u32 length, UTF-8 reason, then the ELF object of tinygrad's C code for the kernel
-  NPU:      magic, then the serialized NpuProgram
+  NPU:      magic, u32 length, the serialized NpuProgram, then the ELF object of the same kernel's C code (the other
+            path for a call the NPU cannot take, e.g. an operand beyond fp16's range)
 """
 from __future__ import annotations
 import struct
@@ -15,20 +16,21 @@ _LEN = struct.Struct("<I")
 class Blob(NamedTuple):
   kind: str      # "fallback" | "npu"
   reason: str    # why a fallback kernel is not on the NPU ("" for NPU kernels)
-  payload: bytes
+  payload: bytes # the ELF (fallback) or the serialized NpuProgram
+  elf: bytes     # the kernel's C code
 
 def fallback_blob(reason:str, elf:bytes) -> bytes:
   r = reason.encode()
   return FALLBACK_MAGIC + _LEN.pack(len(r)) + r + elf
 
-def npu_blob(program:bytes) -> bytes: return NPU_MAGIC + program
+def npu_blob(program:bytes, elf:bytes) -> bytes: return NPU_MAGIC + _LEN.pack(len(program)) + program + elf
 
 # a kernel compiled for ROCKET outside our to_program hook (tinygrad's BEAM search compiles candidates directly)
 UNHOOKED_REASON = "compiled outside the ROCKET lowering hook (e.g. a BEAM search candidate)"
 
 def parse_blob(lib:bytes) -> Blob:
-  if lib[:4] == NPU_MAGIC: return Blob("npu", "", lib[4:])
-  if lib[:4] == FALLBACK_MAGIC:
+  if lib[:4] in (NPU_MAGIC, FALLBACK_MAGIC):
     (n,) = _LEN.unpack_from(lib, 4)
-    return Blob("fallback", lib[8:8+n].decode(), lib[8+n:])
-  return Blob("fallback", UNHOOKED_REASON, lib)
+    head, elf = lib[8:8+n], lib[8+n:]
+    return Blob("npu", "", head, elf) if lib[:4] == NPU_MAGIC else Blob("fallback", head.decode(), elf, elf)
+  return Blob("fallback", UNHOOKED_REASON, lib, lib)

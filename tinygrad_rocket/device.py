@@ -88,10 +88,13 @@ class FallbackProgram(CPUProgram):
 class NpuJobError(RuntimeError):
   """An NPU job of a kernel failed on the device (timeout/hang, IOMMU fault, ...)."""
 
+FP16_OVERFLOW_REASON = "an operand is beyond fp16's range (|x| > 65504) for this call"
+
 class NpuRunner:
-  """Runs an NpuProgram: pack operands (CPU), one SUBMIT with all its tasks, unpack results (CPU)."""
-  def __init__(self, dev:RocketDevice, prg:NpuProgram):
-    self.dev, self.prg, self.name = dev, prg, prg.name
+  """Runs an NpuProgram: pack operands (CPU), one SUBMIT with all its tasks, unpack results (CPU). A call whose
+  operands the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback."""
+  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
+    self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
     self.scratch = [dev.allocator._alloc(sz, BufferSpec()) for sz in prg.scratch]
     self.regcmd = dev.allocator._alloc(prg.tasks.nbytes, BufferSpec())
     dev.to_cpu(self.regcmd)
@@ -109,29 +112,36 @@ class NpuRunner:
   def _array(self, buf:RocketBuffer, dtype:str) -> np.ndarray:
     return np.frombuffer(to_mv(buf.va_addr, buf.size), dtype)
 
-  def _copy(self, c, src_idx, dst_idx, valid, src:RocketBuffer, dst:RocketBuffer) -> None:
+  def _copy(self, c, src_idx, dst_idx, valid, src:RocketBuffer, dst:RocketBuffer, operand:bool) -> bool:
+    """Performs one Copy. For an operand (packing), False and nothing written if a finite value does not survive the
+    conversion to the NPU's format; a result overflowing a narrower output dtype is IEEE's inf, as on the CPU."""
     self.dev.to_cpu(src); self.dev.to_cpu(dst)
-    vals = self._array(src, c.src_dtype)[src_idx].astype(c.dst_dtype)
-    if valid is not None: vals[~valid] = c.fill
+    raw = self._array(src, c.src_dtype)[src_idx]
+    if valid is not None: raw[~valid] = c.fill
+    with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
+    if operand and vals.dtype.kind == "f" and raw.dtype.itemsize > vals.dtype.itemsize and (np.isinf(vals) & np.isfinite(raw)).any(): return False
     self._array(dst, c.dst_dtype)[dst_idx] = vals
     dst.domain.version += 1
+    return True
 
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
-    report.kernel_ran(self.name, "npu", self.prg.summary)
     st = time.perf_counter()
     slot = {i: b for i, b in enumerate(bufs)} | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
     for k, (c, si, di, valid) in enumerate(self.pack):
       src = slot[c.src]
       key = (id(src.domain), src.domain.version, src.offset)
       if c.resident and self.packed_from.get(k) == key: continue
-      self._copy(c, si, di, valid, src, slot[c.dst])
+      if not self._copy(c, si, di, valid, src, slot[c.dst], operand=True):
+        self.packed_from.clear()
+        return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
       if c.resident: self.packed_from[k] = key
+    report.kernel_ran(self.name, "npu", self.prg.summary)
     self.dev.to_cpu(self.regcmd)
     self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items()}, self.regcmd.dma_addr, out=self.words)
     for b in (*self.scratch, self.regcmd): self.dev.to_device(b)
     self.dev.driver.submit([Job(self.prg.tasks.task_addresses(self.regcmd.dma_addr), self.in_handles, self.out_handles)])
     try:
-      for c, si, di, valid in self.unpack: self._copy(c, si, di, valid, slot[c.src], slot[c.dst])
+      for c, si, di, valid in self.unpack: self._copy(c, si, di, valid, slot[c.src], slot[c.dst], operand=False)
     except JobFailedError as e: raise NpuJobError(f"NPU job of kernel {self.name} failed: {e}") from e
     return time.perf_counter() - st if wait else None
 
@@ -152,9 +162,9 @@ class RocketDevice(Compiled):
 
   def runtime(self, obj:TinyELF):
     blob = parse_blob(obj.lib)
-    if blob.kind == "fallback":
-      return FallbackProgram(self, TinyELF(blob.payload, obj.name, obj.target, obj.signature, obj.profile_key), blob.reason)
-    return NpuRunner(self, NpuProgram.from_bytes(blob.payload))
+    c_code = TinyELF(blob.elf, obj.name, obj.target, obj.signature, obj.profile_key)
+    if blob.kind == "fallback": return FallbackProgram(self, c_code, blob.reason)
+    return NpuRunner(self, NpuProgram.from_bytes(blob.payload), FallbackProgram(self, c_code, FP16_OVERFLOW_REASON))
 
   def to_cpu(self, buf:RocketBuffer) -> None:
     """Make the buffer's BO safe for CPU access: waits for the NPU jobs writing it and syncs the CPU cache."""

@@ -1,21 +1,24 @@
 """Lowering: every ROCKET kernel is offered to the NPU rules first; what no rule takes runs as tinygrad's C code.
 
-A rule looks at a kernel AST (a SINK) and answers with an NPU program, or NotApplicable with the reason. The reasons of
-all rules end up in the fallback binary, so strict mode (ROCKET_FALLBACK=0) and ROCKET_DEBUG can say why a kernel did
-not run on the NPU.
+The kernel is analysed into a loop nest (analysis.py); each rule looks at it and answers with an NpuProgram, or
+NotApplicable with the reason. The reasons end up in the fallback binary, so strict mode (ROCKET_FALLBACK=0) and
+ROCKET_DEBUG can say why a kernel did not run on the NPU. An NPU binary carries the C code too: a call whose operands
+the NPU cannot represent (fp16 overflow) takes it instead.
 """
 from __future__ import annotations
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 from tinygrad_rocket._tg import UOp, Ops, compile_to_c, program_with_binary
 from tinygrad_rocket.blob import fallback_blob, npu_blob
+from tinygrad_rocket.analysis import analyze, NotAnalyzable, LoopNest
+if TYPE_CHECKING: from tinygrad_rocket.program import NpuProgram
 
 @dataclass(frozen=True)
 class NotApplicable:
   reason: str
 
-# A rule returns the serialized NPU program for the kernel, or NotApplicable. Rules are tried in order.
-Rule = Callable[[UOp], "bytes | NotApplicable"]
+# A rule returns the NPU program for a kernel, or NotApplicable. Rules are tried in order.
+Rule = Callable[[LoopNest], "NpuProgram | NotApplicable"]
 RULES: list[tuple[str, Rule]] = []
 
 def describe_kernel(ast:UOp) -> str:
@@ -26,10 +29,12 @@ def describe_kernel(ast:UOp) -> str:
   what = f"reduce ({'/'.join(kinds)})" if reduces else "elementwise"
   return f"{what} kernel with {stores} output{'s' if stores != 1 else ''}"
 
-def lower_kernel(ast:UOp) -> bytes | NotApplicable:
+def lower_kernel(ast:UOp) -> NpuProgram | NotApplicable:
+  try: nest = analyze(ast)
+  except NotAnalyzable as e: return NotApplicable(f"{describe_kernel(ast)}: {e}")
   reasons = []
   for name, rule in RULES:
-    if not isinstance(res:=rule(ast), NotApplicable): return res
+    if not isinstance(res:=rule(nest), NotApplicable): return res
     reasons.append(f"{name}: {res.reason}")
   return NotApplicable("; ".join(reasons) if reasons else f"no NPU lowering rule exists yet for this {describe_kernel(ast)}")
 
@@ -37,5 +42,11 @@ def to_program(ast:UOp, renderer) -> UOp:
   """The to_program hook for the ROCKET renderer: an NPU program if a rule takes the kernel, else tinygrad's C code."""
   prg = compile_to_c(ast, renderer)  # the PROGRAM's SINK/LINEAR carry the buffer slots and names tinygrad expects
   res = lower_kernel(ast)
-  if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, prg.src[3].arg))
-  return program_with_binary(prg, npu_blob(res))
+  elf = prg.src[3].arg
+  if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, elf))
+  return program_with_binary(prg, npu_blob(res.to_bytes(), elf))
+
+from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
+# The contraction rule is registered once the emulator executes its fp16 matmul tasks (issue 3); until then
+# registering it would send every matmul to a device that cannot run it.
+PENDING_RULES: list[tuple[str, Rule]] = [("contraction", lower_contraction)]

@@ -18,16 +18,24 @@ from tinygrad_rocket.regs import TaskList
 SCRATCH = 1000  # slot number of scratch buffer 0
 
 @dataclass(frozen=True)
-class AffineIndex:
-  """Element index = const + sum(coord[d] * strides[d]) over a grid."""
-  strides: tuple[int, ...]
+class Var:
+  """A value derived from the grid coordinates: ((const + sum(coord[d] * coeffs[d])) // div) % mod (mod 0: no
+  modulo). Mixed-radix digits like this recover a kernel's loop indices from a linear position in an NPU tile."""
+  coeffs: tuple[int, ...]
+  const: int = 0
+  div: int = 1
+  mod: int = 0
+
+@dataclass(frozen=True)
+class Lin:
+  """const + sum(v[j] * coeffs[j]) over the values v = (grid coordinates..., vars...)."""
+  coeffs: tuple[int, ...]
   const: int = 0
 
 @dataclass(frozen=True)
-class GridBound:
-  """lo <= const + sum(coord[d] * coeffs[d]) < hi (None: unbounded side)."""
-  coeffs: tuple[int, ...]
-  const: int
+class Bound:
+  """lo <= expr < hi (None: that side is unbounded)."""
+  expr: Lin
   lo: int|None
   hi: int|None
 
@@ -41,26 +49,32 @@ class Copy:
   dst: int
   dst_dtype: str
   grid: tuple[int, ...]
-  src_index: AffineIndex
-  dst_index: AffineIndex
-  bounds: tuple[GridBound, ...] = ()
+  vars: tuple[Var, ...]
+  src_index: Lin
+  dst_index: Lin
+  bounds: tuple[Bound, ...] = ()
   fill: float = 0.0
   resident: bool = False
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None]:
     """(src element indices, dst element indices, validity mask or None), flat over the grid."""
-    coords = np.indices(self.grid, dtype=np.int64).reshape(len(self.grid), -1) if self.grid else np.zeros((0, 1), np.int64)
-    def lin(strides, const): return const + (np.asarray(strides, np.int64)[:, None] * coords).sum(0)
+    coords = np.indices(self.grid, dtype=np.int64).reshape(len(self.grid), -1)
+    vals = list(coords)
+    for v in self.vars:
+      x = v.const + sum((c * k for c, k in zip(coords, v.coeffs) if k), np.zeros(coords.shape[1], np.int64))
+      x = x // v.div
+      vals.append(x % v.mod if v.mod else x)
+    def lin(e:Lin) -> np.ndarray: return e.const + sum((vals[j] * k for j, k in enumerate(e.coeffs) if k), np.zeros(coords.shape[1], np.int64))
     valid = None
     for b in self.bounds:
-      v = lin(b.coeffs, b.const)
-      ok = np.ones_like(v, dtype=bool)
-      if b.lo is not None: ok &= v >= b.lo
-      if b.hi is not None: ok &= v < b.hi
+      x = lin(b.expr)
+      ok = np.ones(x.shape, dtype=bool)
+      if b.lo is not None: ok &= x >= b.lo
+      if b.hi is not None: ok &= x < b.hi
       valid = ok if valid is None else valid & ok
-    src = lin(self.src_index.strides, self.src_index.const)
+    src = lin(self.src_index)
     if valid is not None: src = np.where(valid, src, 0)
-    return src, lin(self.dst_index.strides, self.dst_index.const), valid
+    return src, lin(self.dst_index), valid
 
 @dataclass(frozen=True)
 class NpuProgram:

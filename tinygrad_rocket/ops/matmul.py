@@ -1,0 +1,124 @@
+"""fp16 matmul tasks: C[M,N] = A[M,K] @ B[K,N] as a 1x1 convolution, fp16 operands, fp32 accumulation and output.
+
+Programming: rocket_fp16_ew_ppu.md §2.1 (mtx512 gen_matmul_fp16 as re-validated by gregordinary on mainline rocket,
+[HW]). A is a feature cube W=1, H=M, C=K (fp16, C2=8); B is N kernels of 1x1xK (kernel groups 16 x 32); the DPU
+writes C as an fp32 cube W=1, H=M, C=N (C2=4). Every block is programmed in full each task: the register file
+persists across jobs (§6.D), so nothing may be left to a previous task.
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+from tinygrad_rocket import regs
+from tinygrad_rocket.ops.layout import Feature, Weights, ceil_div, align
+
+CBUF_BANKS, CBUF_BANK_BYTES = 12, 32768        # rocket_hw.md §5.6
+MIN_ROWS = 4                                   # CNA input height < 4 computes wrong (rocket_fp16_ew_ppu.md §1.6, §6.C)
+MAX_ROWS = (1 << 11) - 1                       # CNA DATAIN_HEIGHT is 11 bits
+MAX_KERNEL_BYTES = CBUF_BANK_BYTES             # weight bytes per kernel <= one bank (§1.6)
+K_ALIGN, N_ALIGN = 32, 16                      # fp16 K % 32, N % 16 (§1.6)
+PREC_FP16, PREC_FP32 = 2, 5                    # precision codes (§1.1)
+DMA_BURST_16 = 15                              # burst length field value for 16 beats (Mesa DMA_CON0 0x000F000F)
+SIZE_E_FP32_OUT = 3                            # fp16 -> fp32: 4 atoms per 16-kernel group (§1.4)
+ATOMS_FP32_OUT = SIZE_E_FP32_OUT + 1
+OUTPUT_TO_MEMORY = 2                           # DPU FEATURE_MODE_CFG.OUTPUT_MODE bit1: write to memory
+BS_BN_BYPASS = dict(BS_BYPASS=1, BS_ALU_BYPASS=1, BS_MUL_BYPASS=1, BS_RELU_BYPASS=1)  # = 0x53, "all bypass" (§2.1)
+ONE_SCALE = 1                                  # CVT scales of 1: no conversion
+
+@dataclass(frozen=True)
+class MatmulTile:
+  """One task: rows [m0, m0+M) of A times kernels [n0, n0+N) of B, all of K."""
+  M: int       # rows given to the hardware (>= 4; rows past the real ones are zero and discarded)
+  K: int       # padded to K_ALIGN
+  N: int       # padded to N_ALIGN
+
+  @property
+  def a(self) -> Feature: return Feature(self.K, self.M, 1, 2)
+  @property
+  def b(self) -> Weights: return Weights(self.N, self.K, 1, 1, "float16")
+  @property
+  def c(self) -> Feature: return Feature(self.N, self.M, 1, 4)
+  @property
+  def data_banks(self) -> int: return ceil_div(self.a.nbytes, CBUF_BANK_BYTES)
+  @property
+  def weight_banks(self) -> int: return ceil_div(self.b.elems * 2, CBUF_BANK_BYTES)
+
+def plan_tiles(M:int, K:int, N:int) -> tuple[int, int]|str:
+  """Rows per task and kernels per task so that one task's feature and weights fit the CBUF together, or why not.
+  ⚠ Whether weights larger than the weight banks stream through them is disputed (§1.6: MTX yes, GN budgets
+  feature + weight banks <= 12); we take GN's conservative budget."""
+  Kp = align(K, K_ALIGN)
+  if 2 * Kp > MAX_KERNEL_BYTES: return f"K={K} needs {2*Kp} weight bytes per kernel (max {MAX_KERNEL_BYTES}): K splitting not implemented"
+  for n_t in (align(N, N_ALIGN), 512, 256, 128, 64, 32, 16):
+    if n_t > align(N, N_ALIGN): continue
+    wb = ceil_div(n_t * Kp * 2, CBUF_BANK_BYTES)
+    if wb >= CBUF_BANKS: continue
+    rows = (CBUF_BANKS - wb) * CBUF_BANK_BYTES // (Kp * 2)
+    rows = min(rows, MAX_ROWS) // MIN_ROWS * MIN_ROWS
+    if rows >= MIN_ROWS: return min(rows, align(max(M, MIN_ROWS), MIN_ROWS)), n_t
+  return f"K={K}: not even {MIN_ROWS} rows and {N_ALIGN} kernels fit the CBUF"
+
+def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int) -> regs.Task:
+  """The register writes of one tile. Offsets are bytes into the slots' buffers."""
+  M, K, N = t.M, t.K, t.N
+  w, addr = regs.write, regs.address
+  e: list = [
+    w("DPU", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
+    w("DPU_RDMA", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
+    # CNA: the feature (A) and weight (B) fetch
+    w("CNA", "CONV_CON1", PROC_PRECISION=PREC_FP16, IN_PRECISION=PREC_FP16, CONV_MODE=0),
+    w("CNA", "CONV_CON2", FEATURE_GRAINS=M + 1),
+    w("CNA", "CONV_CON3", CONV_Y_STRIDE=1, CONV_X_STRIDE=1),
+    w("CNA", "DATA_SIZE0", DATAIN_WIDTH=1, DATAIN_HEIGHT=M),
+    w("CNA", "DATA_SIZE1", DATAIN_CHANNEL_REAL=K - 1, DATAIN_CHANNEL=K),
+    w("CNA", "DATA_SIZE2", DATAOUT_WIDTH=1),
+    w("CNA", "DATA_SIZE3", DATAOUT_ATOMICS=M),
+    w("CNA", "WEIGHT_SIZE0", WEIGHT_BYTES=2 * K * N),
+    w("CNA", "WEIGHT_SIZE1", WEIGHT_BYTES_PER_KERNEL=2 * K),
+    w("CNA", "WEIGHT_SIZE2", WEIGHT_WIDTH=1, WEIGHT_HEIGHT=1, WEIGHT_KERNELS=N),
+    w("CNA", "CBUF_CON0", DATA_BANK=t.data_banks, WEIGHT_BANK=CBUF_BANKS - t.data_banks),
+    w("CNA", "CBUF_CON1", DATA_ENTRIES=ceil_div(K, 32)),   # fp16: ceil(W*C*2/64) (§1.5)
+    w("CNA", "CVT_CON0", DATA_SIGN=1, CVT_TYPE=1, CVT_BYPASS=1),
+    *[w("CNA", f"CVT_CON{i}", **{f"CVT_SCALE{i-1}": ONE_SCALE}) for i in range(1, 5)],
+    w("CNA", "DMA_CON0", WEIGHT_BURST_LEN=DMA_BURST_16, DATA_BURST_LEN=DMA_BURST_16),
+    w("CNA", "DMA_CON1", LINE_STRIDE=4 * 1),                # 4*W
+    w("CNA", "DMA_CON2", SURF_STRIDE=max(1 * (M - 4), 0)),  # W*(H-4)
+    w("CNA", "FC_DATA_SIZE0", DMA_WIDTH=1, DMA_HEIGHT=M),
+    w("CNA", "FC_DATA_SIZE1", DMA_CHANNEL=K),
+    w("CNA", "PAD_CON0"), w("CNA", "PAD_CON1"), w("CNA", "FC_CON0"), w("CNA", "FC_CON1"), w("CNA", "FC_CON2"),
+    w("CNA", "DCOMP_CTRL"), w("CNA", "DCOMP_REGNUM"), w("CNA", "CVT_CON5"),
+    addr("CNA", "FEATURE_DATA_ADDR", a_slot, a_off),
+    addr("CNA", "DCOMP_ADDR0", b_slot, b_off),
+    # CORE: the MAC array
+    w("CORE", "MISC_CFG", PROC_PRECISION=PREC_FP16, QD_EN=1),
+    w("CORE", "DATAOUT_SIZE_0", DATAOUT_HEIGHT=M - 1, DATAOUT_WIDTH=0),
+    w("CORE", "DATAOUT_SIZE_1", DATAOUT_CHANNEL=N - 1),
+    w("CORE", "CLIP_TRUNCATE"), w("CORE", "UNDOC_3030"),
+    # DPU: all stages bypassed, fp32 result to memory
+    w("DPU", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, OUTPUT_MODE=OUTPUT_TO_MEMORY),
+    w("DPU", "DATA_FORMAT", OUT_PRECISION=PREC_FP32, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
+    w("DPU", "OFFSET_PEND"),
+    addr("DPU", "DST_BASE_ADDR", c_slot, c_off),
+    w("DPU", "DST_SURF_STRIDE", DST_SURF_STRIDE=M * 1 * 16),
+    w("DPU", "DATA_CUBE_WIDTH", WIDTH=0),
+    w("DPU", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),
+    w("DPU", "DATA_CUBE_NOTCH_ADDR"),
+    w("DPU", "DATA_CUBE_CHANNEL", ORIG_CHANNEL=N - 1, CHANNEL=N - 1),
+    w("DPU", "BS_CFG", **BS_BN_BYPASS), w("DPU", "BS_ALU_CFG"), w("DPU", "BS_MUL_CFG"), w("DPU", "BS_RELUX_CMP_VALUE"),
+    w("DPU", "BS_OW_CFG", SIZE_E_2=SIZE_E_FP32_OUT, SIZE_E_1=SIZE_E_FP32_OUT, SIZE_E_0=SIZE_E_FP32_OUT, OD_BYPASS=1),
+    w("DPU", "BS_OW_OP"),
+    w("DPU", "WDMA_SIZE_0", CHANNEL_WDMA=N - 1),
+    w("DPU", "WDMA_SIZE_1", HEIGHT_WDMA=M - 1, WIDTH_WDMA=0),
+    w("DPU", "BN_CFG", **{k.replace("BS_", "BN_"): x for k, x in BS_BN_BYPASS.items()}),
+    w("DPU", "BN_ALU_CFG"), w("DPU", "BN_MUL_CFG"), w("DPU", "BN_RELUX_CMP_VALUE"),
+    w("DPU", "EW_CFG", EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1),  # 0x383
+    w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE"),
+    w("DPU", "OUT_CVT_OFFSET"), w("DPU", "OUT_CVT_SCALE", OUT_CVT_SCALE=ONE_SCALE), w("DPU", "OUT_CVT_SHIFT"),
+    w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * ATOMS_FP32_OUT),
+    w("DPU", "UNDOC_40C4"),
+    # DPU_RDMA: not fed (MRDMA disabled, ERDMA disabled) - leaving MRDMA armed hangs (§6.B, the MRDMA trap)
+    w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, MRDMA_DISABLE=1),
+    w("DPU_RDMA", "ERDMA_CFG", ERDMA_DISABLE=1),
+    w("DPU_RDMA", "BRDMA_CFG"), w("DPU_RDMA", "NRDMA_CFG"), w("DPU_RDMA", "SRC_BASE_ADDR"),
+    w("DPU_RDMA", "BS_BASE_ADDR"), w("DPU_RDMA", "BN_BASE_ADDR"), w("DPU_RDMA", "EW_BASE_ADDR"),
+    w("DPU_RDMA", "WEIGHT", E_WEIGHT=1, N_WEIGHT=1, B_WEIGHT=1, M_WEIGHT=1),
+  ]
+  return regs.Task(e, regs.MESA_CONV_ENABLE)
