@@ -301,7 +301,8 @@ def test_mesa_bias_correction_makes_the_hardware_accumulator_exact(p):
 SPLIT_CASES = [dict(H=80, C=64, OC=8, K=3, stride=1, padding="SAME"), dict(H=80, C=64, OC=8, K=3, stride=2, padding="SAME"),
                dict(H=56, C=128, OC=16, K=1, stride=1, padding="VALID"), dict(H=112, C=32, OC=32, K=3, stride=2, padding="SAME"),
                dict(H=96, C=48, OC=24, K=5, stride=1, padding="SAME"), dict(H=64, C=128, OC=256, K=3, stride=1, padding="SAME"),
-               dict(H=90, C=96, OC=8, K=5, stride=2, padding="VALID"), dict(H=72, C=96, OC=96, K=3, stride=1, padding="SAME", depthwise=True)]
+               dict(H=90, C=96, OC=8, K=5, stride=2, padding="VALID"), dict(H=72, C=96, OC=96, K=3, stride=1, padding="SAME", depthwise=True),
+               dict(H=40, C=256, OC=160, K=3, stride=1, padding="SAME")]   # weights too big to stay in CBUF: one job per task
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_mesa_split_covers_every_output_row_once(case):
@@ -335,6 +336,7 @@ def test_mesa_split_covers_every_output_row_once(case):
     assert r[i]["CNA_DMA_CON2"] == p.W * (p.H - 4)                   # SURF_STRIDE from the full op height
     assert (r[i]["CNA_CBUF_CON0"] >> 13) & 1 == int(i > 0 and op.reuse_weights_cbuf)
   assert s.jobs == ([list(range(len(tasks)))] if op.reuse_weights_cbuf else [[i] for i in range(len(tasks))])
+  if not op.reuse_weights_cbuf: assert all(t.input_banks == 7 and t.weights_banks == 5 for t in tasks)
 
 def test_mesa_small_problem_is_one_task():
   s = mesa.build(qproblem(np.random.default_rng(0), H=16, C=32, OC=32))
