@@ -11,6 +11,7 @@ AST shapes this reads (tinygrad 0.14, tinygrad_api.md §3):
   REDUCE(expr, *reduce_ranges, arg=(op, 0))
 """
 from __future__ import annotations
+import math
 from dataclasses import dataclass, field
 from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid
 
@@ -36,17 +37,66 @@ class Affine:
   def ranges(self) -> set[int]: return {r for r, _ in self.terms}
   def eval(self, point:dict[int, int]) -> int: return self.const + sum(c*point[r] for r, c in self.terms)
 
-def affine(u:UOp) -> Affine:
+def affine(u:UOp, ctx:"IndexContext|None"=None) -> Affine:
+  """The affine map of an index expression. `ctx` (range sizes and the validity predicate guarding the index) lets a
+  `%` or `//` by a constant through when, on every valid point, its operand stays within one period: tinygrad writes
+  strided and dilated convolutions' padded indices as (affine + c) % buffer_size."""
   if u.op is Ops.RANGE: return Affine(((u.arg[0], 1),))
   if u.op is Ops.CONST and isinstance(u.arg, int) and not isinstance(u.arg, bool): return Affine((), u.arg)
-  if u.op is Ops.ADD: return affine(u.src[0]) + affine(u.src[1])
+  if u.op is Ops.ADD: return affine(u.src[0], ctx) + affine(u.src[1], ctx)
   if u.op is Ops.MUL:
     a, b = u.src
-    if b.op is Ops.CONST: return affine(a).scale(b.arg)
-    if a.op is Ops.CONST: return affine(b).scale(a.arg)
+    if b.op is Ops.CONST: return affine(a, ctx).scale(b.arg)
+    if a.op is Ops.CONST: return affine(b, ctx).scale(a.arg)
     raise NotAnalyzable("index multiplies two ranges")
-  if u.op is Ops.CAST: return affine(u.src[0])
+  if u.op is Ops.CAST: return affine(u.src[0], ctx)
+  if u.op in DIVMOD and u.src[1].op is Ops.CONST and u.src[1].arg > 0 and ctx is not None:
+    x, m = affine(u.src[0], ctx), u.src[1].arg
+    lo, hi = ctx.interval(x)
+    if lo // m == hi // m and (lo >= 0 or u.op in (Ops.FLOORMOD, Ops.FLOORDIV)):  # C-style ops agree with floor on >= 0
+      return x + Affine((), -(lo // m) * m) if u.op in (Ops.FLOORMOD, Ops.CMOD) else Affine((), lo // m)
+    raise NotAnalyzable(f"index uses {u.op.name} over more than one period ({lo}..{hi} by {m})")
   raise NotAnalyzable(f"index uses {u.op.name} (not affine)")
+
+DIVMOD = (Ops.FLOORMOD, Ops.FLOORDIV, Ops.CMOD, Ops.CDIV)
+
+class IndexContext:
+  """What is known about the ranges where an index is evaluated: their sizes and the validity predicate's bounds."""
+  def __init__(self, sizes:dict[int, int], valid:list["Bound"]):
+    self.sizes = sizes
+    self.known: dict[tuple[tuple[int, int], ...], list[int]] = {}   # primitive expression terms -> [lo, hi] inclusive
+    for b in valid:
+      if not b.expr.terms: continue
+      g = math.gcd(*(abs(c) for _, c in b.expr.terms))
+      if b.expr.terms[0][1] < 0: g = -g
+      terms = tuple((r, c // g) for r, c in b.expr.terms)
+      base = Affine(terms)
+      iv = self.known.setdefault(terms, list(self._plain(base)))
+      # g*(e) + const in [lo, hi)  =>  e in [ceil((lo-const)/g), ceil((hi-const)/g) - 1] for g > 0 (flipped for g < 0)
+      for side, v in (("lo", b.lo), ("hi", b.hi)):
+        if v is None: continue
+        x = (v - b.expr.const) / g
+        if (side == "lo") == (g > 0): iv[0] = max(iv[0], math.ceil(x))
+        else: iv[1] = min(iv[1], math.ceil(x) - 1)
+
+  def _plain(self, x:Affine) -> tuple[int, int]:
+    lo = hi = x.const
+    for r, c in x.terms:
+      lo, hi = lo + min(0, c*(self.sizes[r]-1)), hi + max(0, c*(self.sizes[r]-1))
+    return lo, hi
+
+  def interval(self, x:Affine) -> tuple[int, int]:
+    """Inclusive bounds of x over the valid points (sound, not always tight)."""
+    coeffs, lo, hi = dict(x.terms), x.const, x.const
+    for terms, (elo, ehi) in self.known.items():
+      r0, c0 = terms[0]
+      if coeffs.get(r0, 0) % c0: continue
+      alpha = coeffs.get(r0, 0) // c0
+      if alpha == 0 or any(coeffs.get(r, 0) != alpha*c for r, c in terms): continue
+      for r, _ in terms: del coeffs[r]
+      lo, hi = lo + min(alpha*elo, alpha*ehi), hi + max(alpha*elo, alpha*ehi)
+    plo, phi = self._plain(Affine.of(coeffs))
+    return lo + plo, hi + phi
 
 # ***** predicates (padding) *****
 
@@ -121,29 +171,30 @@ def _range_size(r:UOp) -> int:
   if r.src[0].op is not Ops.CONST: raise NotAnalyzable("symbolic range size")
   return r.src[0].arg
 
-def _load(u:UOp, valid:tuple[Bound, ...]=(), pad=None) -> Load:
+def _load(u:UOp, sizes:dict[int, int], valid:tuple[Bound, ...]=(), pad=None) -> Load:
   buf, idx = u.src[0], u.src[1]
   if buf.op is not Ops.PARAM: raise NotAnalyzable(f"load from {buf.op.name}, not a kernel parameter")
   if idx.op is Ops.WHERE and idx.src[2].op is Ops.CONST and idx.src[2].arg is Invalid:
     valid = valid or tuple(predicate(idx.src[0]))
     idx = idx.src[1]
-  return Load(buf.arg.slot, buf.dtype, buf.src[0].arg if buf.src and buf.src[0].op is Ops.CONST else -1, affine(idx), valid, pad)
+  return Load(buf.arg.slot, buf.dtype, buf.src[0].arg if buf.src and buf.src[0].op is Ops.CONST else -1,
+              affine(idx, IndexContext(sizes, list(valid))), valid, pad)
 
-def _expr(u:UOp, ranges:dict[int, int], loads:list[Load]) -> Expr:
+def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr:
   if u.op is Ops.INDEX:
-    loads.append(ld:=_load(u))
+    loads.append(ld:=_load(u, sizes))
     return ld
   if u.op is Ops.WHERE and u.src[1].op is Ops.INDEX and u.src[2].op is Ops.CONST:
     # padded load: WHERE(valid, INDEX(p, WHERE(valid, idx, Invalid)), pad)
-    loads.append(ld:=_load(u.src[1], tuple(predicate(u.src[0])), _scalar(u.src[2].arg)))
+    loads.append(ld:=_load(u.src[1], sizes, tuple(predicate(u.src[0])), _scalar(u.src[2].arg)))
     return ld
   if u.op is Ops.CONST: return Const(_scalar(u.arg), u.dtype)
   if u.op is Ops.REDUCE:
     rs = tuple(r.arg[0] for r in u.src[1:])
     for r in u.src[1:]: ranges[r.arg[0]] = _range_size(r)
-    return Reduce(u.arg[0], rs, _expr(u.src[0], ranges, loads), u.dtype)
+    return Reduce(u.arg[0], rs, _expr(u.src[0], ranges, loads, sizes), u.dtype)
   if u.op in (Ops.RANGE, Ops.PARAM, Ops.STORE, Ops.END): raise NotAnalyzable(f"{u.op.name} inside the value expression")
-  return Alu(u.op, tuple(_expr(s, ranges, loads) for s in u.src), u.dtype)
+  return Alu(u.op, tuple(_expr(s, ranges, loads, sizes) for s in u.src), u.dtype)
 
 def analyze(ast:UOp) -> LoopNest:
   """The loop nest of a single-output kernel, or NotAnalyzable."""
@@ -156,11 +207,12 @@ def analyze(ast:UOp) -> LoopNest:
   out_rs = tuple(r for r in end.src[1:]) if end.op is Ops.END else ()
   if any(r.op is not Ops.RANGE or r.arg[1] is AxisType.REDUCE for r in out_rs): raise NotAnalyzable("unexpected output loop")
   ranges = {r.arg[0]: _range_size(r) for r in out_rs}
+  all_sizes = {u.arg[0]: _range_size(u) for u in ast.toposort() if u.op is Ops.RANGE}
   idx, value = store.src[0], store.src[1]
   if idx.op is not Ops.INDEX or idx.src[0].op is not Ops.PARAM: raise NotAnalyzable("store is not to a kernel parameter")
   out = idx.src[0]
   loads: list[Load] = []
-  expr = _expr(value, ranges, loads)
+  expr = _expr(value, ranges, loads, all_sizes)
   name = ast.arg.name if hasattr(ast.arg, "name") else "kernel"
   return LoopNest(name, ranges, tuple(r.arg[0] for r in out_rs), out.arg.slot, out.dtype,
-                  out.src[0].arg if out.src and out.src[0].op is Ops.CONST else -1, affine(idx.src[1]), expr, loads)
+                  out.src[0].arg if out.src and out.src[0].op is Ops.CONST else -1, affine(idx.src[1], IndexContext(all_sizes, [])), expr, loads)

@@ -3,7 +3,7 @@
 tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __init__.py for the module alias).
 """
 from __future__ import annotations
-import sys, ctypes, platform, time
+import sys, ctypes, platform, time, itertools
 from dataclasses import dataclass, field
 import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
@@ -14,6 +14,8 @@ from tinygrad_rocket import lower, config, report
 
 # ***** buffers *****
 
+_versions = itertools.count(1)  # process-wide, so a (BO, version) pair names one content even if a BO object is recycled
+
 @dataclass(eq=False)
 class BoDomain:
   """Who may touch a BO's memory right now. The CPU mapping is cached (rocket_hw.md §1.4): CPU access starts with
@@ -21,7 +23,9 @@ class BoDomain:
   makes a run of CPU kernels, or of NPU jobs, pay for the sync once."""
   bo: BufferObject|None       # None: host memory tinygrad gave us (Tensor.from_blob); CPU-only
   cpu_owned: bool = False
-  version: int = 0            # bumped on every write: resident packed weights are valid for one version
+  version: int = 0            # renewed on every write: a packed copy of the BO's data is valid for one version
+
+  def written(self) -> None: self.version = next(_versions)
 
 @dataclass(eq=False)
 class RocketBuffer:
@@ -51,11 +55,11 @@ class RocketAllocator(LRUAllocator['RocketDevice']):
   # tinygrad copies CPU->ROCKET straight into _as_buffer's view (bypassing _copyin), so every CPU path takes the BO first
   def _as_buffer(self, buf:RocketBuffer) -> memoryview:
     self.dev.to_cpu(buf)
-    buf.domain.version += 1  # the caller may write through the view
+    buf.domain.written()  # the caller may write through the view
     return to_mv(buf.va_addr, buf.size)
   def _copyin(self, dest:RocketBuffer, src:memoryview):
     self.dev.to_cpu(dest)
-    dest.domain.version += 1
+    dest.domain.written()
     ctypes.memmove(dest.va_addr, (ctypes.c_char * len(src)).from_buffer(src) if not src.readonly else bytes(src), len(src))
   def _copyout(self, dest:memoryview, src:RocketBuffer):
     self.dev.to_cpu(src)
@@ -82,7 +86,7 @@ class FallbackProgram(CPUProgram):
     if not config.fallback_allowed(): raise config.FallbackError(self.name, self.reason)
     for b in bufs:
       self.rdev.to_cpu(b)
-      b.domain.version += 1  # which parameters a C kernel writes is not in its binary: count them all as written
+      b.domain.written()  # which parameters a C kernel writes is not in its binary: count them all as written
     return super().__call__(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait)
 
 class NpuJobError(RuntimeError):
@@ -107,7 +111,9 @@ class NpuRunner:
     assert not written & read, f"{prg.name}: a scratch BO is both read and written by the job"
     self.out_handles = [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(written)]
     self.in_handles = [self.regcmd.domain.bo.handle] + [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(read)]
-    self.packed_from: dict[int, tuple[int, int, int]] = {}  # resident copy -> (source BO id, version, offset)
+    # pack k -> (source version, offset) it was last packed from: operands whose buffer was not written since (weights,
+    # above all) are not packed again (DESIGN.md, Weights)
+    self.packed_from: dict[int, tuple[int, int]] = {}
 
   def _array(self, buf:RocketBuffer, dtype:str) -> np.ndarray:
     return np.frombuffer(to_mv(buf.va_addr, buf.size), dtype)
@@ -121,7 +127,7 @@ class NpuRunner:
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
     if operand and vals.dtype.kind == "f" and raw.dtype.itemsize > vals.dtype.itemsize and (np.isinf(vals) & np.isfinite(raw)).any(): return False
     self._array(dst, c.dst_dtype)[dst_idx] = vals
-    dst.domain.version += 1
+    dst.domain.written()
     return True
 
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
@@ -129,12 +135,12 @@ class NpuRunner:
     slot = {i: b for i, b in enumerate(bufs)} | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
     for k, (c, si, di, valid) in enumerate(self.pack):
       src = slot[c.src]
-      key = (id(src.domain), src.domain.version, src.offset)
-      if c.resident and self.packed_from.get(k) == key: continue
+      key = (src.domain.version, src.offset)
+      if src.domain.bo is not None and self.packed_from.get(k) == key: continue
       if not self._copy(c, si, di, valid, src, slot[c.dst], operand=True):
         self.packed_from.clear()
         return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
-      if c.resident: self.packed_from[k] = key
+      self.packed_from[k] = key
     report.kernel_ran(self.name, "npu", self.prg.summary)
     self.dev.to_cpu(self.regcmd)
     self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items()}, self.regcmd.dma_addr, out=self.words)

@@ -41,9 +41,9 @@ class Bound:
 
 @dataclass(frozen=True)
 class Copy:
-  """For every coordinate of `grid`: dst[dst_index] = src[src_index] if every bound holds else `fill`, converted to
-  dst_dtype. Packs an operand into an NPU layout (rounding float32 to the NPU's fp16 operands) and unpacks results.
-  `resident`: the source is a weight: pack it once per version of the source buffer (DESIGN.md, Weights)."""
+  """For every coordinate of `grid`: dst[dst_index] = src[src_index] if every bound holds, else `fill` (None: leave
+  dst alone there), converted to dst_dtype. Packs an operand into an NPU layout (rounding float32 to the NPU's fp16
+  operands; padding gets `fill`) and unpacks results (padding rows and kernels are skipped)."""
   src: int
   src_dtype: str          # numpy dtype name of the source elements
   dst: int
@@ -53,11 +53,11 @@ class Copy:
   src_index: Lin
   dst_index: Lin
   bounds: tuple[Bound, ...] = ()
-  fill: float = 0.0
-  resident: bool = False
+  fill: float|None = 0.0
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None]:
-    """(src element indices, dst element indices, validity mask or None), flat over the grid."""
+    """(src element indices, dst element indices, validity mask or None), flat over the grid; with fill None, only
+    the valid points (and no mask)."""
     coords = np.indices(self.grid, dtype=np.int64).reshape(len(self.grid), -1)
     vals = list(coords)
     for v in self.vars:
@@ -72,9 +72,10 @@ class Copy:
       if b.lo is not None: ok &= x >= b.lo
       if b.hi is not None: ok &= x < b.hi
       valid = ok if valid is None else valid & ok
-    src = lin(self.src_index)
-    if valid is not None: src = np.where(valid, src, 0)
-    return src, lin(self.dst_index), valid
+    src, dst = lin(self.src_index), lin(self.dst_index)
+    if valid is None: return src, dst, None
+    if self.fill is None: return src[valid], dst[valid], None
+    return np.where(valid, src, 0), dst, valid
 
 @dataclass(frozen=True)
 class NpuProgram:

@@ -68,8 +68,8 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   m = [r for r in outs if r in ua and r not in ub]
   n = [r for r in outs if r in ub and r not in ua]
   batch = [r for r in outs if r not in m and r not in n]
-  # A gives the rows (feature cube), B the kernels (weights, packed once per version): B is the side with fewer
-  # exclusive output elements, which puts convolution weights and matmul right-hand sides in B.
+  # A gives the rows (feature cube), B the kernels: B is the side with fewer exclusive output elements (kernels are
+  # padded to 16, rows only to 4), which puts convolution weights in B.
   size = lambda rs: math.prod(nest.ranges[r] for r in rs)
   if size(m) < size(n): a, b, m, n = b, a, n, m
   return Contraction(a, b, m, n, batch, list(v.ranges))
@@ -83,7 +83,7 @@ def _digits(dims:list[int], sizes:dict[int, int], linear:tuple[int, ...], const:
   return out[::-1]
 
 def _gather(ld:Load, sizes:dict[int, int], grid:tuple[int, ...], lin_vars:list[tuple[tuple[int, ...], int, list[int], int]],
-            fixed:dict[int, int], dst:int, dst_dtype:str, dst_index:Lin, resident:bool) -> Copy:
+            fixed:dict[int, int], dst:int, dst_dtype:str, dst_index:Lin) -> Copy:
   """A Copy reading load `ld` over `grid`. lin_vars: (coeffs over grid, const, dims it enumerates, bound) per linear
   position (e.g. k = 8*k1 + k2 enumerating the K loops, bounded by their product); fixed: ranges held constant."""
   nd = len(grid)
@@ -108,7 +108,7 @@ def _gather(ld:Load, sizes:dict[int, int], grid:tuple[int, ...], lin_vars:list[t
   bounds += [Bound(lin_of(b.expr), b.lo, b.hi) for b in ld.valid]
   bounds.append(Bound(lin_of(ld.index), 0, ld.size))  # never read outside the buffer (a guard, not a semantic)
   di = Lin(dst_index.coeffs + (0,) * (nvals - len(dst_index.coeffs)), dst_index.const)
-  return Copy(ld.slot, FLOATS[ld.dtype], dst, dst_dtype, grid, tuple(vars_), lin_of(ld.index), di, tuple(bounds), 0.0, resident)
+  return Copy(ld.slot, FLOATS[ld.dtype], dst, dst_dtype, grid, tuple(vars_), lin_of(ld.index), di, tuple(bounds), 0.0)
 
 def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   c = match(nest)
@@ -137,14 +137,14 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       g = (a_f.c1, rows, a_f.c2)
       off = (bi * m_tiles + mt) * a_f.elems
       pack.append(_gather(c.a, sz, g, [((a_f.c2, 0, 1), 0, c.k_dims, K), ((0, 1, 0), mt * rows, c.m_dims, M)], fixed,
-                          A, "float16", Lin((rows * a_f.c2, a_f.c2, 1), off), resident=False))
+                          A, "float16", Lin((rows * a_f.c2, a_f.c2, 1), off)))
     for nt in range(n_tiles):
       # B tile: Weights(n_t, Kp) = grid (N1, K1, 16, 32): n = n0 + 16*n1 + n2, k = 32*k1 + k2 (1x1 taps)
       ng, kg = b_w.group
       g = (b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg)
       off = (bi * n_tiles + nt) * b_w.elems
       pack.append(_gather(c.b, sz, g, [((0, kg, 0, 1), 0, c.k_dims, K), ((ng, 0, 1, 0), nt * n_t, c.n_dims, N)], fixed,
-                          B, "float16", Lin(b_w.grid_strides()[:2] + b_w.grid_strides()[4:], off), resident=True))
+                          B, "float16", Lin(b_w.grid_strides()[:2] + b_w.grid_strides()[4:], off)))
     for mt, nt in itertools.product(range(m_tiles), range(n_tiles)):
       a_off = (bi * m_tiles + mt) * a_sz
       b_off = (bi * n_tiles + nt) * b_sz
@@ -167,6 +167,6 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       unit = lambda j: tuple(1 if i == j else 0 for i in range(nvals))
       unpack.append(Copy(C, "float32", nest.out_slot, out_dtype, g, tuple(vs),
                          Lin((rows * c_f.c2, c_f.c2, 1) + (0,) * (nvals - nd), ci * c_f.elems), Lin(tuple(oc), oconst),
-                         (Bound(Lin(unit(nd)), None, N), Bound(Lin(unit(nd + 1)), None, M))))
+                         (Bound(Lin(unit(nd)), None, N), Bound(Lin(unit(nd + 1)), None, M)), fill=None))
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)} as {len(tasks)} fp16 matmul task(s) of {rows}x{Kp}x{n_t}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)

@@ -1,0 +1,117 @@
+"""The contraction rule: tinygrad matmuls, batched matmuls and convolutions as NPU fp16 matmul tiles.
+
+Each case runs twice: on the emulator, and on a minimal reference executor written here straight from the layout
+facts (rocket_fp16_ew_ppu.md §1.2 feature cubes, §1.3 weight groups, §2.1 matmul registers). The second isolates the
+rule's packing and tiling from the emulator; the first is the real path. Strict mode proves the NPU ran every kernel
+the test names."""
+import contextlib
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from tinygrad import Tensor
+from tinygrad_rocket import lower, regs, report
+from tinygrad_rocket.emu.core import NPU
+from tinygrad_rocket.rules.contraction import lower_contraction
+import numerics as nm
+from helpers import env, rocket_and_cpu
+
+def reference_matmul_executor(core, block_mask, mem):
+  """C = A @ B^T for one fp16 matmul task, from the register file and the documented layouts (W = 1)."""
+  rf = core.regs
+  f = lambda b, r, fld: regs.read_field(rf, b, r, fld)
+  M, K, N = f("CNA", "DATA_SIZE0", "DATAIN_HEIGHT"), f("CNA", "DATA_SIZE1", "DATAIN_CHANNEL"), f("CNA", "WEIGHT_SIZE2", "WEIGHT_KERNELS")
+  assert f("CNA", "DATA_SIZE0", "DATAIN_WIDTH") == 1 and K % 32 == 0 and N % 16 == 0 and M >= 4
+  a = mem.ndarray(f("CNA", "FEATURE_DATA_ADDR", "FEATURE_BASE_ADDR"), np.float16, M*K)   # [K/8][M][8]
+  A = a.reshape(K // 8, M, 8).transpose(1, 0, 2).reshape(M, K)
+  b = mem.ndarray(f("CNA", "DCOMP_ADDR0", "DECOMPRESS_ADDR0"), np.float16, N*K)        # [N/16][K/32][16][32]
+  B = b.reshape(N // 16, K // 32, 16, 32).transpose(0, 2, 1, 3).reshape(N, K)
+  C = A.astype(np.float32) @ B.astype(np.float32).T                                      # [M][N]
+  out = C.reshape(M, N // 4, 4).transpose(1, 0, 2)                                       # [N/4][M][4]
+  dst = f("DPU", "DST_BASE_ADDR", "DST_BASE_ADDR")
+  mem.check(dst, out.nbytes)
+  mem.write(dst, np.ascontiguousarray(out, np.float32).tobytes())
+
+@contextlib.contextmanager
+def executor(kind:str):
+  old = NPU.set_executor(reference_matmul_executor if kind == "reference" else None)
+  try: yield
+  finally: NPU.restore_executors(old)
+
+@contextlib.contextmanager
+def contraction_rule():
+  lower.RULES.append(("contraction", lower_contraction))
+  try: yield
+  finally: lower.RULES.remove(("contraction", lower_contraction))
+
+EXECUTORS = ["reference", pytest.param("emulator", marks=pytest.mark.skipif(
+  __import__("importlib").util.find_spec("tinygrad_rocket.emu.blocks") is None, reason="emulator block execution not implemented yet"))]
+
+CASES = {
+  "matmul": (lambda a, b: a @ b, [(13, 40), (40, 21)]),
+  "matmul_T": (lambda a, b: a @ b.T, [(8, 33), (17, 33)]),
+  "bmm": (lambda a, b: a @ b, [(3, 5, 7), (3, 7, 9)]),
+  "matvec": (lambda a, b: a @ b, [(20, 6), (6,)]),
+  "conv2d": (lambda x, w: x.conv2d(w, padding=1), [(2, 3, 7, 6), (5, 3, 3, 3)]),
+  "conv2d_s2_d2": (lambda x, w: x.conv2d(w, stride=2, dilation=2, padding=2), [(1, 4, 9, 9), (6, 4, 3, 3)]),
+  "depthwise": (lambda x, w: x.conv2d(w, groups=4, padding=1), [(1, 4, 6, 6), (4, 1, 3, 3)]),
+  "conv1d": (lambda x, w: x.conv2d(w), [(2, 3, 11), (4, 3, 3)]),
+}
+
+def _bound(name, fn, arrays, p):
+  """|A|·|B| through the same op in float64 gives S = sum|a||b| per output; n = contraction length."""
+  S = fn(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
+  n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "depthwise": 9, "conv1d": 9}[name]
+  amax = sum(float(np.abs(a).max()) for a in arrays)
+  return nm.bound_dot(p, S, n, amax)
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_contraction_on_npu(name, kind):
+  fn, shapes = CASES[name]
+  rng = np.random.default_rng(len(name))
+  arrays = [rng.uniform(-4, 4, s).astype(np.float32) for s in shapes]
+  report.reset()
+  with executor(kind), contraction_rule(), env(ROCKET_FALLBACK="0"):
+    r, c = rocket_and_cpu(fn, *arrays)
+  assert any(rec.engine == "npu" for rec in report.records())
+  nm.assert_within(r, c, _bound(name, fn, arrays, nm.rocket("float32")) + _bound(name, fn, arrays, nm.cpu("float32")), name)
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_epilogue_is_never_dropped(kind):
+  """a@b + 1 must not come back as a@b (a bug an earlier tinygrad NPU fork had): the epilogue kernel is rejected."""
+  A, B = np.ones((4, 8), np.float32), np.ones((8, 4), np.float32)
+  with executor(kind), contraction_rule():
+    out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + 1).numpy()
+    np.testing.assert_array_equal(out, A @ B + 1)
+    with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="epilogue"):
+      (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + 2).realize()
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_fp16_overflow_takes_the_cpu_path(kind):
+  A = np.full((4, 4), 1e5, np.float32); B = np.eye(4, dtype=np.float32)
+  report.reset()
+  with executor(kind), contraction_rule():
+    out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET")).numpy()
+    np.testing.assert_array_equal(out, A)
+    assert any(rec.engine == "fallback" and "fp16" in rec.reason for rec in report.records())
+    with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="fp16"):
+      (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET")).numpy()
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_resident_weights_repacked_only_when_written(kind, monkeypatch):
+  from tinygrad_rocket import device
+  packs = []
+  orig = device.NpuRunner._copy
+  monkeypatch.setattr(device.NpuRunner, "_copy", lambda self, c, *a, operand, **k: (operand and packs.append(c.src)) or orig(self, c, *a, operand=operand, **k))
+  rng = np.random.default_rng(3)
+  with executor(kind), contraction_rule(), env(ROCKET_FALLBACK="0"):
+    W = Tensor(rng.standard_normal((16, 32)).astype(np.float32), device="ROCKET").realize()
+    for i in range(3):
+      x = rng.standard_normal((8, 16)).astype(np.float32)
+      out = (Tensor(x, device="ROCKET") @ W).numpy()
+      np.testing.assert_allclose(out, x @ W.numpy(), rtol=0, atol=float(nm.bound_matmul(nm.rocket("float32"), x, W.numpy()).max() * 2))
+    assert len(packs) == 1 + 3, packs        # W packed once, x three times
+  W.assign(W * 2).realize()                  # a write renews W's version (an elementwise kernel: not strict)
+  with executor(kind), contraction_rule(), env(ROCKET_FALLBACK="0"):
+    (Tensor(x, device="ROCKET") @ W).numpy()   # so it is packed again
+  assert len(packs) == 1 + 3 + 2

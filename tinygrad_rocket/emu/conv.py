@@ -1,0 +1,153 @@
+"""CNA + CORE: feature and weight DMA, padding, the MAC array (direct and depthwise convolution, 1x1 = matmul).
+
+Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3):
+- int8: exact integer products and sums (computed with float64 matrix products, exact below 2**53), plus the window sum
+  S of the inputs (padding included) that the DPU's CPEND stage multiplies by BS_OW_OP;
+- fp16 / bf16 / tf32: exact products, summed in float64 and rounded once to fp32. The hardware accumulates in fp32 (or
+  wider) in its own order; float64-then-round is within the bound an fp32 accumulation of exact products must meet and
+  matches GN's measurement (fp32 output ~1e-7 relative to a float64 reference).
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+import numpy as np
+from tinygrad_rocket.emu import arith, layouts
+from tinygrad_rocket.emu.descs import ConvDesc, UnsupportedConfig, WEIGHT_GROUPS, DW_GROUPS
+from tinygrad_rocket.emu.memory import IovaSpace
+
+# ⚠ int8 depthwise reads the pad byte per lane (GN depthwise-conv.md, HW sweep): among the first 32 channels of each
+# 64-channel group the odd channels take byte 1 of PAD_CON1, every other channel byte 0 (whether the pattern repeats
+# per 64-channel group was not isolated; assumed). Mesa's hand-written pad values (0xFFFF8080, 0x0B0B) write the byte
+# twice, consistent with this. Direct convolutions: byte 0 for every channel (no evidence of a lane split).
+DW_INT8_PAD_BYTE_LANES = True
+# Feature bytes of one im2col chunk (bounds the emulator's memory use on big layers)
+IM2COL_CHUNK_BYTES = 64 << 20
+
+@dataclass
+class ConvResult:
+  acc: np.ndarray          # (out_c, out_h, out_w): int64 (int8) or float32 (float paths), before CLIP_TRUNCATE
+  window_sum: np.ndarray|None  # int8: S, (out_h, out_w) direct or (out_c, out_h, out_w) depthwise, for CPEND
+  feature_bytes: int
+  weight_bytes: int        # bytes fetched from memory (0 when WEIGHT_REUSE took them from CBUF)
+  read_ranges: list[tuple[int, tuple, tuple, int]]   # (base, shape, strides, inner) of every feature/weight DMA
+
+def _element_dtype(prec:str) -> np.dtype:
+  return {"int8": np.dtype(np.int8), "fp16": np.dtype("<f2"), "bf16": np.dtype("<u2"), "tf32": np.dtype("<f4")}[prec]
+
+def _to_f64(raw:np.ndarray, prec:str) -> np.ndarray:
+  """Stored elements -> float64 values as the MAC array sees them."""
+  if prec == "bf16": return arith.bf16_to_f32(raw).astype(np.float64)
+  if prec == "tf32": return arith.tf32_from_f32(raw).astype(np.float64)
+  return raw.astype(np.float64)
+
+def pad_values(d:ConvDesc) -> np.ndarray:
+  """The value each input channel reads at a padding tap (PAD_CON1), float64 of shape (channels,)."""
+  raw = d.pad_raw
+  if d.precision == "int8":
+    b0, b1 = arith.signed_byte(raw & 0xFF), arith.signed_byte((raw >> 8) & 0xFF)
+    v = np.full(d.channels, b0, np.float64)
+    if d.depthwise and DW_INT8_PAD_BYTE_LANES:
+      c = np.arange(d.channels)
+      v[((c % 64) < 32) & (c % 2 == 1)] = b1
+    return v
+  if d.precision == "fp16": return np.full(d.channels, np.float64(arith.fp16_bits_to_f32(raw & 0xFFFF)))
+  if d.precision == "bf16": return np.full(d.channels, np.float64(arith.bf16_to_f32(np.array([raw & 0xFFFF]))[0]))
+  return np.full(d.channels, np.float64(arith.tf32_from_f32(np.array([arith.f32_bits_to_f32(raw)]))[0]))
+
+def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
+  """The input cube (channels, height, width) as float64 values, the bytes the CNA fetched, and the DMA range."""
+  if d.pixel:
+    rows = layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
+    x = _pixel_convert(d, rows)
+    cube = np.zeros((d.channels, d.height, d.width), np.float64)
+    cube[0] = x
+    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
+  S = d.surfaces
+  atoms = layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA")
+  atoms = atoms.reshape(S, d.height, d.width, layouts.ATOM)
+  raw = layouts.atoms_to_cube(atoms, _element_dtype(d.precision), d.channels)
+  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM)
+
+def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
+  """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
+  CVT_TYPE 0: y = round(x*scale >> truncate) + offset; 1: y = round((x + offset)*scale >> truncate); saturated to int8.
+  Mesa (rocket_hw.md §5.1): unsigned pixels, scale 16384, truncate 14, offset -128 -> x - 128."""
+  cvt = d.cvt
+  assert cvt is not None
+  x = rows.view(np.int8).astype(np.int64) if cvt.data_sign else rows.astype(np.int64)
+  if cvt.bypass or not cvt.enable & 1: return rows.view(np.int8).astype(np.float64)
+  scale, offset, trunc = cvt.scale[0], cvt.offset[0], cvt.truncate[0]
+  mode = arith.round_mode(cvt.round_type)
+  if cvt.cvt_type == 0: y = arith.rshift_round(x * scale, trunc, mode) + offset
+  else: y = arith.rshift_round((x + offset) * scale, trunc, mode)
+  return arith.saturate(y, -128, 127).astype(np.float64)
+
+def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]:
+  """Weights as float64: direct (kernels, channels, kh, kw), depthwise (channels, kh, kw); and bytes fetched.
+  WEIGHT_REUSE: the CNA does not fetch, the weights are whatever the CBUF holds from this core's last weight load."""
+  if d.weight_reuse:
+    held = cbuf.get("weights")
+    if held is None or held.size != d.weight_bytes:
+      raise UnsupportedConfig(f"WEIGHT_REUSE with no {d.weight_bytes}-byte weight load in this core's CBUF "
+                              f"(holds {'nothing' if held is None else f'{held.size} bytes'}): contents undefined")
+    raw8, fetched = held, 0
+  else:
+    raw8 = np.array(mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight"))
+    cbuf["weights"] = raw8
+    fetched = d.weight_bytes
+  el = raw8.view(_element_dtype(d.precision))
+  if d.depthwise:
+    idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
+  else:
+    ng, kg = WEIGHT_GROUPS[d.precision]
+    idx = layouts.weight_index_direct(d.kernels, d.channels, d.kh, d.kw, ng, kg)
+  return _to_f64(el[idx], d.precision), fetched
+
+def _padded(d:ConvDesc, x:np.ndarray) -> np.ndarray:
+  """The input with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many after as
+  the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it unused."""
+  eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
+  need_h, need_w = (d.out_h - 1) * d.stride_y + eff_h, (d.out_w - 1) * d.stride_x + eff_w
+  Hp, Wp = max(need_h, d.pad_top + d.height), max(need_w, d.pad_left + d.width)
+  xp = np.empty((d.channels, Hp, Wp), np.float64)
+  xp[:] = pad_values(d)[:, None, None]
+  xp[:, d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
+  return xp[:, :need_h, :need_w]
+
+def _windows(d:ConvDesc, xp:np.ndarray) -> np.ndarray:
+  """View (channels, out_h, out_w, kh, kw) of every tap of every output."""
+  eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
+  v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(1, 2))
+  return v[:, ::d.stride_y, ::d.stride_x, ::d.dil_y, ::d.dil_x][:, :d.out_h, :d.out_w]
+
+def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
+  x, fbytes, frange = read_feature(d, mem)
+  w, wbytes = read_weights(d, mem, cbuf)
+  ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
+  win = _windows(d, _padded(d, x))                         # (C, oh, ow, kh, kw)
+  oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
+  acc64 = np.zeros((d.out_c, oh, ow), np.float64)
+  S = None
+  if d.depthwise:
+    n = min(d.channels, d.out_c)
+    for i in range(d.kh):
+      for j in range(d.kw):
+        acc64[:n] += win[:n, :, :, i, j] * w[:n, i, j][:, None, None]
+    if need_window_sum:
+      S = np.zeros((d.out_c, oh, ow), np.float64)
+      S[:n] = win[:n].sum(axis=(3, 4))
+  else:
+    K = d.kernels
+    wm = w.transpose(2, 3, 1, 0).reshape(taps * d.channels, K)      # rows (kh, kw, c)
+    rows_per_chunk = max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8))
+    if need_window_sum: S = np.zeros((oh, ow), np.float64)
+    for r0 in range(0, oh, rows_per_chunk):
+      r1 = min(oh, r0 + rows_per_chunk)
+      cols = win[:, r0:r1].transpose(1, 2, 3, 4, 0).reshape((r1 - r0) * ow, taps * d.channels)
+      acc64[:K, r0:r1] = (cols @ wm).T.reshape(K, r1 - r0, ow)
+      if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
+  if d.precision == "int8":
+    acc = acc64.astype(np.int64)
+    window_sum = S.astype(np.int64) if S is not None else None
+  else:
+    acc, window_sum = acc64.astype(np.float32), None
+  return ConvResult(acc, window_sum, fbytes, wbytes, ranges)
