@@ -1,0 +1,119 @@
+"""Block execution of the emulated NPU: what a core does on the op-enable entry of a regcmd list.
+
+`execute(core, block_mask, mem)` is the executor tinygrad_rocket.emu.core calls. It
+1. checks the op-enable mask (which block combinations complete, which hang);
+2. decodes the persistent register file (core.regs: every register keeps its value across tasks, jobs and files)
+   into typed descriptions (descs.py), raising HangError / UnsupportedConfig for the combinations the reference lists;
+3. plans the write DMA (every destination byte checked against the file's IOVA map), then reads and computes with
+   numpy (conv.py: CNA + CORE; dpu.py: DPU + DPU_RDMA);
+4. writes the output only after every DMA read of the task succeeded, so an IOMMU fault writes nothing;
+5. records the task's counters (cost.py) on the core: `core.emu_stats` (a cost.JobStats, all tasks since the core was
+   created) and, if the caller set one, `core.emu_job_stats` (the running job's).
+Semantics and sources: docs/emulator.md; every uncertain choice is a named constant in descs/conv/dpu/layouts/arith.
+"""
+from __future__ import annotations
+import numpy as np
+from tinygrad_rocket.regs.blocks import OpEnable, OP_ENABLE_KNOWN
+from tinygrad_rocket.emu.core import HangError
+from tinygrad_rocket.emu.memory import IovaSpace
+from tinygrad_rocket.emu import conv as conv_mod, dpu as dpu_mod, layouts
+from tinygrad_rocket.emu.cost import TaskStats, JobStats, conv_cycles
+from tinygrad_rocket.emu.descs import (Fields, UnsupportedConfig, decode_conv, decode_dpu, decode_rdma, erdma_checks,
+                                       conv_qd_en, pc_fetch_bytes, WEIGHT_GROUPS, DW_GROUPS)
+
+__all__ = ["execute", "UnsupportedConfig", "task_stats"]
+
+def _check_mask(mask:int) -> tuple[bool, bool]:
+  """(conv, rdma) for a mask the emulator runs; HangError for masks that never raise the DPU interrupt the kernel waits
+  for (rocket_hw.md §2.4: only DPU_0/DPU_1 complete a task)."""
+  if mask & ~OP_ENABLE_KNOWN: raise UnsupportedConfig(f"op-enable mask {mask:#x} sets reserved bits")
+  if mask & (OpEnable.PPU | OpEnable.PPU_RDMA): raise UnsupportedConfig(f"op-enable mask {mask:#x}: PPU pooling is not emulated")
+  cna, core_, dpu, rdma = (bool(mask & b) for b in (OpEnable.CNA, OpEnable.CORE, OpEnable.DPU, OpEnable.DPU_RDMA))
+  if not dpu: raise HangError(f"op-enable mask {mask:#x} does not start the DPU: no DPU interrupt ever completes the task")
+  if cna != core_:
+    raise HangError(f"op-enable mask {mask:#x} starts {'CNA' if cna else 'CORE'} without {'CORE' if cna else 'CNA'}: "
+                    "the convolution pipeline never drains")
+  return cna, rdma
+
+def _overlaps(reads:list[tuple], write:tuple) -> bool:
+  """Whether any byte of the strided read blocks is also written."""
+  wb, wshape, wstrides, winner = write
+  if not int(np.prod(wshape)) or not winner: return False
+  ws = np.sort(layouts.atom_addresses(wb, wshape, wstrides))
+  wlo, whi = int(ws[0]), int(ws[-1]) + winner
+  for base, shape, strides, inner in reads:
+    if not inner or not int(np.prod(shape, dtype=np.int64) if shape else 1): continue
+    rs = layouts.atom_addresses(base, shape, strides)
+    if int(rs.max()) + inner <= wlo or int(rs.min()) >= whi: continue
+    idx = np.searchsorted(ws, rs + inner, side="left") - 1      # last write run starting before each read run ends
+    ok = idx >= 0
+    if np.any(ws[idx[ok]] + winner > rs[ok]): return True
+  return False
+
+def execute(core, block_mask:int, mem:IovaSpace) -> None:
+  has_conv, rdma_on = _check_mask(block_mask)
+  F = Fields(core.regs)
+  conv = decode_conv(F) if has_conv else None
+  dpu = decode_dpu(F)
+  rdma = decode_rdma(F) if rdma_on else None
+  if rdma is not None and not rdma.erdma_disable: erdma_checks(F)
+  plan = dpu_mod.prepare(dpu, rdma, rdma_on, conv, conv_qd_en(F) if conv is not None else 0, mem)
+
+  stats = TaskStats(kind="dpu" if conv is None else ("depthwise" if conv.depthwise else "conv"),
+                    precision=(conv.precision if conv is not None else dpu.proc_prec))
+  stats.dma_read["PC"] = pc_fetch_bytes(F)
+  cres, reads = None, []
+  if conv is not None:
+    need_S = conv.precision == "int8" and not dpu.od_bypass
+    cres = conv_mod.run(conv, mem, _cbuf(core), need_S)
+    stats.dma_read["CNA feature"] = cres.feature_bytes
+    if cres.weight_bytes: stats.dma_read["CNA weight"] = cres.weight_bytes
+    reads += cres.read_ranges
+  dpu_mod.compute(plan, dpu, rdma, rdma_on, conv, cres.acc if cres else None, cres.window_sum if cres else None, mem)
+  for k, v in plan.read_bytes.items(): stats.dma_read[k] = stats.dma_read.get(k, 0) + v
+  reads += plan.read_ranges
+  sc = plan.scatter
+  if _overlaps(reads, (sc.base, sc.shape, sc.strides, sc.inner)):
+    raise UnsupportedConfig("the task writes memory it reads (in place): the hardware corrupts in-place EW accumulation "
+                            "(GN k-accumulation.md); other in-place forms are not documented")
+  sc.commit(plan.atoms)
+  stats.dma_write["WDMA"] = sc.nbytes
+  _account(stats, conv, dpu)
+  _record(core, stats)
+
+def _cbuf(core) -> dict:
+  """The core's CBUF contents that outlive a task (weights, for WEIGHT_REUSE). Kept on the core object."""
+  cb = getattr(core, "emu_cbuf", None)
+  if cb is None:
+    cb = {}
+    core.emu_cbuf = cb
+  return cb
+
+def _account(stats:TaskStats, conv, dpu) -> None:
+  from tinygrad_rocket.emu.cost import MACS_PER_CYCLE
+  if conv is None:
+    surfaces = layouts.ceil_div(dpu.channels * dpu.out_bytes, 16)
+    stats.compute_cycles = dpu.width * dpu.height * max(1, surfaces)
+    return
+  pixels, taps = conv.out_w * conv.out_h, conv.kw * conv.kh
+  kernels = 1 if conv.depthwise else conv.kernels
+  cycles = conv_cycles(conv.precision, conv.depthwise, pixels, taps, conv.channels, kernels,
+                       WEIGHT_GROUPS[conv.precision], DW_GROUPS.get(conv.precision, 1))
+  stats.compute_cycles = cycles
+  stats.macs_issued = cycles * MACS_PER_CYCLE[conv.precision]
+  out_real = min(dpu.orig_channels, conv.out_c)
+  if conv.depthwise: stats.macs_useful = pixels * taps * min(conv.channels_real, out_real)
+  else: stats.macs_useful = pixels * taps * conv.channels_real * min(out_real, conv.kernels)
+
+def _record(core, stats:TaskStats) -> None:
+  total = getattr(core, "emu_stats", None)
+  if total is None:
+    total = JobStats(jobs=0)
+    core.emu_stats = total
+  total.add(stats)
+  job = getattr(core, "emu_job_stats", None)
+  if job is not None: job.add(stats)
+
+def task_stats(core) -> JobStats:
+  """Counters of every task this core executed (jobs field: 0, the core does not see job boundaries)."""
+  return getattr(core, "emu_stats", None) or JobStats(jobs=0)
