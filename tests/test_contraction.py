@@ -26,6 +26,9 @@ def reference_matmul_executor(core, block_mask, mem):
   b = mem.ndarray(f("CNA", "DCOMP_ADDR0", "DECOMPRESS_ADDR0"), np.float16, N*K)        # [N/16][K/32][16][32]
   B = b.reshape(N // 16, K // 32, 16, 32).transpose(0, 2, 1, 3).reshape(N, K)
   C = A.astype(np.float32) @ B.astype(np.float32).T                                      # [M][N]
+  if not f("DPU", "BS_CFG", "BS_BYPASS") and not f("DPU", "BS_CFG", "BS_RELU_BYPASS"):    # BS stage ReLU
+    assert f("DPU", "BS_CFG", "BS_ALU_BYPASS") and f("DPU", "BS_CFG", "BS_MUL_BYPASS")
+    C = np.maximum(C, 0)
   out = C.reshape(M, N // 4, 4).transpose(1, 0, 2)                                       # [N/4][M][4]
   dst = f("DPU", "DST_BASE_ADDR", "DST_BASE_ADDR")
   mem.check(dst, out.nbytes)
@@ -55,12 +58,17 @@ CASES = {
   "conv2d_s2_d2": (lambda x, w: x.conv2d(w, stride=2, dilation=2, padding=2), [(1, 4, 9, 9), (6, 4, 3, 3)]),
   "depthwise": (lambda x, w: x.conv2d(w, groups=4, padding=1), [(1, 4, 6, 6), (4, 1, 3, 3)]),
   "conv1d": (lambda x, w: x.conv2d(w), [(2, 3, 11), (4, 3, 3)]),
+  "linear_bias": (lambda x, w, b: x.linear(w.T, b), [(6, 30), (20, 30), (20,)]),
+  "conv2d_bias_relu": (lambda x, w, b: x.conv2d(w, b, padding=1).relu(), [(1, 3, 6, 6), (8, 3, 3, 3), (8,)]),
+  "row_bias": (lambda a, b, r: a @ b + r, [(40, 9), (9, 5), (40, 1)]),
 }
 
 def _bound(name, fn, arrays, p):
-  """|A|·|B| through the same op in float64 gives S = sum|a||b| per output; n = contraction length."""
+  """|A|·|B| through the same op in float64 gives S = sum|a||b| per output (a bias adds |bias|, ReLU only selects);
+  n = contraction length."""
   S = fn(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
-  n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "depthwise": 9, "conv1d": 9}[name]
+  n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "depthwise": 9, "conv1d": 9,
+       "linear_bias": 31, "conv2d_bias_relu": 28, "row_bias": 10}[name]  # a fused bias is one more product (bias * 1)
   amax = sum(float(np.abs(a).max()) for a in arrays)
   return nm.bound_dot(p, S, n, amax)
 
@@ -85,6 +93,11 @@ def test_epilogue_is_never_dropped(kind):
     np.testing.assert_array_equal(out, A @ B + 1)
     with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="epilogue"):
       (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + 2).realize()
+    # a bias is fused (one more K column) and must be there
+    bias = np.arange(4, dtype=np.float32)
+    with env(ROCKET_FALLBACK="0"):
+      out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + Tensor(bias, device="ROCKET")).numpy()
+    np.testing.assert_array_equal(out, A @ B + bias)
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_fp16_overflow_takes_the_cpu_path(kind):

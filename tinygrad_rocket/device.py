@@ -104,16 +104,19 @@ class NpuRunner:
     dev.to_cpu(self.regcmd)
     self.words = np.frombuffer(to_mv(self.regcmd.va_addr, prg.tasks.nbytes), np.uint64)
     self.words[:] = prg.tasks.words
-    self.pack = [(c, *c.indices()) for c in prg.pack]      # gather indices computed once per program
+    # gather indices computed once per program; packs grouped by destination, in order (a later copy may write over
+    # an earlier one's fill, so a group is redone whole when any of its sources changed)
+    self.pack: dict[int, list] = {}
+    for c in prg.pack: self.pack.setdefault(c.dst, []).append((c, *c.indices()))
     self.unpack = [(c, *c.indices()) for c in prg.unpack]
     written = set(prg.written_scratch())
-    read = {c.dst for c in prg.pack}
+    read = set(self.pack)
     assert not written & read, f"{prg.name}: a scratch BO is both read and written by the job"
     self.out_handles = [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(written)]
     self.in_handles = [self.regcmd.domain.bo.handle] + [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(read)]
-    # pack k -> (source version, offset) it was last packed from: operands whose buffer was not written since (weights,
-    # above all) are not packed again (DESIGN.md, Weights)
-    self.packed_from: dict[int, tuple[int, int]] = {}
+    # destination -> (source version, offset)s it was last packed from: operands whose buffers were not written since
+    # (weights, above all) are not packed again (DESIGN.md, Weights)
+    self.packed_from: dict[int, tuple] = {}
 
   def _array(self, buf:RocketBuffer, dtype:str) -> np.ndarray:
     return np.frombuffer(to_mv(buf.va_addr, buf.size), dtype)
@@ -121,9 +124,12 @@ class NpuRunner:
   def _copy(self, c, src_idx, dst_idx, valid, src:RocketBuffer, dst:RocketBuffer, operand:bool) -> bool:
     """Performs one Copy. For an operand (packing), False and nothing written if a finite value does not survive the
     conversion to the NPU's format; a result overflowing a narrower output dtype is IEEE's inf, as on the CPU."""
-    self.dev.to_cpu(src); self.dev.to_cpu(dst)
-    raw = self._array(src, c.src_dtype)[src_idx]
-    if valid is not None: raw[~valid] = c.fill
+    self.dev.to_cpu(dst)
+    if src is None: raw = np.full(len(dst_idx), c.fill, c.dst_dtype)
+    else:
+      self.dev.to_cpu(src)
+      raw = self._array(src, c.src_dtype)[src_idx]
+      if valid is not None: raw[~valid] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
     if operand and vals.dtype.kind == "f" and raw.dtype.itemsize > vals.dtype.itemsize and (np.isinf(vals) & np.isfinite(raw)).any(): return False
     self._array(dst, c.dst_dtype)[dst_idx] = vals
@@ -133,14 +139,15 @@ class NpuRunner:
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     st = time.perf_counter()
     slot = {i: b for i, b in enumerate(bufs)} | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
-    for k, (c, si, di, valid) in enumerate(self.pack):
-      src = slot[c.src]
-      key = (src.domain.version, src.offset)
-      if src.domain.bo is not None and self.packed_from.get(k) == key: continue
-      if not self._copy(c, si, di, valid, src, slot[c.dst], operand=True):
-        self.packed_from.clear()
-        return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
-      self.packed_from[k] = key
+    for dst, group in self.pack.items():
+      srcs = [slot[c.src] for c, *_ in group if c.src is not None]
+      key = tuple((b.domain.version, b.offset) for b in srcs)
+      if all(b.domain.bo is not None for b in srcs) and self.packed_from.get(dst) == key: continue
+      for c, si, di, valid in group:
+        if not self._copy(c, si, di, valid, None if c.src is None else slot[c.src], slot[dst], operand=True):
+          self.packed_from.clear()
+          return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
+      self.packed_from[dst] = key
     report.kernel_ran(self.name, "npu", self.prg.summary)
     self.dev.to_cpu(self.regcmd)
     self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items()}, self.regcmd.dma_addr, out=self.words)

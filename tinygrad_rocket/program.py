@@ -44,7 +44,7 @@ class Copy:
   """For every coordinate of `grid`: dst[dst_index] = src[src_index] if every bound holds, else `fill` (None: leave
   dst alone there), converted to dst_dtype. Packs an operand into an NPU layout (rounding float32 to the NPU's fp16
   operands; padding gets `fill`) and unpacks results (padding rows and kernels are skipped)."""
-  src: int
+  src: int|None           # None: every point gets `fill` (a constant column, e.g. the ones a bias multiplies)
   src_dtype: str          # numpy dtype name of the source elements
   dst: int
   dst_dtype: str

@@ -12,7 +12,8 @@ from tinygrad_rocket.ops.layout import Feature, Weights, ceil_div, align
 
 CBUF_BANKS, CBUF_BANK_BYTES = 12, 32768        # rocket_hw.md §5.6
 MIN_ROWS = 4                                   # CNA input height < 4 computes wrong (rocket_fp16_ew_ppu.md §1.6, §6.C)
-MAX_ROWS = (1 << 11) - 1                       # CNA DATAIN_HEIGHT is 11 bits
+# rows per task: CNA DATAIN_HEIGHT is 11 bits, but FEATURE_GRAINS = rows + 1 is a 10-bit field (§1.6)
+MAX_ROWS = (1 << 10) - 2
 MAX_KERNEL_BYTES = CBUF_BANK_BYTES             # weight bytes per kernel <= one bank (§1.6)
 K_ALIGN, N_ALIGN = 32, 16                      # fp16 K % 32, N % 16 (§1.6)
 PREC_FP16, PREC_FP32 = 2, 5                    # precision codes (§1.1)
@@ -21,6 +22,7 @@ SIZE_E_FP32_OUT = 3                            # fp16 -> fp32: 4 atoms per 16-ke
 ATOMS_FP32_OUT = SIZE_E_FP32_OUT + 1
 OUTPUT_TO_MEMORY = 2                           # DPU FEATURE_MODE_CFG.OUTPUT_MODE bit1: write to memory
 BS_BN_BYPASS = dict(BS_BYPASS=1, BS_ALU_BYPASS=1, BS_MUL_BYPASS=1, BS_RELU_BYPASS=1)  # = 0x53, "all bypass" (§2.1)
+BS_RELU_ONLY = dict(BS_ALU_BYPASS=1, BS_MUL_BYPASS=1)  # stage on, ReLU on, ALU and MUL bypassed
 ONE_SCALE = 1                                  # CVT scales of 1: no conversion
 
 @dataclass(frozen=True)
@@ -56,8 +58,9 @@ def plan_tiles(M:int, K:int, N:int) -> tuple[int, int]|str:
     if rows >= MIN_ROWS: return min(rows, align(max(M, MIN_ROWS), MIN_ROWS)), n_t
   return f"K={K}: not even {MIN_ROWS} rows and {N_ALIGN} kernels fit the CBUF"
 
-def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int) -> regs.Task:
-  """The register writes of one tile. Offsets are bytes into the slots' buffers."""
+def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int, relu:bool=False) -> regs.Task:
+  """The register writes of one tile. Offsets are bytes into the slots' buffers. `relu`: the BS stage's ReLU unit
+  clamps negative results to 0 (ALU and MUL bypassed; rocket_fp16_ew_ppu.md §3.4 "native ReLU in any X-stage")."""
   M, K, N = t.M, t.K, t.N
   w, addr = regs.write, regs.address
   e: list = [
@@ -102,7 +105,7 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),
     w("DPU", "DATA_CUBE_NOTCH_ADDR"),
     w("DPU", "DATA_CUBE_CHANNEL", ORIG_CHANNEL=N - 1, CHANNEL=N - 1),
-    w("DPU", "BS_CFG", **BS_BN_BYPASS), w("DPU", "BS_ALU_CFG"), w("DPU", "BS_MUL_CFG"), w("DPU", "BS_RELUX_CMP_VALUE"),
+    w("DPU", "BS_CFG", **(BS_RELU_ONLY if relu else BS_BN_BYPASS)), w("DPU", "BS_ALU_CFG"), w("DPU", "BS_MUL_CFG"), w("DPU", "BS_RELUX_CMP_VALUE"),
     w("DPU", "BS_OW_CFG", SIZE_E_2=SIZE_E_FP32_OUT, SIZE_E_1=SIZE_E_FP32_OUT, SIZE_E_0=SIZE_E_FP32_OUT, OD_BYPASS=1),
     w("DPU", "BS_OW_OP"),
     w("DPU", "WDMA_SIZE_0", CHANNEL_WDMA=N - 1),

@@ -6,6 +6,11 @@ gradients of all of these. Which output loops are M (rows, only in A), N (kernel
 read off the affine index maps; the packing gathers A's rows and B's kernels into dense NPU tiles, so any affine
 view is fine and the padding predicates become zero fill.
 
+Epilogues fused into the same task: a bias (any operand broadcast over the rows or over the kernels, e.g. conv and
+linear bias) becomes one more K column, ones on one side and the bias on the other, so the MAC array adds it in fp32
+exactly as it adds the products; ReLU runs in the DPU's BS stage. Any other epilogue is rejected with its reason,
+never dropped.
+
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 are exact), fp32 accumulation and fp32 out,
 then one rounding to the output dtype. An operand beyond fp16's range cannot be represented: that call takes the CPU
 path instead (checked when packing), never a wrong answer.
@@ -15,7 +20,7 @@ import itertools, math
 from dataclasses import dataclass
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Affine, Bound as IdxBound
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, Weights, align
@@ -40,18 +45,40 @@ class Contraction:
   n_dims: list[int]      # output ranges only B reads
   batch_dims: list[int]  # output ranges both (or neither) read
   k_dims: list[int]      # reduce ranges
+  bias: Load|None = None # added to every product sum: folded in as one more K column
+  bias_side: str = ""    # "b": the bias varies only with batch and N loops (kernels), "a": only with batch and M loops
+  relu: bool = False
 
 def _uses(ld:Load) -> set[int]:
   used = ld.index.ranges()
   for b in ld.valid: used |= b.expr.ranges()
   return used
 
+def _is_zero(e) -> bool: return isinstance(e, Const) and e.value == 0
+
+def _epilogue(e) -> tuple[Reduce, Load|None, bool]|str:
+  """(reduction, bias load, relu) for value = [relu]([cast](reduce) [+ bias]), else why not."""
+  relu = False
+  e = _strip_cast(e)
+  if isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src):
+    relu, e = True, _strip_cast(next(s for s in e.src if not _is_zero(s)))
+  bias = None
+  if isinstance(e, Alu) and e.op is Ops.ADD:
+    red = [s for s in map(_strip_cast, e.src) if isinstance(s, Reduce)]
+    other = [s for s in map(_strip_cast, e.src) if not isinstance(s, Reduce)]
+    if len(red) != 1 or not isinstance(other[0], Load):
+      return "the epilogue adds a computed value (only a loaded bias is fused)"
+    e, bias = red[0], other[0]
+  if not isinstance(e, Reduce):
+    if not any(isinstance(x, Reduce) for x in _walk(e)): return "no reduction"
+    return f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction (only bias and ReLU are fused)"
+  return e, bias, relu
+
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-  v = _strip_cast(nest.value)
-  if not isinstance(v, Reduce):
-    if not any(isinstance(x, Reduce) for x in _walk(nest.value)): return NotApplicable("no reduction")
-    return NotApplicable("an epilogue follows the reduction (epilogue fusion not implemented yet)")
+  ep = _epilogue(nest.value)
+  if isinstance(ep, str): return NotApplicable(ep)
+  v, bias, relu = ep
   if v.op is not Ops.ADD: return NotApplicable(f"REDUCE({v.op.name}) is not a contraction")
   body = _strip_cast(v.src)
   if not (isinstance(body, Alu) and body.op is Ops.MUL): return NotApplicable("reduced value is not a product of two operands")
@@ -72,7 +99,14 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   # padded to 16, rows only to 4), which puts convolution weights in B.
   size = lambda rs: math.prod(nest.ranges[r] for r in rs)
   if size(m) < size(n): a, b, m, n = b, a, n, m
-  return Contraction(a, b, m, n, batch, list(v.ranges))
+  side = ""
+  if bias is not None:
+    if bias.dtype not in FLOATS: return NotApplicable(f"bias dtype {bias.dtype} (float32/float16 only)")
+    if bias.valid: return NotApplicable("padded bias")
+    ub = _uses(bias)
+    side = "b" if ub <= set(n) | set(batch) else "a" if ub <= set(m) | set(batch) else ""
+    if not side: return NotApplicable("the added operand varies with both rows and kernels (residual add fusion not implemented yet)")
+  return Contraction(a, b, m, n, batch, list(v.ranges), bias, side, relu)
 
 def _digits(dims:list[int], sizes:dict[int, int], linear:tuple[int, ...], const:int, nvals:int) -> list[tuple[int, Var]]:
   """Vars recovering each range in `dims` (row-major, last fastest) from the linear value const + sum(coord*linear)."""
@@ -115,10 +149,11 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   if isinstance(c, NotApplicable): return c
   sz = nest.ranges
   M, N, K = (math.prod(sz[r] for r in ds) for ds in (c.m_dims, c.n_dims, c.k_dims))
-  plan = plan_tiles(M, K, N)
+  K_eff = K + (c.bias is not None)  # the bias is one more K column
+  plan = plan_tiles(M, K_eff, N)
   if isinstance(plan, str): return NotApplicable(plan)
   rows, n_t = plan
-  Kp = align(K, K_ALIGN)
+  Kp = align(K_eff, K_ALIGN)
   m_tiles, n_tiles = -(-M // rows), -(-N // n_t)
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
   if (ntasks := len(batches) * m_tiles * n_tiles) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
@@ -138,18 +173,28 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       off = (bi * m_tiles + mt) * a_f.elems
       pack.append(_gather(c.a, sz, g, [((a_f.c2, 0, 1), 0, c.k_dims, K), ((0, 1, 0), mt * rows, c.m_dims, M)], fixed,
                           A, "float16", Lin((rows * a_f.c2, a_f.c2, 1), off)))
+      if c.bias is not None:  # column K of this A tile: the bias per row, or ones
+        col = Lin((a_f.c2,), off + (K // a_f.c2) * rows * a_f.c2 + K % a_f.c2)
+        if c.bias_side == "a": pack.append(_gather(c.bias, sz, (rows,), [((1,), mt * rows, c.m_dims, M)], fixed, A, "float16", col))
+        else: pack.append(Copy(None, "float16", A, "float16", (rows,), (), Lin((0,)), col, (), 1.0))
     for nt in range(n_tiles):
       # B tile: Weights(n_t, Kp) = grid (N1, K1, 16, 32): n = n0 + 16*n1 + n2, k = 32*k1 + k2 (1x1 taps)
       ng, kg = b_w.group
       g = (b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg)
       off = (bi * n_tiles + nt) * b_w.elems
+      st = b_w.grid_strides()
       pack.append(_gather(c.b, sz, g, [((0, kg, 0, 1), 0, c.k_dims, K), ((ng, 0, 1, 0), nt * n_t, c.n_dims, N)], fixed,
-                          B, "float16", Lin(b_w.grid_strides()[:2] + b_w.grid_strides()[4:], off)))
+                          B, "float16", Lin(st[:2] + st[4:], off)))
+      if c.bias is not None:  # channel K of every kernel of this B tile: the bias per kernel, or ones
+        row = Lin((st[0], st[4]), off + (K // kg) * st[1] + K % kg)
+        g2 = (g[0], ng)
+        if c.bias_side == "b": pack.append(_gather(c.bias, sz, g2, [((ng, 1), nt * n_t, c.n_dims, N)], fixed, B, "float16", row))
+        else: pack.append(Copy(None, "float16", B, "float16", g2, (), Lin((0, 0)), row, (), 1.0))
     for mt, nt in itertools.product(range(m_tiles), range(n_tiles)):
       a_off = (bi * m_tiles + mt) * a_sz
       b_off = (bi * n_tiles + nt) * b_sz
       ci = (bi * m_tiles + mt) * n_tiles + nt
-      tasks.append(matmul_task(tile, A, a_off, B, b_off, C, ci * c_sz))
+      tasks.append(matmul_task(tile, A, a_off, B, b_off, C, ci * c_sz, relu=c.relu))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]
       g = (c_f.c1, rows, c_f.c2)
       nd = len(g)
@@ -168,5 +213,6 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       unpack.append(Copy(C, "float32", nest.out_slot, out_dtype, g, tuple(vs),
                          Lin((rows * c_f.c2, c_f.c2, 1) + (0,) * (nvals - nd), ci * c_f.elems), Lin(tuple(oc), oconst),
                          (Bound(Lin(unit(nd)), None, N), Bound(Lin(unit(nd + 1)), None, M)), fill=None))
-  summary = f"contraction M={M} K={K} N={N} batch={len(batches)} as {len(tasks)} fp16 matmul task(s) of {rows}x{Kp}x{n_t}"
+  fused = "".join(x for x, on in ((" +bias", c.bias is not None), (" +relu", c.relu)) if on)
+  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{Kp}x{n_t}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)
