@@ -7,8 +7,8 @@
 3. plans the write DMA (every destination byte checked against the file's IOVA map), then reads and computes with
    numpy (conv.py: CNA + CORE; dpu.py: DPU + DPU_RDMA);
 4. writes the output only after every DMA read of the task succeeded, so an IOMMU fault writes nothing;
-5. records the task's counters (cost.py) on the core: `core.emu_stats` (a cost.JobStats, all tasks since the core was
-   created) and, if the caller set one, `core.emu_job_stats` (the running job's).
+5. records the task's counters (cost.py) in `core.job_stats` (the running job's cost.JobStats, set by the kernel
+   driver; EmuFile keeps them per job: `EmuFile.job_stats`, and for the file: `EmuFile.stats`).
 Semantics and sources: docs/emulator.md; every uncertain choice is a named constant in descs/conv/dpu/layouts/arith.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ from tinygrad_rocket.regs.blocks import OpEnable, OP_ENABLE_KNOWN
 from tinygrad_rocket.emu.core import HangError
 from tinygrad_rocket.emu.memory import IovaSpace
 from tinygrad_rocket.emu import conv as conv_mod, dpu as dpu_mod, layouts
-from tinygrad_rocket.emu.cost import TaskStats, JobStats, conv_cycles
+from tinygrad_rocket.emu.cost import TaskStats, conv_cycles
 from tinygrad_rocket.emu.descs import (Fields, UnsupportedConfig, decode_conv, decode_dpu, decode_rdma, erdma_checks,
                                        conv_qd_en, pc_fetch_bytes, WEIGHT_GROUPS, DW_GROUPS)
 
-__all__ = ["execute", "UnsupportedConfig", "task_stats"]
+__all__ = ["execute", "UnsupportedConfig"]
 
 def _check_mask(mask:int) -> tuple[bool, bool]:
   """(conv, rdma) for a mask the emulator runs; HangError for masks that never raise the DPU interrupt the kernel waits
@@ -82,12 +82,8 @@ def execute(core, block_mask:int, mem:IovaSpace) -> None:
   _record(core, stats)
 
 def _cbuf(core) -> dict:
-  """The core's CBUF contents that outlive a task (weights, for WEIGHT_REUSE). Kept on the core object."""
-  cb = getattr(core, "emu_cbuf", None)
-  if cb is None:
-    cb = {}
-    core.emu_cbuf = cb
-  return cb
+  """The core's CBUF contents that outlive a task (weights, for WEIGHT_REUSE); a core reset clears them."""
+  return core.cbuf
 
 def _account(stats:TaskStats, conv, dpu) -> None:
   from tinygrad_rocket.emu.cost import MACS_PER_CYCLE
@@ -106,14 +102,4 @@ def _account(stats:TaskStats, conv, dpu) -> None:
   else: stats.macs_useful = pixels * taps * conv.channels_real * min(out_real, conv.kernels)
 
 def _record(core, stats:TaskStats) -> None:
-  total = getattr(core, "emu_stats", None)
-  if total is None:
-    total = JobStats(jobs=0)
-    core.emu_stats = total
-  total.add(stats)
-  job = getattr(core, "emu_job_stats", None)
-  if job is not None: job.add(stats)
-
-def task_stats(core) -> JobStats:
-  """Counters of every task this core executed (jobs field: 0, the core does not see job boundaries)."""
-  return getattr(core, "emu_stats", None) or JobStats(jobs=0)
+  if core.job_stats is not None: core.job_stats.add(stats)

@@ -105,10 +105,15 @@ class Core:
     self.executor: Executor = default_executor  # runs the enabled blocks on op-enable; tests plug fakes here
     self.mem: IovaSpace|None = None      # the address space attached while a job runs (the fd's IOMMU domain)
     self.counters = Counters()
+    self.cbuf: dict = {}                 # CBUF contents that outlive a task (weights for WEIGHT_REUSE), blocks.py
+    self.job_stats = None                # cost.JobStats of the running job, set by the kernel driver (kernel.py)
 
   def attach(self, mem:IovaSpace) -> None: self.mem = mem
   def detach(self) -> None: self.mem = None
-  def reset(self) -> None: self.regs.clear()   # soft reset after a timeout: every register back to its reset value
+  def reset(self) -> None:
+    """Soft reset after a timeout: every register back to its reset value, CBUF contents lost."""
+    self.regs.clear()
+    self.cbuf.clear()
 
   def mmio_read(self, offset:int) -> int: return self.regs.get(offset, 0)
   def mmio_write(self, offset:int, value:int) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from tinygrad_rocket.ioctl import uapi
 from tinygrad_rocket.emu.memory import IovaSpace, IovaSpaceExhausted, IommuFault, PAGE_SIZE, page_round
+from tinygrad_rocket.emu.cost import JobStats
 from tinygrad_rocket.emu.core import (NPU, Npu, Core, Counters, HangError, BlockExecutionNotImplemented, RESET_REGISTERS_ON_HANG,
                                       PC_OPERATION_ENABLE, PC_BASE_ADDRESS, PC_REGISTER_AMOUNTS, PC_INTERRUPT_MASK,
                                       PC_INTERRUPT_CLEAR, PC_TASK_CON, PC_TASK_DMA_BASE_ADDR, CNA_S_POINTER, CORE_S_POINTER)
@@ -83,6 +84,7 @@ class EmuJob:
   in_bos: list[EmuBo]
   out_bos: list[EmuBo]
   fence: Fence = field(default_factory=Fence)
+  stats: Any = None               # cost.JobStats: the job's counters (tasks, MACs, DMA bytes, modeled time), once run
 
 def hw_submit_task(core:Core, regcmd:int, regcmd_count:int) -> None:
   """rocket_job_hw_submit (§2.3) in its order; the last write starts the PC, which runs the list to completion."""
@@ -111,6 +113,8 @@ class EmuFile:
     self.mem = IovaSpace()                  # this file's IOMMU domain
     self.core: Core = npu.pick_core()
     self.counters = Counters()
+    self.stats = JobStats(jobs=0)           # counters of every job run on this file (tinygrad_rocket/emu/cost.py)
+    self.job_stats: collections.deque[JobStats] = collections.deque(maxlen=1024)  # the latest jobs' counters, oldest first
     self._bos: dict[int, EmuBo] = {}
     self._by_offset: dict[int, EmuBo] = {}
     self._next_handle, self._next_offset = 1, DRM_FILE_PAGE_OFFSET_START  # GEM handles start at 1 (idr_alloc(.., 1, 0))
@@ -298,6 +302,7 @@ class EmuFile:
     error, done, core = None, 0, self.core
     with core.lock:
       core.attach(self.mem)
+      job.stats = core.job_stats = JobStats()
       try:
         for t, (iova, count) in enumerate(job.tasks):
           where = f" [task {t}: regcmd IOVA {iova:#x}, {count} entries]"
@@ -313,7 +318,11 @@ class EmuFile:
             if RESET_REGISTERS_ON_HANG and error.startswith(("hang", "IOMMU")): core.reset()
             break
           done += 1
-      finally: core.detach()
+      finally:
+        core.detach()
+        core.job_stats = None
+      self.stats.merge(job.stats)
+      self.job_stats.append(job.stats)
       for c in (core.counters, self.counters):
         c.tasks_completed += done
         c.tasks_failed += error is not None
