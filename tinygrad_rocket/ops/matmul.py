@@ -118,10 +118,15 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * ATOMS_FP32_OUT),
     w("DPU", "UNDOC_40C4"),
     # DPU_RDMA: not fed (MRDMA disabled, ERDMA disabled) - leaving MRDMA armed hangs (§6.B, the MRDMA trap)
+    w("DPU_RDMA", "DATA_CUBE_WIDTH", WIDTH=0),
+    w("DPU_RDMA", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),
+    w("DPU_RDMA", "DATA_CUBE_CHANNEL", CHANNEL=N - 1),
     w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, MRDMA_DISABLE=1),
     w("DPU_RDMA", "ERDMA_CFG", ERDMA_DISABLE=1),
     w("DPU_RDMA", "BRDMA_CFG"), w("DPU_RDMA", "NRDMA_CFG"), w("DPU_RDMA", "SRC_BASE_ADDR"),
     w("DPU_RDMA", "BS_BASE_ADDR"), w("DPU_RDMA", "BN_BASE_ADDR"), w("DPU_RDMA", "EW_BASE_ADDR"),
+    w("DPU_RDMA", "EW_SURF_STRIDE"), w("DPU_RDMA", "SRC_DMA_CFG"), w("DPU_RDMA", "SURF_NOTCH"), w("DPU_RDMA", "PAD_CFG"),
+    w("DPU_RDMA", "EW_SURF_NOTCH"),
     w("DPU_RDMA", "WEIGHT", E_WEIGHT=1, N_WEIGHT=1, B_WEIGHT=1, M_WEIGHT=1),
   ]
   return regs.Task(e, regs.MESA_CONV_ENABLE)
