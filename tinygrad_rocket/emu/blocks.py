@@ -19,7 +19,7 @@ from tinygrad_rocket.emu.memory import IovaSpace
 from tinygrad_rocket.emu import conv as conv_mod, dpu as dpu_mod, layouts
 from tinygrad_rocket.emu.cost import TaskStats, conv_cycles
 from tinygrad_rocket.emu.descs import (Fields, UnsupportedConfig, decode_conv, decode_dpu, decode_rdma, erdma_checks,
-                                       conv_qd_en, pc_fetch_bytes, WEIGHT_GROUPS, DW_GROUPS)
+                                       conv_qd_en, WEIGHT_GROUPS, DW_GROUPS)
 
 __all__ = ["execute", "UnsupportedConfig"]
 
@@ -61,7 +61,7 @@ def execute(core, block_mask:int, mem:IovaSpace) -> None:
 
   stats = TaskStats(kind="dpu" if conv is None else ("depthwise" if conv.depthwise else "conv"),
                     precision=(conv.precision if conv is not None else dpu.proc_prec))
-  stats.dma_read["PC"] = pc_fetch_bytes(F)
+  stats.dma_read["PC"] = core.fetch_bytes
   cres, reads = None, []
   if conv is not None:
     need_S = conv.precision == "int8" and not dpu.od_bypass

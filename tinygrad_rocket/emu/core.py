@@ -107,6 +107,7 @@ class Core:
     self.counters = Counters()
     self.cbuf: dict = {}                 # CBUF contents that outlive a task (weights for WEIGHT_REUSE), blocks.py
     self.job_stats = None                # cost.JobStats of the running job, set by the kernel driver (kernel.py)
+    self.fetch_bytes = 0                 # bytes of the regcmd list the PC fetched for the running task
 
   def attach(self, mem:IovaSpace) -> None: self.mem = mem
   def detach(self) -> None: self.mem = None
@@ -129,6 +130,7 @@ class Core:
       raise HangError(f"regcmd IOVA {base:#x} is not {PC_BEAT_BYTES}-byte aligned (BASE_ADDRESS[3:0] is PC_SEL)")
     count = (self.regs.get(PC_REGISTER_AMOUNTS, 0) + 1) * (PC_BEAT_BYTES // ENTRY_BYTES)
     raw = self.mem.read(base, count * ENTRY_BYTES, unit="PC")
+    self.fetch_bytes = count * ENTRY_BYTES   # for the task's DMA counters (blocks.py): the tail may rewrite REGISTER_AMOUNTS
     words = np.frombuffer(raw, dtype="<u8").tolist()
     # The whole list is validated before any of it takes effect, so a malformed list changes nothing. Entries then
     # apply in order; an op-enable before the last one (each needs its marker) runs the blocks to completion first.

@@ -39,7 +39,6 @@ DPU_PREC_FOR_CNA = {"int8": "int8", "fp16": "fp16", "bf16": "bf16", "tf32": "fp3
 def _f(block:str, reg:str, *fields:str) -> set[tuple[str, str, str]]: return {(block, reg, f) for f in fields}
 
 DECODED_FIELDS: frozenset[tuple[str, str, str]] = frozenset().union(
-  _f("PC", "REGISTER_AMOUNTS", "PC_DATA_AMOUNT"),
   # CNA
   _f("CNA", "CONV_CON1", "NONALIGN_DMA", "GROUP_LINE_OFF", "DECONV", "ARGB_IN", "PROC_PRECISION", "IN_PRECISION", "CONV_MODE"),
   _f("CNA", "CONV_CON3", "NN_MODE", "ATROUS_Y_DILATION", "ATROUS_X_DILATION", "CONV_Y_STRIDE", "CONV_X_STRIDE"),
@@ -409,7 +408,3 @@ def erdma_checks(F:Fields) -> None:
   R = "DPU_RDMA"
   _zero(F, R, "ERDMA_CFG", "ERDMA_SURF_MODE", "ERDMA_SURF_MODE is not documented")
   _zero(F, R, "ERDMA_CFG", "ERDMA_NONALIGN", "ERDMA_NONALIGN is not documented")
-
-def pc_fetch_bytes(F:Fields) -> int:
-  """Bytes the PC fetched for this task's regcmd list (REGISTER_AMOUNTS+1 beats of 16 bytes, rocket_hw.md §2.3)."""
-  return (F("PC", "REGISTER_AMOUNTS", "PC_DATA_AMOUNT") + 1) * 16
