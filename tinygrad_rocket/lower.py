@@ -47,6 +47,4 @@ def to_program(ast:UOp, renderer) -> UOp:
   return program_with_binary(prg, npu_blob(res.to_bytes(), elf))
 
 from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
-# The contraction rule is registered once the emulator executes its fp16 matmul tasks (issue 3); until then
-# registering it would send every matmul to a device that cannot run it.
-PENDING_RULES: list[tuple[str, Rule]] = [("contraction", lower_contraction)]
+RULES.append(("contraction", lower_contraction))
