@@ -18,7 +18,7 @@ def rshift_round(x:np.ndarray, shift:int|np.ndarray, mode:str) -> np.ndarray:
   x = np.asarray(x, dtype=np.int64)
   shift = np.asarray(shift, dtype=np.int64)
   if not shift.any(): return x.copy()
-  pos = np.maximum(shift, 0)
+  pos = np.minimum(np.maximum(shift, 0), 62)       # |x| < 2**62: larger shifts round to 0 like 62 does
   left = x << np.maximum(-shift, 0)
   q = left >> pos                                   # floor
   rem = left - (q << pos)                           # in [0, 2**pos)

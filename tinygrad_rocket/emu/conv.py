@@ -75,7 +75,7 @@ def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   assert cvt is not None
   x = rows.view(np.int8).astype(np.int64) if cvt.data_sign else rows.astype(np.int64)
   if cvt.bypass or not cvt.enable & 1: return rows.view(np.int8).astype(np.float64)
-  scale, offset, trunc = cvt.scale[0], cvt.offset[0], cvt.truncate[0]
+  scale, offset, trunc = cvt.scale, cvt.offset, cvt.truncate
   mode = arith.round_mode(cvt.round_type)
   if cvt.cvt_type == 0: y = arith.rshift_round(x * scale, trunc, mode) + offset
   else: y = arith.rshift_round((x + offset) * scale, trunc, mode)

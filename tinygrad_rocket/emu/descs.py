@@ -51,9 +51,10 @@ DECODED_FIELDS: frozenset[tuple[str, str, str]] = frozenset().union(
   _f("CNA", "WEIGHT_SIZE2", "WEIGHT_WIDTH", "WEIGHT_HEIGHT", "WEIGHT_KERNELS"),
   _f("CNA", "CBUF_CON0", "WEIGHT_REUSE", "DATA_REUSE", "FC_DATA_BANK", "WEIGHT_BANK", "DATA_BANK"),
   _f("CNA", "CBUF_CON1", "DATA_ENTRIES"),
-  _f("CNA", "CVT_CON0", "CVT_TRUNCATE_3", "CVT_TRUNCATE_2", "CVT_TRUNCATE_1", "CVT_TRUNCATE_0", "DATA_SIGN", "ROUND_TYPE",
-     "CVT_TYPE", "CVT_BYPASS"),
-  *(_f("CNA", f"CVT_CON{k + 1}", f"CVT_SCALE{k}", f"CVT_OFFSET{k}") for k in range(4)),
+  # the 1-channel pixel path converts channel 0 with the first converter set (CVT_CON1, CVT_TRUNCATE_0) [inf: Mesa
+  # writes the 4 sets identically]; the other sets are not read
+  _f("CNA", "CVT_CON0", "CVT_TRUNCATE_0", "DATA_SIGN", "ROUND_TYPE", "CVT_TYPE", "CVT_BYPASS"),
+  _f("CNA", "CVT_CON1", "CVT_SCALE0", "CVT_OFFSET0"),
   _f("CNA", "CVT_CON5", "PER_CHANNEL_CVT_EN"),
   _f("CNA", "FC_CON0", "FC_SKIP_EN"),
   _f("CNA", "FC_CON1", "DATA_OFFSET"),
@@ -109,7 +110,6 @@ DECODED_FIELDS: frozenset[tuple[str, str, str]] = frozenset().union(
   _f("DPU_RDMA", "BRDMA_CFG", "BRDMA_DATA_USE"),
   _f("DPU_RDMA", "BS_BASE_ADDR", "BS_BASE_ADDR"),
   _f("DPU_RDMA", "NRDMA_CFG", "NRDMA_DATA_USE"),
-  _f("DPU_RDMA", "BN_BASE_ADDR", "BN_BASE_ADDR"),
   _f("DPU_RDMA", "ERDMA_CFG", "ERDMA_DATA_MODE", "ERDMA_SURF_MODE", "ERDMA_NONALIGN", "ERDMA_DATA_SIZE", "ERDMA_DISABLE"),
   _f("DPU_RDMA", "EW_BASE_ADDR", "EW_BASE_ADDR"),
   _f("DPU_RDMA", "EW_SURF_STRIDE", "EW_SURF_STRIDE"),
@@ -150,10 +150,10 @@ class PixelCvt:
   cvt_type: int          # 0 multiply then add offset, 1 add offset then multiply
   round_type: int
   data_sign: int         # 1: pixels are signed
-  scale: tuple[int, ...]
-  offset: tuple[int, ...]
-  truncate: tuple[int, ...]
-  enable: int            # PER_CHANNEL_CVT_EN bit mask
+  scale: int             # channel 0's set: CVT_SCALE0 / CVT_OFFSET0 / CVT_TRUNCATE_0
+  offset: int
+  truncate: int
+  enable: int            # PER_CHANNEL_CVT_EN bit mask (bit 0: channel 0)
 
 @dataclass(frozen=True)
 class ConvDesc:
@@ -227,9 +227,7 @@ def decode_conv(F:Fields) -> ConvDesc:
     _need(nonalign and group_line_off, "the pixel path (ARGB_IN) without NONALIGN_DMA|GROUP_LINE_OFF is not documented")
     _need(in_p == "int8", f"the pixel path at {in_p} is not documented (Mesa: int8)")
     cvt = PixelCvt(bool(cvt_bypass), F(C, "CVT_CON0", "CVT_TYPE"), F(C, "CVT_CON0", "ROUND_TYPE"), F(C, "CVT_CON0", "DATA_SIGN"),
-                   tuple(F(C, f"CVT_CON{k + 1}", f"CVT_SCALE{k}") for k in range(4)),
-                   tuple(F(C, f"CVT_CON{k + 1}", f"CVT_OFFSET{k}") for k in range(4)),
-                   tuple(F(C, "CVT_CON0", f"CVT_TRUNCATE_{k}") for k in range(4)),
+                   F(C, "CVT_CON1", "CVT_SCALE0"), F(C, "CVT_CON1", "CVT_OFFSET0"), F(C, "CVT_CON0", "CVT_TRUNCATE_0"),
                    F(C, "CVT_CON5", "PER_CHANNEL_CVT_EN"))
     row_pitch, surf_pitch = layouts.pixel_row_pitch(line), 0
   else:
@@ -379,7 +377,7 @@ def decode_dpu(F:Fields) -> DpuDesc:
 @dataclass(frozen=True)
 class RdmaDesc:
   width: int; height: int; channels: int
-  src_base: int; brdma_use: int; bs_base: int; nrdma_use: int; bn_base: int
+  src_base: int; brdma_use: int; bs_base: int; nrdma_use: int
   erdma_mode: int; erdma_size: int; erdma_disable: bool
   ew_base: int; ew_surf_stride: int; surf_notch: int; ew_surf_notch: int
   in_prec: str; proc_prec: str; comb_use: int; mrdma_disable: bool; fp16tofp32: bool; conv_mode: int; flying: bool
@@ -393,7 +391,7 @@ def decode_rdma(F:Fields) -> RdmaDesc:
   return RdmaDesc(width=F(R, "DATA_CUBE_WIDTH", "WIDTH") + 1, height=F(R, "DATA_CUBE_HEIGHT", "HEIGHT") + 1,
                   channels=F(R, "DATA_CUBE_CHANNEL", "CHANNEL") + 1, src_base=F(R, "SRC_BASE_ADDR", "SRC_BASE_ADDR"),
                   brdma_use=F(R, "BRDMA_CFG", "BRDMA_DATA_USE"), bs_base=F(R, "BS_BASE_ADDR", "BS_BASE_ADDR"),
-                  nrdma_use=F(R, "NRDMA_CFG", "NRDMA_DATA_USE"), bn_base=F(R, "BN_BASE_ADDR", "BN_BASE_ADDR"),
+                  nrdma_use=F(R, "NRDMA_CFG", "NRDMA_DATA_USE"),
                   erdma_mode=F(R, "ERDMA_CFG", "ERDMA_DATA_MODE"), erdma_size=F(R, "ERDMA_CFG", "ERDMA_DATA_SIZE"),
                   erdma_disable=bool(F(R, "ERDMA_CFG", "ERDMA_DISABLE")), ew_base=F(R, "EW_BASE_ADDR", "EW_BASE_ADDR"),
                   ew_surf_stride=F(R, "EW_SURF_STRIDE", "EW_SURF_STRIDE"), surf_notch=F(R, "SURF_NOTCH", "SURF_NOTCH_ADDR"),
