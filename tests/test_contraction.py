@@ -56,6 +56,7 @@ CASES = {
   "conv2d": (lambda x, w: x.conv2d(w, padding=1), [(2, 3, 7, 6), (5, 3, 3, 3)]),
   "conv2d_s2_d2": (lambda x, w: x.conv2d(w, stride=2, dilation=2, padding=2), [(1, 4, 9, 9), (6, 4, 3, 3)]),
   "depthwise": (lambda x, w: x.conv2d(w, groups=4, padding=1), [(1, 4, 6, 6), (4, 1, 3, 3)]),
+  "conv2d_s2_p1": (lambda x, w: x.conv2d(w, stride=2, padding=1), [(2, 4, 8, 8), (6, 4, 3, 3)]),
   "conv1d": (lambda x, w: x.conv2d(w), [(2, 3, 11), (4, 3, 3)]),
   "linear_bias": (lambda x, w, b: x.linear(w.T, b), [(6, 30), (20, 30), (20,)]),
   "conv2d_bias_relu": (lambda x, w, b: x.conv2d(w, b, padding=1).relu(), [(1, 3, 6, 6), (8, 3, 3, 3), (8,)]),
@@ -66,7 +67,7 @@ def _bound(name, fn, arrays, p):
   """|A|·|B| through the same op in float64 gives S = sum|a||b| per output (a bias adds |bias|, ReLU only selects);
   n = contraction length."""
   S = fn(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
-  n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "depthwise": 9, "conv1d": 9,
+  n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "conv2d_s2_p1": 36, "depthwise": 9, "conv1d": 9,
        "linear_bias": 31, "conv2d_bias_relu": 28, "row_bias": 10}[name]  # a fused bias is one more product (bias * 1)
   amax = sum(float(np.abs(a).max()) for a in arrays)
   return nm.bound_dot(p, S, n, amax)

@@ -13,6 +13,7 @@ AST shapes this reads (tinygrad 0.14, tinygrad_api.md §3):
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field
+import numpy as np
 from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid
 
 class NotAnalyzable(Exception):
@@ -61,42 +62,48 @@ def affine(u:UOp, ctx:"IndexContext|None"=None) -> Affine:
 DIVMOD = (Ops.FLOORMOD, Ops.FLOORDIV, Ops.CMOD, Ops.CDIV)
 
 class IndexContext:
-  """What is known about the ranges where an index is evaluated: their sizes and the validity predicate's bounds."""
-  def __init__(self, sizes:dict[int, int], valid:list["Bound"]):
-    self.sizes = sizes
-    self.known: dict[tuple[tuple[int, int], ...], list[int]] = {}   # primitive expression terms -> [lo, hi] inclusive
-    for b in valid:
-      if not b.expr.terms: continue
-      g = math.gcd(*(abs(c) for _, c in b.expr.terms))
-      if b.expr.terms[0][1] < 0: g = -g
-      terms = tuple((r, c // g) for r, c in b.expr.terms)
-      base = Affine(terms)
-      iv = self.known.setdefault(terms, list(self._plain(base)))
-      # g*(e) + const in [lo, hi)  =>  e in [ceil((lo-const)/g), ceil((hi-const)/g) - 1] for g > 0 (flipped for g < 0)
-      for side, v in (("lo", b.lo), ("hi", b.hi)):
-        if v is None: continue
-        x = (v - b.expr.const) / g
-        if (side == "lo") == (g > 0): iv[0] = max(iv[0], math.ceil(x))
-        else: iv[1] = min(iv[1], math.ceil(x) - 1)
+  """What is known about the ranges where an index is evaluated: their sizes and the validity predicate's bounds.
 
-  def _plain(self, x:Affine) -> tuple[int, int]:
-    lo = hi = x.const
-    for r, c in x.terms:
-      lo, hi = lo + min(0, c*(self.sizes[r]-1)), hi + max(0, c*(self.sizes[r]-1))
-    return lo, hi
+  interval() bounds an affine expression over the valid points exactly for the ranges the predicate ties together:
+  those fall into small groups (a conv's output row with its kernel row), each enumerated; other ranges contribute
+  their full span."""
+  MAX_GROUP_POINTS = 1 << 16
+
+  def __init__(self, sizes:dict[int, int], valid:list["Bound"]):
+    self.sizes, self.valid = sizes, valid
+    parent: dict[int, int] = {}
+    def find(r:int) -> int:
+      while parent.setdefault(r, r) != r: r = parent[r]
+      return r
+    for b in valid:
+      rs = sorted(b.expr.ranges())
+      for r in rs[1:]: parent[find(r)] = find(rs[0])
+    self.groups: dict[int, list[int]] = {}
+    for r in parent: self.groups.setdefault(find(r), []).append(r)
+
+  def _span(self, c:int, r:int) -> tuple[int, int]: return min(0, c*(self.sizes[r]-1)), max(0, c*(self.sizes[r]-1))
 
   def interval(self, x:Affine) -> tuple[int, int]:
-    """Inclusive bounds of x over the valid points (sound, not always tight)."""
+    """Inclusive bounds of x over the valid points (sound; exact for enumerated groups)."""
     coeffs, lo, hi = dict(x.terms), x.const, x.const
-    for terms, (elo, ehi) in self.known.items():
-      r0, c0 = terms[0]
-      if coeffs.get(r0, 0) % c0: continue
-      alpha = coeffs.get(r0, 0) // c0
-      if alpha == 0 or any(coeffs.get(r, 0) != alpha*c for r, c in terms): continue
-      for r, _ in terms: del coeffs[r]
-      lo, hi = lo + min(alpha*elo, alpha*ehi), hi + max(alpha*elo, alpha*ehi)
-    plo, phi = self._plain(Affine.of(coeffs))
-    return lo + plo, hi + phi
+    for rs in self.groups.values():
+      pts = math.prod(self.sizes[r] for r in rs)
+      bounds = [b for b in self.valid if b.expr.ranges() & set(rs)]
+      if pts > self.MAX_GROUP_POINTS: continue
+      grid = np.indices([self.sizes[r] for r in rs]).reshape(len(rs), -1)
+      ok = np.ones(grid.shape[1], bool)
+      for b in bounds:
+        v = b.expr.const + sum(c * grid[rs.index(r)] for r, c in b.expr.terms)
+        if b.lo is not None: ok &= v >= b.lo
+        if b.hi is not None: ok &= v < b.hi
+      if not ok.any(): continue  # no valid point at all: the index is never used
+      v = sum(coeffs.get(r, 0) * grid[i] for i, r in enumerate(rs))[ok] if any(coeffs.get(r, 0) for r in rs) else np.zeros(1, np.int64)
+      lo, hi = lo + int(v.min()), hi + int(v.max())
+      for r in rs: coeffs.pop(r, None)
+    for r, c in coeffs.items():
+      slo, shi = self._span(c, r)
+      lo, hi = lo + slo, hi + shi
+    return lo, hi
 
 # ***** predicates (padding) *****
 
