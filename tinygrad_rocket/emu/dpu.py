@@ -291,6 +291,9 @@ def _ew_cvt_int(e:np.ndarray, ew) -> np.ndarray:
   return arith.rshift_round(e * ew.cvt_scale, ew.cvt_shift, mode) + ew.cvt_offset
 
 def _ew_int(v:np.ndarray, e:np.ndarray, ew) -> np.ndarray:
+  if ew.op_type == 1 and e.dtype.itemsize == 4:
+    e = e.astype(np.int64) & 0xFFFF                            # GN: an int32 MUL reads its operand as signed int16
+    e = np.where(e >= 0x8000, e - 0x10000, e)
   e = _ew_cvt_int(e.astype(np.int64), ew)
   if ew.op_type == 1: return arith.sat32(v * e)
   algo = ew.alu_algo
@@ -394,6 +397,10 @@ def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:
   _check_ew(d, r, rdma_on, flying)
   if rdma_on: _need(r.erdma_disable or ew_active(d), "ERDMA enabled with no EW operand consumer is not documented")
 
+  if flying:
+    c2 = 16 // ELEMENT_BYTES[r.in_prec]
+    _need(d.channels == c2, f"flying input of {d.channels} channels: only one full atom per pixel ({c2} channels) is "
+          "validated; the MRDMA surface pitch is not documented")
   res = DpuResult(None, None)  # type: ignore[arg-type]
   # ---- output geometry (validated before any computation) ----
   in_bytes = ELEMENT_BYTES[r.in_prec] if flying else ELEMENT_BYTES[conv.precision]
@@ -418,10 +425,6 @@ def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:
   if float_mode: _need(not (rdma_on and r and r.brdma_use), "BRDMA in float mode: element format not documented")
   res.brdma_use = _brdma_use(d, r, rdma_on)
   if ew_active(d): res.ew = _ew_plan(d, r, flying)
-  if flying:
-    c2 = 16 // ELEMENT_BYTES[r.in_prec]
-    _need(d.channels == c2, f"flying input of {d.channels} channels: only one full atom per pixel ({c2} channels) is "
-          "validated; the MRDMA surface pitch is not documented")
   if not d.od_bypass and not float_mode: _need(not flying, "CPEND (OD_BYPASS = 0) on a flying op: no window sum")
   return res
 

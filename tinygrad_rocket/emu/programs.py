@@ -26,12 +26,16 @@ def entries(prog:Program) -> list:
     out.append(v if isinstance(v, regs.AddressWrite) else regs.write(block, reg, **v))
   return out
 
+class Set(dict):
+  """An override that replaces a register's fields instead of merging into them."""
+
 def override(prog:Program, changes:Mapping[tuple[str, str], Any]|None) -> Program:
-  """A copy with some registers replaced ({..}: fields merged into the register's fields; None: entry removed)."""
+  """A copy with some registers changed: {..} fields merged into the register's fields, Set({..}) the register's
+  fields replaced, an AddressWrite the register made an address, None the entry removed (left to earlier jobs)."""
   p = dict(prog)
   for k, v in (changes or {}).items():
     if v is None: p.pop(k, None)
-    elif isinstance(v, regs.AddressWrite) or isinstance(p.get(k), regs.AddressWrite): p[k] = v
+    elif isinstance(v, (Set, regs.AddressWrite)) or isinstance(p.get(k), regs.AddressWrite): p[k] = dict(v) if isinstance(v, Set) else v
     else: p[k] = {**p.get(k, {}), **v}
   return p
 
@@ -253,7 +257,7 @@ def flying_program(n:int, prec:str, slots:Mapping[str, int], ew_cfg:Mapping[str,
     ("DPU", "FEATURE_MODE_CFG"): dict(BURST_LEN=15, OUTPUT_MODE=2, FLYING_MODE=1),
     ("DPU", "DATA_FORMAT"): dict(OUT_PRECISION=p, IN_PRECISION=p, PROC_PRECISION=p),
     ("DPU", "OFFSET_PEND"): {},
-    ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", slots["output"], o0 * OW * 16),
+    ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", slots["output"]),
     ("DPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=W * 16),
     ("DPU", "DATA_CUBE_WIDTH"): dict(WIDTH=W - 1), ("DPU", "DATA_CUBE_HEIGHT"): {}, ("DPU", "DATA_CUBE_NOTCH_ADDR"): {},
     ("DPU", "DATA_CUBE_CHANNEL"): dict(ORIG_CHANNEL=c2 - 1, CHANNEL=c2 - 1),
@@ -321,12 +325,16 @@ class Session:
   def iovas(self) -> dict[int, int]: return {s: b.dma_address for s, b in self.bos.items()}
 
   def run(self, tasks:Sequence[regs.Task], outs:Sequence[int], jobs:Sequence[Sequence[int]]|None=None,
-          extra_iovas:Mapping[int, int]|None=None) -> RunResult:
+          extra_iovas:Mapping[int, int]|None=None, raw_enable:int|None=None) -> RunResult:
+    """raw_enable: patch every op-enable entry to this mask after assembly (to test masks the encoder refuses)."""
     from tinygrad_rocket.ioctl import Job, JobFailedError
     tl = regs.assemble(list(tasks))
     rc = self.drv.create_bo(tl.nbytes)
     iovas = self.iovas() | dict(extra_iovas or {})
     words = tl.bind(iovas, rc.dma_address)
+    if raw_enable is not None:
+      op = (words >> np.uint64(48)) == np.uint64(regs.TARGET_OP_ENABLE)
+      words[op] = np.uint64(regs.op_enable_entry(raw_enable))
     self.drv.prep_bo(rc.handle); rc.view[:tl.nbytes] = words.tobytes(); self.drv.fini_bo(rc.handle)
     addrs = tl.task_addresses(rc.dma_address)
     groups = jobs or [list(range(len(addrs)))]
@@ -345,10 +353,10 @@ def conv_programs(s:ConvSpec, slots:Mapping[str, int], **kw) -> list[Program]:
   return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
 
 def run_program(progs:Sequence[Program]|Program, buffers:Mapping[int, bytes|int], outs:Sequence[int], enable:int|None=None,
-                npu=None, jobs=None, extra_iovas=None, fill:int=0) -> RunResult:
+                npu=None, jobs=None, extra_iovas=None, fill:int=0, raw_enable:int|None=None) -> RunResult:
   """Convenience: a fresh Session (or one on `npu`), buffers created in slot order, the programs as tasks of one job."""
   if isinstance(progs, dict): progs = [progs]
   with Session(npu) as s:
     for slot in sorted(buffers): s.buffer(slot, buffers[slot], fill=fill if slot in outs else 0)
     tasks = [regs.Task(entries(p), enable if enable is not None else regs.MESA_CONV_ENABLE) for p in progs]
-    return s.run(tasks, outs, jobs, extra_iovas)
+    return s.run(tasks, outs, jobs, extra_iovas, raw_enable)
