@@ -8,7 +8,7 @@ entries through regs.write / regs.address. Layout helpers pack numpy arrays into
 functions as the emulator's layouts.py; fidelity with the hardware is what tests/fidelity checks, independently).
 """
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 import numpy as np
 from tinygrad_rocket import regs
@@ -348,9 +348,24 @@ class Session:
     self.drv.close_bo(rc)
     return RunResult({s: bytes(self.bos[s].view) for s in outs}, failure, list(self.file.job_stats)[n0:], iovas)
 
-def conv_programs(s:ConvSpec, slots:Mapping[str, int], **kw) -> list[Program]:
-  """The whole convolution as tasks (one per row band of `row_split`)."""
-  return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
+def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, **kw) -> list[Program]:
+  """The whole convolution as tasks: one per row band of `row_split` and, with `kernels_per_task` (a multiple of the
+  kernel group), per chunk of kernels (weights at the chunk's first kernel group, output at its first surface)."""
+  if kernels_per_task is None or s.depthwise or kernels_per_task >= s.kernels:
+    return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
+  assert kernels_per_task % s.group == 0
+  out, c2o = [], 16 // s.out_bytes
+  bpk = s.kh * s.kw * s.C * s.ebytes
+  for k0 in range(0, s.kernels, kernels_per_task):
+    sub = replace(s, kernels=min(kernels_per_task, s.kernels - k0), out_c=None)
+    for band in row_split(sub):
+      prog = conv_program(sub, slots, rows=band, **kw)
+      ch = {("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", slots["weights"], k0 * bpk),
+            ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", slots["output"],
+                                                   band[0] * s.OW * 16 + (k0 // c2o) * s.OH * s.OW * 16)}
+      if "bias" in slots and kw.get("bias"): ch[("DPU_RDMA", "BS_BASE_ADDR")] = regs.address("DPU_RDMA", "BS_BASE_ADDR", slots["bias"], 4 * k0)
+      out.append(override(prog, ch))
+  return out
 
 def run_program(progs:Sequence[Program]|Program, buffers:Mapping[int, bytes|int], outs:Sequence[int], enable:int|None=None,
                 npu=None, jobs=None, extra_iovas=None, fill:int=0, raw_enable:int|None=None) -> RunResult:
