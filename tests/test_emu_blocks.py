@@ -713,6 +713,10 @@ REFUSED = [  # (kind, overrides, enable, text)
               ("DPU_RDMA", "DATA_CUBE_CHANNEL"): dict(CHANNEL=31)}, None, "SURFACE_ADD"),
   ("conv16", {("DPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=16), ("DPU", "SURFACE_ADD"): dict(SURF_ADD=64)}, None, "surfaces overlap"),
   ("dw8", {("DPU", "DATA_FORMAT"): dict(OUT_PRECISION=4), ("DPU", "BS_OW_CFG"): dict(OD_BYPASS=1)}, None, "more than SIZE_E"),
+  ("conv8", {("DPU", "EW_CFG"): Set(EWF, EDATA_SIZE=2), ("DPU_RDMA", "ERDMA_CFG"): Set(ERDMA_DATA_MODE=1, ERDMA_DATA_SIZE=2),
+             ("DPU_RDMA", "FEATURE_MODE_CFG"): Set(BURST_LEN=15, COMB_USE=5)}, None, "16-bit integer EW operand on a conv-fed"),
+  ("fly16", {("DPU", "DATA_CUBE_WIDTH"): dict(WIDTH=8190), ("DPU", "WDMA_SIZE_1"): dict(WIDTH_WDMA=8190),
+             ("DPU_RDMA", "DATA_CUBE_WIDTH"): dict(WIDTH=8190)}, None, "exactly 8191"),
   ("conv16", None, 0x7D, "PPU"),
   ("conv16", None, 0x1F, "reserved"),
   ("conv16", {("CNA", "CBUF_CON0"): dict(WEIGHT_REUSE=1)}, None, "WEIGHT_REUSE"),
@@ -724,6 +728,17 @@ def test_refused_configurations(kind, ov, enable, text):
   """Register combinations whose hardware result is unknown, or known to be wrong (and not reproduced): the job fails
   with an explicit reason and writes nothing."""
   expect(run_kind(kind, ov, enable), "unsupported", text)
+
+def test_int8_width1_exact_cbuf_fit_is_refused():
+  """GN: an int8 matmul-shaped input (width 1) that fills its data banks to >= 97.6 % computes the last rows wrong."""
+  M, K = 512, 64                                      # 512 rows x 4 atoms x 16 bytes = 32768 bytes: one bank, 100 %
+  spec = ConvSpec("int8", K, M, 1, 32, 1, 1, out="int32")
+  rng = np.random.default_rng(26)
+  x, w = rand8(rng, K, M, 1), rand8(rng, 32, K, 1, 1)
+  r = run_conv(spec, x, w)
+  expect(r, "unsupported", "the last rows wrong")
+  ok = run_conv(spec, x, w, {("CNA", "CBUF_CON0"): dict(DATA_BANK=2, WEIGHT_BANK=10)})
+  assert np.array_equal(conv_out(ok, spec)[:, :, 0], ref_conv(x, w)[0][:, :, 0])
 
 def test_conv_fed_ew_geometry_outside_the_validated_one_is_refused():
   spec = ConvSpec("fp16", 32, 6, 5, 16, 3, 3, (1, 1), (1, 1), out="fp16")
@@ -851,7 +866,8 @@ COVERAGE: dict[tuple[str, str, str], tuple[str, ...]] = {
   **_cov("CNA", "WEIGHT_SIZE1", "WEIGHT_BYTES_PER_KERNEL", T["ref"]),
   **_cov("CNA", "WEIGHT_SIZE2", "WEIGHT_WIDTH WEIGHT_HEIGHT WEIGHT_KERNELS", T["fp"], T["prop"], T["ref"]),
   **_cov("CNA", "CBUF_CON0", "WEIGHT_REUSE", T["reuse"], T["ref"]),
-  **_cov("CNA", "CBUF_CON0", "DATA_REUSE FC_DATA_BANK WEIGHT_BANK DATA_BANK", T["ref"]),
+  **_cov("CNA", "CBUF_CON0", "DATA_REUSE FC_DATA_BANK WEIGHT_BANK", T["ref"]),
+  **_cov("CNA", "CBUF_CON0", "DATA_BANK", T["ref"], "test_int8_width1_exact_cbuf_fit_is_refused"),
   **_cov("CNA", "CBUF_CON1", "DATA_ENTRIES", T["ref"]),
   **_cov("CNA", "CVT_CON0", "CVT_TRUNCATE_0 DATA_SIGN ROUND_TYPE CVT_TYPE", T["pix"]),
   **_cov("CNA", "CVT_CON0", "CVT_BYPASS", T["pix"], T["ref"]),

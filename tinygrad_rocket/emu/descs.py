@@ -181,6 +181,9 @@ class ConvDesc:
 # ⚠ A packed CNA input of fewer than 4 rows computes wrong on the hardware for every dtype (GN, rocket_fp16_ew_ppu.md
 # §1.6/§6.C: IH = 2, 3 fail at every IC; the 4-row block of `layouts.cna_pitches`): refused.
 CNA_MIN_PACKED_HEIGHT = 4
+# GN (rocket_fp16_ew_ppu.md §6.C): an int8 feature of width 1 that fills its last data bank to 97.6-99.8 % computes the
+# last output rows wrong; fp16 is immune. Refused above this fill (only measured at width 1).
+INT8_EXACT_FIT = 0.976
 
 def decode_conv(F:Fields) -> ConvDesc:
   C = "CNA"
@@ -251,6 +254,10 @@ def decode_conv(F:Fields) -> ConvDesc:
     feat_bytes = height * width * layouts.ceil_div(channels, 16 // ELEMENT_BYTES[in_p]) * 16
     need_banks = layouts.ceil_div(feat_bytes, 32768)
     _need(data_bank >= need_banks, f"the {feat_bytes}-byte input needs {need_banks} CBUF banks, DATA_BANK is {data_bank}")
+    if in_p == "int8" and width == 1:
+      _need(feat_bytes <= INT8_EXACT_FIT * data_bank * 32768, f"int8 input of width 1 filling its {data_bank} DATA_BANK "
+            f"banks to {feat_bytes / (data_bank * 32768):.1%}: the hardware computes the last rows wrong (GN "
+            "cbuf-bank-slack, rocket_fp16_ew_ppu.md §6.C: give it one more bank)")
 
   out_w = F("CORE", "DATAOUT_SIZE_0", "DATAOUT_WIDTH") + 1
   out_h = F("CORE", "DATAOUT_SIZE_0", "DATAOUT_HEIGHT") + 1

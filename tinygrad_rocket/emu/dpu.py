@@ -36,6 +36,7 @@ OUT_CVT_SCALE_SIGNED = True
 
 INT_RANGES = {"int8": (-128, 127), "int16": (-(1 << 15), (1 << 15) - 1), "int32": (arith.INT32_MIN, arith.INT32_MAX)}
 INT_DTYPES = {"int8": np.dtype(np.int8), "int16": np.dtype("<i2"), "int32": np.dtype("<i4")}
+MAX_CUBE_DIM = 8191                       # 13-bit count-1 fields; exactly 8191 computes wrong tails (GN)
 ERDMA_SIZE_BYTES = {1: 1, 2: 2, 3: 4}     # ERDMA_DATA_SIZE / EDATA_SIZE: 0 4-bit, 1 8-bit, 2 16-bit, 3 32-bit
 
 @dataclass
@@ -232,6 +233,8 @@ def _check_ew(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, flying:bool) -> None:
     _need(r.erdma_size in (2, 3), f"{8 * ERDMA_SIZE_BYTES[r.erdma_size]}-bit EW operand in float mode is not documented")
   else:
     _need(not (ew.op_type == 0 and ew.alu_algo == 3), "integer EW DIV is not documented")
+    if not flying: _need(r.erdma_size == 1, f"{8 * ERDMA_SIZE_BYTES[r.erdma_size]}-bit integer EW operand on a conv-fed DPU: "
+                         "only Mesa's 8-bit add is validated (GN saw garbage from its int32 probes, sdp-stage-precision.md)")
     if not ew.cvt_bypass: _need(ew.cvt_scale < 0x8000, f"EW_OP_CVT_SCALE {ew.cvt_scale:#x}: sign of the field unknown")
 
 def _ew_operand_dtype(d:DpuDesc, size:int) -> np.dtype:
@@ -374,6 +377,9 @@ def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:
         raise HangError("MRDMA trap: conv-fed DPU with DPU_RDMA started, MRDMA_DISABLE = 0 and COMB_USE 0, the MRDMA waits "
                         "forever (GN, rocket_fp16_ew_ppu.md §6.B)")
   _check_precisions(d, r, conv, qd_en)
+  for name, n in (("width", d.width), ("height", d.height), ("channels", d.channels)):
+    _need(n != MAX_CUBE_DIM, f"a DPU cube {name} of exactly {MAX_CUBE_DIM}: the hardware corrupts ~54 tail positions (GN, "
+          "rocket_fp16_ew_ppu.md §1.6)")
   if rdma_on:
     assert r is not None
     _need((r.width, r.height, r.channels) == (d.width, d.height, d.channels), f"DPU_RDMA cube {r.channels}x{r.height}x"
