@@ -960,6 +960,25 @@ COVERAGE: dict[tuple[str, str, str], tuple[str, ...]] = {
   **_cov("DPU_RDMA", "SRC_DMA_CFG", "LINE_NOTCH_ADDR POOLING_METHOD UNPOOLING_EN", "test_refused_dpu_rdma_fields"),
   **_cov("DPU_RDMA", "SURF_NOTCH", "SURF_NOTCH_ADDR", T["ew16"], T["geo"]),
   **_cov("DPU_RDMA", "EW_SURF_NOTCH", "EW_SURF_NOTCH", T["ew16"], T["geo"]),
+  **{("PPU", f"DATA_CUBE_{io}_{dim}", f"CUBE_{io}_{dim}"): ("test_ppu_pooling", "test_ppu_failures")
+     for io in ("IN", "OUT") for dim in ("WIDTH", "HEIGHT", "CHANNEL")},
+  **_cov("PPU", "OPERATION_MODE_CFG", "INDEX_EN NOTCH_ADDR FLYING_MODE", "test_ppu_failures"),
+  **_cov("PPU", "OPERATION_MODE_CFG", "POOLING_METHOD", "test_ppu_pooling", "test_ppu_failures"),
+  **_cov("PPU", "POOLING_KERNEL_CFG", "KERNEL_STRIDE_HEIGHT KERNEL_STRIDE_WIDTH KERNEL_HEIGHT KERNEL_WIDTH", "test_ppu_pooling"),
+  **_cov("PPU", "RECIP_KERNEL_WIDTH", "RECIP_KERNEL_WIDTH", "test_ppu_pooling"),
+  **_cov("PPU", "RECIP_KERNEL_HEIGHT", "RECIP_KERNEL_HEIGHT", "test_ppu_pooling"),
+  **_cov("PPU", "POOLING_PADDING_CFG", "PAD_BOTTOM PAD_RIGHT PAD_TOP PAD_LEFT", "test_ppu_pooling"),
+  **_cov("PPU", "PADDING_VALUE_1_CFG", "PAD_VALUE_0", "test_ppu_pooling"),
+  **_cov("PPU", "PADDING_VALUE_2_CFG", "PAD_VALUE_1", "test_ppu_failures"),
+  **_cov("PPU", "DST_BASE_ADDR", "DST_BASE_ADDR", "test_ppu_pooling", "test_ppu_failures"),
+  **_cov("PPU", "DST_SURF_STRIDE", "DST_SURF_STRIDE", "test_ppu_pooling", "test_ppu_failures"),
+  **_cov("PPU", "DATA_FORMAT", "DPU_FLYIN PROC_PRECISION", "test_ppu_failures"),
+  **_cov("PPU", "MISC_CTRL", "MC_SURF_OUT", "test_ppu_failures"),
+  **{("PPU_RDMA", f"CUBE_IN_{dim}", f"CUBE_IN_{dim}"): ("test_ppu_pooling", "test_ppu_failures") for dim in ("WIDTH", "HEIGHT", "CHANNEL")},
+  **_cov("PPU_RDMA", "SRC_BASE_ADDR", "SRC_BASE_ADDR", "test_ppu_failures", "test_ppu_chained_sub4_cube_is_refused"),
+  **_cov("PPU_RDMA", "SRC_LINE_STRIDE", "SRC_LINE_STRIDE", "test_ppu_pooling", "test_ppu_failures"),
+  **_cov("PPU_RDMA", "SRC_SURF_STRIDE", "SRC_SURF_STRIDE", "test_ppu_pooling"),
+  **_cov("PPU_RDMA", "DATA_FORMAT", "IN_PRECISION", "test_ppu_failures"),
 }
 
 @pytest.mark.parametrize("reg,field", [(("DPU_RDMA", "DATA_CUBE_HEIGHT"), "EW_LINE_NOTCH_ADDR"), (("DPU_RDMA", "SRC_DMA_CFG"), "LINE_NOTCH_ADDR"),
@@ -978,3 +997,90 @@ def test_every_decoded_field_is_covered():
       mod, _, name = t.rpartition("::")
       m = importlib.import_module(mod[:-3].replace("/", ".")) if mod else None
       assert (getattr(m, name, None) if m else globals().get(name)) is not None, f"{key}: no test {t}"
+
+# ------------------------------------------------------------------------------------------------------------------
+# PPU pooling
+# ------------------------------------------------------------------------------------------------------------------
+def run_pool(x, method, k, stride, pad, overrides=None, npu=None, enable=P.PPU_ENABLE):
+  C, H, W = x.shape
+  prog = P.override(P.ppu_program(C, H, W, method, k, stride, pad, SLOTS), overrides)
+  OH, OW = (H + pad[0] + pad[1] - k[0]) // stride[0] + 1, (W + pad[2] + pad[3] - k[1]) // stride[1] + 1
+  r = P.run_program(prog, {IN: P.pack_cube(x, "fp16"), OUT: C * OH * OW * 2}, [OUT], enable=enable, npu=npu, fill=SENTINEL)
+  return r, (P.unpack_cube(r.out[OUT], "fp16", C, OH, OW) if r.failure is None else None)
+
+def ref_pool(x, method, k, stride, pad):
+  pt, pb, pl, pr = pad
+  fill = {"max": -np.inf, "min": np.inf, "avg": 0.0}[method]
+  xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+  win = np.lib.stride_tricks.sliding_window_view(xp, k, axis=(1, 2))[:, ::stride[0], ::stride[1]]
+  return {"max": win.max((3, 4)), "min": win.min((3, 4)), "avg": win.mean((3, 4))}[method]
+
+POOL_CASES = [("max", (2, 2), (2, 2), (0, 0, 0, 0)), ("max", (3, 3), (2, 2), (1, 1, 1, 1)), ("min", (3, 2), (1, 2), (1, 0, 0, 1)),
+              ("avg", (2, 2), (2, 2), (0, 0, 0, 0)), ("avg", (3, 3), (1, 1), (1, 1, 1, 1)), ("avg", (7, 7), (7, 7), (0, 0, 0, 0))]
+
+@pytest.mark.parametrize("method,k,stride,pad", POOL_CASES)
+def test_ppu_pooling(method, k, stride, pad):
+  """max/min exact (padding taps read PADDING_VALUE: -inf / +inf); average = fp32 window sum (padding counted) times the
+  fp16 RECIP values times 2^-32, within 0.1% of the true mean for these kernels (GN: avg within 0.002)."""
+  rng = np.random.default_rng(27)
+  x = rand16(rng, 16, 14, 14, scale=4)
+  r, got = run_pool(x, method, k, stride, pad)
+  assert r.failure is None, r.failure
+  want = ref_pool(x, method, k, stride, pad)
+  if method == "avg":
+    rec = lambda n: float(np.float16(65536 / n))
+    sums = ref_pool(x, "avg", k, stride, pad) * k[0] * k[1]
+    model = (sums.astype(np.float32) * np.float32(rec(k[1])) * np.float32(rec(k[0])) * np.float32(2.0 ** -32)).astype(np.float16)
+    assert np.allclose(got, model, rtol=2e-3, atol=1e-3)
+    assert np.allclose(got, want, rtol=3e-3, atol=2e-3)
+  else:
+    assert np.array_equal(got, want.astype(np.float16))
+  assert r.stats[0].tasks[0].kind == "ppu"
+
+def test_ppu_failures():
+  rng = np.random.default_rng(28)
+  x = rand16(rng, 8, 8, 8)
+  for ov, text in [({("PPU", "OPERATION_MODE_CFG"): dict(INDEX_EN=1)}, "index"),
+                   ({("PPU", "OPERATION_MODE_CFG"): dict(NOTCH_ADDR=1)}, "notches"),
+                   ({("PPU", "OPERATION_MODE_CFG"): dict(FLYING_MODE=0)}, "FLYING_MODE 0"),
+                   ({("PPU", "OPERATION_MODE_CFG"): dict(POOLING_METHOD=3)}, "POOLING_METHOD 3"),
+                   ({("PPU", "DATA_FORMAT"): dict(DPU_FLYIN=1)}, "on-the-fly"),
+                   ({("PPU", "DATA_FORMAT"): Set(PROC_PRECISION=0)}, "int8"),
+                   ({("PPU", "MISC_CTRL"): dict(MC_SURF_OUT=1)}, "MC_SURF_OUT"),
+                   ({("PPU", "PADDING_VALUE_2_CFG"): dict(PAD_VALUE_1=1)}, "34:32"),
+                   ({("PPU_RDMA", "DATA_FORMAT"): Set(IN_PRECISION=1)}, "16-bit"),
+                   ({("PPU_RDMA", "CUBE_IN_WIDTH"): dict(CUBE_IN_WIDTH=6)}, "PPU_RDMA cube"),
+                   ({("PPU", "DATA_CUBE_OUT_CHANNEL"): dict(CUBE_OUT_CHANNEL=7)}, "output channels"),
+                   ({("PPU", "DATA_CUBE_OUT_WIDTH"): dict(CUBE_OUT_WIDTH=5)}, "PPU output"),
+                   ({("PPU", "DATA_CUBE_IN_CHANNEL"): dict(CUBE_IN_CHANNEL=3), ("PPU", "DATA_CUBE_OUT_CHANNEL"): dict(CUBE_OUT_CHANNEL=3),
+                     ("PPU_RDMA", "CUBE_IN_CHANNEL"): dict(CUBE_IN_CHANNEL=3)}, "whole fp16 atoms"),
+                   ({("PPU_RDMA", "SRC_LINE_STRIDE"): dict(SRC_LINE_STRIDE=16)}, "overlap"),
+                   ({("PPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=16)}, "overlaps"),
+                   ({("PPU", "DST_BASE_ADDR"): regs.address("PPU", "DST_BASE_ADDR", IN)}, "in place")]:
+    r, _ = run_pool(np.concatenate([x, x]), "max", (2, 2), (2, 2), (0, 0, 0, 0), ov)
+    expect(r, "unsupported", text)
+  r, _ = run_pool(x, "max", (2, 2), (2, 2), (0, 0, 0, 0), enable=regs.op_enable_mask("PPU_RDMA"))
+  expect(r, "hang", "without the PPU")
+  r, _ = run_pool(x, "max", (2, 2), (2, 2), (0, 0, 0, 0), enable=regs.op_enable_mask("PPU"))
+  expect(r, "unsupported", "fed by anything but PPU_RDMA")
+  r, _ = run_pool(x, "max", (2, 2), (2, 2), (0, 0, 0, 0), enable=regs.op_enable_mask("DPU", "PPU", "PPU_RDMA"))
+  expect(r, "unsupported", "together with other blocks")
+  prog = P.override(P.ppu_program(8, 8, 8, "max", (2, 2), (2, 2), (0, 0, 0, 0), SLOTS),
+                    {("PPU_RDMA", "SRC_BASE_ADDR"): regs.address("PPU_RDMA", "SRC_BASE_ADDR", NOWHERE)})
+  r = P.run_program(prog, {IN: P.pack_cube(x, "fp16"), OUT: 8 * 16 * 2}, [OUT], enable=P.PPU_ENABLE,
+                    extra_iovas={NOWHERE: UNMAPPED}, fill=SENTINEL)
+  expect(r, "iommu", "PPU_RDMA read")
+
+def test_ppu_chained_sub4_cube_is_refused():
+  """GN: a PPU pass reading a sub-4x4 cube that the previous PPU pass just wrote gets about half the channels wrong."""
+  rng = np.random.default_rng(29)
+  x = rand16(rng, 8, 6, 6)
+  first = P.ppu_program(8, 6, 6, "max", (2, 2), (2, 2), (0, 0, 0, 0), SLOTS)              # 6x6 -> 3x3 into OUT
+  second = P.ppu_program(8, 3, 3, "max", (3, 3), (1, 1), (0, 0, 0, 0), dict(input=OUT, output=5))   # reads that 3x3
+  with P.Session() as s:
+    s.buffer(IN, P.pack_cube(x, "fp16")); s.buffer(OUT, 8 * 9 * 2); s.buffer(5, 16)
+    r = s.run([regs.Task(P.entries(first), P.PPU_ENABLE), regs.Task(P.entries(second), P.PPU_ENABLE)], [5])
+  assert r.failure is not None and "sub-4x4" in r.failure
+  cpu = P.run_program(second, {OUT: P.pack_cube(ref_pool(x, "max", (2, 2), (2, 2), (0, 0, 0, 0)), "fp16"), 5: 16}, [5],
+                      enable=P.PPU_ENABLE)
+  assert cpu.failure is None                                           # a CPU-written sub-4x4 cube is fine

@@ -16,7 +16,7 @@ import numpy as np
 from tinygrad_rocket.regs.blocks import OpEnable, OP_ENABLE_KNOWN
 from tinygrad_rocket.emu.core import HangError
 from tinygrad_rocket.emu.memory import IovaSpace
-from tinygrad_rocket.emu import conv as conv_mod, dpu as dpu_mod, layouts
+from tinygrad_rocket.emu import conv as conv_mod, dpu as dpu_mod, ppu as ppu_mod, layouts
 from tinygrad_rocket.emu.cost import TaskStats, conv_cycles
 from tinygrad_rocket.emu.descs import (Fields, UnsupportedConfig, decode_conv, decode_dpu, decode_rdma, erdma_checks,
                                        conv_qd_en, WEIGHT_GROUPS, DW_GROUPS)
@@ -24,10 +24,11 @@ from tinygrad_rocket.emu.descs import (Fields, UnsupportedConfig, decode_conv, d
 __all__ = ["execute", "UnsupportedConfig"]
 
 def _check_mask(mask:int) -> tuple[bool, bool]:
-  """(conv, rdma) for a mask the emulator runs; HangError for masks that never raise the DPU interrupt the kernel waits
-  for (rocket_hw.md §2.4: only DPU_0/DPU_1 complete a task)."""
+  """(conv, rdma) for a CNA/CORE/DPU mask the emulator runs; HangError for masks that never raise the DPU interrupt the
+  kernel waits for (rocket_hw.md §2.4: only DPU_0/DPU_1 complete a task). PPU masks: see `execute`."""
   if mask & ~OP_ENABLE_KNOWN: raise UnsupportedConfig(f"op-enable mask {mask:#x} sets reserved bits")
-  if mask & (OpEnable.PPU | OpEnable.PPU_RDMA): raise UnsupportedConfig(f"op-enable mask {mask:#x}: PPU pooling is not emulated")
+  if mask & (OpEnable.PPU | OpEnable.PPU_RDMA):
+    raise UnsupportedConfig(f"op-enable mask {mask:#x}: the PPU together with other blocks (DPU -> PPU on the fly) is not emulated")
   cna, core_, dpu, rdma = (bool(mask & b) for b in (OpEnable.CNA, OpEnable.CORE, OpEnable.DPU, OpEnable.DPU_RDMA))
   if not dpu: raise HangError(f"op-enable mask {mask:#x} does not start the DPU: no DPU interrupt ever completes the task")
   if cna != core_:
@@ -50,7 +51,11 @@ def _overlaps(reads:list[tuple], write:tuple) -> bool:
     if np.any(ws[idx[ok]] + winner > rs[ok]): return True
   return False
 
+PPU_ONLY = OpEnable.PPU | OpEnable.PPU_RDMA
+
 def execute(core, block_mask:int, mem:IovaSpace) -> None:
+  if block_mask & PPU_ONLY and not block_mask & ~PPU_ONLY & OP_ENABLE_KNOWN and not block_mask & ~OP_ENABLE_KNOWN:
+    return _execute_ppu(core, block_mask, mem)
   has_conv, rdma_on = _check_mask(block_mask)
   F = Fields(core.regs)
   conv = decode_conv(F) if has_conv else None
@@ -79,6 +84,23 @@ def execute(core, block_mask:int, mem:IovaSpace) -> None:
   sc.commit(plan.atoms)
   stats.dma_write["WDMA"] = sc.nbytes
   _account(stats, conv, dpu)
+  _record(core, stats)
+
+def _execute_ppu(core, block_mask:int, mem:IovaSpace) -> None:
+  """A PPU-only task (op-enable 0x60, GN's pooling program; rocket's IRQ handler waits for DPU bits, yet GN reports such
+  jobs completing on mainline, rocket_fp16_ew_ppu.md §5)."""
+  if block_mask != PPU_ONLY:
+    if block_mask == OpEnable.PPU_RDMA: raise HangError("PPU_RDMA started without the PPU: nothing drains its reads")
+    raise UnsupportedConfig("the PPU fed by anything but PPU_RDMA (DPU on the fly) is not emulated")
+  d = ppu_mod.decode_ppu(Fields(core.regs))
+  res = ppu_mod.run(d, mem, core.cbuf)
+  sc = res.scatter
+  if _overlaps([res.read_range], (sc.base, sc.shape, sc.strides, sc.inner)):
+    raise UnsupportedConfig("the PPU task writes memory it reads (in place): not documented")
+  sc.commit(res.atoms)
+  stats = TaskStats(kind="ppu", precision="fp16", dma_read={"PC": core.fetch_bytes, "PPU_RDMA": res.read_bytes},
+                    dma_write={"PPU WDMA": sc.nbytes})
+  stats.compute_cycles = d.out_w * d.out_h * d.kw * d.kh * (d.channels // 8)   # [inf] one atom per window tap per cycle
   _record(core, stats)
 
 def _cbuf(core) -> dict:
