@@ -15,6 +15,7 @@ All DMA goes through IovaSpace: a read or write outside the file's BOs raises Io
 (`plan_scatter`: every destination checked) before any byte is written (`Scatter.commit`).
 """
 from __future__ import annotations
+import functools
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu.memory import IovaSpace, IommuFault
@@ -132,6 +133,7 @@ def cube_to_atoms(cube:np.ndarray, dtype:np.dtype) -> np.ndarray:
   return np.ascontiguousarray(el).view(np.uint8).reshape(C // c2, H, W, ATOM)
 
 # ---- weights ----------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
 def weight_index_direct(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:int) -> np.ndarray:
   """Element index into the weight buffer of every (kernel, channel, tap_h, tap_w) of a direct convolution, shape
   (kernels, channels, kh, kw): kernel groups of ng, channel groups of kg, partial last groups, blocks [kh][kw][k][c]."""
@@ -145,8 +147,11 @@ def weight_index_direct(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:in
   nc = np.minimum(kg, channels - j * kg)                      # channels in this channel group
   group_base = g * ng * channels * kh * kw                    # all previous kernel groups are full
   block_base = j * kg * kh * kw * nk                          # previous channel groups of this kernel group are full
-  return group_base + block_base + ((y * kw + x) * nk + kk) * nc + cc
+  idx = group_base + block_base + ((y * kw + x) * nk + kk) * nc + cc
+  idx.flags.writeable = False                                 # cached: shared by every caller
+  return idx
 
+@functools.lru_cache(maxsize=64)
 def weight_index_depthwise(channels:int, kh:int, kw:int, g:int) -> np.ndarray:
   """Element index of every (channel, tap_h, tap_w) of a depthwise weight buffer: [C/g][kh][kw][g], last group partial."""
   c = np.arange(channels)[:, None, None]
@@ -154,4 +159,6 @@ def weight_index_depthwise(channels:int, kh:int, kw:int, g:int) -> np.ndarray:
   x = np.arange(kw)[None, None, :]
   j, cc = c // g, c % g
   nc = np.minimum(g, channels - j * g)
-  return j * g * kh * kw + (y * kw + x) * nc + cc
+  idx = j * g * kh * kw + (y * kw + x) * nc + cc
+  idx.flags.writeable = False
+  return idx
