@@ -687,6 +687,7 @@ REFUSED = [  # (kind, overrides, enable, text)
   ("fly16", {("DPU", "EW_CVT_OFFSET_VALUE"): dict(EW_OP_CVT_OFFSET=1)}, None, "non-identity EW input converter"),
   ("fly16", {("DPU", "EW_CFG"): dict(EW_CVT_TYPE=1), ("DPU", "EW_CVT_SCALE_VALUE"): dict(EW_OP_CVT_SHIFT=1)}, None, "non-identity"),
   ("fly8", {("DPU", "EW_CFG"): dict(EW_ALU_ALGO=3)}, None, "integer EW DIV"),
+  ("fly8", {("DPU", "EW_CFG"): dict(EDATA_SIZE=2), ("DPU_RDMA", "ERDMA_CFG"): dict(ERDMA_DATA_SIZE=2)}, None, "element sizes included"),
   ("fly8", {("DPU", "EW_CVT_SCALE_VALUE"): dict(EW_OP_CVT_SCALE=0x8000)}, None, "EW_OP_CVT_SCALE 0x8000"),
   ("conv16", {("DPU_RDMA", "ERDMA_CFG"): Set(ERDMA_DATA_MODE=1, ERDMA_DATA_SIZE=2)}, None, "no EW operand consumer"),
   ("fly16", {("DPU_RDMA", "ERDMA_CFG"): dict(ERDMA_SURF_MODE=1)}, None, "ERDMA_SURF_MODE"),

@@ -233,6 +233,8 @@ def _check_ew(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, flying:bool) -> None:
     _need(r.erdma_size in (2, 3), f"{8 * ERDMA_SIZE_BYTES[r.erdma_size]}-bit EW operand in float mode is not documented")
   else:
     _need(not (ew.op_type == 0 and ew.alu_algo == 3), "integer EW DIV is not documented")
+    if flying: _need(ERDMA_SIZE_BYTES[r.erdma_size] == ELEMENT_BYTES[r.in_prec], f"{8 * ERDMA_SIZE_BYTES[r.erdma_size]}-bit "
+                     f"EW operand on a {r.in_prec} flying op: GN's integer EW needs the whole precision bundle, element sizes included")
     if not flying: _need(r.erdma_size == 1, f"{8 * ERDMA_SIZE_BYTES[r.erdma_size]}-bit integer EW operand on a conv-fed DPU: "
                          "only Mesa's 8-bit add is validated (GN saw garbage from its int32 probes, sdp-stage-precision.md)")
     if not ew.cvt_bypass: _need(ew.cvt_scale < 0x8000, f"EW_OP_CVT_SCALE {ew.cvt_scale:#x}: sign of the field unknown")
