@@ -86,18 +86,51 @@ def test_contraction_on_npu(name, kind):
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_epilogue_is_never_dropped(kind):
-  """a@b + 1 must not come back as a@b (a bug an earlier tinygrad NPU fork had): the epilogue kernel is rejected."""
+  """a@b + 1 must not come back as a@b (a bug an earlier tinygrad NPU fork had): fused epilogues are computed,
+  the others fall back with the reason."""
   A, B = np.ones((4, 8), np.float32), np.ones((8, 4), np.float32)
-  with executor(kind), contraction_rule():
-    out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + 1).numpy()
-    np.testing.assert_array_equal(out, A @ B + 1)
-    with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="epilogue"):
-      (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + 2).realize()
-    # a bias is fused (one more K column) and must be there
-    bias = np.arange(4, dtype=np.float32)
-    with env(ROCKET_FALLBACK="0"):
-      out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET") + Tensor(bias, device="ROCKET")).numpy()
-    np.testing.assert_array_equal(out, A @ B + bias)
+  R = np.arange(16, dtype=np.float32).reshape(4, 4)
+  bias = np.arange(4, dtype=np.float32)
+  t = lambda x: Tensor(x, device="ROCKET")
+  with executor(kind), env(ROCKET_FALLBACK="0"):
+    np.testing.assert_array_equal((t(A) @ t(B) + 1).numpy(), A @ B + 1)            # affine epilogues: fused
+    np.testing.assert_array_equal((t(A) @ t(B) * 0.5 - 3).numpy(), (A @ B) * 0.5 - 3)
+    np.testing.assert_array_equal((t(A) @ t(B) + t(bias)).numpy(), A @ B + bias)
+    with pytest.raises(Exception, match="epilogue"): (t(A) @ t(B) + t(R)).realize()  # residual add: not yet
+    with pytest.raises(Exception, match="epilogue"): (t(A) @ t(B)).exp2().realize()  # non-affine
+  np.testing.assert_array_equal((t(A) @ t(B) + t(R)).numpy(), A @ B + R)            # and the fallback computes them
+  np.testing.assert_allclose((t(A) @ t(B)).exp2().numpy(), np.exp2(A @ B), rtol=1e-6)
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_batchnorm_eval_folded(kind):
+  """conv -> BatchNorm (eval) -> ReLU is one kernel; its per-channel affine epilogue is folded into the packing."""
+  from tinygrad import nn
+  rng = np.random.default_rng(5)
+  x = rng.uniform(-2, 2, (2, 3, 7, 7)).astype(np.float32)
+  w = rng.uniform(-1, 1, (8, 3, 3, 3)).astype(np.float32)
+  gamma, beta = rng.uniform(0.5, 2, 8).astype(np.float32), rng.uniform(-1, 1, 8).astype(np.float32)
+  mean, var = rng.uniform(-1, 1, 8).astype(np.float32), rng.uniform(0.1, 2, 8).astype(np.float32)
+  def run(device):
+    bn = nn.BatchNorm(8)
+    bn.weight, bn.bias = Tensor(gamma, device=device), Tensor(beta, device=device)
+    bn.running_mean, bn.running_var = Tensor(mean, device=device), Tensor(var, device=device)
+    return bn(Tensor(x, device=device).conv2d(Tensor(w, device=device), padding=1)).relu().numpy()
+  report.reset()
+  with executor(kind), env(ROCKET_FALLBACK="0"): r = run("ROCKET")
+  assert any(rec.engine == "npu" and "affine epilogue" in rec.reason for rec in report.records())
+  c = run("CPU")
+  s = gamma / np.sqrt(var.astype(np.float64) + 1e-5)
+  t = beta - mean * s
+  # ROCKET: a dot of 27 products with weights w*s rounded to fp16 once, plus the intercept t (one more fp16 operand)
+  S = Tensor(np.abs(x).astype(np.float64), device="CPU").conv2d(Tensor(np.abs(w * s[:, None, None, None]), device="CPU"), padding=1).numpy()
+  S = S + np.abs(t).reshape(1, -1, 1, 1)
+  amax = float(np.abs(x).max() + np.abs(w * s[:, None, None, None]).max() + np.abs(t).max())
+  b_rocket = nm.bound_dot(nm.rocket("float32"), S, 28, amax)
+  # CPU: its fp32 conv (27 terms) then (acc - mean) * gamma * rsqrt(var + eps) + beta in fp32: 5 roundings of values
+  # bounded by (|acc| + |mean|) * |s| + |beta|
+  acc_abs = Tensor(np.abs(x).astype(np.float64), device="CPU").conv2d(Tensor(np.abs(w).astype(np.float64), device="CPU"), padding=1).numpy()
+  b_cpu = nm.gamma(27, nm.U32) * acc_abs * s.reshape(1, -1, 1, 1) + 6 * nm.U32 * ((acc_abs + np.abs(mean).reshape(1, -1, 1, 1)) * s.reshape(1, -1, 1, 1) + np.abs(beta).reshape(1, -1, 1, 1))
+  nm.assert_within(r, c, b_rocket + b_cpu, "conv+bn+relu")
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_fp16_overflow_takes_the_cpu_path(kind):

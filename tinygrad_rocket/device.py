@@ -9,7 +9,7 @@ import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
 from tinygrad_rocket.blob import parse_blob
-from tinygrad_rocket.program import NpuProgram, SCRATCH
+from tinygrad_rocket.program import NpuProgram, SCRATCH, eval_pexpr
 from tinygrad_rocket import lower, config, report
 
 # ***** buffers *****
@@ -121,15 +121,22 @@ class NpuRunner:
   def _array(self, buf:RocketBuffer, dtype:str) -> np.ndarray:
     return np.frombuffer(to_mv(buf.va_addr, buf.size), dtype)
 
-  def _copy(self, c, src_idx, dst_idx, valid, src:RocketBuffer, dst:RocketBuffer, operand:bool) -> bool:
+  def _copy(self, c, src_idx, dst_idx, valid, lin, slot:dict[int, RocketBuffer], operand:bool) -> bool:
     """Performs one Copy. For an operand (packing), False and nothing written if a finite value does not survive the
     conversion to the NPU's format; a result overflowing a narrower output dtype is IEEE's inf, as on the CPU."""
+    dst = slot[c.dst]
     self.dev.to_cpu(dst)
-    if src is None: raw = np.full(len(dst_idx), c.fill, c.dst_dtype)
+    def load(s:int, dtype:str, index) -> np.ndarray:
+      self.dev.to_cpu(slot[s])
+      return self._array(slot[s], dtype)[lin(index)].astype(np.float64)
+    if c.value is not None and c.value[0] == "intercept": raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0), dst_idx.shape).copy()
+    elif c.src is None: raw = np.full(len(dst_idx), c.fill, np.float64)
     else:
-      self.dev.to_cpu(src)
-      raw = self._array(src, c.src_dtype)[src_idx]
-      if valid is not None: raw[~valid] = c.fill
+      self.dev.to_cpu(slot[c.src])
+      raw = self._array(slot[c.src], c.src_dtype)[src_idx]
+      if c.value is not None:  # ("slope", e): the operand scaled before it is rounded to the NPU's format
+        raw = raw * (eval_pexpr(c.value[1], load, 1.0) - eval_pexpr(c.value[1], load, 0.0))
+    if valid is not None: raw[~valid] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
     if operand and vals.dtype.kind == "f" and raw.dtype.itemsize > vals.dtype.itemsize and (np.isinf(vals) & np.isfinite(raw)).any(): return False
     self._array(dst, c.dst_dtype)[dst_idx] = vals
@@ -140,11 +147,11 @@ class NpuRunner:
     st = time.perf_counter()
     slot = {i: b for i, b in enumerate(bufs)} | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
     for dst, group in self.pack.items():
-      srcs = [slot[c.src] for c, *_ in group if c.src is not None]
+      srcs = [slot[s] for c, *_ in group for s in ((c.src,) if c.src is not None else ()) + c.params]
       key = tuple((b.domain.version, b.offset) for b in srcs)
       if all(b.domain.bo is not None for b in srcs) and self.packed_from.get(dst) == key: continue
-      for c, si, di, valid in group:
-        if not self._copy(c, si, di, valid, None if c.src is None else slot[c.src], slot[dst], operand=True):
+      for c, si, di, valid, lin in group:
+        if not self._copy(c, si, di, valid, lin, slot, operand=True):
           self.packed_from.clear()
           return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
       self.packed_from[dst] = key
@@ -154,7 +161,7 @@ class NpuRunner:
     for b in (*self.scratch, self.regcmd): self.dev.to_device(b)
     self.dev.driver.submit([Job(self.prg.tasks.task_addresses(self.regcmd.dma_addr), self.in_handles, self.out_handles)])
     try:
-      for c, si, di, valid in self.unpack: self._copy(c, si, di, valid, slot[c.src], slot[c.dst], operand=False)
+      for c, si, di, valid, lin in self.unpack: self._copy(c, si, di, valid, lin, slot, operand=False)
     except JobFailedError as e: raise NpuJobError(f"NPU job of kernel {self.name} failed: {e}") from e
     return time.perf_counter() - st if wait else None
 

@@ -12,6 +12,7 @@ is regs.SELF.
 from __future__ import annotations
 import pickle
 from dataclasses import dataclass
+from typing import Callable
 import numpy as np
 from tinygrad_rocket.regs import TaskList
 
@@ -39,6 +40,35 @@ class Bound:
   lo: int|None
   hi: int|None
 
+# A small expression over per-point values, evaluated in float64 when packing: how an epilogue that is affine in the
+# accumulator (s*acc + t: bias, scale, BatchNorm in eval form) is folded into the packed operands.
+#   ("acc",) | ("const", v) | ("load", slot, numpy dtype, Lin index) | (op name, result dtype, *operands)
+# At the top of Copy.value: ("slope", e) = e(acc=1) - e(acc=0) multiplies the copied values; ("intercept", e) = e(acc=0)
+# is the value written (no source).
+PExpr = tuple
+PEXPR_OPS = {"ADD", "MUL", "NEG", "SUB", "RECIPROCAL", "SQRT", "EXP2", "LOG2", "MAX", "CAST", "FDIV"}
+
+def eval_pexpr(e:PExpr, load, acc:float) -> np.ndarray|float:
+  """Evaluates e with the accumulator = acc; load(slot, dtype, Lin) returns the operand's values per point."""
+  tag = e[0]
+  if tag == "acc": return acc
+  if tag == "const": return e[1]
+  if tag == "load": return load(e[1], e[2], e[3])
+  x = [eval_pexpr(a, load, acc) for a in e[2:]]
+  with np.errstate(all="ignore"):
+    if tag == "ADD": return x[0] + x[1]
+    if tag == "SUB": return x[0] - x[1]
+    if tag == "MUL": return x[0] * x[1]
+    if tag == "FDIV": return x[0] / x[1]
+    if tag == "NEG": return -x[0]
+    if tag == "RECIPROCAL": return 1.0 / np.asarray(x[0], np.float64)
+    if tag == "SQRT": return np.sqrt(x[0])
+    if tag == "EXP2": return np.exp2(x[0])
+    if tag == "LOG2": return np.log2(x[0])
+    if tag == "MAX": return np.maximum(x[0], x[1])
+    if tag == "CAST": return np.asarray(x[0]).astype(e[1]).astype(np.float64) if e[1] in ("float32", "float16") else x[0]
+  raise ValueError(f"unsupported epilogue op {tag}")
+
 @dataclass(frozen=True)
 class Copy:
   """For every coordinate of `grid`: dst[dst_index] = src[src_index] if every bound holds, else `fill` (None: leave
@@ -54,10 +84,12 @@ class Copy:
   dst_index: Lin
   bounds: tuple[Bound, ...] = ()
   fill: float|None = 0.0
+  value: PExpr|None = None         # ("slope", e) / ("intercept", e): see PExpr
+  params: tuple[int, ...] = ()     # kernel buffer slots `value` reads
 
-  def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None]:
-    """(src element indices, dst element indices, validity mask or None), flat over the grid; with fill None, only
-    the valid points (and no mask)."""
+  def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None, "Callable[[Lin], np.ndarray]"]:
+    """(src element indices, dst element indices, validity mask or None, Lin -> per-point values), flat over the
+    grid; with fill None, only the valid points (and no mask)."""
     coords = np.indices(self.grid, dtype=np.int64).reshape(len(self.grid), -1)
     vals = list(coords)
     for v in self.vars:
@@ -73,9 +105,9 @@ class Copy:
       if b.hi is not None: ok &= x < b.hi
       valid = ok if valid is None else valid & ok
     src, dst = lin(self.src_index), lin(self.dst_index)
-    if valid is None: return src, dst, None
-    if self.fill is None: return src[valid], dst[valid], None
-    return np.where(valid, src, 0), dst, valid
+    if valid is None: return src, dst, None, lin
+    if self.fill is None: return src[valid], dst[valid], None, lambda e: lin(e)[valid]
+    return np.where(valid, src, 0), dst, valid, lambda e: np.where(valid, lin(e), 0)
 
 @dataclass(frozen=True)
 class NpuProgram:
