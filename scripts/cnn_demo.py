@@ -31,7 +31,8 @@ def main():
   ap.add_argument("--batch", type=int, default=2)
   args = ap.parse_args()
   rng = np.random.default_rng(0)
-  weights = {k: rng.uniform(-0.3, 0.3, v.shape).astype(np.float32) for k, v in nn.state.get_state_dict(SmallCNN()).items()}
+  weights = {k: rng.uniform(0.5, 1.5 if "running_var" in k else -0.3, v.shape).astype(np.float32) if "running_var" in k else
+             rng.uniform(-0.3, 0.3, v.shape).astype(np.float32) for k, v in nn.state.get_state_dict(SmallCNN()).items()}
   x = rng.uniform(-1, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)
 
   dev = Device["ROCKET"]

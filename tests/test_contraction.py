@@ -133,15 +133,19 @@ def test_batchnorm_eval_folded(kind):
   nm.assert_within(r, c, b_rocket + b_cpu, "conv+bn+relu")
 
 @pytest.mark.parametrize("kind", EXECUTORS)
-def test_fp16_overflow_takes_the_cpu_path(kind):
-  A = np.full((4, 4), 1e5, np.float32); B = np.eye(4, dtype=np.float32)
+@pytest.mark.parametrize("bad", [1e5, np.inf, np.nan])
+def test_nonfinite_operand_takes_the_cpu_path(kind, bad):
+  """fp16 overflow, inf and NaN operands: that call runs the C code (NaN through ReLU must give tinygrad's 0)."""
+  A = np.full((4, 4), 1.0, np.float32); A[1, 2] = bad
+  B = np.eye(4, dtype=np.float32) - 0.5
   report.reset()
-  with executor(kind), contraction_rule():
-    out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET")).numpy()
-    np.testing.assert_array_equal(out, A)
-    assert any(rec.engine == "fallback" and "fp16" in rec.reason for rec in report.records())
-    with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="fp16"):
-      (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET")).numpy()
+  with executor(kind):
+    out = (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET")).relu().numpy()
+    ref = (Tensor(A, device="CPU") @ Tensor(B, device="CPU")).relu().numpy()
+    np.testing.assert_array_equal(out, ref)
+    assert any(rec.engine == "fallback" and "not finite" in rec.reason for rec in report.records())
+    with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="not finite"):
+      (Tensor(A, device="ROCKET") @ Tensor(B, device="ROCKET")).relu().numpy()
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_resident_weights_repacked_only_when_written(kind, monkeypatch):
