@@ -12,14 +12,15 @@ import argparse, datetime, os, platform, statistics, subprocess, sys, time
 import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tinygrad_rocket.emu import programs as P, cost
+from tinygrad_rocket.ops.conv import ConvSpec, conv_programs
 
 SLOTS = dict(input=0, weights=1, output=2, bias=3)
 
-def conv_layer(name:str, spec:P.ConvSpec, kernels_per_task:int|None=None):
+def conv_layer(name:str, spec:ConvSpec, kernels_per_task:int|None=None):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (spec.C, spec.H, spec.W)).astype(np.float16)
   w = rng.uniform(-1, 1, (spec.C, spec.kh, spec.kw) if spec.depthwise else (spec.kernels, spec.C, spec.kh, spec.kw)).astype(np.float16)
-  progs = P.conv_programs(spec, SLOTS, kernels_per_task=kernels_per_task)
+  progs = conv_programs(spec, SLOTS, kernels_per_task=kernels_per_task)
   bufs = {0: P.pack_cube(x, spec.precision), 1: P.pack_weights(w, spec.precision, spec.depthwise),
           2: spec.OC * spec.OH * spec.OW * spec.out_bytes}
   def run():
@@ -54,14 +55,14 @@ def mesa_layer(name:str, **case):
   return f"{name} [{len(stream.task_regs)} tasks]", run
 
 def layers():
-  yield conv_layer("fp16 conv 3x3 64x56x56 -> 64 (pad 1, fp16 out)", P.ConvSpec("fp16", 64, 56, 56, 64, 3, 3, (1, 1), (1, 1), out="fp16"))
-  yield conv_layer("ResNet-18 layer3 conv 3x3 256x14x14 -> 256 (fp16)", P.ConvSpec("fp16", 256, 14, 14, 256, 3, 3, (1, 1), (1, 1), out="fp16"), 48)
-  yield conv_layer("ResNet-18 conv1 7x7/2 3(->32)x224x224 -> 64 (fp16)", P.ConvSpec("fp16", 32, 224, 224, 64, 7, 7, (2, 2), (3, 3), out="fp16",
+  yield conv_layer("fp16 conv 3x3 64x56x56 -> 64 (pad 1, fp16 out)", ConvSpec("fp16", 64, 56, 56, 64, 3, 3, (1, 1), (1, 1), out="fp16"))
+  yield conv_layer("ResNet-18 layer3 conv 3x3 256x14x14 -> 256 (fp16)", ConvSpec("fp16", 256, 14, 14, 256, 3, 3, (1, 1), (1, 1), out="fp16"), 48)
+  yield conv_layer("ResNet-18 conv1 7x7/2 3(->32)x224x224 -> 64 (fp16)", ConvSpec("fp16", 32, 224, 224, 64, 7, 7, (2, 2), (3, 3), out="fp16",
                                                                                                       channels_real=3))
-  yield conv_layer("fp16 depthwise 3x3 128x56x56 (fp16)", P.ConvSpec("fp16", 128, 56, 56, 128, 3, 3, (1, 1), (1, 1), depthwise=True, out="fp16"))
+  yield conv_layer("fp16 depthwise 3x3 128x56x56 (fp16)", ConvSpec("fp16", 128, 56, 56, 128, 3, 3, (1, 1), (1, 1), depthwise=True, out="fp16"))
   yield mesa_layer("Mesa int8 conv 3x3 56x56x64 -> 64 (SAME)", H=56, C=64, OC=64, K=3, stride=1, padding="SAME")
   yield mesa_layer("Mesa int8 depthwise 3x3 112x112x32 (SAME)", H=112, C=32, OC=32, K=3, stride=1, padding="SAME", depthwise=True)
-  yield conv_layer("fp16 matmul 1024x1024x1024 (fp32 out, 128-kernel tiles)", P.ConvSpec("fp16", 1024, 1024, 1, 1024, 1, 1, out="fp32"), 128)
+  yield conv_layer("fp16 matmul 1024x1024x1024 (fp32 out, 128-kernel tiles)", ConvSpec("fp16", 1024, 1024, 1, 1024, 1, 1, out="fp32"), 128)
 
 def main() -> None:
   ap = argparse.ArgumentParser()

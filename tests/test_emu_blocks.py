@@ -1,5 +1,6 @@
 """The emulator's block execution (tinygrad_rocket/emu/blocks.py and friends), driven through EmuFile + RocketDriver with
-register programs built by our own encoder (tinygrad_rocket.emu.programs over tinygrad_rocket.regs).
+register programs built by our own encoder (tinygrad_rocket.ops over tinygrad_rocket.regs), run by the harness in
+tinygrad_rocket.emu.programs.
 
 These tests check the emulator's reading of every register field it reads (COVERAGE below, checked against
 descs.DECODED_FIELDS), its numerics against independent references written here, and its failure modes (IOMMU
@@ -11,7 +12,10 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 from tinygrad_rocket import regs
 from tinygrad_rocket.emu import Npu, programs as P
-from tinygrad_rocket.emu.programs import ConvSpec, Set
+from tinygrad_rocket.ops.conv import ConvSpec, conv_program, conv_programs, row_split
+from tinygrad_rocket.ops.elementwise import FLYING_ENABLE, flying_program
+from tinygrad_rocket.ops.pool import PPU_ENABLE, ppu_program
+from tinygrad_rocket.ops.program import PREC, Set, entries, override
 from tinygrad_rocket.emu.descs import DECODED_FIELDS
 
 IN, WT, OUT, BIAS, OPND = 0, 1, 2, 3, 4
@@ -65,7 +69,7 @@ def conv_buffers(spec:ConvSpec, x, w, bias=None, out_size=None):
   return b
 
 def run_conv(spec:ConvSpec, x, w, overrides=None, bias=None, npu=None, buffers=None, enable=None, **kw):
-  progs = [P.override(p, overrides) for p in P.conv_programs(spec, SLOTS, bias=bias is not None, **kw)]
+  progs = [override(p, overrides) for p in conv_programs(spec, SLOTS, bias=bias is not None, **kw)]
   bufs = conv_buffers(spec, x, w, bias) | (buffers or {})
   return P.run_program(progs, bufs, [OUT], npu=npu, fill=SENTINEL, enable=enable)
 
@@ -110,7 +114,7 @@ def test_fp16_conv_split_into_row_tasks():
   """A layer whose input does not fit the CBUF, as row bands (input base moved by whole rows, surface strides of the
   whole tensors, pad only on the first band): the tasks together give the whole convolution."""
   spec = ConvSpec("fp16", 64, 48, 64, 32, 3, 3, (1, 1), (1, 1), out="fp16")
-  assert len(P.row_split(spec)) > 1
+  assert len(row_split(spec)) > 1
   rng = np.random.default_rng(5)
   x, w = rand16(rng, 64, 48, 64), rand16(rng, 32, 64, 3, 3)
   r = run_conv(spec, x, w)
@@ -118,7 +122,7 @@ def test_fp16_conv_split_into_row_tasks():
   exact, _ = ref_conv(x, w, pad=(1, 1))
   absum, _ = ref_conv(x, w, pad=(1, 1), absolute=True)
   assert np.all(np.abs(got - exact) <= fp32_acc_bound(absum, exact, 9 * 64, "fp16"))
-  assert r.stats[0].task_count == len(P.row_split(spec))
+  assert r.stats[0].task_count == len(row_split(spec))
 
 @FAST
 @given(C=st.sampled_from([8, 32, 40]), H=st.integers(4, 9), W=st.integers(1, 9), K=st.integers(1, 33), kh=st.integers(1, 3),
@@ -362,11 +366,11 @@ def test_brdma_per_channel_groups():
 # EW stage, DPU-only (flying) ops, OUT_CVT
 # ------------------------------------------------------------------------------------------------------------------
 def run_flying(n:int, prec:str, a:np.ndarray, b:np.ndarray|None, ew=None, overrides=None, operand=True, npu=None):
-  prog = P.override(P.flying_program(n, prec, SLOTS, ew, operand), overrides)
+  prog = override(flying_program(n, prec, SLOTS, ew, operand), overrides)
   dt = P.NP_DTYPE[prec]
   bufs = {IN: np.asarray(a, dt).tobytes(), OUT: n * dt.itemsize}
   if b is not None: bufs[OPND] = np.asarray(b, dt).tobytes()
-  r = P.run_program(prog, bufs, [OUT], enable=P.FLYING_ENABLE, npu=npu, fill=SENTINEL)
+  r = P.run_program(prog, bufs, [OUT], enable=FLYING_ENABLE, npu=npu, fill=SENTINEL)
   return r, (np.frombuffer(r.out[OUT], dt)[:n] if r.failure is None else None)
 
 EW16 = dict(EW_DATA_MODE=1, EDATA_SIZE=2, EW_RELU_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_SRC=1)
@@ -436,7 +440,7 @@ def ew_fused_overrides(prec:str, plane:int, cvt=None):
   int8 = prec == "int8"
   cfg = dict(EW_DATA_MODE=1, EDATA_SIZE=1 if int8 else 2, EW_ALU_ALGO=2, EW_RELU_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_SRC=1)
   if cvt: cfg |= dict(EW_CVT_TYPE=cvt[3], EW_CVT_ROUND=cvt[4])
-  p = P.PREC[prec]
+  p = PREC[prec]
   return {("DPU", "EW_CFG"): Set(cfg),
           ("DPU", "EW_CVT_OFFSET_VALUE"): dict(EW_OP_CVT_OFFSET=cvt[0] if cvt else 0),
           ("DPU", "EW_CVT_SCALE_VALUE"): Set(EW_OP_CVT_SCALE=cvt[1] if cvt else 1, EW_OP_CVT_SHIFT=cvt[2] if cvt else 0),
@@ -487,24 +491,24 @@ def build(kind:str):
     dw = kind == "dw16"
     spec = ConvSpec("fp16", 32, 5, 5, 32 if dw else 16, 3, 3, (1, 1), (1, 1), depthwise=dw, out="fp16" if dw else "fp32")
     x, w = rand16(rng, 32, 5, 5), rand16(rng, *((32, 3, 3) if dw else (16, 32, 3, 3)))
-    return P.conv_programs(spec, SLOTS), conv_buffers(spec, x, w), regs.MESA_CONV_ENABLE
+    return conv_programs(spec, SLOTS), conv_buffers(spec, x, w), regs.MESA_CONV_ENABLE
   if kind in ("conv8", "dw8"):
     dw = kind == "dw8"
     spec = ConvSpec("int8", 64 if dw else 16, 5, 5, 32, 3, 3, (1, 1), (1, 1), depthwise=dw, out="int8")
     x = rand8(rng, spec.C, 5, 5)
     w = rand8(rng, *((spec.C, 3, 3) if dw else (32, 16, 3, 3)))
     bias = np.zeros(spec.OC, "<i4").tobytes()
-    return P.conv_programs(spec, SLOTS, bias=True, ow_op=3), conv_buffers(spec, x, w, bias), regs.MESA_CONV_ENABLE
+    return conv_programs(spec, SLOTS, bias=True, ow_op=3), conv_buffers(spec, x, w, bias), regs.MESA_CONV_ENABLE
   if kind in ("fly16", "fly8"):
     prec = "fp16" if kind == "fly16" else "int8"
     dt = P.NP_DTYPE[prec]
-    return ([P.flying_program(64, prec, SLOTS)], {IN: np.ones(64, dt).tobytes(), OPND: np.ones(64, dt).tobytes(),
-            OUT: 64 * dt.itemsize}, P.FLYING_ENABLE)
+    return ([flying_program(64, prec, SLOTS)], {IN: np.ones(64, dt).tobytes(), OPND: np.ones(64, dt).tobytes(),
+            OUT: 64 * dt.itemsize}, FLYING_ENABLE)
   raise ValueError(kind)
 
 def run_kind(kind:str, overrides=None, enable=None, buffers=None, extra_iovas=None, npu=None):
   progs, bufs, en = build(kind)
-  progs = [P.override(p, overrides) for p in progs]
+  progs = [override(p, overrides) for p in progs]
   en = enable if enable is not None else en
   if en & ~regs.OP_ENABLE_KNOWN:         # our encoder refuses reserved op-enable bits: patch the assembled list
     return P.run_program(progs, bufs | (buffers or {}), [OUT], enable=en & regs.OP_ENABLE_KNOWN, npu=npu,
@@ -537,8 +541,8 @@ def test_output_partly_outside_its_bo_faults_and_writes_nothing():
     for slot in (IN, WT): s.buffer(slot, bufs[slot])
     s.buffer(OUT, 4096, fill=SENTINEL)
     s.drv.close_bo(s.bos.pop(-1))
-    progs = [P.override(p, {("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", OUT, 4096 - 800)}) for p in progs]
-    r = s.run([regs.Task(P.entries(p), en) for p in progs], [OUT])
+    progs = [override(p, {("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", OUT, 4096 - 800)}) for p in progs]
+    r = s.run([regs.Task(entries(p), en) for p in progs], [OUT])
   expect(r, "iommu", "WDMA write")
 
 def test_reads_spanning_adjacent_bos_do_not_fault():
@@ -546,7 +550,7 @@ def test_reads_spanning_adjacent_bos_do_not_fault():
   progs, bufs, en = build("conv16")
   data = bufs[IN]
   half = 4096
-  progs = [P.override(p, {("CNA", "FEATURE_DATA_ADDR"): regs.address("CNA", "FEATURE_DATA_ADDR", 5, half - 1024)}) for p in progs]
+  progs = [override(p, {("CNA", "FEATURE_DATA_ADDR"): regs.address("CNA", "FEATURE_DATA_ADDR", 5, half - 1024)}) for p in progs]
   bufs = {k: v for k, v in bufs.items() if k != IN} | {5: b"\0" * (half - 1024) + data[:1024], 6: data[1024:]}
   ok = P.run_program(progs, bufs, [OUT], enable=en)
   ref_ = run_kind("conv16")
@@ -770,15 +774,15 @@ def test_registers_persist_across_jobs():
   spec = ConvSpec("fp16", 32, 5, 5, 16, 3, 3, (1, 1), (1, 1), out="fp32")
   rng = np.random.default_rng(22)
   x1, x2, w = rand16(rng, 32, 5, 5), rand16(rng, 32, 5, 5), rand16(rng, 16, 32, 3, 3)
-  prog = P.conv_program(spec, SLOTS)
+  prog = conv_program(spec, SLOTS)
   delta = {k: v for k, v in prog.items() if k in ADDRESS_REGS}
   delta = {k: regs.address(k[0], k[1], 5 if k[1] == "FEATURE_DATA_ADDR" else 6 if k[1] == "DST_BASE_ADDR" else WT)
            for k in delta}
   with P.Session() as s:
     for slot, data in conv_buffers(spec, x1, w).items(): s.buffer(slot, data)
     s.buffer(5, P.pack_cube(x2, "fp16")); s.buffer(6, spec.OC * spec.OH * spec.OW * 4)
-    first = s.run([regs.Task(P.entries(prog), regs.MESA_CONV_ENABLE)], [OUT])
-    second = s.run([regs.Task(P.entries(delta), regs.MESA_CONV_ENABLE)], [6])
+    first = s.run([regs.Task(entries(prog), regs.MESA_CONV_ENABLE)], [OUT])
+    second = s.run([regs.Task(entries(delta), regs.MESA_CONV_ENABLE)], [6])
   assert first.failure is None and second.failure is None, (first.failure, second.failure)
   got2 = P.unpack_cube(second.out[6], "fp32", spec.OC, spec.OH, spec.OW)
   assert np.allclose(got2, ref_conv(x2, w, pad=(1, 1))[0], rtol=1e-4, atol=1e-4)
@@ -792,13 +796,13 @@ def test_stale_registers_are_used_not_reset():
   spec = ConvSpec("fp16", 32, 5, 5, 16, 3, 3, (1, 1), (1, 1), out="fp32")
   rng = np.random.default_rng(23)
   x, w = rand16(rng, 32, 5, 5), rand16(rng, 16, 32, 3, 3)
-  relu = P.conv_program(spec, SLOTS) | {("DPU", "BS_CFG"): dict(BS_ALU_BYPASS=1, BS_MUL_BYPASS=1)}
-  omit = {k: v for k, v in P.conv_program(spec, SLOTS).items() if k != ("DPU", "BS_CFG")}
+  relu = conv_program(spec, SLOTS) | {("DPU", "BS_CFG"): dict(BS_ALU_BYPASS=1, BS_MUL_BYPASS=1)}
+  omit = {k: v for k, v in conv_program(spec, SLOTS).items() if k != ("DPU", "BS_CFG")}
   npu = Npu()
   with P.Session(npu) as s:
     for slot, data in conv_buffers(spec, x, w).items(): s.buffer(slot, data)
-    assert s.run([regs.Task(P.entries(relu), regs.MESA_CONV_ENABLE)], [OUT]).failure is None
-    r = s.run([regs.Task(P.entries(omit), regs.MESA_CONV_ENABLE)], [OUT])
+    assert s.run([regs.Task(entries(relu), regs.MESA_CONV_ENABLE)], [OUT]).failure is None
+    r = s.run([regs.Task(entries(omit), regs.MESA_CONV_ENABLE)], [OUT])
   got = conv_out(r, spec)
   assert got.min() == 0 and np.allclose(got, np.maximum(ref_conv(x, w, pad=(1, 1))[0], 0), atol=1e-4)
   other = P.run_program(omit, conv_buffers(spec, x, w), [OUT], npu=npu)
@@ -811,12 +815,12 @@ def test_hang_resets_the_core():
   rng = np.random.default_rng(24)
   x, w = rand16(rng, 32, 5, 5), rand16(rng, 16, 32, 3, 3)
   npu = Npu()
-  prog = P.conv_program(spec, SLOTS)
+  prog = conv_program(spec, SLOTS)
   with P.Session(npu) as s:
     for slot, data in conv_buffers(spec, x, w).items(): s.buffer(slot, data)
-    assert s.run([regs.Task(P.entries(prog), regs.MESA_CONV_ENABLE)], [OUT]).failure is None
-    hang = P.override(prog, {("DPU_RDMA", "FEATURE_MODE_CFG"): Set(BURST_LEN=15)})
-    assert s.run([regs.Task(P.entries(hang), regs.MESA_CONV_ENABLE)], [OUT]).failure.startswith("hang")
+    assert s.run([regs.Task(entries(prog), regs.MESA_CONV_ENABLE)], [OUT]).failure is None
+    hang = override(prog, {("DPU_RDMA", "FEATURE_MODE_CFG"): Set(BURST_LEN=15)})
+    assert s.run([regs.Task(entries(hang), regs.MESA_CONV_ENABLE)], [OUT]).failure.startswith("hang")
     delta = [regs.address(*k, {"FEATURE_DATA_ADDR": IN, "DCOMP_ADDR0": WT, "DST_BASE_ADDR": OUT}[k[1]]) for k in ADDRESS_REGS]
     assert s.run([regs.Task(delta, regs.MESA_CONV_ENABLE)], [OUT]).failure is not None
 
@@ -826,8 +830,8 @@ def test_weight_reuse_takes_the_weights_from_cbuf():
   spec = ConvSpec("fp16", 32, 5, 5, 16, 3, 3, (1, 1), (1, 1), out="fp32")
   rng = np.random.default_rng(25)
   x, w, w_other = rand16(rng, 32, 5, 5), rand16(rng, 16, 32, 3, 3), rand16(rng, 16, 32, 3, 3)
-  first = P.conv_program(spec, SLOTS)
-  second = P.override(first, {("CNA", "CBUF_CON0"): dict(WEIGHT_REUSE=1), ("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", 5),
+  first = conv_program(spec, SLOTS)
+  second = override(first, {("CNA", "CBUF_CON0"): dict(WEIGHT_REUSE=1), ("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", 5),
                               ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", 6)})
   r = P.run_program([first, second], conv_buffers(spec, x, w) | {5: P.pack_weights(w_other, "fp16"), 6: spec.OC * 25 * 4}, [OUT, 6])
   assert r.failure is None, r.failure
@@ -1002,9 +1006,9 @@ def test_every_decoded_field_is_covered():
 # ------------------------------------------------------------------------------------------------------------------
 # PPU pooling
 # ------------------------------------------------------------------------------------------------------------------
-def run_pool(x, method, k, stride, pad, overrides=None, npu=None, enable=P.PPU_ENABLE):
+def run_pool(x, method, k, stride, pad, overrides=None, npu=None, enable=PPU_ENABLE):
   C, H, W = x.shape
-  prog = P.override(P.ppu_program(C, H, W, method, k, stride, pad, SLOTS), overrides)
+  prog = override(ppu_program(C, H, W, method, k, stride, pad, SLOTS), overrides)
   OH, OW = (H + pad[0] + pad[1] - k[0]) // stride[0] + 1, (W + pad[2] + pad[3] - k[1]) // stride[1] + 1
   r = P.run_program(prog, {IN: P.pack_cube(x, "fp16"), OUT: C * OH * OW * 2}, [OUT], enable=enable, npu=npu, fill=SENTINEL)
   return r, (P.unpack_cube(r.out[OUT], "fp16", C, OH, OW) if r.failure is None else None)
@@ -1066,9 +1070,9 @@ def test_ppu_failures():
   expect(r, "unsupported", "fed by anything but PPU_RDMA")
   r, _ = run_pool(x, "max", (2, 2), (2, 2), (0, 0, 0, 0), enable=regs.op_enable_mask("DPU", "PPU", "PPU_RDMA"))
   expect(r, "unsupported", "together with other blocks")
-  prog = P.override(P.ppu_program(8, 8, 8, "max", (2, 2), (2, 2), (0, 0, 0, 0), SLOTS),
+  prog = override(ppu_program(8, 8, 8, "max", (2, 2), (2, 2), (0, 0, 0, 0), SLOTS),
                     {("PPU_RDMA", "SRC_BASE_ADDR"): regs.address("PPU_RDMA", "SRC_BASE_ADDR", NOWHERE)})
-  r = P.run_program(prog, {IN: P.pack_cube(x, "fp16"), OUT: 8 * 16 * 2}, [OUT], enable=P.PPU_ENABLE,
+  r = P.run_program(prog, {IN: P.pack_cube(x, "fp16"), OUT: 8 * 16 * 2}, [OUT], enable=PPU_ENABLE,
                     extra_iovas={NOWHERE: UNMAPPED}, fill=SENTINEL)
   expect(r, "iommu", "PPU_RDMA read")
 
@@ -1076,12 +1080,12 @@ def test_ppu_chained_sub4_cube_is_refused():
   """GN: a PPU pass reading a sub-4x4 cube that the previous PPU pass just wrote gets about half the channels wrong."""
   rng = np.random.default_rng(29)
   x = rand16(rng, 8, 6, 6)
-  first = P.ppu_program(8, 6, 6, "max", (2, 2), (2, 2), (0, 0, 0, 0), SLOTS)              # 6x6 -> 3x3 into OUT
-  second = P.ppu_program(8, 3, 3, "max", (3, 3), (1, 1), (0, 0, 0, 0), dict(input=OUT, output=5))   # reads that 3x3
+  first = ppu_program(8, 6, 6, "max", (2, 2), (2, 2), (0, 0, 0, 0), SLOTS)              # 6x6 -> 3x3 into OUT
+  second = ppu_program(8, 3, 3, "max", (3, 3), (1, 1), (0, 0, 0, 0), dict(input=OUT, output=5))   # reads that 3x3
   with P.Session() as s:
     s.buffer(IN, P.pack_cube(x, "fp16")); s.buffer(OUT, 8 * 9 * 2); s.buffer(5, 16)
-    r = s.run([regs.Task(P.entries(first), P.PPU_ENABLE), regs.Task(P.entries(second), P.PPU_ENABLE)], [5])
+    r = s.run([regs.Task(entries(first), PPU_ENABLE), regs.Task(entries(second), PPU_ENABLE)], [5])
   assert r.failure is not None and "sub-4x4" in r.failure
   cpu = P.run_program(second, {OUT: P.pack_cube(ref_pool(x, "max", (2, 2), (2, 2), (0, 0, 0, 0)), "fp16"), 5: 16}, [5],
-                      enable=P.PPU_ENABLE)
+                      enable=PPU_ENABLE)
   assert cpu.failure is None                                           # a CPU-written sub-4x4 cube is fine

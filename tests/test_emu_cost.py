@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from tinygrad_rocket import regs
 from tinygrad_rocket.emu import programs as P, cost
-from tinygrad_rocket.emu.programs import ConvSpec
+from tinygrad_rocket.ops.conv import ConvSpec, conv_program, conv_programs
+from tinygrad_rocket.ops.elementwise import FLYING_ENABLE, flying_program
+from tinygrad_rocket.ops.program import Set, entries, override
 
 IN, WT, OUT, BIAS, OPND = 0, 1, 2, 3, 4
 SLOTS = dict(input=IN, weights=WT, output=OUT, bias=BIAS, operand=OPND)
@@ -14,7 +16,7 @@ def run(spec:ConvSpec, overrides=None, bias=False, **kw):
   x = rng.uniform(-1, 1, (spec.C, spec.H, spec.W))
   w = rng.uniform(-1, 1, (spec.C, spec.kh, spec.kw) if spec.depthwise else (spec.kernels, spec.C, spec.kh, spec.kw))
   if spec.precision == "int8": x, w = (rng.integers(-128, 128, a.shape) for a in (x, w))
-  progs = [P.override(p, overrides) for p in P.conv_programs(spec, SLOTS, bias=bias, **kw)]
+  progs = [override(p, overrides) for p in conv_programs(spec, SLOTS, bias=bias, **kw)]
   bufs = {IN: P.pack_cube(x, spec.precision), WT: P.pack_weights(w, spec.precision, spec.depthwise),
           OUT: spec.OC * spec.OH * spec.OW * spec.out_bytes}
   if bias: bufs[BIAS] = bytes(4 * spec.OC)
@@ -23,7 +25,7 @@ def run(spec:ConvSpec, overrides=None, bias=False, **kw):
   return r
 
 def pc_bytes(prog) -> int:
-  n = len(P.entries(prog)) + regs.TAIL_ENTRIES
+  n = len(entries(prog)) + regs.TAIL_ENTRIES
   return -(-n // 2) * 16                          # the PC fetches whole 16-byte beats
 
 def test_macs_and_dma_counters():
@@ -38,7 +40,7 @@ def test_macs_and_dma_counters():
   assert (t.kind, t.precision, t.compute_cycles) == ("conv", "fp16", cycles)
   assert t.macs_issued == cycles * 512 == pixels * 9 * 64 * 32
   assert t.macs_useful == pixels * 9 * 40 * 20
-  assert t.dma_read == {"PC": pc_bytes(P.override(P.conv_program(spec, SLOTS), ov)), "CNA feature": 6 * 6 * 5 * 16,
+  assert t.dma_read == {"PC": pc_bytes(override(conv_program(spec, SLOTS), ov)), "CNA feature": 6 * 6 * 5 * 16,
                         "CNA weight": 20 * 48 * 9 * 2}
   assert t.dma_write == {"WDMA": 8 * pixels * 16}  # 32 fp32 channels = 8 surfaces
   assert job.task_count == 1 and job.jobs == 1
@@ -54,8 +56,8 @@ def test_depthwise_and_int8_counters():
 
 def test_flying_op_counters():
   n = 1024
-  prog = P.flying_program(n, "fp16", SLOTS)
-  r = P.run_program(prog, {IN: bytes(2 * n), OPND: bytes(2 * n), OUT: 2 * n}, [OUT], enable=P.FLYING_ENABLE)
+  prog = flying_program(n, "fp16", SLOTS)
+  r = P.run_program(prog, {IN: bytes(2 * n), OPND: bytes(2 * n), OUT: 2 * n}, [OUT], enable=FLYING_ENABLE)
   (t,) = r.stats[0].tasks
   assert t.kind == "dpu" and t.compute_cycles == n // 8
   assert t.dma_read["MRDMA"] == t.dma_read["ERDMA"] == t.dma_write["WDMA"] == 2 * n
@@ -68,13 +70,13 @@ def test_job_and_file_counters_and_overheads():
   """One SUBMIT of two jobs (1 and 2 tasks): EmuFile.job_stats has one JobStats per job, EmuFile.stats all of them;
   modeled time = busy time + PER_JOB_OVERHEAD_S per job + PER_TASK_OVERHEAD_S per further task."""
   spec = ConvSpec("fp16", 32, 8, 8, 16, 3, 3, (1, 1), (1, 1), out="fp32")
-  prog = P.conv_program(spec, SLOTS)
+  prog = conv_program(spec, SLOTS)
   rng = np.random.default_rng(1)
   with P.Session() as s:
     s.buffer(IN, P.pack_cube(rng.uniform(-1, 1, (32, 8, 8)), "fp16"))
     s.buffer(WT, P.pack_weights(rng.uniform(-1, 1, (16, 32, 3, 3)), "fp16"))
     s.buffer(OUT, 16 * 64 * 4)
-    r = s.run([regs.Task(P.entries(prog), regs.MESA_CONV_ENABLE)] * 3, [OUT], jobs=[[0], [1, 2]])
+    r = s.run([regs.Task(entries(prog), regs.MESA_CONV_ENABLE)] * 3, [OUT], jobs=[[0], [1, 2]])
     total = s.file.stats
   assert r.failure is None and [j.task_count for j in r.stats] == [1, 2]
   assert total.jobs == 2 and total.task_count == 3 and total.macs_issued == 3 * r.stats[0].macs_issued
@@ -94,8 +96,8 @@ def test_compute_bound_time_scales_with_the_clock():
 
 def test_failed_job_counts_only_completed_tasks():
   spec = ConvSpec("fp16", 32, 8, 8, 16, 3, 3, (1, 1), (1, 1), out="fp32")
-  good = P.conv_program(spec, SLOTS)
-  bad = P.override(good, {("DPU_RDMA", "FEATURE_MODE_CFG"): P.Set(BURST_LEN=15)})   # MRDMA trap: hang
+  good = conv_program(spec, SLOTS)
+  bad = override(good, {("DPU_RDMA", "FEATURE_MODE_CFG"): Set(BURST_LEN=15)})   # MRDMA trap: hang
   r = P.run_program([good, bad, good], {IN: bytes(32 * 64 * 2), WT: bytes(16 * 32 * 9 * 2), OUT: 16 * 64 * 4}, [OUT])
   assert r.failure.startswith("hang") and r.stats[0].task_count == 1
 

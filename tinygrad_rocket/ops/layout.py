@@ -4,14 +4,23 @@ Feature cubes are NC1HWC2 with a 16-byte atom: C2 = 16 / element bytes channels 
   elem(c, h, w) = (c // C2) * H*W*C2 + (h*W + w) * C2 + c % C2          (w: the contiguous axis, DATAIN_WIDTH)
 Weights are kernel groups of NG kernels x KG channels (fp16: NG 16, KG 32), per tap:
   elem(oc, ic, kh, kw) = ((((oc//NG)*ceil(IC/KG) + ic//KG)*KH + kh)*KW + kw)*NG*KG + (oc%NG)*KG + ic%KG
+Depthwise weights are channel groups of G (fp16 32), per tap:
+  elem(c, kh, kw) = ((c//G)*KH + kh)*KW*G + kw*G + c%G
 Padding channels and kernels are zero.
 """
 from __future__ import annotations
 from dataclasses import dataclass
 
 ATOM_BYTES = 16
-# Weight kernel group (kernels, channels) per operand precision: rocket_fp16_ew_ppu.md §1.3 table [HW]
-WEIGHT_GROUP = {"float16": (16, 32), "int8": (32, 32)}
+# Element bytes per precision name (the names of regs.values.PRECISION): rocket_fp16_ew_ppu.md §1.1/§1.2
+ELEMENT_BYTES = {"int8": 1, "int16": 2, "fp16": 2, "bf16": 2, "int32": 4, "fp32": 4, "tf32": 4}
+# Weight kernel group (NG kernels, KG channels) per CNA precision: rocket_fp16_ew_ppu.md §1.3 table [HW]
+WEIGHT_GROUPS = {"int8": (32, 32), "fp16": (16, 32), "bf16": (16, 32), "tf32": (16, 16)}
+# Depthwise channel group G per CNA precision: §1.3 (fp16 32 [HW, GN: 64 gives wrong results], int8 64 [Mesa]);
+# ⚠ bf16 assumed like fp16 (same element size, not measured)
+DW_GROUPS = {"int8": 64, "fp16": 32, "bf16": 32}
+# The same kernel groups keyed by numpy dtype name (the contraction rule's operands)
+WEIGHT_GROUP = {"float16": WEIGHT_GROUPS["fp16"], "int8": WEIGHT_GROUPS["int8"]}
 
 def ceil_div(a:int, b:int) -> int: return -(-a // b)
 def align(a:int, b:int) -> int: return ceil_div(a, b) * b
@@ -68,3 +77,24 @@ class Weights:
     ng, kg = self.group
     g = self.grid()
     return (g[1]*g[2]*g[3]*ng*kg, g[2]*g[3]*ng*kg, g[3]*ng*kg, ng*kg, kg, 1)
+
+@dataclass(frozen=True)
+class DepthwiseWeights:
+  """One KH x KW kernel per channel of C, packed in channel groups of G (§1.3: [C/G][KH][KW][G])."""
+  C: int
+  KH: int
+  KW: int
+  precision: str
+
+  @property
+  def group(self) -> int: return DW_GROUPS[self.precision]
+  @property
+  def c_padded(self) -> int: return align(self.C, self.group)
+  @property
+  def elems(self) -> int: return self.c_padded * self.KH * self.KW
+  def grid(self) -> tuple[int, int, int, int]:
+    """(C1, KH, KW, G): memory order."""
+    return (self.c_padded // self.group, self.KH, self.KW, self.group)
+  def grid_strides(self) -> tuple[int, int, int, int]:
+    g = self.group
+    return (self.KH * self.KW * g, self.KW * g, g, 1)

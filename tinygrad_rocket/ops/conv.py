@@ -1,0 +1,195 @@
+"""Convolution tasks (direct and depthwise, fp16/bf16/tf32/int8) as register programs.
+
+The programs follow the hardware-validated ones field by field: gregordinary's fp16 conv/matmul program
+(rocket_fp16_ew_ppu.md §2.1/§2.2) and Mesa's int8 convolution (rocket_hw.md §4) where the precision is int8, so that
+a test can move one field at a time away from a known-good program (ops.program.override). A layer whose input does
+not fit the CBUF next to its weights is split into row bands (`row_split`, Mesa's split addressing, rocket_hw.md
+§5.6) and, when the weights are large, into kernel chunks (`conv_programs`).
+
+Layouts (ops/layout.py): the input is an NC1HWC2 cube (W the contiguous axis), the weights kernel groups (direct) or
+channel groups (depthwise), the output an NC1HWC2 cube of the output precision.
+"""
+from __future__ import annotations
+from dataclasses import dataclass, replace
+from typing import Mapping
+from tinygrad_rocket import regs
+from tinygrad_rocket.ops.layout import ceil_div, ELEMENT_BYTES, WEIGHT_GROUPS, DW_GROUPS
+from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES
+from tinygrad_rocket.ops.program import Program, PREC, override
+
+@dataclass
+class ConvSpec:
+  """One convolution task (W is the contiguous axis). channels: the CNA's DATAIN_CHANNEL (padded); kernels: WEIGHT_KERNELS;
+  out_c: CORE/DPU channels (a whole number of the precision's kernel groups)."""
+  precision: str = "fp16"
+  C: int = 32; H: int = 8; W: int = 8
+  kernels: int = 16; kh: int = 3; kw: int = 3
+  stride: tuple[int, int] = (1, 1)     # (y, x)
+  pad: tuple[int, int] = (0, 0)        # (top, left); bottom/right implied by the output size
+  dilation: tuple[int, int] = (1, 1)
+  depthwise: bool = False
+  out: str = "fp32"                    # fp32, fp16 (float); int8, int32, fp32 (int8)
+  out_c: int|None = None
+  out_hw: tuple[int, int]|None = None
+  channels_real: int|None = None
+  pad_value: int = 0                   # PAD_CON1 (raw 32-bit)
+  @property
+  def eff(self) -> tuple[int, int]: return ((self.kh - 1) * self.dilation[0] + 1, (self.kw - 1) * self.dilation[1] + 1)
+  @property
+  def OH(self) -> int: return self.out_hw[0] if self.out_hw else (self.H + 2 * self.pad[0] - self.eff[0]) // self.stride[0] + 1
+  @property
+  def OW(self) -> int: return self.out_hw[1] if self.out_hw else (self.W + 2 * self.pad[1] - self.eff[1]) // self.stride[1] + 1
+  @property
+  def OC(self) -> int:
+    if self.out_c is not None: return self.out_c
+    g = self.group
+    return ceil_div(self.C if self.depthwise else self.kernels, g) * g
+  @property
+  def group(self) -> int: return DW_GROUPS[self.precision] if self.depthwise else WEIGHT_GROUPS[self.precision][0]
+  @property
+  def ebytes(self) -> int: return ELEMENT_BYTES[self.precision]
+  @property
+  def out_bytes(self) -> int: return ELEMENT_BYTES[self.out]
+  @property
+  def atoms_per_group(self) -> int: return self.group * self.out_bytes // 16
+  @property
+  def weight_bytes(self) -> int: return self.kh * self.kw * self.C * self.ebytes * (1 if self.depthwise else self.kernels)
+
+def row_split(s:ConvSpec, max_data_banks:int|None=None) -> list[tuple[int, int]]:
+  """Output-row bands [o0, o1) such that each task's input rows fit the CBUF next to the weights (Mesa splits the same
+  way, rocket_hw.md §5.6): the weights take ceil(bytes/32 KiB) banks, the feature the rest of the 12."""
+  c2 = 16 // s.ebytes
+  row_bytes = s.W * ceil_div(s.C, c2) * 16
+  banks = max_data_banks or (CBUF_BANKS - ceil_div(s.weight_bytes, CBUF_BANK_BYTES))
+  max_rows = banks * CBUF_BANK_BYTES // row_bytes
+  bands, o0 = [], 0
+  while o0 < s.OH:
+    o1 = s.OH
+    while o1 > o0 + 1 and _in_rows(s, o0, o1)[1] - _in_rows(s, o0, o1)[0] > max_rows: o1 -= 1
+    bands.append((o0, o1))
+    o0 = o1
+  return bands
+
+def _in_rows(s:ConvSpec, o0:int, o1:int) -> tuple[int, int]:
+  top = max(0, o0 * s.stride[0] - s.pad[0])
+  bottom = min(s.H, (o1 - 1) * s.stride[0] - s.pad[0] + s.eff[0])
+  return top, bottom
+
+def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool=False, out_cvt:tuple[int, int, int]=(1, 0, 0),
+                 ow_op:int|None=None, rows:tuple[int, int]|None=None) -> Program:
+  """The validated convolution program (GN fp16 conv/matmul; Mesa int8 values where the precision is int8).
+  slots: buffer slot of 'input', 'weights', 'output' (+ 'bias' for int8 bias from BRDMA).
+  out_cvt: (scale, shift, offset) of OUT_CVT. ow_op: BS_OW_OP (CPEND on when given, int8).
+  rows: compute only output rows [o0, o1) (one task of a row split; Mesa's split addressing: the input/output base
+  moves by whole rows, the surface strides stay those of the whole tensors)."""
+  p = PREC[s.precision]
+  c2 = 16 // s.ebytes
+  OH_full, OW, OC = s.OH, s.OW, s.OC
+  o0, o1 = rows or (0, OH_full)
+  OH = o1 - o0
+  top, bottom = _in_rows(s, o0, o1)
+  H = bottom - top
+  pad_top = max(0, s.pad[0] - o0 * s.stride[0])
+  fd = H * s.W * ceil_div(s.C, c2) * 16
+  banks = ceil_div(fd, CBUF_BANK_BYTES)
+  dw = s.depthwise
+  prog: Program = {
+    ("DPU", "S_POINTER"): dict(POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
+    ("DPU_RDMA", "S_POINTER"): dict(POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
+    ("CNA", "CONV_CON1"): dict(PROC_PRECISION=p, IN_PRECISION=p, CONV_MODE=3 if dw else 0),
+    ("CNA", "CONV_CON2"): dict(FEATURE_GRAINS=(50 + s.stride[0] + 1) if dw else H + 1),
+    ("CNA", "CONV_CON3"): dict(ATROUS_Y_DILATION=s.dilation[0] - 1, ATROUS_X_DILATION=s.dilation[1] - 1,
+                               CONV_Y_STRIDE=s.stride[0], CONV_X_STRIDE=s.stride[1]),
+    ("CNA", "DATA_SIZE0"): dict(DATAIN_WIDTH=s.W, DATAIN_HEIGHT=H),
+    ("CNA", "DATA_SIZE1"): dict(DATAIN_CHANNEL_REAL=(s.channels_real or s.C) - 1, DATAIN_CHANNEL=s.C),
+    ("CNA", "DATA_SIZE2"): dict(DATAOUT_WIDTH=OW),
+    ("CNA", "DATA_SIZE3"): dict(DATAOUT_ATOMICS=OW * OH),
+    ("CNA", "WEIGHT_SIZE0"): dict(WEIGHT_BYTES=s.weight_bytes),
+    ("CNA", "WEIGHT_SIZE1"): dict(WEIGHT_BYTES_PER_KERNEL=s.kh * s.kw * s.C * s.ebytes),
+    ("CNA", "WEIGHT_SIZE2"): dict(WEIGHT_WIDTH=s.kw, WEIGHT_HEIGHT=s.kh, WEIGHT_KERNELS=1 if dw else s.kernels),
+    ("CNA", "CBUF_CON0"): dict(WEIGHT_BANK=CBUF_BANKS - banks, DATA_BANK=banks),
+    ("CNA", "CBUF_CON1"): dict(DATA_ENTRIES=ceil_div(s.W * ceil_div(s.C, c2) * 16, 64)),
+    ("CNA", "CVT_CON0"): dict(DATA_SIGN=1, CVT_TYPE=1, CVT_BYPASS=1),
+    **{("CNA", f"CVT_CON{k + 1}"): {f"CVT_SCALE{k}": 1} for k in range(4)},
+    ("CNA", "FC_CON0"): {}, ("CNA", "FC_CON1"): {},
+    ("CNA", "PAD_CON0"): dict(PAD_LEFT=s.pad[1], PAD_TOP=pad_top),
+    ("CNA", "FEATURE_DATA_ADDR"): regs.address("CNA", "FEATURE_DATA_ADDR", slots["input"], top * s.W * 16),
+    ("CNA", "FC_CON2"): {},
+    ("CNA", "DMA_CON0"): dict(WEIGHT_BURST_LEN=15, DATA_BURST_LEN=15),
+    ("CNA", "DMA_CON1"): dict(LINE_STRIDE=4 * s.W),
+    ("CNA", "DMA_CON2"): dict(SURF_STRIDE=max(s.W * (s.H - 4), 0)),
+    ("CNA", "FC_DATA_SIZE0"): dict(DMA_WIDTH=s.W, DMA_HEIGHT=H),
+    ("CNA", "FC_DATA_SIZE1"): dict(DMA_CHANNEL=s.C),
+    ("CNA", "DCOMP_CTRL"): {}, ("CNA", "DCOMP_REGNUM"): {},
+    ("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", slots["weights"]),
+    **{("CNA", f"DCOMP_AMOUNT{k}"): {} for k in range(16)},
+    ("CNA", "CVT_CON5"): {},
+    ("CNA", "PAD_CON1"): dict(PAD_VALUE=regs.to_signed(s.pad_value & 0xFFFF_FFFF, 32)),
+    ("CORE", "MISC_CFG"): dict(PROC_PRECISION=p, DW_EN=int(dw), QD_EN=1),
+    ("CORE", "DATAOUT_SIZE_0"): dict(DATAOUT_HEIGHT=OH - 1, DATAOUT_WIDTH=OW - 1),
+    ("CORE", "DATAOUT_SIZE_1"): dict(DATAOUT_CHANNEL=OC - 1),
+    ("CORE", "CLIP_TRUNCATE"): {}, ("CORE", "UNDOC_3030"): {},
+    ("DPU", "FEATURE_MODE_CFG"): dict(BURST_LEN=15, CONV_MODE=3 if dw else 0, OUTPUT_MODE=2),
+    ("DPU", "DATA_FORMAT"): dict(OUT_PRECISION=PREC[s.out], IN_PRECISION=p if s.precision != "tf32" else PREC["fp32"],
+                                 PROC_PRECISION=p if s.precision != "tf32" else PREC["fp32"]),
+    ("DPU", "OFFSET_PEND"): {},
+    ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", slots["output"], o0 * OW * 16),
+    ("DPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=OH_full * OW * 16),
+    ("DPU", "DATA_CUBE_WIDTH"): dict(WIDTH=OW - 1),
+    ("DPU", "DATA_CUBE_HEIGHT"): dict(HEIGHT=OH - 1),
+    ("DPU", "DATA_CUBE_NOTCH_ADDR"): {},
+    ("DPU", "DATA_CUBE_CHANNEL"): dict(ORIG_CHANNEL=OC - 1, CHANNEL=OC - 1),
+    ("DPU", "BS_CFG"): (dict(BS_ALU_ALGO=2, BS_ALU_SRC=1, BS_RELU_BYPASS=0 if relu else 1, BS_MUL_BYPASS=1) if bias else
+                        dict(BS_ALU_BYPASS=1, BS_MUL_BYPASS=1) if relu else
+                        dict(BS_RELU_BYPASS=1, BS_MUL_BYPASS=1, BS_ALU_BYPASS=1, BS_BYPASS=1)),
+    ("DPU", "BS_ALU_CFG"): {}, ("DPU", "BS_MUL_CFG"): {}, ("DPU", "BS_RELUX_CMP_VALUE"): {},
+    ("DPU", "BS_OW_CFG"): dict(SIZE_E_2=s.atoms_per_group - 1, SIZE_E_1=s.atoms_per_group - 1, SIZE_E_0=s.atoms_per_group - 1,
+                               OD_BYPASS=0 if ow_op is not None else 1),
+    ("DPU", "BS_OW_OP"): dict(OW_OP=ow_op or 0),
+    ("DPU", "WDMA_SIZE_0"): dict(CHANNEL_WDMA=OC - 1),
+    ("DPU", "WDMA_SIZE_1"): dict(HEIGHT_WDMA=OH - 1, WIDTH_WDMA=OW - 1),
+    ("DPU", "BN_CFG"): dict(BN_RELU_BYPASS=1, BN_MUL_BYPASS=1, BN_ALU_BYPASS=1, BN_BYPASS=1),
+    ("DPU", "BN_ALU_CFG"): {}, ("DPU", "BN_MUL_CFG"): {}, ("DPU", "BN_RELUX_CMP_VALUE"): {},
+    ("DPU", "EW_CFG"): dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1),
+    ("DPU", "EW_CVT_OFFSET_VALUE"): {}, ("DPU", "EW_CVT_SCALE_VALUE"): dict(EW_OP_CVT_SCALE=1), ("DPU", "EW_RELUX_CMP_VALUE"): {},
+    ("DPU", "OUT_CVT_OFFSET"): dict(OUT_CVT_OFFSET=out_cvt[2]),
+    ("DPU", "OUT_CVT_SCALE"): dict(FP32TOFP16_EN=int(s.out == "fp16"), OUT_CVT_SCALE=out_cvt[0] & 0xFFFF),
+    ("DPU", "OUT_CVT_SHIFT"): dict(OUT_CVT_SHIFT=out_cvt[1]),
+    **{("DPU", f"EW_OP_VALUE_{k}"): {} for k in range(8)},
+    ("DPU", "SURFACE_ADD"): dict(SURF_ADD=OH_full * OW * 16 * s.atoms_per_group),
+    ("DPU", "UNDOC_40C4"): {},
+    ("DPU_RDMA", "DATA_CUBE_WIDTH"): dict(WIDTH=OW - 1),
+    ("DPU_RDMA", "DATA_CUBE_HEIGHT"): dict(HEIGHT=OH - 1),
+    ("DPU_RDMA", "DATA_CUBE_CHANNEL"): dict(CHANNEL=OC - 1),
+    ("DPU_RDMA", "SRC_BASE_ADDR"): {},
+    ("DPU_RDMA", "BRDMA_CFG"): dict(BRDMA_DATA_USE=1 if bias else 0),
+    ("DPU_RDMA", "BS_BASE_ADDR"): regs.address("DPU_RDMA", "BS_BASE_ADDR", slots["bias"]) if bias else {},
+    ("DPU_RDMA", "NRDMA_CFG"): {}, ("DPU_RDMA", "BN_BASE_ADDR"): {},
+    ("DPU_RDMA", "ERDMA_CFG"): dict(ERDMA_DISABLE=1),
+    ("DPU_RDMA", "EW_BASE_ADDR"): {}, ("DPU_RDMA", "EW_SURF_STRIDE"): {},
+    ("DPU_RDMA", "FEATURE_MODE_CFG"): dict(BURST_LEN=15, MRDMA_DISABLE=1, MRDMA_FP16TOFP32_EN=int(s.out == "fp16"),
+                                           CONV_MODE=3 if dw else 0),
+    ("DPU_RDMA", "SRC_DMA_CFG"): {}, ("DPU_RDMA", "SURF_NOTCH"): {}, ("DPU_RDMA", "PAD_CFG"): {},
+    ("DPU_RDMA", "WEIGHT"): dict(E_WEIGHT=1, N_WEIGHT=1, B_WEIGHT=1, M_WEIGHT=1),
+    ("DPU_RDMA", "EW_SURF_NOTCH"): {},
+  }
+  return prog
+
+def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, **kw) -> list[Program]:
+  """The whole convolution as tasks: one per row band of `row_split` and, with `kernels_per_task` (a multiple of the
+  kernel group), per chunk of kernels (weights at the chunk's first kernel group, output at its first surface)."""
+  if kernels_per_task is None or s.depthwise or kernels_per_task >= s.kernels:
+    return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
+  assert kernels_per_task % s.group == 0
+  out, c2o = [], 16 // s.out_bytes
+  bpk = s.kh * s.kw * s.C * s.ebytes
+  for k0 in range(0, s.kernels, kernels_per_task):
+    sub = replace(s, kernels=min(kernels_per_task, s.kernels - k0), out_c=None)
+    for band in row_split(sub):
+      prog = conv_program(sub, slots, rows=band, **kw)
+      ch = {("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", slots["weights"], k0 * bpk),
+            ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", slots["output"],
+                                                   band[0] * s.OW * 16 + (k0 // c2o) * s.OH * s.OW * 16)}
+      if "bias" in slots and kw.get("bias"): ch[("DPU_RDMA", "BS_BASE_ADDR")] = regs.address("DPU_RDMA", "BS_BASE_ADDR", slots["bias"], 4 * k0)
+      out.append(override(prog, ch))
+  return out

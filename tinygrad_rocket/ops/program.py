@@ -1,0 +1,40 @@
+"""Register programs as data: an ordered dict {(block, register): {field: value} | AddressWrite}.
+
+The op builders (conv.py, elementwise.py, pool.py) return one Program per task; `entries()` turns it into regcmd
+entries through regs.write / regs.address. Keeping a task as a dict (not as encoded words) lets a caller change one
+register of a known-good program (`override`, the emulator's tests) or move its buffers (`rebase`, the lowering
+rules) before encoding.
+"""
+from __future__ import annotations
+from typing import Any, Mapping
+from tinygrad_rocket import regs
+from tinygrad_rocket.regs.values import PRECISION
+
+# precision name -> 3-bit precision code (rocket_fp16_ew_ppu.md §1.1)
+PREC = {name: code for code, name in PRECISION.items()}
+Program = dict  # {(block, reg): dict of fields | regs.AddressWrite}
+
+def entries(prog:Program) -> list:
+  out = []
+  for (block, reg), v in prog.items():
+    out.append(v if isinstance(v, regs.AddressWrite) else regs.write(block, reg, **v))
+  return out
+
+class Set(dict):
+  """An override that replaces a register's fields instead of merging into them."""
+
+def override(prog:Program, changes:Mapping[tuple[str, str], Any]|None) -> Program:
+  """A copy with some registers changed: {..} fields merged into the register's fields, Set({..}) the register's
+  fields replaced, an AddressWrite the register made an address, None the entry removed (left to earlier jobs)."""
+  p = dict(prog)
+  for k, v in (changes or {}).items():
+    if v is None: p.pop(k, None)
+    elif isinstance(v, (Set, regs.AddressWrite)) or isinstance(p.get(k), regs.AddressWrite): p[k] = dict(v) if isinstance(v, Set) else v
+    else: p[k] = {**p.get(k, {}), **v}
+  return p
+
+def rebase(prog:Program, offsets:Mapping[int, int]) -> Program:
+  """A copy whose addresses into buffer slot s point `offsets[s]` bytes further (one image of a batch in a buffer
+  that holds them all)."""
+  return {k: regs.address(v.block, v.register, v.slot, v.offset + offsets[v.slot])
+          if isinstance(v, regs.AddressWrite) and offsets.get(v.slot) else v for k, v in prog.items()}
