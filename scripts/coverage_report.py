@@ -30,6 +30,9 @@ def configs():
   yield "depthwise 3x3 32ch @112x112", lambda: E(1, 32, 112, 112).conv2d(E(32, 1, 3, 3), groups=32, padding=1)
   yield "conv2d + bias", lambda: E(1, 16, 8, 8).conv2d(E(16, 16, 3, 3), E(16), padding=1)
   yield "conv2d + bias + relu", lambda: E(1, 16, 8, 8).conv2d(E(16, 16, 3, 3), E(16), padding=1).relu()
+  yield "conv2d + BatchNorm(eval) + relu", lambda: (E(1, 16, 8, 8).conv2d(E(16, 16, 3, 3), padding=1) - E(1, 16, 1, 1)).mul(E(1, 16, 1, 1)).add(E(1, 16, 1, 1)).relu()
+  yield "conv2d + residual + relu (ResNet)", lambda: (E(1, 16, 8, 8).conv2d(E(16, 16, 3, 3), padding=1) + E(1, 16, 8, 8)).relu()
+  yield "conv2d + relu6", lambda: E(1, 16, 8, 8).conv2d(E(16, 16, 3, 3), padding=1).relu6()
   yield "conv1d k3", lambda: E(4, 8, 100).conv2d(E(16, 8, 3))
   yield "conv2d int8", lambda: E(1, 16, 8, 8, dtype=dtypes.int8).conv2d(E(16, 16, 3, 3, dtype=dtypes.int8))
 

@@ -61,6 +61,8 @@ CASES = {
   "linear_bias": (lambda x, w, b: x.linear(w.T, b), [(6, 30), (20, 30), (20,)]),
   "conv2d_bias_relu": (lambda x, w, b: x.conv2d(w, b, padding=1).relu(), [(1, 3, 6, 6), (8, 3, 3, 3), (8,)]),
   "row_bias": (lambda a, b, r: a @ b + r, [(40, 9), (9, 5), (40, 1)]),
+  "residual": (lambda a, b, r: (a @ b + r).relu(), [(12, 20), (20, 9), (12, 9)]),
+  "conv_residual": (lambda x, w, r: x.conv2d(w, padding=1) + r, [(1, 3, 6, 6), (8, 3, 3, 3), (1, 8, 6, 6)]),
 }
 
 def _bound(name, fn, arrays, p):
@@ -68,7 +70,8 @@ def _bound(name, fn, arrays, p):
   n = contraction length."""
   S = fn(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
   n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "conv2d_s2_p1": 36, "depthwise": 9, "conv1d": 9,
-       "linear_bias": 31, "conv2d_bias_relu": 28, "row_bias": 10}[name]  # a fused bias is one more product (bias * 1)
+       "linear_bias": 31, "conv2d_bias_relu": 28, "row_bias": 10,
+       "residual": 21, "conv_residual": 28}[name]  # a fused bias or residual is one more product (x * 1)
   amax = sum(float(np.abs(a).max()) for a in arrays)
   return nm.bound_dot(p, S, n, amax)
 
@@ -96,10 +99,11 @@ def test_epilogue_is_never_dropped(kind):
     np.testing.assert_array_equal((t(A) @ t(B) + 1).numpy(), A @ B + 1)            # affine epilogues: fused
     np.testing.assert_array_equal((t(A) @ t(B) * 0.5 - 3).numpy(), (A @ B) * 0.5 - 3)
     np.testing.assert_array_equal((t(A) @ t(B) + t(bias)).numpy(), A @ B + bias)
-    with pytest.raises(Exception, match="epilogue"): (t(A) @ t(B) + t(R)).realize()  # residual add: not yet
-    with pytest.raises(Exception, match="epilogue"): (t(A) @ t(B)).exp2().realize()  # non-affine
-  np.testing.assert_array_equal((t(A) @ t(B) + t(R)).numpy(), A @ B + R)            # and the fallback computes them
-  np.testing.assert_allclose((t(A) @ t(B)).exp2().numpy(), np.exp2(A @ B), rtol=1e-6)
+    np.testing.assert_array_equal((t(A) @ t(B) + t(R)).numpy(), A @ B + R)         # a residual: fused too
+    with pytest.raises(Exception, match="epilogue"): (t(A) @ t(B)).exp2().realize()  # non-affine: not
+    with pytest.raises(Exception, match="epilogue"): ((t(A) @ t(B) + t(R)) * t(R)).realize()
+  np.testing.assert_allclose((t(A) @ t(B)).exp2().numpy(), np.exp2(A @ B), rtol=1e-6)  # the fallback computes them
+  np.testing.assert_array_equal(((t(A) @ t(B) + t(R)) * t(R)).numpy(), (A @ B + R) * R)
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_batchnorm_eval_folded(kind):

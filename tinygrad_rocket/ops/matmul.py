@@ -43,14 +43,17 @@ class MatmulTile:
   @property
   def weight_banks(self) -> int: return ceil_div(self.b.elems * 2, CBUF_BANK_BYTES)
 
-def plan_tiles(M:int, K:int, N:int) -> tuple[int, int]|str:
+def plan_tiles(M:int, K:int, N:int, residual:bool=False) -> tuple[int, int]|str:
   """Rows per task and kernels per task so that one task's feature and weights fit the CBUF together, or why not.
+  `residual`: every task carries n_t more K columns (the residual block), so K grows with the kernels per task.
   ⚠ Whether weights larger than the weight banks stream through them is disputed (§1.6: MTX yes, GN budgets
   feature + weight banks <= 12); we take GN's conservative budget."""
-  Kp = align(K, K_ALIGN)
-  if 2 * Kp > MAX_KERNEL_BYTES: return f"K={K} needs {2*Kp} weight bytes per kernel (max {MAX_KERNEL_BYTES}): K splitting not implemented"
+  if 2 * align(K, K_ALIGN) > MAX_KERNEL_BYTES:
+    return f"K={K} needs {2*align(K, K_ALIGN)} weight bytes per kernel (max {MAX_KERNEL_BYTES}): K splitting not implemented"
   for n_t in (align(N, N_ALIGN), 512, 256, 128, 64, 32, 16):
     if n_t > align(N, N_ALIGN): continue
+    Kp = align(K + (n_t if residual else 0), K_ALIGN)
+    if 2 * Kp > MAX_KERNEL_BYTES: continue
     wb = ceil_div(n_t * Kp * 2, CBUF_BANK_BYTES)
     if wb >= CBUF_BANKS: continue
     rows = (CBUF_BANKS - wb) * CBUF_BANK_BYTES // (Kp * 2)

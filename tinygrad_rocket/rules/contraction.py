@@ -11,8 +11,10 @@ operands that vary only with the kernels (or only with the rows) — a bias, a s
 ((acc - mean) * gamma / sqrt(var + eps) + beta) — is folded into the packing, as weight converters fold BatchNorm:
 each kernel's weights are packed multiplied by s (rounded to fp16 once, after the multiply) and t becomes one more K
 column (ones on the other side), so the MAC array adds it in fp32 like the products. s and t are evaluated in float64
-from the parameters when packing, once per version of those buffers. ReLU runs in the DPU's BS stage. Any other
-epilogue (a residual add, a non-affine function of the sum) is rejected with its reason, never dropped.
+from the parameters when packing, once per version of those buffers. A residual add (a tensor varying with rows and
+kernels, ResNet's skip connection) rides on the MAC array too: each tile's A gets the residual's n_t columns and B an
+n_t x n_t identity block, so the sum gains exactly R[m, n] (R rounded to fp16 like any operand). ReLU runs in the
+DPU's BS stage. Any other epilogue (a non-affine function of the sum) is rejected with its reason, never dropped.
 
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 are exact), fp32 accumulation and fp32 out,
 then one rounding to the output dtype. An operand beyond fp16's range cannot be represented: that call takes the CPU
@@ -45,6 +47,11 @@ def _epilogue_loads(e) -> list[Load]:
   if isinstance(e, Load): return [e]
   return [l for s in e.src for l in _epilogue_loads(s)] if isinstance(e, Alu) else []
 
+def _sum_terms(e) -> list:
+  """The terms of a top-level sum (through casts): x + y + z -> [x, y, z]."""
+  s = _strip_cast(e)
+  return _sum_terms(s.src[0]) + _sum_terms(s.src[1]) if isinstance(s, Alu) and s.op is Ops.ADD else [e]
+
 def _is_zero(e) -> bool: return isinstance(e, Const) and e.value == 0
 
 def _uses(ld:Load) -> set[int]:
@@ -63,6 +70,7 @@ class Contraction:
   epilogue: object = None  # the affine epilogue's expression tree (analysis Expr with the Reduce in it), or None
   epilogue_side: str = "b" # "b": its operands vary only with batch and N loops (kernels), "a": batch and M loops (rows)
   params: list[Load] = field(default_factory=list)
+  residual: Load|None = None  # added to the result, varying with rows and kernels: identity-block K columns
   relu: bool = False
 
 def _affine_degree(e, red:Reduce) -> int|str:
@@ -86,6 +94,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   if not reds: return NotApplicable("no reduction")
   v = reds[0]
   if v.op is not Ops.ADD: return NotApplicable(f"REDUCE({v.op.name}) is not a contraction")
+  terms = _sum_terms(e)  # a residual is a loaded term of the top-level sum; which one is decided once M and N are known
   epilogue = None
   if e is not v:
     if isinstance(deg := _affine_degree(e, v), str): return NotApplicable(deg)
@@ -110,6 +119,18 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   # padded to 16, rows only to 4), which puts convolution weights in B.
   size = lambda rs: math.prod(nest.ranges[r] for r in rs)
   if size(m) < size(n): a, b, m, n = b, a, n, m
+  residual = None
+  both = lambda ld: not (_uses(ld) <= set(n) | set(batch) or _uses(ld) <= set(m) | set(batch))
+  res = [t for t in terms if isinstance(_strip_cast(t), Load) and both(_strip_cast(t))]
+  if len(res) > 1: return NotApplicable("more than one residual operand in the epilogue")
+  if res:
+    residual = _strip_cast(res[0])
+    if residual.dtype not in FLOATS: return NotApplicable(f"residual dtype {residual.dtype} (float32/float16 only)")
+    if residual.valid and residual.pad not in (0, 0.0): return NotApplicable(f"residual padding value {residual.pad}")
+    rest = [t for t in terms if t is not res[0]]
+    epilogue = rest[0]
+    for t in rest[1:]: epilogue = Alu(Ops.ADD, (epilogue, t), nest.out_dtype)
+    if _strip_cast(epilogue) is v: epilogue = None
   params = _epilogue_loads(epilogue) if epilogue is not None else []
   side = "b"
   if params:
@@ -119,7 +140,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     used = set().union(*(_uses(p) for p in params))
     side = "b" if used <= set(n) | set(batch) else "a" if used <= set(m) | set(batch) else ""
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
-  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, relu)
+  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu)
 
 class Grid:
   """The values a Copy computes per grid point: the grid coordinates, then linear positions (e.g. k = 8*k1 + k2) and
@@ -132,9 +153,11 @@ class Grid:
 
   @property
   def nvals(self) -> int: return len(self.grid) + len(self.vars)
-  def _var(self, v:Var) -> int:
+  def var(self, v:Var) -> int:
+    """Appends a derived value; returns its index among the values."""
     self.vars.append(v)
     return self.nvals - 1
+  _var = var
   def unit(self, j:int) -> Lin: return Lin(tuple(1 if i == j else 0 for i in range(j + 1)))
 
   def linear(self, coeffs:tuple[int, ...], const:int, dims:list[int], limit:int) -> None:
@@ -176,10 +199,11 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   if isinstance(c, NotApplicable): return c
   sz = nest.ranges
   M, N, K = (math.prod(sz[r] for r in ds) for ds in (c.m_dims, c.n_dims, c.k_dims))
-  K_eff = K + (c.epilogue is not None)  # the epilogue's intercept is one more K column
-  plan = plan_tiles(M, K_eff, N)
+  K_r = K + (c.epilogue is not None)  # the epilogue's intercept is one more K column; the residual block follows it
+  plan = plan_tiles(M, K_r, N, residual=c.residual is not None)
   if isinstance(plan, str): return NotApplicable(plan)
   rows, n_t = plan
+  K_eff = K_r + (n_t if c.residual is not None else 0)
   Kp = align(K_eff, K_ALIGN)
   m_tiles, n_tiles = -(-M // rows), -(-N // n_t)
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
@@ -187,8 +211,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   tile = MatmulTile(rows, Kp, n_t)
   a_f, b_w, c_f = tile.a, tile.b, tile.c
   a_sz, b_sz, c_sz = a_f.nbytes, b_w.elems * 2, c_f.nbytes
-  # scratch: A tiles (per batch, m tile), B tiles (per batch, n tile), C tiles (per batch, m tile, n tile)
-  scratch = (a_sz * len(batches) * m_tiles, b_sz * len(batches) * n_tiles, c_sz * len(batches) * m_tiles * n_tiles)
+  # scratch: A tiles (per batch, m tile, and n tile when a residual fills columns per n tile), B tiles (per batch, n
+  # tile), C tiles (per batch, m tile, n tile)
+  a_per_n = n_tiles if c.residual is not None else 1
+  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, c_sz * len(batches) * m_tiles * n_tiles)
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
   ng, kg = b_w.group
@@ -204,9 +230,9 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       """Column K of a tile: the epilogue's intercept on its side, ones on the other."""
       if c.epilogue_side == side: return g.copy(None, dst, index, fill=None, value=("intercept", g.pexpr(c.epilogue)), params=params)
       return g.copy(None, dst, index, fill=1.0)
-    for mt in range(m_tiles):
+    for mt, an in itertools.product(range(m_tiles), range(a_per_n)):
       # A tile: Feature(K, rows, 1) fp16 = grid (K1, rows, 8): k = 8*k1 + k2, m = m0 + row
-      off = (bi * m_tiles + mt) * a_f.elems
+      off = ((bi * m_tiles + mt) * a_per_n + an) * a_f.elems
       g = Grid((a_f.c1, rows, a_f.c2), sz, fixed)
       g.linear((a_f.c2, 0, 1), 0, c.k_dims, K); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
       pack.append(operand(c.a, "a", g, A, Lin((rows * a_f.c2, a_f.c2, 1), off)))
@@ -214,6 +240,13 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         g = Grid((rows,), sz, fixed)
         g.linear((1,), mt * rows, c.m_dims, M)
         pack.append(column("a", g, A, Lin((a_f.c2,), off + (K // a_f.c2) * rows * a_f.c2 + K % a_f.c2)))
+      if c.residual is not None:  # columns K_r + j: R[m, n0 + j]
+        g = Grid((rows, n_t), sz, fixed)
+        g.linear((1, 0), mt * rows, c.m_dims, M); g.linear((0, 1), an * n_t, c.n_dims, N)
+        k1, k2 = g.var(Var((0, 1), K_r, a_f.c2)), g.var(Var((0, 1), K_r, 1, a_f.c2))
+        idx = [0] * g.nvals
+        idx[0], idx[k1], idx[k2] = a_f.c2, rows * a_f.c2, 1
+        pack.append(g.copy(c.residual, A, Lin(tuple(idx), off)))
     for nt in range(n_tiles):
       # B tile: Weights(n_t, Kp) = grid (N1, K1, 16, 32): n = n0 + 16*n1 + n2, k = 32*k1 + k2 (1x1 taps)
       off = (bi * n_tiles + nt) * b_w.elems
@@ -224,8 +257,14 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         g = Grid((b_w.oc_padded // ng, ng), sz, fixed)
         g.linear((ng, 1), nt * n_t, c.n_dims, N)
         pack.append(column("b", g, B, Lin((st[0], st[4]), off + (K // kg) * st[1] + K % kg)))
+      if c.residual is not None:  # an identity block: kernel j has 1 at channel K_r + j
+        g = Grid((b_w.oc_padded // ng, ng), sz, fixed)
+        k1, k2 = g.var(Var((ng, 1), K_r, kg)), g.var(Var((ng, 1), K_r, 1, kg))
+        idx = [0] * g.nvals
+        idx[0], idx[1], idx[k1], idx[k2] = st[0], st[4], st[1], 1
+        pack.append(g.copy(None, B, Lin(tuple(idx), off), fill=1.0))
     for mt, nt in itertools.product(range(m_tiles), range(n_tiles)):
-      a_off = (bi * m_tiles + mt) * a_sz
+      a_off = ((bi * m_tiles + mt) * a_per_n + (nt if a_per_n > 1 else 0)) * a_sz
       b_off = (bi * n_tiles + nt) * b_sz
       ci = (bi * m_tiles + mt) * n_tiles + nt
       tasks.append(matmul_task(tile, A, a_off, B, b_off, C, ci * c_sz, relu=c.relu))
@@ -235,6 +274,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
       unpack.append(Copy(C, "float32", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
                          Lin((rows * c_f.c2, c_f.c2, 1), ci * c_f.elems), cp.dst_index, cp.bounds, fill=None))
-  fused = "".join(x for x, on in ((" +affine epilogue", c.epilogue is not None), (" +relu", c.relu)) if on)
+  fused = "".join(x for x, on in ((" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
+                                  (" +relu", c.relu)) if on)
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{Kp}x{n_t}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)
