@@ -17,3 +17,13 @@ class FallbackError(RuntimeError):
     super().__init__(f"ROCKET strict mode (ROCKET_FALLBACK=0): kernel {kernel} has no NPU lowering: {reason}")
     self.kernel, self.reason = kernel, reason
   def __reduce__(self): return (FallbackError, (self.kernel, self.reason))
+
+PRECISIONS = ("default", "fp32")
+
+def precision() -> str:
+  """ROCKET_PRECISION: "default" (float32 computed with fp16 operands, fp32 accumulation and results, DESIGN.md) or
+  "fp32" (float32-accurate results). Read when the device opens: it picks the renderer, so compiled kernels of one
+  precision are never reused for the other (tinygrad caches compiled kernels per renderer type)."""
+  v = os.environ.get("ROCKET_PRECISION", "default").lower() or "default"
+  if v not in PRECISIONS: raise ValueError(f"ROCKET_PRECISION={v!r}: expected one of {PRECISIONS}")
+  return v

@@ -73,6 +73,12 @@ class RocketRenderer(ClangRenderer):
   has_local = False    # no GPU-style local groups
   has_threads = False  # one CPU thread per fallback kernel: no core_id parameter to fill in
 
+  precision = "default"
+
+class RocketFP32Renderer(RocketRenderer):
+  """ROCKET_PRECISION=fp32 (or DEV=ROCKET:FP32): float32 kernels must give float32-accurate results."""
+  precision = "fp32"
+
 install_to_program_hook(lambda renderer: isinstance(renderer, RocketRenderer), lower.to_program)
 
 class FallbackProgram(CPUProgram):
@@ -181,7 +187,8 @@ class RocketDevice(Compiled):
       print(f"ROCKET: running on the NPU emulator ({self.backend_note})", file=sys.stderr)
       _notice_printed = True
     arch = {'amd64':'x86_64', 'aarch64':'arm64'}.get(m:=platform.machine().lower(), m) + ",native"  # ClangCompiler wants "<arch>,<cpu>"
-    super().__init__(device, RocketAllocator(self), [RocketRenderer], None, arch=arch)
+    renderers = [RocketFP32Renderer, RocketRenderer] if config.precision() == "fp32" else [RocketRenderer, RocketFP32Renderer]
+    super().__init__(device, RocketAllocator(self), renderers, None, arch=arch)
 
   def runtime(self, obj:TinyELF):
     blob = parse_blob(obj.lib)

@@ -29,7 +29,14 @@ def describe_kernel(ast:UOp) -> str:
   what = f"reduce ({'/'.join(kinds)})" if reduces else "elementwise"
   return f"{what} kernel with {stores} output{'s' if stores != 1 else ''}"
 
-def lower_kernel(ast:UOp) -> NpuProgram | NotApplicable:
+_precision = "default"
+def precision() -> str:
+  """The precision the kernel being lowered is compiled for (config.precision, carried by the renderer)."""
+  return _precision
+
+def lower_kernel(ast:UOp, precision:str="default") -> NpuProgram | NotApplicable:
+  global _precision
+  _precision = precision
   try: nest = analyze(ast)
   except NotAnalyzable as e: return NotApplicable(f"{describe_kernel(ast)}: {e}")
   reasons = []
@@ -41,7 +48,7 @@ def lower_kernel(ast:UOp) -> NpuProgram | NotApplicable:
 def to_program(ast:UOp, renderer) -> UOp:
   """The to_program hook for the ROCKET renderer: an NPU program if a rule takes the kernel, else tinygrad's C code."""
   prg = compile_to_c(ast, renderer)  # the PROGRAM's SINK/LINEAR carry the buffer slots and names tinygrad expects
-  res = lower_kernel(ast)
+  res = lower_kernel(ast, getattr(renderer, "precision", "default"))
   elf = prg.src[3].arg
   if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, elf))
   return program_with_binary(prg, npu_blob(res.to_bytes(), elf))

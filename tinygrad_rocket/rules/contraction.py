@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.lower import NotApplicable
+from tinygrad_rocket.lower import NotApplicable, precision
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, PExpr, SCRATCH, PEXPR_OPS
 from tinygrad_rocket.ops.layout import align
 from tinygrad_rocket.ops.matmul import MatmulTile, matmul_task, plan_tiles, K_ALIGN
@@ -107,6 +107,9 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     return NotApplicable("a product operand is computed, not loaded (prologue fusion not implemented yet)")
   for ld in (a, b):
     if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
+    if ld.dtype == dtypes.float32 and precision() == "fp32":
+      return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16 (split-precision passes "
+                           "not implemented; the C code gives float32 accuracy)")
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
   if set(v.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
