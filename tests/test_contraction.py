@@ -169,3 +169,17 @@ def test_resident_weights_repacked_only_when_written(kind, monkeypatch):
   with executor(kind), contraction_rule(), env(ROCKET_FALLBACK="0"):
     (Tensor(x, device="ROCKET") @ W).numpy()   # so it is packed again
   assert len(packs) == 1 + 3 + 2
+
+def test_device_fault_names_the_kernel():
+  """A job the device fails (here: every task hangs) becomes an exception naming the kernel and the fault."""
+  from tinygrad_rocket.device import NpuJobError
+  from tinygrad_rocket.emu.core import HangError
+  def hang(core, mask, mem): raise HangError("test: the core never raises its interrupt")
+  old = NPU.set_executor(hang)
+  try:
+    with pytest.raises(NpuJobError, match=r"NPU job of kernel \S+ failed.*hang.*never raises"):
+      (Tensor(np.ones((8, 8), np.float32), device="ROCKET") @ Tensor(np.ones((8, 8), np.float32), device="ROCKET")).numpy()
+  finally: NPU.restore_executors(old)
+  # the device keeps working afterwards
+  out = (Tensor(np.ones((8, 8), np.float32), device="ROCKET") @ Tensor(np.ones((8, 8), np.float32), device="ROCKET")).numpy()
+  np.testing.assert_array_equal(out, np.full((8, 8), 8.0, np.float32))
