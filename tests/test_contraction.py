@@ -26,9 +26,11 @@ def reference_matmul_executor(core, block_mask, mem):
   b = mem.ndarray(f("CNA", "DCOMP_ADDR0", "DECOMPRESS_ADDR0"), np.float16, N*K)        # [N/16][K/32][16][32]
   B = b.reshape(N // 16, K // 32, 16, 32).transpose(0, 2, 1, 3).reshape(N, K)
   C = A.astype(np.float32) @ B.astype(np.float32).T                                      # [M][N]
-  if not f("DPU", "BS_CFG", "BS_BYPASS") and not f("DPU", "BS_CFG", "BS_RELU_BYPASS"):    # BS stage ReLU
+  if not f("DPU", "BS_CFG", "BS_BYPASS") and not f("DPU", "BS_CFG", "BS_RELU_BYPASS"):    # BS stage ReLU [/ReLUX]
     assert f("DPU", "BS_CFG", "BS_ALU_BYPASS") and f("DPU", "BS_CFG", "BS_MUL_BYPASS")
     C = np.maximum(C, 0)
+    if f("DPU", "BS_CFG", "BS_RELUX_EN"):
+      C = np.minimum(C, np.uint32(f("DPU", "BS_RELUX_CMP_VALUE", "BS_RELUX_CMP_DAT")).view(np.float32))
   out = C.reshape(M, N // 4, 4).transpose(1, 0, 2)                                       # [N/4][M][4]
   dst = f("DPU", "DST_BASE_ADDR", "DST_BASE_ADDR")
   mem.check(dst, out.nbytes)
@@ -62,18 +64,21 @@ CASES = {
   "conv2d_bias_relu": (lambda x, w, b: x.conv2d(w, b, padding=1).relu(), [(1, 3, 6, 6), (8, 3, 3, 3), (8,)]),
   "row_bias": (lambda a, b, r: a @ b + r, [(40, 9), (9, 5), (40, 1)]),
   "residual": (lambda a, b, r: (a @ b + r).relu(), [(12, 20), (20, 9), (12, 9)]),
+  "conv_relu6": (lambda x, w: x.conv2d(w, padding=1).relu6(), [(1, 3, 6, 6), (8, 3, 3, 3)]),
   "conv_residual": (lambda x, w, r: x.conv2d(w, padding=1) + r, [(1, 3, 6, 6), (8, 3, 3, 3), (1, 8, 6, 6)]),
 }
 
 def _bound(name, fn, arrays, p):
   """|A|·|B| through the same op in float64 gives S = sum|a||b| per output (a bias adds |bias|, ReLU only selects);
   n = contraction length."""
-  S = fn(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
+  lin = (lambda x, w: x.conv2d(w, padding=1)) if name == "conv_relu6" else fn  # S of the sum, before the clamp
+  S = lin(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
   n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "conv2d_s2_p1": 36, "depthwise": 9, "conv1d": 9,
        "linear_bias": 31, "conv2d_bias_relu": 28, "row_bias": 10,
-       "residual": 21, "conv_residual": 28}[name]  # a fused bias or residual is one more product (x * 1)
+       "residual": 21, "conv_residual": 28, "conv_relu6": 27}[name]  # a fused bias or residual is one more product (x * 1)
   amax = sum(float(np.abs(a).max()) for a in arrays)
-  return nm.bound_dot(p, S, n, amax)
+  # relu6 on the CPU is relu(y) - relu(y - 6): y - 6 and the difference are rounded (2 more fp32 roundings of <= |y|)
+  return nm.bound_dot(p, S, n, amax) + (2 * nm.U32 * (S + 6) if name == "conv_relu6" else 0)
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 @pytest.mark.parametrize("name", sorted(CASES))

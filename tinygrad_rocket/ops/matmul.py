@@ -7,6 +7,7 @@ persists across jobs (§6.D), so nothing may be left to a previous task.
 """
 from __future__ import annotations
 from dataclasses import dataclass
+import numpy as np
 from tinygrad_rocket import regs
 from tinygrad_rocket.ops.layout import Feature, Weights, ceil_div, align
 
@@ -61,9 +62,14 @@ def plan_tiles(M:int, K:int, N:int, residual:bool=False) -> tuple[int, int]|str:
     if rows >= MIN_ROWS: return min(rows, align(max(M, MIN_ROWS), MIN_ROWS)), n_t
   return f"K={K}: not even {MIN_ROWS} rows and {N_ALIGN} kernels fit the CBUF"
 
-def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int, relu:bool=False) -> regs.Task:
+def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int, relu:bool=False,
+                clip:float|None=None) -> regs.Task:
   """The register writes of one tile. Offsets are bytes into the slots' buffers. `relu`: the BS stage's ReLU unit
-  clamps negative results to 0 (ALU and MUL bypassed; rocket_fp16_ew_ppu.md §3.4 "native ReLU in any X-stage")."""
+  clamps negative results to 0 (ALU and MUL bypassed; rocket_fp16_ew_ppu.md §3.4 "native ReLU in any X-stage").
+  `clip` (with relu): its ReLUX also clamps results above `clip` (ReLU6). ⚠ The ReLUX encoding (RELU_BYPASS 0,
+  RELUX_EN 1, compare value an fp32 bit pattern in float mode) is inferred from the TRM and AB's encoding (§3.4), not
+  confirmed on hardware; this is the one place it is programmed."""
+  assert clip is None or relu, "ReLUX clamps after the ReLU"
   M, K, N = t.M, t.K, t.N
   w, addr = regs.write, regs.address
   e: list = [
@@ -108,7 +114,9 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),
     w("DPU", "DATA_CUBE_NOTCH_ADDR"),
     w("DPU", "DATA_CUBE_CHANNEL", ORIG_CHANNEL=N - 1, CHANNEL=N - 1),
-    w("DPU", "BS_CFG", **(BS_RELU_ONLY if relu else BS_BN_BYPASS)), w("DPU", "BS_ALU_CFG"), w("DPU", "BS_MUL_CFG"), w("DPU", "BS_RELUX_CMP_VALUE"),
+    w("DPU", "BS_CFG", **(BS_BN_BYPASS if not relu else BS_RELU_ONLY | dict(BS_RELUX_EN=int(clip is not None)))),
+    w("DPU", "BS_ALU_CFG"), w("DPU", "BS_MUL_CFG"),
+    w("DPU", "BS_RELUX_CMP_VALUE", BS_RELUX_CMP_DAT=0 if clip is None else int(np.float32(clip).view(np.uint32))),
     w("DPU", "BS_OW_CFG", SIZE_E_2=SIZE_E_FP32_OUT, SIZE_E_1=SIZE_E_FP32_OUT, SIZE_E_0=SIZE_E_FP32_OUT, OD_BYPASS=1),
     w("DPU", "BS_OW_OP"),
     w("DPU", "WDMA_SIZE_0", CHANNEL_WDMA=N - 1),

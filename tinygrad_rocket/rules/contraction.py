@@ -54,6 +54,26 @@ def _sum_terms(e) -> list:
 
 def _is_zero(e) -> bool: return isinstance(e, Const) and e.value == 0
 
+def _relu_arg(e):
+  """x for MAX(0, x), else None."""
+  e = _strip_cast(e)
+  if isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src): return next(s for s in e.src if not _is_zero(s))
+  return None
+
+def _relu_clip(e) -> tuple[object, float]|None:
+  """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""
+  if not (isinstance(e, Alu) and e.op is Ops.ADD): return None
+  for pos, neg in (e.src, e.src[::-1]):
+    x, neg = _relu_arg(pos), _strip_cast(neg)
+    if x is None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): continue
+    k = [s for s in neg.src if isinstance(s, Const)]
+    y = _relu_arg(next((s for s in neg.src if not isinstance(s, Const)), None)) if len(k) == 1 and k[0].value == -1 else None
+    y = _strip_cast(y) if y is not None else None
+    if isinstance(y, Alu) and y.op is Ops.ADD:
+      for a, b in (y.src, y.src[::-1]):
+        if isinstance(b, Const) and b.value < 0 and _strip_cast(a) == _strip_cast(x): return x, -float(b.value)
+  return None
+
 def _uses(ld:Load) -> set[int]:
   used = ld.index.ranges()
   for b in ld.valid: used |= b.expr.ranges()
@@ -72,6 +92,7 @@ class Contraction:
   params: list[Load] = field(default_factory=list)
   residual: Load|None = None  # added to the result, varying with rows and kernels: identity-block K columns
   relu: bool = False
+  clip: float|None = None     # with relu: results clamped to [0, clip] (tinygrad's relu6 is relu(x) - relu(x - 6))
 
 def _affine_degree(e, red:Reduce) -> int|str:
   """Degree of e in the reduction (0 or 1), or why e is not affine in it."""
@@ -87,8 +108,9 @@ def _affine_degree(e, red:Reduce) -> int|str:
 
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-  e, relu = _strip_cast(nest.value), False
-  if isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src):
+  e, relu, clip = _strip_cast(nest.value), False, None
+  if (rc := _relu_clip(e)) is not None: e, relu, clip = _strip_cast(rc[0]), True, rc[1]
+  elif isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src):
     relu, e = True, _strip_cast(next(s for s in e.src if not _is_zero(s)))
   reds = [x for x in _walk(e) if isinstance(x, Reduce)]
   if not reds: return NotApplicable("no reduction")
@@ -143,7 +165,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     used = set().union(*(_uses(p) for p in params))
     side = "b" if used <= set(n) | set(batch) else "a" if used <= set(m) | set(batch) else ""
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
-  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu)
+  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip)
 
 class Grid:
   """The values a Copy computes per grid point: the grid coordinates, then linear positions (e.g. k = 8*k1 + k2) and
@@ -270,7 +292,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       a_off = ((bi * m_tiles + mt) * a_per_n + (nt if a_per_n > 1 else 0)) * a_sz
       b_off = (bi * n_tiles + nt) * b_sz
       ci = (bi * m_tiles + mt) * n_tiles + nt
-      tasks.append(matmul_task(tile, A, a_off, B, b_off, C, ci * c_sz, relu=c.relu))
+      tasks.append(matmul_task(tile, A, a_off, B, b_off, C, ci * c_sz, relu=c.relu, clip=c.clip))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
       g = Grid((c_f.c1, rows, c_f.c2), sz, fixed)
       g.linear((c_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
@@ -278,6 +300,6 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       unpack.append(Copy(C, "float32", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
                          Lin((rows * c_f.c2, c_f.c2, 1), ci * c_f.elems), cp.dst_index, cp.bounds, fill=None))
   fused = "".join(x for x, on in ((" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
-                                  (" +relu", c.relu)) if on)
+                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{Kp}x{n_t}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)
