@@ -55,3 +55,4 @@ def to_program(ast:UOp, renderer) -> UOp:
 
 from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
 RULES.append(("contraction", lower_contraction))
+from tinygrad_rocket.rules.pool import lower_pool; RULES.append(("pool", lower_pool))  # noqa: E402,E702

