@@ -140,8 +140,18 @@ def _reason(fn, x:np.ndarray) -> str:
 
 def test_rejections_say_why():
   x = np.ones((1, 2, 6, 6), np.float32)
-  assert "REDUCE(ADD), not a max (average pooling" in _reason(lambda t: t.avg_pool2d(2), x)
   assert "computed, not one load" in _reason(lambda t: (t * 2 + 1).max_pool2d(2), x)
+
+def test_average_pooling_runs_as_a_contraction():
+  """avg_pool2d is a window sum times 1/k: the pool rule leaves it (REDUCE(ADD)), the contraction rule takes it (a sum
+  with a ones operand, the 1/k folded), with the numerics of a k-term fp32 sum of fp16 operands."""
+  import numerics as nm
+  x = np.random.default_rng(0).uniform(-100, 100, (2, 3, 8, 8)).astype(np.float32)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r, c = rocket_and_cpu(lambda t: t.avg_pool2d(2), x)
+  assert [rec.engine for rec in report.records()] == ["npu"] and "contraction" in report.records()[0].reason
+  S = Tensor(np.abs(x).astype(np.float64), device="CPU").avg_pool2d(2).numpy() * 4
+  nm.assert_within(r, c, nm.bound_sum(nm.rocket("float32"), S, 4, mean=True) + nm.bound_sum(nm.cpu("float32"), S, 4, mean=True), "avg_pool2d")
 
 def test_fp32_precision_rejects_float32(monkeypatch):
   """ROCKET_PRECISION=fp32: a float32 max rounded to fp16 is not float32-accurate; float16 stays on the PPU."""

@@ -138,13 +138,14 @@ class NpuRunner:
     def load(s:int, dtype:str, index) -> np.ndarray:
       self.dev.to_cpu(slot[s])
       return self._array(slot[s], dtype)[lin(index)].astype(np.float64)
-    if c.value is not None and c.value[0] == "intercept": raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0), dst_idx.shape).copy()
+    slope = lambda e: eval_pexpr(e, load, 1.0) - eval_pexpr(e, load, 0.0)
+    if c.value is not None and (c.value[0] == "intercept" or c.src is None):  # a computed value: no source is read
+      raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0) if c.value[0] == "intercept" else slope(c.value[1]), dst_idx.shape).astype(np.float64)
     elif c.src is None: raw = np.full(len(dst_idx), c.fill, np.float64)
     else:
       self.dev.to_cpu(slot[c.src])
       raw = self._array(slot[c.src], c.src_dtype)[src_idx]
-      if c.value is not None:  # ("slope", e): the operand scaled before it is rounded to the NPU's format
-        raw = raw * (eval_pexpr(c.value[1], load, 1.0) - eval_pexpr(c.value[1], load, 0.0))
+      if c.value is not None: raw = raw * slope(c.value[1])  # ("slope", e): scaled before the rounding to the NPU's format
     if valid is not None: raw[~valid] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
     if operand and vals.dtype.kind == "f" and not np.isfinite(vals).all(): return False

@@ -43,8 +43,8 @@ class Bound:
 # A small expression over per-point values, evaluated in float64 when packing: how an epilogue that is affine in the
 # accumulator (s*acc + t: bias, scale, BatchNorm in eval form) is folded into the packed operands.
 #   ("acc",) | ("const", v) | ("load", slot, numpy dtype, Lin index) | (op name, result dtype, *operands)
-# At the top of Copy.value: ("slope", e) = e(acc=1) - e(acc=0) multiplies the copied values; ("intercept", e) = e(acc=0)
-# is the value written (no source).
+# At the top of Copy.value: ("slope", e) = e(acc=1) - e(acc=0) multiplies the copied values (without a source: is the
+# value written); ("intercept", e) = e(acc=0) is the value written (the source is not read).
 PExpr = tuple
 PEXPR_OPS = {"ADD", "MUL", "NEG", "SUB", "RECIPROCAL", "SQRT", "EXP2", "LOG2", "MAX", "CAST", "FDIV"}
 

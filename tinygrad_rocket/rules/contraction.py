@@ -82,7 +82,7 @@ def _uses(ld:Load) -> set[int]:
 @dataclass
 class Contraction:
   a: Load
-  b: Load
+  b: Load|Const          # a Const: every element of B is that value (a plain sum: ones)
   m_dims: list[int]      # output ranges only A reads
   n_dims: list[int]      # output ranges only B reads
   batch_dims: list[int]  # output ranges both (or neither) read
@@ -123,11 +123,15 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if deg != 1: return NotApplicable("the epilogue does not depend on the sum")
     epilogue = e
   body = _strip_cast(v.src)
+  # a plain sum is a contraction with a constant operand (ones, or the constant a sum of x*c multiplies by): the MAC
+  # array reduces, and the sum's epilogue (e.g. mean's 1/n) folds like any other
+  if isinstance(body, Load): body = Alu(Ops.MUL, (body, Const(1.0, body.dtype)), body.dtype)
   if not (isinstance(body, Alu) and body.op is Ops.MUL): return NotApplicable("reduced value is not a product of two operands")
   a, b = (_strip_cast(s) for s in body.src)
-  if not (isinstance(a, Load) and isinstance(b, Load)):
+  if isinstance(a, Const): a, b = b, a
+  if not (isinstance(a, Load) and isinstance(b, (Load, Const))):
     return NotApplicable("a product operand is computed, not loaded (prologue fusion not implemented yet)")
-  for ld in (a, b):
+  for ld in (a, b) if isinstance(b, Load) else (a,):
     if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
     if ld.dtype == dtypes.float32 and precision() == "fp32":
       return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16 (split-precision passes "
@@ -135,7 +139,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
   if set(v.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
-  ua, ub = _uses(a), _uses(b)
+  ua, ub = _uses(a), _uses(b) if isinstance(b, Load) else set()
   outs = nest.output_ranges
   m = [r for r in outs if r in ua and r not in ub]
   n = [r for r in outs if r in ub and r not in ua]
@@ -143,7 +147,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   # A gives the rows (feature cube), B the kernels: B is the side with fewer exclusive output elements (kernels are
   # padded to 16, rows only to 4), which puts convolution weights in B.
   size = lambda rs: math.prod(nest.ranges[r] for r in rs)
-  if size(m) < size(n): a, b, m, n = b, a, n, m
+  if size(m) < size(n) and isinstance(b, Load): a, b, m, n = b, a, n, m
   residual = None
   both = lambda ld: not (_uses(ld) <= set(n) | set(batch) or _uses(ld) <= set(m) | set(batch))
   res = [t for t in terms if isinstance(_strip_cast(t), Load) and both(_strip_cast(t))]
@@ -247,8 +251,12 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   tasks, pack, unpack = [], [], []
   for bi, bvals in enumerate(batches):
     fixed = dict(zip(c.batch_dims, bvals))
-    def operand(ld:Load, side:str, g:Grid, dst:int, index:Lin) -> Copy:
+    def operand(ld:Load|Const, side:str, g:Grid, dst:int, index:Lin) -> Copy:
       """The main copy of one tile; scaled by the epilogue's slope when the epilogue lives on this side."""
+      if isinstance(ld, Const):  # the constant at every valid point, 0 in the padding
+        v = ("const", float(ld.value))
+        if c.epilogue is None or c.epilogue_side != side: return g.copy(None, dst, index, fill=0.0, value=("intercept", v))
+        return g.copy(None, dst, index, fill=0.0, value=("slope", ("MUL", "float64", v, g.pexpr(c.epilogue))), params=params)
       if c.epilogue is None or c.epilogue_side != side: return g.copy(ld, dst, index)
       return g.copy(ld, dst, index, value=("slope", g.pexpr(c.epilogue)), params=params)
     def column(side:str, g:Grid, dst:int, index:Lin) -> Copy:
