@@ -6,6 +6,7 @@ ROCKET_DEBUG can say why a kernel did not run on the NPU. An NPU binary carries 
 the NPU cannot represent (fp16 overflow) takes it instead.
 """
 from __future__ import annotations
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, TYPE_CHECKING
 from tinygrad_rocket._tg import UOp, Ops, compile_to_c, program_with_binary
@@ -51,7 +52,8 @@ def to_program(ast:UOp, renderer) -> UOp:
   res = lower_kernel(ast, getattr(renderer, "precision", "default"))
   elf = prg.src[3].arg
   if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, elf))
-  return program_with_binary(prg, npu_blob(res.to_bytes(), elf))
+  # the kernel's name as tinygrad shows it (the AST's KernelInfo name is assigned during codegen)
+  return program_with_binary(prg, npu_blob(dataclasses.replace(res, name=prg.arg.function_name).to_bytes(), elf))
 
 from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
 RULES.append(("contraction", lower_contraction))
