@@ -63,3 +63,10 @@ def _valid_points(n, ld):
   for vals in itertools.product(*(range(n.ranges[r]) for r in ids)):
     p = dict(zip(ids, vals))
     if all((b.lo is None or b.expr.eval(p) >= b.lo) and (b.hi is None or b.expr.eval(p) < b.hi) for b in ld.valid): yield p
+
+def test_padded_load_written_the_other_way_round():
+  """A conv whose edge windows start in the padding (kernel 2, stride 2, pad 1): tinygrad writes the padded load as
+  WHERE(invalid, 0, INDEX(..., WHERE(NOT invalid, idx, Invalid))); its validity is the index's guard."""
+  n = only_kernel(Tensor.empty(1, 1, 3).conv2d(Tensor.empty(1, 1, 2), stride=2, padding=1))
+  x = by_slot(n)[1]
+  assert x.pad == 0.0 and [(b.lo, b.hi) for b in x.valid] == [(1, None)]   # 1 <= 2*o + k: the left pad

@@ -8,6 +8,7 @@ symbolic sizes) is reported with the reason, so the kernel falls back with an ex
 AST shapes this reads (tinygrad 0.14, tinygrad_api.md §3):
   SINK(END(STORE(INDEX(PARAM, idx), value), *ranges))
   a load is INDEX(PARAM, idx) used as a value; a padded load is WHERE(valid, INDEX(PARAM, WHERE(valid, idx, Invalid)), 0)
+  or WHERE(invalid, 0, INDEX(PARAM, WHERE(NOT invalid, idx, Invalid)))
   REDUCE(expr, *reduce_ranges, arg=(op, 0))
 """
 from __future__ import annotations
@@ -187,6 +188,12 @@ def _load(u:UOp, sizes:dict[int, int], valid:tuple[Bound, ...]=(), pad=None) -> 
   return Load(buf.arg.slot, buf.dtype, buf.src[0].arg if buf.src and buf.src[0].op is Ops.CONST else -1,
               affine(idx, IndexContext(sizes, list(valid))), valid, pad)
 
+def _guarded_by_not(ld:UOp, cond:UOp) -> bool:
+  """Whether load ld's index is WHERE(NOT cond, idx, Invalid) (NOT x is written CMPNE(x, True))."""
+  g = ld.src[1]
+  return (g.op is Ops.WHERE and g.src[2].op is Ops.CONST and g.src[2].arg is Invalid and g.src[0].op is Ops.CMPNE and
+          g.src[0].src[0] is cond and g.src[0].src[1].op is Ops.CONST and g.src[0].src[1].arg is True)
+
 def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr:
   if u.op is Ops.INDEX:
     loads.append(ld:=_load(u, sizes))
@@ -194,6 +201,11 @@ def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) 
   if u.op is Ops.WHERE and u.src[1].op is Ops.INDEX and u.src[2].op is Ops.CONST:
     # padded load: WHERE(valid, INDEX(p, WHERE(valid, idx, Invalid)), pad)
     loads.append(ld:=_load(u.src[1], sizes, tuple(predicate(u.src[0])), _scalar(u.src[2].arg)))
+    return ld
+  if u.op is Ops.WHERE and u.src[2].op is Ops.INDEX and u.src[1].op is Ops.CONST and _guarded_by_not(u.src[2], u.src[0]):
+    # the same the other way round: WHERE(invalid, pad, INDEX(p, WHERE(NOT invalid, idx, Invalid))); the index's own
+    # guard is the validity predicate
+    loads.append(ld:=_load(u.src[2], sizes, (), _scalar(u.src[1].arg)))
     return ld
   if u.op is Ops.CONST: return Const(_scalar(u.arg), u.dtype)
   if u.op is Ops.REDUCE:

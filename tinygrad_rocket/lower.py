@@ -57,4 +57,5 @@ def to_program(ast:UOp, renderer) -> UOp:
 
 from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
 RULES.append(("contraction", lower_contraction))
+from tinygrad_rocket.rules.conv import lower_conv; RULES.insert(0, ("conv", lower_conv))  # noqa: E402,E702  before contraction
 from tinygrad_rocket.rules.pool import lower_pool; RULES.append(("pool", lower_pool))  # noqa: E402,E702

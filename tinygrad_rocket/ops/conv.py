@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 from tinygrad_rocket import regs
 from tinygrad_rocket.ops.layout import ceil_div, ELEMENT_BYTES, WEIGHT_GROUPS, DW_GROUPS
-from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES
-from tinygrad_rocket.ops.program import Program, PREC, override
+from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES, MIN_ROWS
+from tinygrad_rocket.ops.program import Program, PREC, override, field_max
 
 @dataclass
 class ConvSpec:
@@ -55,25 +55,50 @@ class ConvSpec:
   @property
   def weight_bytes(self) -> int: return self.kh * self.kw * self.C * self.ebytes * (1 if self.depthwise else self.kernels)
 
+# Input rows per task: at least MIN_ROWS (a CNA input under 4 rows computes wrong, rocket_fp16_ew_ppu.md §1.6/§6.C: a
+# band that needs fewer reads rows past its last window, which the output size leaves unused); at most what
+# FEATURE_GRAINS = rows + 1 holds for a direct convolution (10 bits, §1.5/§1.6) or DATAIN_HEIGHT for a depthwise one
+# (its grains are 50 + stride + 1 whatever the height, §1.5).
+MAX_DIRECT_ROWS = field_max("CNA", "CONV_CON2", "FEATURE_GRAINS") - 1
+MAX_INPUT_ROWS = field_max("CNA", "DATA_SIZE0", "DATAIN_HEIGHT")
+
+def max_band_rows(s:ConvSpec) -> int: return MAX_INPUT_ROWS if s.depthwise else MAX_DIRECT_ROWS
+def row_bytes(s:ConvSpec) -> int: return s.W * ceil_div(s.C, 16 // s.ebytes) * 16
+def data_banks(s:ConvSpec) -> int:
+  """CBUF banks left for the input next to the weights (all 12 when none are left: the caller checks `overflow`)."""
+  return CBUF_BANKS - ceil_div(s.weight_bytes, CBUF_BANK_BYTES)
+
 def row_split(s:ConvSpec, max_data_banks:int|None=None) -> list[tuple[int, int]]:
   """Output-row bands [o0, o1) such that each task's input rows fit the CBUF next to the weights (Mesa splits the same
-  way, rocket_hw.md §5.6): the weights take ceil(bytes/32 KiB) banks, the feature the rest of the 12."""
-  c2 = 16 // s.ebytes
-  row_bytes = s.W * ceil_div(s.C, c2) * 16
-  banks = max_data_banks or (CBUF_BANKS - ceil_div(s.weight_bytes, CBUF_BANK_BYTES))
-  max_rows = banks * CBUF_BANK_BYTES // row_bytes
+  way, rocket_hw.md §5.6): the weights take ceil(bytes/32 KiB) banks, the feature the rest of the 12. A band of one
+  output row is returned even if it does not fit (`overflow` says so)."""
+  banks = max_data_banks or data_banks(s)
+  max_rows = min(banks * CBUF_BANK_BYTES // row_bytes(s), max_band_rows(s))
   bands, o0 = [], 0
   while o0 < s.OH:
     o1 = s.OH
-    while o1 > o0 + 1 and _in_rows(s, o0, o1)[1] - _in_rows(s, o0, o1)[0] > max_rows: o1 -= 1
+    while o1 > o0 + 1 and in_rows(s, o0, o1)[1] - in_rows(s, o0, o1)[0] > max_rows: o1 -= 1
     bands.append((o0, o1))
     o0 = o1
   return bands
 
-def _in_rows(s:ConvSpec, o0:int, o1:int) -> tuple[int, int]:
+def in_rows(s:ConvSpec, o0:int, o1:int) -> tuple[int, int]:
+  """Input rows [top, bottom) the task computing output rows [o0, o1) reads."""
   top = max(0, o0 * s.stride[0] - s.pad[0])
-  bottom = min(s.H, (o1 - 1) * s.stride[0] - s.pad[0] + s.eff[0])
+  bottom = min(s.H, max((o1 - 1) * s.stride[0] - s.pad[0] + s.eff[0], top + MIN_ROWS))
   return top, bottom
+
+def overflow(s:ConvSpec, bands:list[tuple[int, int]]) -> str|None:
+  """Why the tasks of these bands do not fit the CBUF or the height fields, or None."""
+  if (wb := ceil_div(s.weight_bytes, CBUF_BANK_BYTES)) >= CBUF_BANKS:
+    return f"{s.weight_bytes} weight bytes need {wb} of the {CBUF_BANKS} CBUF banks (at least one is the input's)"
+  for o0, o1 in bands:
+    top, bottom = in_rows(s, o0, o1)
+    if (rows := bottom - top) * row_bytes(s) > data_banks(s) * CBUF_BANK_BYTES:
+      return (f"output rows {o0}..{o1} need {rows} input rows of {row_bytes(s)} bytes, more than the "
+              f"{data_banks(s)} CBUF banks the weights leave")
+    if rows > max_band_rows(s): return f"{rows} input rows in one task (max {max_band_rows(s)})"
+  return None
 
 def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool=False, out_cvt:tuple[int, int, int]=(1, 0, 0),
                  ow_op:int|None=None, rows:tuple[int, int]|None=None) -> Program:
@@ -87,7 +112,7 @@ def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool
   OH_full, OW, OC = s.OH, s.OW, s.OC
   o0, o1 = rows or (0, OH_full)
   OH = o1 - o0
-  top, bottom = _in_rows(s, o0, o1)
+  top, bottom = in_rows(s, o0, o1)
   H = bottom - top
   pad_top = max(0, s.pad[0] - o0 * s.stride[0])
   fd = H * s.W * ceil_div(s.C, c2) * 16
@@ -175,16 +200,25 @@ def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool
   }
   return prog
 
+def kernel_chunks(s:ConvSpec, kernels_per_task:int|None=None) -> list[tuple[int, ConvSpec]]:
+  """(first kernel, spec) of each chunk of `kernels_per_task` kernels (a multiple of the kernel group; None, or a
+  depthwise convolution: one chunk of all)."""
+  if kernels_per_task is None or s.depthwise or kernels_per_task >= s.kernels: return [(0, s)]
+  assert kernels_per_task % s.group == 0
+  return [(k0, replace(s, kernels=min(kernels_per_task, s.kernels - k0), out_c=None)) for k0 in range(0, s.kernels, kernels_per_task)]
+
+def input_height(s:ConvSpec, kernels_per_task:int|None=None) -> int:
+  """Rows of the input cube the tasks of `conv_programs` read (a band may read past the window, MIN_ROWS)."""
+  return max(in_rows(sub, *band)[1] for _, sub in kernel_chunks(s, kernels_per_task) for band in row_split(sub))
+
 def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, **kw) -> list[Program]:
   """The whole convolution as tasks: one per row band of `row_split` and, with `kernels_per_task` (a multiple of the
   kernel group), per chunk of kernels (weights at the chunk's first kernel group, output at its first surface)."""
-  if kernels_per_task is None or s.depthwise or kernels_per_task >= s.kernels:
-    return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
-  assert kernels_per_task % s.group == 0
+  chunks = kernel_chunks(s, kernels_per_task)
+  if len(chunks) == 1: return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
   out, c2o = [], 16 // s.out_bytes
   bpk = s.kh * s.kw * s.C * s.ebytes
-  for k0 in range(0, s.kernels, kernels_per_task):
-    sub = replace(s, kernels=min(kernels_per_task, s.kernels - k0), out_c=None)
+  for k0, sub in chunks:
     for band in row_split(sub):
       prog = conv_program(sub, slots, rows=band, **kw)
       ch = {("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", slots["weights"], k0 * bpk),

@@ -38,3 +38,7 @@ def rebase(prog:Program, offsets:Mapping[int, int]) -> Program:
   that holds them all)."""
   return {k: regs.address(v.block, v.register, v.slot, v.offset + offsets[v.slot])
           if isinstance(v, regs.AddressWrite) and offsets.get(v.slot) else v for k, v in prog.items()}
+
+def field_max(block:str, reg:str, field:str) -> int:
+  """The largest value a register field holds (a hardware limit read off the register map)."""
+  return next(f for f in regs.find_register(block, reg).fields if f.name == field).value_range()[1]

@@ -1,0 +1,368 @@
+"""Convolutions on the NPU's convolution datapath: conv1d/conv2d, direct (groups 1) or depthwise (one output channel
+per input channel), any batch, stride, dilation and zero padding, ReLU fused; no im2col.
+
+Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact), fp32 accumulation, fp32 out (DPU OUT
+fp32), then one rounding to the output dtype by the CPU. An operand beyond fp16's range takes the C path (the runner
+checks when packing). Programs: ops/conv.py (GN's hardware-validated fp16 conv program, rocket_fp16_ew_ppu.md §2.2).
+
+Matching reads the conv off the affine index maps (analysis.py). The kernel is [ReLU](REDUCE(ADD, X * W)):
+  - output loops only X reads are window rows/columns or images; the one only W reads is the kernel (direct); the
+    one both read is the channel (depthwise); reduce loops are taps or input channels;
+  - a window axis pairs an output loop o with a tap loop k: X's index moves by A per o and B per k, so along that axis
+    it reads input element step * (o*stride + k*dilation) with step = gcd(A, B), stride = A/step, dilation =
+    B/step. The packed input cube has one row (column) per such position, `step` input elements apart: the CPU
+    gather builds it (an input stride the window does not need, e.g. a 1x1 stride-2 axis, costs no NPU work) and
+    writes zero wherever the padding predicate fails, so the NPU convolves an unpadded cube (PAD_CON0 = 0, which also
+    sidesteps the per-lane pad-value quirk, rocket_fp16_ew_ppu.md §6.C).
+Every assignment of loops to roles that the predicates allow computes the same sums; the one with the lowest
+first-order NPU time wins (MAC-array cycles against reading the packed input: a 3-channel input folds taps into its
+channels, which fills the 32-channel groups). Without overlapping windows a convolution is a matmul: taken here only
+when the input has two or more output loops of its own (1x1 and patch conv2d, conv1d of several images); matmuls and
+a conv1d 1x1 of one image are left to the contraction rule, as is anything else that does not fit, with the reason.
+
+Work that does not fit the CBUF is split into output-row bands (ops.conv.row_split) and, when the weights are large,
+into chunks of kernels; each image of a batch is its own set of tasks.
+"""
+from __future__ import annotations
+import itertools, math
+import numpy as np
+from dataclasses import dataclass, replace
+from tinygrad_rocket import regs
+from tinygrad_rocket._tg import Ops, dtypes
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Bound as Bound_
+from tinygrad_rocket.lower import NotApplicable, precision
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
+from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES
+from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS
+from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow
+from tinygrad_rocket.ops.program import entries, rebase, field_max
+
+FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}
+PRECISION, OUT_PRECISION = "fp16", "fp32"
+MAX_TASKS = 4096  # beyond this a single kernel's job is unreasonable; it falls back with the reason
+# CNA field limits (register map): strides 3 bits, dilation-1 5 bits, kernel taps 5 bits, input/output width 11 bits.
+# Output heights per task stay below the input's 11-bit height, so the DPU's 13-bit cube fields never bind.
+MAX_STRIDE = field_max("CNA", "CONV_CON3", "CONV_X_STRIDE")
+MAX_DILATION = field_max("CNA", "CONV_CON3", "ATROUS_X_DILATION") + 1
+MAX_TAPS = field_max("CNA", "WEIGHT_SIZE2", "WEIGHT_WIDTH")
+MAX_IN_WIDTH = field_max("CNA", "DATA_SIZE0", "DATAIN_WIDTH")
+MAX_OUT_WIDTH = field_max("CNA", "DATA_SIZE2", "DATAOUT_WIDTH")
+KERNEL_GROUP, CHANNEL_GROUP = WEIGHT_GROUPS[PRECISION]   # direct: kernels padded to 16, channels to 32 (§1.3, §2.2)
+DW_GROUP = DW_GROUPS[PRECISION]                          # depthwise: channels padded to 32 (§1.3)
+IN_BYTES, OUT_BYTES = ELEMENT_BYTES[PRECISION], ELEMENT_BYTES[OUT_PRECISION]
+# NPU DMA bytes per MAC-array cycle for choosing a layout: 10.9 GB/s per core measured (landscape.md §1.3) at the
+# 1 GHz TRM clock (landscape.md §1.2)
+DMA_BYTES_PER_CYCLE = 10.9
+
+# ***** matching *****
+
+@dataclass(frozen=True)
+class Axis:
+  """A window axis of the packed cube: position p = o*stride + k*dilation of output loop `out` and tap loop `tap`
+  (None: one output / one tap) reads the input `step` elements per position."""
+  out: int|None
+  tap: int|None
+  stride: int = 1
+  dilation: int = 1
+  step: int = 0
+
+  def n_out(self, sz:dict[int, int]) -> int: return sz[self.out] if self.out is not None else 1
+  def n_tap(self, sz:dict[int, int]) -> int: return sz[self.tap] if self.tap is not None else 1
+  def extent(self, sz:dict[int, int]) -> int: return (self.n_out(sz) - 1) * self.stride + (self.n_tap(sz) - 1) * self.dilation + 1
+  @property
+  def loops(self) -> set[int]: return {r for r in (self.out, self.tap) if r is not None}
+  def reuses(self, sz:dict[int, int]) -> bool:
+    """Whether windows overlap: o1*stride + k1*dilation = o2*stride + k2*dilation for two different outputs. stride
+    and dilation are coprime, so the closest such outputs are `dilation` apart with taps `stride` apart."""
+    return self.dilation < self.n_out(sz) and self.stride < self.n_tap(sz)
+  def scale(self, e:Affine) -> int|None:
+    """t such that e's terms in this axis's loops are t * (o*stride + k*dilation), or None."""
+    p, q = (e.coeff(r) if r is not None else 0 for r in (self.out, self.tap))
+    if p % self.stride or q % self.dilation: return None
+    if self.out is not None and self.tap is not None and p // self.stride != q // self.dilation: return None
+    return p // self.stride if self.out is not None else q // self.dilation
+
+def _span(x:Load, ax:Axis, sz:dict[int, int]) -> tuple[int, int]|None:
+  """[lo, hi): the positions along `ax` that the padding predicates confined to its loops allow (tinygrad simplifies
+  them to forms equivalent on the loops' ranges only, so they are evaluated there), or None if validity is not a
+  function of the position or not one interval of the positions the windows use."""
+  preds = [b for b in x.valid if b.expr.ranges() <= ax.loops]
+  if not preds: return 0, ax.extent(sz)
+  o, k = (a.reshape(-1) for a in np.indices((ax.n_out(sz), ax.n_tap(sz))))
+  point = {r: v for r, v in ((ax.out, o), (ax.tap, k)) if r is not None}
+  ok = np.ones(o.shape, bool)
+  for b in preds:
+    v = b.expr.const + sum(c * point[r] for r, c in b.expr.terms)
+    if b.lo is not None: ok &= v >= b.lo
+    if b.hi is not None: ok &= v < b.hi
+  pos = o * ax.stride + k * ax.dilation
+  valid, invalid = set(pos[ok].tolist()), set(pos[~ok].tolist())
+  if valid & invalid: return None
+  if not valid: return 0, 0
+  lo, hi = min(valid), max(valid) + 1
+  return None if any(lo <= p < hi for p in invalid) else (lo, hi)
+
+@dataclass(frozen=True)
+class Conv:
+  x: Load                  # the input
+  w: Load                  # the weights
+  images: tuple[int, ...]  # output loops enumerated as separate images
+  kernel: int|None         # output loop of the kernels (direct) or of the channels (depthwise); None: one
+  channels: tuple[int, ...]  # reduce loops forming the input channel (direct; () for depthwise)
+  ay: Axis
+  ax: Axis
+  span_y: tuple[int, int]  # [lo, hi) of the cube rows / columns that are input, not padding (`_span`)
+  span_x: tuple[int, int]
+  rest: tuple[Bound_, ...] # padding predicates over several axes, channels or images (linear in the cube's positions)
+  depthwise: bool
+  relu: bool
+
+def _strip_cast(e):
+  while isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
+  return e
+
+def _uses(ld:Load) -> set[int]:
+  used = ld.index.ranges()
+  for b in ld.valid: used |= b.expr.ranges()
+  return used
+
+def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
+  A, B = (x.index.coeff(r) if r is not None else 0 for r in (out, tap))
+  if out is not None and tap is not None:
+    if A == B == 0:  # an input one element wide: tinygrad folds the position into the padding predicate
+      A, B = next(((b.expr.coeff(out), b.expr.coeff(tap)) for b in x.valid if b.expr.coeff(out) and b.expr.coeff(tap)), (1, 1))
+      zero = True
+    else: zero = False
+    if A == 0 or B == 0 or (A > 0) != (B > 0): return f"loops {out} and {tap} do not step the input the same way"
+    step = math.gcd(A, B) * (1 if A > 0 else -1)
+    ax = Axis(out, tap, A // step, B // step, 0 if zero else step)
+  else: ax = Axis(out, tap, 1, 1, A or B)
+  if ax.stride > MAX_STRIDE: return f"stride {ax.stride} > {MAX_STRIDE} (CONV_STRIDE field)"
+  if ax.dilation > MAX_DILATION: return f"dilation {ax.dilation} > {MAX_DILATION} (ATROUS_DILATION field)"
+  return ax
+
+def _roles(nest:LoopNest, x:Load, w:Load) -> tuple[list[int], int|None, bool]|str:
+  """(output loops only X reads, the kernel/channel loop, depthwise) or why X and W are not a convolution's."""
+  ux, uw = _uses(x), _uses(w)
+  outs = nest.output_ranges
+  if any(r not in ux and r not in uw for r in outs): return "an output loop is read by neither operand (broadcast output)"
+  if any(r not in ux or r not in uw for r in nest.reduce_ranges): return "a reduce loop is read by only one operand"
+  x_only = [r for r in outs if r not in uw]
+  w_only = [r for r in outs if r not in ux]
+  shared = [r for r in outs if r in ux and r in uw]
+  if len(shared) > 1: return "several output loops read by both operands (grouped or per-image weights)"
+  if shared and w_only: return "grouped convolution with several kernels per group (groups != 1 and != channels)"
+  if len(w_only) > 1: return "several kernel loops"
+  return x_only, (shared or w_only or [None])[0], bool(shared)
+
+def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tuple, Conv]], list[str]]:
+  """Every assignment of loops to window axes that fits, with its score (smaller is better); why others do not."""
+  roles = _roles(nest, x, w)
+  if isinstance(roles, str): return [], [roles]
+  x_only, kernel, dw = roles
+  sz, red = nest.ranges, nest.reduce_ranges
+  found, why = [], []
+  outs, taps = [None, *x_only], [None, *red]
+  # without overlapping windows a convolution is a matmul: taken here only if the input has a convolution's loops
+  # (images, rows and columns: two or more), else (a matmul, a conv1d 1x1 of one image) it is the contraction rule's
+  windowless = len(x_only) >= 2
+  for oy, ox, ky, kx in itertools.product(outs, outs, taps, taps):
+    if (oy is not None and oy == ox) or (ky is not None and ky == kx): continue
+    ay, ax = _axis(x, oy, ky), _axis(x, ox, kx)
+    if isinstance(ay, str) or isinstance(ax, str):
+      why.append(ay if isinstance(ay, str) else ax)
+      continue
+    if not (windowless or ay.reuses(sz) or ax.reuses(sz)): continue
+    channels = tuple(r for r in red if r not in (ky, kx))
+    if dw and channels:
+      why.append("depthwise with several input channels per group (grouped convolution)")
+      continue
+    spans = _span(x, ay, sz), _span(x, ax, sz)
+    rest = tuple(b for b in x.valid if not (b.expr.ranges() <= ay.loops or b.expr.ranges() <= ax.loops))
+    if spans[0] is None or spans[1] is None or any(ay.scale(b.expr) is None or ax.scale(b.expr) is None for b in rest):
+      why.append("a padding predicate does not follow the window's rows and columns")
+      continue
+    images = tuple(r for r in x_only if r not in (oy, ox))
+    K = sz[kernel] if kernel is not None else 1
+    C = K if dw else math.prod(sz[r] for r in channels)
+    n_img = math.prod(sz[r] for r in images)
+    # first-order NPU time: MAC-array cycles (one kernel group x channel group per output pixel and tap, §1.3)
+    # overlapped with reading the packed input; a tap folded into the channels fills the channel groups better (a
+    # 3-channel input) but packs more data, which the CPU gathers too
+    cycles = n_img * ay.n_out(sz) * ax.n_out(sz) * ay.n_tap(sz) * ax.n_tap(sz) * \
+             (ceil_div(C, DW_GROUP) if dw else ceil_div(C, CHANNEL_GROUP) * ceil_div(K, KERNEL_GROUP))
+    cube = n_img * align(C, DW_GROUP if dw else CHANNEL_GROUP) * max(ay.extent(sz), MIN_ROWS) * ax.extent(sz) * IN_BYTES
+    cost = max(cycles, cube / DMA_BYTES_PER_CYCLE)
+    found.append(((cost, cube, n_img, abs(ax.step)), Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu)))
+  if not found and not why:
+    why.append("no overlapping kernel windows and one output loop of the input: a matmul (the contraction rule's)")
+  return found, why
+
+def match(nest:LoopNest) -> Conv|NotApplicable:
+  if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
+  e, relu = _strip_cast(nest.value), False
+  if isinstance(e, Alu) and e.op is Ops.MAX and any(isinstance(s, Const) and s.value == 0 for s in e.src):
+    relu, e = True, _strip_cast(next(s for s in e.src if not (isinstance(s, Const) and s.value == 0)))
+  if not isinstance(e, Reduce):
+    return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction "
+                         "(only ReLU is fused here; the contraction rule fuses bias and affine epilogues)")
+  if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a convolution")
+  if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
+  body = _strip_cast(e.src)
+  if not (isinstance(body, Alu) and body.op is Ops.MUL and all(isinstance(_strip_cast(s), Load) for s in body.src)):
+    return NotApplicable("the reduced value is not a product of two loaded operands")
+  a, b = (_strip_cast(s) for s in body.src)
+  for ld in (a, b):
+    if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
+    if ld.dtype == dtypes.float32 and precision() == "fp32":
+      return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16")
+    if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
+    if ld.size < 0: return NotApplicable("operand buffer of unknown size")
+  found, why = [], []   # why: the reasons of orientations whose loops have a convolution's roles first
+  for x, w in ((a, b), (b, a)):
+    if w.valid: why.append((2, "the weights are padded")); continue
+    f, reasons = _candidates(nest, x, w, relu)
+    found += f
+    why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
+  if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
+  return min(found, key=lambda c: c[0])[1]
+
+# ***** packing and tasks *****
+
+class Points:
+  """The values of one Copy: its grid coordinates, then Vars appended by `var`."""
+  def __init__(self, grid:tuple[int, ...]): self.grid, self.vars = grid, []
+  def var(self, coeffs:tuple[int, ...], const:int=0, div:int=1, mod:int=0) -> int:
+    self.vars.append(Var(coeffs, const, div, mod))
+    return len(self.grid) + len(self.vars) - 1
+  def digits(self, loops:tuple[int, ...], sz:dict[int, int], coeffs:tuple[int, ...]) -> dict[int, int]:
+    """Value index of each loop recovered (row-major, last fastest) from the linear value sum(coord * coeffs)."""
+    pos, below = {}, 1
+    for r in reversed(loops):
+      pos[r] = self.var(coeffs, 0, below, sz[r])
+      below *= sz[r]
+    return pos
+
+def lin(terms:dict[int, int], const:int) -> Lin:
+  n = max(terms, default=-1) + 1
+  return Lin(tuple(terms.get(i, 0) for i in range(n)), const)
+
+def affine_terms(e:Affine, pos:dict[int, int], fixed:dict[int, int], skip:set[int]) -> tuple[dict[int, int], int]:
+  """e over a Copy's values: loop r is value pos[r], or the constant fixed[r]; loops in `skip` are left out."""
+  terms, const = {}, e.const
+  for r, k in e.terms:
+    if r in skip: continue
+    if r in fixed: const += k * fixed[r]
+    else: terms[pos[r]] = terms.get(pos[r], 0) + k
+  return terms, const
+
+def pack_input(c:Conv, sz:dict[int, int], cube:Feature, fixed:dict[int, int], dst:int, base:int, C:int) -> Copy:
+  """Image `fixed` of X into the NC1HWC2 cube (C1, rows, columns, C2) at element `base`: zero in channel padding,
+  past the window rows (rows the 4-row minimum adds) and wherever the padding predicate fails."""
+  pts = Points(cube.grid())
+  ch_lin = (cube.c2, 0, 0, 1)
+  ch = pts.var(ch_lin)
+  pos = {c.kernel: ch} if c.depthwise else pts.digits(c.channels, sz, ch_lin)
+  axes = c.ay.loops | c.ax.loops
+  def with_axes(e:Affine, ty:int, tx:int) -> Lin:
+    terms, const = affine_terms(e, pos, fixed, axes)
+    terms[1], terms[2] = terms.get(1, 0) + ty, terms.get(2, 0) + tx
+    return lin(terms, const)
+  src = with_axes(c.x.index, c.ay.step, c.ax.step)
+  bounds = [Bound(lin({ch: 1}, 0), None, C), Bound(lin({1: 1}, 0), *c.span_y), Bound(lin({2: 1}, 0), *c.span_x)]
+  bounds += [Bound(with_axes(b.expr, c.ay.scale(b.expr), c.ax.scale(b.expr)), b.lo, b.hi) for b in c.rest]
+  bounds.append(Bound(src, 0, c.x.size))  # never read outside the buffer (a guard, not a semantic)
+  return Copy(c.x.slot, FLOATS[c.x.dtype], dst, "float16", pts.grid, tuple(pts.vars), src, Lin(cube.grid_strides(), base),
+              tuple(bounds), 0.0)
+
+def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> Copy:
+  """W into kernel groups (direct: Weights grid (K1, C1, KH, KW, 16, 32)) or channel groups (depthwise:
+  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels."""
+  if c.depthwise:
+    wt = DepthwiseWeights(C, KH, KW, PRECISION)
+    pts = Points(wt.grid())
+    pos = {c.kernel: pts.var((wt.group, 0, 0, 1))}
+    taps, bounds = {c.ay.tap: 1, c.ax.tap: 2}, [Bound(lin({pos[c.kernel]: 1}, 0), None, C)]
+  else:
+    wt = Weights(align(K, KERNEL_GROUP), C, KH, KW, "float16")
+    pts = Points(wt.grid())
+    ng, kg = wt.group
+    oc, ic_lin = pts.var((ng, 0, 0, 0, 1, 0)), (0, kg, 0, 0, 0, 1)
+    ic = pts.var(ic_lin)
+    pos = pts.digits(c.channels, sz, ic_lin) | ({c.kernel: oc} if c.kernel is not None else {})
+    taps, bounds = {c.ay.tap: 2, c.ax.tap: 3}, [Bound(lin({oc: 1}, 0), None, K), Bound(lin({ic: 1}, 0), None, C)]
+  pos |= {r: i for r, i in taps.items() if r is not None}
+  src = lin(*affine_terms(c.w.index, pos, {}, set()))
+  bounds.append(Bound(src, 0, c.w.size))
+  return Copy(c.w.slot, FLOATS[c.w.dtype], dst, "float16", pts.grid, tuple(pts.vars), src, Lin(wt.grid_strides(), 0),
+              tuple(bounds), 0.0)
+
+def unpack_output(c:Conv, nest:LoopNest, cube:Feature, fixed:dict[int, int], src:int, base:int, K:int) -> Copy:
+  """The fp32 output cube (K1, OH, OW, 4) of image `fixed` at element `base` into the kernel's output (real kernels
+  only)."""
+  pts = Points(cube.grid())
+  k = pts.var((cube.c2, 0, 0, 1))
+  pos = {r: i for r, i in ((c.kernel, k), (c.ay.out, 1), (c.ax.out, 2)) if r is not None}
+  dst = lin(*affine_terms(nest.out_index, pos, fixed, set()))
+  return Copy(src, "float32", nest.out_slot, FLOATS[nest.out_dtype], pts.grid, tuple(pts.vars), Lin(cube.grid_strides(), base),
+              dst, (Bound(lin({k: 1}, 0), None, K),), fill=None)
+
+def plan(s:ConvSpec) -> int|None|str:
+  """Kernels per task (None: all) giving the fewest tasks whose bands fit the CBUF (fewer kernels per task leave
+  more banks to the input, so fewer bands), or why none does."""
+  why = overflow(s, row_split(s))
+  best: tuple[int, int|None]|None = (len(row_split(s)), None) if why is None else None   # (tasks, kernels per task)
+  if s.depthwise: return why if best is None else None
+  for n in range(2, s.kernels // KERNEL_GROUP + 1):   # n kernel chunks
+    if best is not None and n >= best[0]: break
+    chunks = kernel_chunks(s, kpt := align(ceil_div(s.kernels, n), KERNEL_GROUP))
+    if any(overflow(sub, row_split(sub)) for _, sub in chunks): continue
+    tasks = sum(len(row_split(sub)) for _, sub in chunks)
+    if best is None or tasks < best[0]: best = (tasks, kpt)
+  return why if best is None else best[1]
+
+def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
+  c = match(nest)
+  if isinstance(c, NotApplicable): return c
+  sz = nest.ranges
+  K = sz[c.kernel] if c.kernel is not None else 1
+  C = K if c.depthwise else math.prod(sz[r] for r in c.channels)
+  Cp = align(C, DW_GROUP if c.depthwise else CHANNEL_GROUP)
+  KH, KW = c.ay.n_tap(sz), c.ax.n_tap(sz)
+  OH, OW = c.ay.n_out(sz), c.ax.n_out(sz)
+  He, We = c.ay.extent(sz), c.ax.extent(sz)
+  if max(KH, KW) > MAX_TAPS: return NotApplicable(f"kernel {KH}x{KW} (max {MAX_TAPS} taps per axis)")
+  if We > MAX_IN_WIDTH: return NotApplicable(f"input rows of {We} (max {MAX_IN_WIDTH}: width splitting not implemented)")
+  if OW > MAX_OUT_WIDTH: return NotApplicable(f"output rows of {OW} (max {MAX_OUT_WIDTH})")
+  if not c.depthwise and KH * KW * Cp * IN_BYTES > MAX_KERNEL_BYTES:
+    return NotApplicable(f"{KH * KW * Cp * IN_BYTES} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
+                         "channel splitting not implemented")
+  # the cube gets MIN_ROWS spare zero rows for the bands' planning; the packed cube keeps what the last band reads
+  base = ConvSpec(PRECISION, Cp, He + MIN_ROWS, We, Cp if c.depthwise else align(K, KERNEL_GROUP), KH, KW,
+                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), c.depthwise, OUT_PRECISION,
+                  out_hw=(OH, OW), channels_real=C)
+  kpt = plan(base)
+  if isinstance(kpt, str): return NotApplicable(kpt)
+  spec = replace(base, H=max(He, input_height(base, kpt)))
+  images = list(itertools.product(*(range(sz[r]) for r in c.images)))
+  cube_in, cube_out = Feature(Cp, spec.H, We, IN_BYTES), Feature(spec.OC, OH, OW, OUT_BYTES)
+  WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
+  slots = dict(input=IN, weights=WT, output=OUT)
+  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, relu=c.relu)
+  except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
+  if (ntasks := len(images) * len(progs)) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
+  tasks, pack, unpack = [], [pack_weights(c, sz, K, C, KH, KW, WT)], []
+  for i, vals in enumerate(images):
+    fixed = dict(zip(c.images, vals))
+    pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
+    unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
+    tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes})), regs.MESA_CONV_ENABLE) for prg in progs]
+  wbytes = (DepthwiseWeights(C, KH, KW, PRECISION).elems if c.depthwise else Weights(spec.kernels, Cp, KH, KW, "float16").elems) * IN_BYTES
+  kind = "depthwise" if c.depthwise else "direct"
+  n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
+  summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
+             f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){' +relu' if c.relu else ''} as {len(tasks)} fp16 "
+             f"conv task(s) ({len(progs) // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
+  macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
+  return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)),
+                    regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
