@@ -49,6 +49,9 @@ MAX_IN_WIDTH = field_max("CNA", "DATA_SIZE0", "DATAIN_WIDTH")
 MAX_OUT_WIDTH = field_max("CNA", "DATA_SIZE2", "DATAOUT_WIDTH")
 KERNEL_GROUP, CHANNEL_GROUP = WEIGHT_GROUPS[PRECISION]   # direct: kernels padded to 16, channels to 32 (§1.3, §2.2)
 DW_GROUP = DW_GROUPS[PRECISION]                          # depthwise: channels padded to 32 (§1.3)
+# ⚠ A depthwise task here carries all the channels (several 32-channel groups), as Mesa's int8 depthwise tasks carry
+# several 64-channel groups and the emulator accepts; GN's validated fp16 tiling used one 32-channel chunk per task
+# (rocket_fp16_ew_ppu.md §2.2). Not yet run on a board.
 IN_BYTES, OUT_BYTES = ELEMENT_BYTES[PRECISION], ELEMENT_BYTES[OUT_PRECISION]
 # NPU DMA bytes per MAC-array cycle for choosing a layout: 10.9 GB/s per core measured (landscape.md §1.3) at the
 # 1 GHz TRM clock (landscape.md §1.2)
