@@ -70,3 +70,10 @@ def test_padded_load_written_the_other_way_round():
   n = only_kernel(Tensor.empty(1, 1, 3).conv2d(Tensor.empty(1, 1, 2), stride=2, padding=1))
   x = by_slot(n)[1]
   assert x.pad == 0.0 and [(b.lo, b.hi) for b in x.valid] == [(1, None)]   # 1 <= 2*o + k: the left pad
+
+def test_padded_max_pool_load_reads_as_a_padded_load():
+  """tinygrad pads max pooling with -inf as WHERE(c, WHERE(c, load, 0), -inf) (or inverted): one padded load."""
+  n = only_kernel(Tensor.empty(1, 2, 7, 7).max_pool2d(3, 2, padding=1))
+  (x,) = n.loads
+  assert x.pad == float("-inf") and x.valid
+  assert isinstance(n.value, Reduce) and n.value.op is Ops.MAX

@@ -194,7 +194,19 @@ def _guarded_by_not(ld:UOp, cond:UOp) -> bool:
   return (g.op is Ops.WHERE and g.src[2].op is Ops.CONST and g.src[2].arg is Invalid and g.src[0].op is Ops.CMPNE and
           g.src[0].src[0] is cond and g.src[0].src[1].op is Ops.CONST and g.src[0].src[1].arg is True)
 
+def _not(c:UOp) -> UOp: return c.src[0] if c.op is Ops.CMPNE and c.src[1].op is Ops.CONST and c.src[1].arg is True else c.ne(True)
+
+def _padded_load_form(u:UOp) -> UOp:
+  """tinygrad writes a load padded with a non-zero value (max pooling's -inf) as WHERE(c, WHERE(c, load, 0), pad), or
+  with the condition inverted, WHERE(!c, pad, WHERE(!c, 0, load)); both mean WHERE(c, load, pad), which _expr reads."""
+  if u.op is not Ops.WHERE: return u
+  c, a, b = u.src
+  if a.op is Ops.CONST and b.op is not Ops.CONST: c, a, b = _not(c), b, a
+  if a.op is Ops.WHERE and (inner := _padded_load_form(a)).src[0] is c and inner.src[1].op is Ops.INDEX: a = inner.src[1]
+  return u.replace(src=(c, a, b)) if a.op is Ops.INDEX and b.op is Ops.CONST else u
+
 def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr:
+  u = _padded_load_form(u)
   if u.op is Ops.INDEX:
     loads.append(ld:=_load(u, sizes))
     return ld
