@@ -13,15 +13,3 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 import tinygrad_rocket  # noqa: E402,F401  registers ROCKET before test modules evaluate devices
 
-import pytest  # noqa: E402
-
-@pytest.fixture(autouse=True)
-def _contraction_tests_see_only_the_contraction_rule(request, monkeypatch):
-  """tests/test_contraction.py checks the contraction rule's own programs (its reference executor runs matmul tiles
-  only), so there the conv rule, which takes convolutions first, is left out of lower.RULES. (Until that module's
-  contraction_rule() isolates the rule itself; kernels compiled earlier in the process with the same AST keep their
-  program.)"""
-  if request.module.__name__ == "test_contraction":
-    from tinygrad_rocket import lower
-    monkeypatch.setattr(lower, "RULES", [r for r in lower.RULES if r[0] != "conv"])
-  yield

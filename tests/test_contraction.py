@@ -47,6 +47,13 @@ def contraction_rule():
   assert ("contraction", lower_contraction) in lower.RULES
   yield
 
+@pytest.fixture(autouse=True)
+def _only_the_contraction_rule(monkeypatch):
+  """These tests check the contraction rule's own programs (the reference executor runs matmul tiles only), so the
+  rules tried before it (the conv rule takes convolutions first) are left out here. Kernels compiled earlier in the
+  process with the same AST keep their program (tinygrad caches by AST): cases here use shapes of their own."""
+  monkeypatch.setattr(lower, "RULES", [r for r in lower.RULES if r[0] != "conv"])
+
 EXECUTORS = ["reference", pytest.param("emulator", marks=pytest.mark.skipif(
   __import__("importlib").util.find_spec("tinygrad_rocket.emu.blocks") is None, reason="emulator block execution not implemented yet"))]
 
