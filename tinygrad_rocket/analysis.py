@@ -167,6 +167,7 @@ class LoopNest:
   out_index: Affine
   value: Expr
   loads: list[Load] = field(default_factory=list)
+  precision: str = "default"         # what the kernel is compiled for (config.precision, set by the lowering)
 
   @property
   def reduce_ranges(self) -> tuple[int, ...]: return tuple(r for r in self.ranges if r not in self.output_ranges)

@@ -4,7 +4,7 @@ tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __i
 """
 from __future__ import annotations
 import sys, ctypes, platform, time, itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
@@ -33,7 +33,6 @@ class RocketBuffer:
   size: int
   domain: BoDomain
   offset: int = 0             # byte offset into the BO
-  views: list = field(default_factory=list)  # keeps a from_blob owner alive
 
   @property
   def dma_addr(self) -> int:

@@ -30,16 +30,11 @@ def describe_kernel(ast:UOp) -> str:
   what = f"reduce ({'/'.join(kinds)})" if reduces else "elementwise"
   return f"{what} kernel with {stores} output{'s' if stores != 1 else ''}"
 
-_precision = "default"
-def precision() -> str:
-  """The precision the kernel being lowered is compiled for (config.precision, carried by the renderer)."""
-  return _precision
-
 def lower_kernel(ast:UOp, precision:str="default") -> NpuProgram | NotApplicable:
-  global _precision
-  _precision = precision
+  """`precision` (config.precision, carried by the renderer) travels on the loop nest to the rules."""
   try: nest = analyze(ast)
   except NotAnalyzable as e: return NotApplicable(f"{describe_kernel(ast)}: {e}")
+  nest.precision = precision
   reasons = []
   for name, rule in RULES:
     if not isinstance(res:=rule(nest), NotApplicable): return res

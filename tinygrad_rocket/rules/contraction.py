@@ -26,21 +26,16 @@ from dataclasses import dataclass, field
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.lower import NotApplicable, precision
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
+from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, PExpr, SCRATCH, PEXPR_OPS
 from tinygrad_rocket.ops.layout import align
 from tinygrad_rocket.ops.matmul import MatmulTile, matmul_task, plan_tiles, K_ALIGN
 
-FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}
-MAX_TASKS = 4096  # beyond this a single kernel's job is unreasonable; it falls back with the reason
 
 def _walk(e):
   yield e
   for s in (e.src if isinstance(e, Alu) else (e.src,) if isinstance(e, Reduce) else ()): yield from _walk(s)
-
-def _strip_cast(e):
-  while isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
-  return e
 
 def _epilogue_loads(e) -> list[Load]:
   """The loads of an epilogue expression, not those inside its reduction."""
@@ -49,14 +44,14 @@ def _epilogue_loads(e) -> list[Load]:
 
 def _sum_terms(e) -> list:
   """The terms of a top-level sum (through casts): x + y + z -> [x, y, z]."""
-  s = _strip_cast(e)
+  s = strip_cast(e)
   return _sum_terms(s.src[0]) + _sum_terms(s.src[1]) if isinstance(s, Alu) and s.op is Ops.ADD else [e]
 
 def _is_zero(e) -> bool: return isinstance(e, Const) and e.value == 0
 
 def _relu_arg(e):
   """x for MAX(0, x), else None."""
-  e = _strip_cast(e)
+  e = strip_cast(e)
   if isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src): return next(s for s in e.src if not _is_zero(s))
   return None
 
@@ -64,20 +59,15 @@ def _relu_clip(e) -> tuple[object, float]|None:
   """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""
   if not (isinstance(e, Alu) and e.op is Ops.ADD): return None
   for pos, neg in (e.src, e.src[::-1]):
-    x, neg = _relu_arg(pos), _strip_cast(neg)
+    x, neg = _relu_arg(pos), strip_cast(neg)
     if x is None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): continue
     k = [s for s in neg.src if isinstance(s, Const)]
     y = _relu_arg(next((s for s in neg.src if not isinstance(s, Const)), None)) if len(k) == 1 and k[0].value == -1 else None
-    y = _strip_cast(y) if y is not None else None
+    y = strip_cast(y) if y is not None else None
     if isinstance(y, Alu) and y.op is Ops.ADD:
       for a, b in (y.src, y.src[::-1]):
-        if isinstance(b, Const) and b.value < 0 and _strip_cast(a) == _strip_cast(x): return x, -float(b.value)
+        if isinstance(b, Const) and b.value < 0 and strip_cast(a) == strip_cast(x): return x, -float(b.value)
   return None
-
-def _uses(ld:Load) -> set[int]:
-  used = ld.index.ranges()
-  for b in ld.valid: used |= b.expr.ranges()
-  return used
 
 @dataclass
 class Contraction:
@@ -108,10 +98,10 @@ def _affine_degree(e, red:Reduce) -> int|str:
 
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-  e, relu, clip = _strip_cast(nest.value), False, None
-  if (rc := _relu_clip(e)) is not None: e, relu, clip = _strip_cast(rc[0]), True, rc[1]
+  e, relu, clip = strip_cast(nest.value), False, None
+  if (rc := _relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
   elif isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src):
-    relu, e = True, _strip_cast(next(s for s in e.src if not _is_zero(s)))
+    relu, e = True, strip_cast(next(s for s in e.src if not _is_zero(s)))
   reds = [x for x in _walk(e) if isinstance(x, Reduce)]
   if not reds: return NotApplicable("no reduction")
   v = reds[0]
@@ -122,24 +112,24 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if isinstance(deg := _affine_degree(e, v), str): return NotApplicable(deg)
     if deg != 1: return NotApplicable("the epilogue does not depend on the sum")
     epilogue = e
-  body = _strip_cast(v.src)
+  body = strip_cast(v.src)
   # a plain sum is a contraction with a constant operand (ones, or the constant a sum of x*c multiplies by): the MAC
   # array reduces, and the sum's epilogue (e.g. mean's 1/n) folds like any other
   if isinstance(body, Load): body = Alu(Ops.MUL, (body, Const(1.0, body.dtype)), body.dtype)
   if not (isinstance(body, Alu) and body.op is Ops.MUL): return NotApplicable("reduced value is not a product of two operands")
-  a, b = (_strip_cast(s) for s in body.src)
+  a, b = (strip_cast(s) for s in body.src)
   if isinstance(a, Const): a, b = b, a
   if not (isinstance(a, Load) and isinstance(b, (Load, Const))):
     return NotApplicable("a product operand is computed, not loaded (prologue fusion not implemented yet)")
   for ld in (a, b) if isinstance(b, Load) else (a,):
     if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
-    if ld.dtype == dtypes.float32 and precision() == "fp32":
+    if ld.dtype == dtypes.float32 and nest.precision == "fp32":
       return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16 (split-precision passes "
                            "not implemented; the C code gives float32 accuracy)")
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
   if set(v.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
-  ua, ub = _uses(a), _uses(b) if isinstance(b, Load) else set()
+  ua, ub = uses(a), uses(b) if isinstance(b, Load) else set()
   outs = nest.output_ranges
   m = [r for r in outs if r in ua and r not in ub]
   n = [r for r in outs if r in ub and r not in ua]
@@ -149,24 +139,24 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   size = lambda rs: math.prod(nest.ranges[r] for r in rs)
   if size(m) < size(n) and isinstance(b, Load): a, b, m, n = b, a, n, m
   residual = None
-  both = lambda ld: not (_uses(ld) <= set(n) | set(batch) or _uses(ld) <= set(m) | set(batch))
-  res = [t for t in terms if isinstance(_strip_cast(t), Load) and both(_strip_cast(t))]
+  both = lambda ld: not (uses(ld) <= set(n) | set(batch) or uses(ld) <= set(m) | set(batch))
+  res = [t for t in terms if isinstance(strip_cast(t), Load) and both(strip_cast(t))]
   if len(res) > 1: return NotApplicable("more than one residual operand in the epilogue")
   if res:
-    residual = _strip_cast(res[0])
+    residual = strip_cast(res[0])
     if residual.dtype not in FLOATS: return NotApplicable(f"residual dtype {residual.dtype} (float32/float16 only)")
     if residual.valid and residual.pad not in (0, 0.0): return NotApplicable(f"residual padding value {residual.pad}")
     rest = [t for t in terms if t is not res[0]]
     epilogue = rest[0]
     for t in rest[1:]: epilogue = Alu(Ops.ADD, (epilogue, t), nest.out_dtype)
-    if _strip_cast(epilogue) is v: epilogue = None
+    if strip_cast(epilogue) is v: epilogue = None
   params = _epilogue_loads(epilogue) if epilogue is not None else []
   side = "b"
   if params:
     for p in params:
       if p.dtype not in FLOATS: return NotApplicable(f"epilogue operand dtype {p.dtype} (float32/float16 only)")
       if p.valid: return NotApplicable("padded epilogue operand")
-    used = set().union(*(_uses(p) for p in params))
+    used = set().union(*(uses(p) for p in params))
     side = "b" if used <= set(n) | set(batch) else "a" if used <= set(m) | set(batch) else ""
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip)

@@ -30,16 +30,15 @@ from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Bound as Bound_
-from tinygrad_rocket.lower import NotApplicable, precision
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
+from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES
 from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS
 from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow
 from tinygrad_rocket.ops.program import entries, rebase, field_max
 
-FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}
 PRECISION, OUT_PRECISION = "fp16", "fp32"
-MAX_TASKS = 4096  # beyond this a single kernel's job is unreasonable; it falls back with the reason
 # CNA field limits (register map): strides 3 bits, dilation-1 5 bits, kernel taps 5 bits, input/output width 11 bits.
 # Output heights per task stay below the input's 11-bit height, so the DPU's 13-bit cube fields never bind.
 MAX_STRIDE = field_max("CNA", "CONV_CON3", "CONV_X_STRIDE")
@@ -120,15 +119,6 @@ class Conv:
   depthwise: bool
   relu: bool
 
-def _strip_cast(e):
-  while isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
-  return e
-
-def _uses(ld:Load) -> set[int]:
-  used = ld.index.ranges()
-  for b in ld.valid: used |= b.expr.ranges()
-  return used
-
 def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
   A, B = (x.index.coeff(r) if r is not None else 0 for r in (out, tap))
   if out is not None and tap is not None:
@@ -146,7 +136,7 @@ def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
 
 def _roles(nest:LoopNest, x:Load, w:Load) -> tuple[list[int], int|None, bool]|str:
   """(output loops only X reads, the kernel/channel loop, depthwise) or why X and W are not a convolution's."""
-  ux, uw = _uses(x), _uses(w)
+  ux, uw = uses(x), uses(w)
   outs = nest.output_ranges
   if any(r not in ux and r not in uw for r in outs): return "an output loop is read by neither operand (broadcast output)"
   if any(r not in ux or r not in uw for r in nest.reduce_ranges): return "a reduce loop is read by only one operand"
@@ -203,21 +193,21 @@ def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tu
 
 def match(nest:LoopNest) -> Conv|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-  e, relu = _strip_cast(nest.value), False
+  e, relu = strip_cast(nest.value), False
   if isinstance(e, Alu) and e.op is Ops.MAX and any(isinstance(s, Const) and s.value == 0 for s in e.src):
-    relu, e = True, _strip_cast(next(s for s in e.src if not (isinstance(s, Const) and s.value == 0)))
+    relu, e = True, strip_cast(next(s for s in e.src if not (isinstance(s, Const) and s.value == 0)))
   if not isinstance(e, Reduce):
     return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction "
                          "(only ReLU is fused here; the contraction rule fuses bias and affine epilogues)")
   if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a convolution")
   if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
-  body = _strip_cast(e.src)
-  if not (isinstance(body, Alu) and body.op is Ops.MUL and all(isinstance(_strip_cast(s), Load) for s in body.src)):
+  body = strip_cast(e.src)
+  if not (isinstance(body, Alu) and body.op is Ops.MUL and all(isinstance(strip_cast(s), Load) for s in body.src)):
     return NotApplicable("the reduced value is not a product of two loaded operands")
-  a, b = (_strip_cast(s) for s in body.src)
+  a, b = (strip_cast(s) for s in body.src)
   for ld in (a, b):
     if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
-    if ld.dtype == dtypes.float32 and precision() == "fp32":
+    if ld.dtype == dtypes.float32 and nest.precision == "fp32":
       return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16")
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")

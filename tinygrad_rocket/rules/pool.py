@@ -35,15 +35,15 @@ import numpy as np
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const
-from tinygrad_rocket.lower import NotApplicable, precision
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS
+from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, ELEMENT_BYTES, ceil_div, align
 from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CUBE_DIM, MIN_CHAINED_DIM
 from tinygrad_rocket.ops.program import entries, override
-from tinygrad_rocket.rules.contraction import Grid, MAX_TASKS, _walk
+from tinygrad_rocket.rules.contraction import Grid, _walk
 
 # fp16 holds float16 values exactly and rounds float32 ones monotonically
-FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}
 FP16 = "fp16"
 EBYTES = ELEMENT_BYTES[FP16]
 C2 = Feature(1, 1, 1, EBYTES).c2                 # lanes per fp16 atom; the PPU needs whole atoms (emu/ppu.py)
@@ -96,7 +96,7 @@ def match(nest:LoopNest) -> MaxReduce|NotApplicable:
   if not isinstance(ld, Load): return NotApplicable("the reduced value is computed, not one load (under casts and negations)")
   if ld.dtype not in FLOATS: return NotApplicable(f"input dtype {ld.dtype} (float32/float16 only)")
   if ld.size < 0: return NotApplicable("input buffer of unknown size")
-  if ld.dtype == dtypes.float32 and precision() == "fp32":
+  if ld.dtype == dtypes.float32 and nest.precision == "fp32":
     return NotApplicable("ROCKET_PRECISION=fp32: float32 inputs would be rounded to fp16 (the max would be fl16(max))")
   return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out)
 
