@@ -3,15 +3,13 @@
 Every case runs in strict mode (ROCKET_FALLBACK=0) and checks report.records(): the kernel ran on the NPU with the
 pool rule's summary. Results are compared with tinygrad's CPU device within numerics.bound_select for both devices
 (the max of fp16-rounded operands is the rounded max); -inf (a window entirely in the padding) must match exactly."""
-import contextlib, math
+import math
 import numpy as np
 import pytest
 from hypothesis import given, reject, strategies as st
 from hypothesis.extra.numpy import arrays
 from tinygrad import Tensor
-from tinygrad.helpers import Context
-from tinygrad_rocket import analysis, lower, report
-from tinygrad_rocket._tg import Ops
+from tinygrad_rocket import lower, report
 from tinygrad_rocket.rules.pool import lower_pool, _block_passes, MAX_WINDOW, MIN_CHAINED_DIM
 import numerics as nm
 from helpers import env, on, rocket_and_cpu
@@ -21,29 +19,6 @@ FP16_MAX = 65504.0  # largest finite fp16: operands beyond it take the C path (t
 
 def values(dtype:str, bound:float=FP16_MAX):
   return st.floats(-bound, bound, width=16 if dtype == "float16" else 32, allow_subnormal=True)
-
-def _not(c): return c.src[0] if c.op is Ops.CMPNE and c.src[1].op is Ops.CONST and c.src[1].arg is True else c.ne(True)
-
-def padded_load_form(u):
-  """tinygrad 0.14 writes a max-pooling load padded with -inf as WHERE(c, WHERE(c, load, 0), -inf), or with the
-  condition inverted, WHERE(!c, -inf, WHERE(!c, 0, load)); analysis.py reads only WHERE(c, load, pad) so far (the
-  others fail with "RANGE inside the value expression"). This is the missing normalisation: both become
-  WHERE(c, load, -inf). Returns u unchanged unless the result is that form."""
-  if u.op is not Ops.WHERE: return u
-  c, a, b = u.src
-  if a.op is Ops.CONST and b.op is not Ops.CONST: c, a, b = _not(c), b, a
-  if a.op is Ops.WHERE and (inner := padded_load_form(a)).src[0] is c and inner.src[1].op is Ops.INDEX: a = inner.src[1]
-  return u.replace(src=(c, a, b)) if a.op is Ops.INDEX and b.op is Ops.CONST else u
-
-@contextlib.contextmanager
-def padded_max_pool_analysis():
-  """Applies padded_load_form before analysis.py reads an expression (a no-op once analysis.py has it), compiling in
-  this process (tinygrad's compile workers would not see the patch)."""
-  orig = analysis._expr
-  analysis._expr = lambda u, *args: orig(padded_load_form(u), *args)
-  try:
-    with Context(PARALLEL=0): yield
-  finally: analysis._expr = orig
 
 # Kernels the pool rule rejects on purpose, or never sees: a generated example hitting one is discarded (hypothesis
 # reject), never counted as a pass. analysis.py cannot read some strided pooling indices yet (a % over more than one
@@ -56,7 +31,7 @@ def run_strict(fn, x:np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
   assert ("pool", lower_pool) in lower.RULES
   report.reset()
   try:
-    with padded_max_pool_analysis(), env(ROCKET_FALLBACK="0"): r = on("ROCKET", fn, x)
+    with env(ROCKET_FALLBACK="0"): r = on("ROCKET", fn, x)
   except FallbackError as e:
     if any(s in e.reason for s in NOT_THE_RULES): reject()
     raise
@@ -135,7 +110,7 @@ def test_block_passes():
 
 def _reason(fn, x:np.ndarray) -> str:
   report.reset()
-  with padded_max_pool_analysis(), env(ROCKET_FALLBACK="0"), pytest.raises(Exception) as e: fn(Tensor(x, device="ROCKET")).realize()
+  with env(ROCKET_FALLBACK="0"), pytest.raises(Exception) as e: fn(Tensor(x, device="ROCKET")).realize()
   return str(e.value)
 
 def test_rejections_say_why():
