@@ -70,19 +70,19 @@ def test_conv_on_npu(dims, batch, cin, cout, k, stride, dilation, padding, extra
   bound = nm.bound_dot(nm.rocket(dtype), S, n, amax) + nm.bound_dot(nm.cpu(dtype), S, n, amax)
   nm.assert_within(r, c, bound, f"conv{dims}d {x.shape} * {w.shape} s{stride} d{dilation} p{padding} g{groups} relu={relu} {dtype}")
 
-def _mac_ratio(x_shape, w_shape, groups) -> tuple[float, str]:
-  """useful / issued MACs of one conv (padding 1) from the emulator's counters, and the summary of what ran."""
+def _mac_ratio(x_shape, w_shape, groups, stride=1, padding=1) -> tuple[float, str]:
+  """useful / issued MACs of one conv from the emulator's counters, and the summary of what ran."""
   stats = Device["ROCKET"].driver.file.stats
   rng = np.random.default_rng(0)
   x, w = (Tensor(rng.uniform(-1, 1, s).astype(np.float32), device="ROCKET").realize() for s in (x_shape, w_shape))
   report.reset()
   n0 = len(stats.tasks)
   with env(ROCKET_FALLBACK="0"):
-    x.conv2d(w, groups=groups, padding=1).realize()
+    x.conv2d(w, groups=groups, stride=stride, padding=padding).realize()
   tasks = stats.tasks[n0:]
   (rec,) = report.records()
   issued = sum(t.macs_issued for t in tasks)
-  out = x_shape[2] * x_shape[3]
+  out = math.prod((n + 2 * padding - k) // stride + 1 for n, k in zip(x_shape[2:], w_shape[2:]))
   useful = out * w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]   # the convolution's own MACs
   assert sum(t.macs_useful for t in tasks) == useful
   return useful / issued, rec.reason
@@ -95,3 +95,92 @@ def test_mac_efficiency():
   assert summary.startswith("conv (direct)") and ratio >= 0.85, (ratio, summary)
   ratio, summary = _mac_ratio((1, 32, 112, 112), (32, 1, 3, 3), 32)
   assert summary.startswith("conv (depthwise)") and ratio == pytest.approx(32 / 512), (ratio, summary)
+
+# ***** layout choice: the modeled NPU time, and the 3-channel stems *****
+
+from tinygrad_rocket.analysis import analyze
+from tinygrad_rocket._tg import Ops
+from tinygrad_rocket.rules import conv as conv_rule
+from tinygrad_rocket.emu import cost
+
+HAS_COUNTERS = hasattr(getattr(Device["ROCKET"].driver, "file", None), "stats")
+needs_counters = pytest.mark.skipif(not HAS_COUNTERS, reason="needs the emulator's counters")
+
+def _nest(x_shape, w_shape, stride, padding, groups=1):
+  """The loop nest of x.conv2d(w) as the rules see it."""
+  t = Tensor.empty(*x_shape, device="ROCKET").conv2d(Tensor.empty(*w_shape, device="ROCKET"), stride=stride, padding=padding, groups=groups)
+  lin, _ = t.linear_with_vars()
+  (k,) = [c.src[0] for c in lin.src if c.src[0].op is Ops.SINK]
+  nest = analyze(k)
+  nest.precision = "default"
+  return nest
+
+def test_layout_model_is_the_emulators():
+  """The rule times layouts with the emulator's cost model numbers (emu/cost.py), at the mainline clock."""
+  assert conv_rule.LAYOUT_CLOCK_HZ == cost.MAINLINE_CLOCK_HZ
+  assert conv_rule.DMA_BYTES_PER_S == cost.DMA_BYTES_PER_S and conv_rule.PER_TASK_OVERHEAD_S == cost.PER_TASK_OVERHEAD_S
+
+@needs_counters
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,groups", [
+  ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1),     # ResNet-18 stem: all taps folded, 12 row bands
+  ((2, 3, 40, 40), (32, 3, 3, 3), 2, 1, 1),       # MobileNetV2 stem, batch 2
+  ((1, 64, 30, 30), (64, 64, 3, 3), 1, 1, 1),
+  ((1, 40, 33, 33), (40, 1, 3, 3), 2, 1, 40),     # depthwise
+  ((1, 16, 40, 40), (600, 16, 3, 3), 1, 1, 1),    # kernel chunks
+])
+def test_npu_seconds_is_the_emulated_time(x_shape, w_shape, stride, padding, groups):
+  """npu_seconds of the chosen layout equals the emulator's modeled time of the tasks that run (busy time at the
+  layout clock plus the per-task overhead), but for the regcmd fetch it leaves out (DMA bytes, so at most their
+  transfer time)."""
+  c, lay = conv_rule.match(_nest(x_shape, w_shape, stride, padding, groups))
+  stats = Device["ROCKET"].driver.file.stats
+  rng = np.random.default_rng(1)
+  x, w = (Tensor(rng.uniform(-1, 1, s).astype(np.float32), device="ROCKET").realize() for s in (x_shape, w_shape))
+  n0 = len(stats.tasks)
+  with env(ROCKET_FALLBACK="0"): x.conv2d(w, stride=stride, padding=padding, groups=groups).realize()
+  tasks = stats.tasks[n0:]
+  emulated = sum(t.busy_seconds(cost.MAINLINE_CLOCK_HZ) for t in tasks) + (len(tasks) - 1) * cost.PER_TASK_OVERHEAD_S
+  fetch = sum(t.dma_read["PC"] for t in tasks) / cost.DMA_BYTES_PER_S
+  assert emulated - fetch <= conv_rule.npu_seconds(lay) <= emulated, (conv_rule.npu_seconds(lay), emulated, fetch)
+
+@needs_counters
+def test_resnet_stem_fills_the_mac_array():
+  """ResNet-18's 7x7/2 3->64 stem folds all 49 taps into the channels (147 of 160 lanes: 0.92 useful/issued, issue
+  target 0.85), and that is the fastest layout at the mainline clock: faster than folding only the kernel columns
+  (21 of 32 lanes, 0.66), the fastest at 1 GHz where reading the 2.4x larger cube dominates (docs/benchmarks.md)."""
+  ratio, summary = _mac_ratio((1, 3, 224, 224), (64, 3, 7, 7), 1, stride=2, padding=3)
+  assert summary.startswith("conv (direct) 147->64 1x1") and ratio == pytest.approx(147 / 160), (ratio, summary)
+  nest = _nest((1, 3, 224, 224), (64, 3, 7, 7), 2, 3)
+  _, chosen = conv_rule.match(nest)
+  loads = {ld.slot: ld for ld in nest.loads}
+  cands, _ = conv_rule._candidates(nest, loads[1], loads[2], False)   # slot 1: the input, 2: the weights
+  sz = nest.ranges
+  column_fold = [l for _, c in cands if c.ay.n_tap(sz) * c.ax.n_tap(sz) == 7 and len(c.channels) == 2
+                 and not isinstance(l := conv_rule.layout(c, sz), str)]
+  assert column_fold and conv_rule.npu_seconds(chosen) < min(conv_rule.npu_seconds(l) for l in column_fold)
+
+@needs_counters
+def test_mobilenet_stem_at_the_lane_bound():
+  """MobileNetV2's 3x3/2 3->32 stem folds its 27 taps x channels into one 32-channel group: 27/32 = 0.84 useful/issued,
+  the most any layout of this conv can issue. Each MAC-array cycle is 16 kernels x 32 channels at one cube pixel
+  (rocket_fp16_ew_ppu.md §1.3), so 32 kernels take 2 cycles per cube pixel per channel group; a cube pixel that
+  carried P output pixels would need 32P kernels and the union of their patches, at least 27 channels: 2P cycles
+  or more. So no layout issues fewer than 2 x 512 MAC slots per output pixel for its 27 x 32 useful MACs."""
+  ratio, summary = _mac_ratio((1, 3, 224, 224), (32, 3, 3, 3), 1, stride=2, padding=1)
+  assert summary.startswith("conv (direct) 27->32 1x1") and ratio == pytest.approx(27 / 32), (ratio, summary)
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("w_shape,stride,padding,relu", [((64, 3, 7, 7), 2, 3, True), ((32, 3, 3, 3), 2, 1, False)])
+def test_stems_numerics(w_shape, stride, padding, relu, dtype):
+  """The ImageNet stems at full size, strict mode, against the CPU device within the derived bound (n = 3*KH*KW)."""
+  rng = np.random.default_rng(7)
+  x = rng.uniform(-2, 2, (1, 3, 224, 224)).astype(dtype)
+  w = rng.uniform(-0.5, 0.5, w_shape).astype(dtype)
+  fn = conv_fn(stride, 1, padding, 1, relu)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r, c = rocket_and_cpu(fn, x, w)
+  assert all(rec.engine == "npu" and rec.reason.startswith("conv (direct)") for rec in report.records())
+  S = conv_fn(stride, 1, padding, 1, False)(*(Tensor(np.abs(a).astype(np.float64), device="CPU") for a in (x, w))).numpy()
+  n, amax = math.prod(w_shape[1:]), float(np.abs(x).max()) + float(np.abs(w).max())
+  bound = nm.bound_dot(nm.rocket(dtype), S, n, amax) + nm.bound_dot(nm.cpu(dtype), S, n, amax)
+  nm.assert_within(r, c, bound, f"stem {w_shape} {dtype}")

@@ -14,9 +14,10 @@ Matching reads the conv off the affine index maps (analysis.py). The kernel is [
     gather builds it (an input stride the window does not need, e.g. a 1x1 stride-2 axis, costs no NPU work) and
     writes zero wherever the padding predicate fails, so the NPU convolves an unpadded cube (PAD_CON0 = 0, which also
     sidesteps the per-lane pad-value quirk, rocket_fp16_ew_ppu.md §6.C).
-Every assignment of loops to roles that the predicates allow computes the same sums; the one with the lowest
-first-order NPU time wins (MAC-array cycles against reading the packed input: a 3-channel input folds taps into its
-channels, which fills the 32-channel groups). Without overlapping windows a convolution is a matmul: taken here only
+Every assignment of loops to roles that the predicates allow computes the same sums; the one whose tasks fit and have
+the lowest modeled NPU time at mainline rocket's 200 MHz clock wins (`npu_seconds`: MAC-array cycles against the DMA of
+input, weights and output, plus per-task overhead; a 3-channel input folds taps into its channels, which fills the
+32-channel groups: all 49 taps of ResNet-18's 7x7 stem, 147 of 160 lanes). Without overlapping windows a convolution is a matmul: taken here only
 when the input has two or more output loops of its own (1x1 and patch conv2d, conv1d of several images); matmuls and
 a conv1d 1x1 of one image are left to the contraction rule, as is anything else that does not fit, with the reason.
 
@@ -33,9 +34,9 @@ from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine,
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
-from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES
+from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
 from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS
-from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow
+from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes
 from tinygrad_rocket.ops.program import entries, rebase, field_max
 
 PRECISION, OUT_PRECISION = "fp16", "fp32"
@@ -52,9 +53,22 @@ DW_GROUP = DW_GROUPS[PRECISION]                          # depthwise: channels p
 # several 64-channel groups and the emulator accepts; GN's validated fp16 tiling used one 32-channel chunk per task
 # (rocket_fp16_ew_ppu.md §2.2). Not yet run on a board.
 IN_BYTES, OUT_BYTES = ELEMENT_BYTES[PRECISION], ELEMENT_BYTES[OUT_PRECISION]
-# NPU DMA bytes per MAC-array cycle for choosing a layout: 10.9 GB/s per core measured (landscape.md §1.3) at the
-# 1 GHz TRM clock (landscape.md §1.2)
-DMA_BYTES_PER_CYCLE = 10.9
+# Choosing a layout: each candidate's tasks are timed with the emulator's first-order cost model (emu/cost.py; the
+# rule keeps its own copy of the numbers, tests/test_conv_rule.py checks they agree): a task takes
+# max(MAC-array cycles / clock, DMA bytes / bandwidth), every task after a job's first adds the per-task overhead.
+# - LAYOUT_CLOCK_HZ: stock mainline rocket runs the NPU at 200 MHz and never changes it (no devfreq, the device tree
+#   assigns 200 MHz; raising it needs an out-of-tree patch and a pinned 900 MHz hard-locked the board: landscape.md
+#   §1.2 and §0 item 4, rocket_fp16_ew_ppu.md §6.E, GN perf/clock.md). This backend drives mainline rocket, so its
+#   layouts are chosen for that clock. It matters for 3-channel stems: folding all taps into the channels fills the
+#   MAC array (ResNet-18's 7x7 3->64: 147 of 160 lanes) but reads a 2.4x larger cube, which costs more than the MAC
+#   cycles it saves at the 1 GHz TRM maximum and less at 200 MHz (docs/benchmarks.md, "3-channel stems").
+# - DMA_BYTES_PER_S: 10.9 GB/s per core, the measured NPU weight-streaming bandwidth (landscape.md §1.3); DRAM-side,
+#   so independent of the NPU clock.
+# - PER_TASK_OVERHEAD_S: 29 us per further task on stock rocket (one IRQ round trip and the kernel kicking the next
+#   task, 27-31 us: rocket_fp16_ew_ppu.md §6.E).
+LAYOUT_CLOCK_HZ = 200_000_000
+DMA_BYTES_PER_S = 10.9e9
+PER_TASK_OVERHEAD_S = 29e-6
 
 # ***** matching *****
 
@@ -176,22 +190,65 @@ def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tu
       why.append("a padding predicate does not follow the window's rows and columns")
       continue
     images = tuple(r for r in x_only if r not in (oy, ox))
-    K = sz[kernel] if kernel is not None else 1
-    C = K if dw else math.prod(sz[r] for r in channels)
+    C = sz[kernel] if dw else math.prod(sz[r] for r in channels)
     n_img = math.prod(sz[r] for r in images)
-    # first-order NPU time: MAC-array cycles (one kernel group x channel group per output pixel and tap, §1.3)
-    # overlapped with reading the packed input; a tap folded into the channels fills the channel groups better (a
-    # 3-channel input) but packs more data, which the CPU gathers too
-    cycles = n_img * ay.n_out(sz) * ax.n_out(sz) * ay.n_tap(sz) * ax.n_tap(sz) * \
-             (ceil_div(C, DW_GROUP) if dw else ceil_div(C, CHANNEL_GROUP) * ceil_div(K, KERNEL_GROUP))
+    # ties in NPU time (`npu_seconds`) go to the smaller packed input: the CPU gathers it on every call
     cube = n_img * align(C, DW_GROUP if dw else CHANNEL_GROUP) * max(ay.extent(sz), MIN_ROWS) * ax.extent(sz) * IN_BYTES
-    cost = max(cycles, cube / DMA_BYTES_PER_CYCLE)
-    found.append(((cost, cube, n_img, abs(ax.step)), Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu)))
+    found.append(((cube, n_img, abs(ax.step)), Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu)))
   if not found and not why:
     why.append("no overlapping kernel windows and one output loop of the input: a matmul (the contraction rule's)")
   return found, why
 
-def match(nest:LoopNest) -> Conv|NotApplicable:
+@dataclass(frozen=True)
+class Layout:
+  """How a candidate runs: the task spec its tasks share (cube rows cover what the last band reads), the kernels per
+  task (None: all) and the number of images (each its own set of tasks)."""
+  spec: ConvSpec
+  kernels_per_task: int|None
+  images: int
+
+def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
+  """The tasks of candidate `c`, or why its cube or weights do not fit the CNA's fields and the CBUF."""
+  K = sz[c.kernel] if c.kernel is not None else 1
+  C = K if c.depthwise else math.prod(sz[r] for r in c.channels)
+  Cp = align(C, DW_GROUP if c.depthwise else CHANNEL_GROUP)
+  KH, KW = c.ay.n_tap(sz), c.ax.n_tap(sz)
+  He, We = c.ay.extent(sz), c.ax.extent(sz)
+  OW = c.ax.n_out(sz)
+  if max(KH, KW) > MAX_TAPS: return f"kernel {KH}x{KW} (max {MAX_TAPS} taps per axis)"
+  if We > MAX_IN_WIDTH: return f"input rows of {We} (max {MAX_IN_WIDTH}: width splitting not implemented)"
+  if OW > MAX_OUT_WIDTH: return f"output rows of {OW} (max {MAX_OUT_WIDTH})"
+  if not c.depthwise and KH * KW * Cp * IN_BYTES > MAX_KERNEL_BYTES:
+    return (f"{KH * KW * Cp * IN_BYTES} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
+            "channel splitting not implemented")
+  # the cube gets MIN_ROWS spare zero rows for the bands' planning; the packed cube keeps what the last band reads
+  base = ConvSpec(PRECISION, Cp, He + MIN_ROWS, We, Cp if c.depthwise else align(K, KERNEL_GROUP), KH, KW,
+                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), c.depthwise, OUT_PRECISION,
+                  out_hw=(c.ay.n_out(sz), OW), channels_real=C)
+  kpt = plan(base)
+  if isinstance(kpt, str): return kpt
+  n_img = math.prod(sz[r] for r in c.images)
+  if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt))) > MAX_TASKS:
+    return f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine"
+  return Layout(replace(base, H=max(He, input_height(base, kpt))), kpt, n_img)
+
+def npu_seconds(l:Layout) -> float:
+  """Modeled NPU time of a layout's tasks at LAYOUT_CLOCK_HZ, as the emulator's cost model (emu/cost.py) times them:
+  MAC-array cycles (one kernel group x channel group, or one depthwise channel group, per output pixel and tap,
+  rocket_fp16_ew_ppu.md §1.3) against the task's DMA (its input rows, its weights, its fp32 output), plus the per-task
+  overhead. The regcmd fetch (under 2 KiB a task) is left out."""
+  busy, n = 0.0, 0
+  for _, s in kernel_chunks(l.spec, l.kernels_per_task):
+    groups = ceil_div(s.C, DW_GROUP) if s.depthwise else ceil_div(s.C, CHANNEL_GROUP) * ceil_div(s.kernels, KERNEL_GROUP)
+    for o0, o1 in row_split(s):
+      top, bottom = in_rows(s, o0, o1)
+      cycles = (o1 - o0) * s.OW * s.kh * s.kw * groups
+      nbytes = (bottom - top) * row_bytes(s) + s.weight_bytes + (o1 - o0) * s.OW * ceil_div(s.OC, c2(OUT_BYTES)) * ATOM_BYTES
+      busy += max(cycles / LAYOUT_CLOCK_HZ, nbytes / DMA_BYTES_PER_S)
+      n += 1
+  return l.images * busy + (l.images * n - 1) * PER_TASK_OVERHEAD_S
+
+def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
   e, relu = strip_cast(nest.value), False
   if isinstance(e, Alu) and e.op is Ops.MAX and any(isinstance(s, Const) and s.value == 0 for s in e.src):
@@ -218,7 +275,15 @@ def match(nest:LoopNest) -> Conv|NotApplicable:
     found += f
     why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
   if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
-  return min(found, key=lambda c: c[0])[1]
+  # every candidate computes the same sums: the one with the lowest modeled NPU time that fits wins
+  best, unfit = None, []
+  for key, c in sorted(found, key=lambda t: t[0]):
+    l = layout(c, nest.ranges)
+    if isinstance(l, str): unfit.append(l); continue
+    score = (npu_seconds(l), *key)
+    if best is None or score < best[0]: best = (score, c, l)
+  if best is None: return NotApplicable(unfit[0])
+  return best[1], best[2]
 
 # ***** packing and tasks *****
 
@@ -315,35 +380,20 @@ def plan(s:ConvSpec) -> int|None|str:
   return why if best is None else best[1]
 
 def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
-  c = match(nest)
-  if isinstance(c, NotApplicable): return c
+  m = match(nest)
+  if isinstance(m, NotApplicable): return m
+  c, lay = m
   sz = nest.ranges
+  spec, kpt = lay.spec, lay.kernels_per_task
   K = sz[c.kernel] if c.kernel is not None else 1
-  C = K if c.depthwise else math.prod(sz[r] for r in c.channels)
-  Cp = align(C, DW_GROUP if c.depthwise else CHANNEL_GROUP)
-  KH, KW = c.ay.n_tap(sz), c.ax.n_tap(sz)
-  OH, OW = c.ay.n_out(sz), c.ax.n_out(sz)
-  He, We = c.ay.extent(sz), c.ax.extent(sz)
-  if max(KH, KW) > MAX_TAPS: return NotApplicable(f"kernel {KH}x{KW} (max {MAX_TAPS} taps per axis)")
-  if We > MAX_IN_WIDTH: return NotApplicable(f"input rows of {We} (max {MAX_IN_WIDTH}: width splitting not implemented)")
-  if OW > MAX_OUT_WIDTH: return NotApplicable(f"output rows of {OW} (max {MAX_OUT_WIDTH})")
-  if not c.depthwise and KH * KW * Cp * IN_BYTES > MAX_KERNEL_BYTES:
-    return NotApplicable(f"{KH * KW * Cp * IN_BYTES} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
-                         "channel splitting not implemented")
-  # the cube gets MIN_ROWS spare zero rows for the bands' planning; the packed cube keeps what the last band reads
-  base = ConvSpec(PRECISION, Cp, He + MIN_ROWS, We, Cp if c.depthwise else align(K, KERNEL_GROUP), KH, KW,
-                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), c.depthwise, OUT_PRECISION,
-                  out_hw=(OH, OW), channels_real=C)
-  kpt = plan(base)
-  if isinstance(kpt, str): return NotApplicable(kpt)
-  spec = replace(base, H=max(He, input_height(base, kpt)))
+  C, Cp = spec.channels_real, spec.C
+  KH, KW, (OH, OW), He, We = spec.kh, spec.kw, spec.out_hw, c.ay.extent(sz), spec.W
   images = list(itertools.product(*(range(sz[r]) for r in c.images)))
   cube_in, cube_out = Feature(Cp, spec.H, We, IN_BYTES), Feature(spec.OC, OH, OW, OUT_BYTES)
   WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
   slots = dict(input=IN, weights=WT, output=OUT)
   try: progs = conv_programs(spec, slots, kernels_per_task=kpt, relu=c.relu)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
-  if (ntasks := len(images) * len(progs)) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
   tasks, pack, unpack = [], [pack_weights(c, sz, K, C, KH, KW, WT)], []
   for i, vals in enumerate(images):
     fixed = dict(zip(c.images, vals))
