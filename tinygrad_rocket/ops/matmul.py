@@ -23,8 +23,51 @@ SIZE_E_FP32_OUT = 3                            # fp16 -> fp32: 4 atoms per 16-ke
 ATOMS_FP32_OUT = SIZE_E_FP32_OUT + 1
 OUTPUT_TO_MEMORY = 2                           # DPU FEATURE_MODE_CFG.OUTPUT_MODE bit1: write to memory
 BS_BN_BYPASS = dict(BS_BYPASS=1, BS_ALU_BYPASS=1, BS_MUL_BYPASS=1, BS_RELU_BYPASS=1)  # = 0x53, "all bypass" (§2.1)
-BS_RELU_ONLY = dict(BS_ALU_BYPASS=1, BS_MUL_BYPASS=1)  # stage on, ReLU on, ALU and MUL bypassed
 ONE_SCALE = 1                                  # CVT scales of 1: no conversion
+# The EW stage per operation with a per-pixel operand (rocket_fp16_ew_ppu.md §3.2, conv-fed §2.3, GN [HW] bit-exact):
+# ALU ops keep the EW input converter on (an identity), MUL bypasses it (a live converter on an fp16 MUL hangs).
+EW_OPS: dict[str, dict[str, int]] = {
+  "add": dict(EW_ALU_ALGO=2), "sub": dict(EW_ALU_ALGO=4), "max": dict(EW_ALU_ALGO=0), "min": dict(EW_ALU_ALGO=1),
+  "mul": dict(EW_OP_TYPE=1, EW_OP_CVT_BYPASS=1)}
+EW_SIZE = {2: 2, 4: 3}                         # operand bytes -> EDATA_SIZE / ERDMA_DATA_SIZE code (16 / 32 bit)
+EW_COMB_USE = 5                                # MRDMA and ERDMA share the operand (Mesa add_tensor, GN; §2.3)
+# EW_SURF_STRIDE / SURF_NOTCH take max(W*H, 12) atoms in Mesa; below 12 the hardware mis-strides (GN "test with M >= 12",
+# §2.3, §6.C): an EW task's output plane keeps at least this many atoms.
+EW_MIN_PLANE_ATOMS = 12
+
+@dataclass(frozen=True)
+class EwOperand:
+  """A per-pixel operand the DPU's EW stage combines with the task's result: result `op` operand (sub: result minus
+  operand). The operand is a cube shaped like the output tile (C=N, H=M, W=1) in NC1HWC2 with `nbytes` per element
+  (2: fp16, 4: fp32 partials, §7.3), surfaces back to back at byte `off` of `slot`. `relu`: the EW ReLU after the op."""
+  op: str
+  slot: int
+  off: int
+  nbytes: int = 2
+  relu: bool = False
+
+@dataclass(frozen=True)
+class XStageOp:
+  """What the BS stage does to the accumulator before EW: x*mul + add (fp16 multiplier, fp32 addend; §3.4), then
+  ReLU and the ReLUX clamp at `clip`. ⚠ the MUL-then-ALU order is GN's measurement for BN, assumed for BS (§3.4,
+  §7.3): a task that uses both sets only one of them unless the values make the order irrelevant (callers fold)."""
+  mul: float|None = None
+  add: float|None = None
+  relu: bool = False
+  clip: float|None = None
+
+def fp32_bits(v:float) -> int: return int(np.float32(v).view(np.uint32))
+def fp16_bits(v:float) -> int: return int(np.float16(v).view(np.uint16))
+
+def bs_fields(x:XStageOp) -> dict[str, dict[str, int]]:
+  """The BS stage's registers for x (all bypassed when x does nothing)."""
+  assert x.clip is None or x.relu, "ReLUX clamps after the ReLU"
+  if x.mul is None and x.add is None and not x.relu: return dict(BS_CFG=BS_BN_BYPASS, BS_ALU_CFG={}, BS_MUL_CFG={}, BS_RELUX_CMP_VALUE={})
+  cfg = dict(BS_MUL_BYPASS=int(x.mul is None), BS_ALU_BYPASS=int(x.add is None), BS_RELU_BYPASS=int(not x.relu),
+             BS_RELUX_EN=int(x.clip is not None), BS_ALU_ALGO=2 if x.add is not None else 0)
+  return dict(BS_CFG=cfg, BS_ALU_CFG=dict(BS_ALU_OPERAND=fp32_bits(x.add)) if x.add is not None else {},
+              BS_MUL_CFG=dict(BS_MUL_OPERAND=fp16_bits(x.mul)) if x.mul is not None else {},
+              BS_RELUX_CMP_VALUE=dict(BS_RELUX_CMP_DAT=0 if x.clip is None else fp32_bits(x.clip)))
 
 @dataclass(frozen=True)
 class MatmulTile:
@@ -63,15 +106,34 @@ def plan_tiles(M:int, K:int, N:int, residual:bool=False) -> tuple[int, int]|str:
   return f"K={K}: not even {MIN_ROWS} rows and {N_ALIGN} kernels fit the CBUF"
 
 def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int, relu:bool=False,
-                clip:float|None=None) -> regs.Task:
+                clip:float|None=None, bs:XStageOp|None=None, ew:EwOperand|None=None) -> regs.Task:
   """The register writes of one tile. Offsets are bytes into the slots' buffers. `relu`: the BS stage's ReLU unit
   clamps negative results to 0 (ALU and MUL bypassed; rocket_fp16_ew_ppu.md §3.4 "native ReLU in any X-stage").
   `clip` (with relu): its ReLUX also clamps results above `clip` (ReLU6). ⚠ The ReLUX encoding (RELU_BYPASS 0,
   RELUX_EN 1, compare value an fp32 bit pattern in float mode) is inferred from the TRM and AB's encoding (§3.4), not
-  confirmed on hardware; this is the one place it is programmed."""
-  assert clip is None or relu, "ReLUX clamps after the ReLU"
+  confirmed on hardware; this is the one place it is programmed. `bs`: the whole BS stage instead of relu/clip.
+  `ew`: the EW stage combines the result with a per-pixel operand read through DPU_RDMA (conv-fed, §2.3)."""
+  assert bs is None or (not relu and clip is None), "relu/clip or bs, not both"
+  bs = bs if bs is not None else XStageOp(relu=relu, clip=clip)
   M, K, N = t.M, t.K, t.N
+  assert ew is None or M * 1 >= EW_MIN_PLANE_ATOMS, f"an EW task needs >= {EW_MIN_PLANE_ATOMS} output atoms per plane"
   w, addr = regs.write, regs.address
+  plane = M * 1 * 16                                     # bytes of one output surface (W=1, H=M atoms)
+  bs_regs = bs_fields(bs)
+  ew_cfg = (dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1) if ew is None else  # 0x383
+            dict(EW_DATA_MODE=1, EDATA_SIZE=EW_SIZE[ew.nbytes], EW_RELU_BYPASS=int(not ew.relu), EW_LUT_BYPASS=1, EW_OP_SRC=1,
+                 **EW_OPS[ew.op]))
+  # DPU_RDMA: not fed without an EW operand (MRDMA and ERDMA disabled: leaving MRDMA armed hangs, §6.B, the MRDMA
+  # trap); with one, MRDMA and ERDMA share it (COMB_USE 5): surfaces at the operand base, ERDMA one surface further,
+  # both stepping two surfaces (notch = one plane), EW_SURF_STRIDE one plane (the emulator's _ew_plan, §2.3)
+  rdma = [w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, MRDMA_DISABLE=1), w("DPU_RDMA", "ERDMA_CFG", ERDMA_DISABLE=1),
+          w("DPU_RDMA", "SRC_BASE_ADDR"), w("DPU_RDMA", "EW_BASE_ADDR"), w("DPU_RDMA", "EW_SURF_STRIDE"),
+          w("DPU_RDMA", "SURF_NOTCH"), w("DPU_RDMA", "EW_SURF_NOTCH")] if ew is None else [
+          w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, COMB_USE=EW_COMB_USE, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
+          w("DPU_RDMA", "ERDMA_CFG", ERDMA_DATA_MODE=1, ERDMA_DATA_SIZE=EW_SIZE[ew.nbytes]),
+          addr("DPU_RDMA", "SRC_BASE_ADDR", ew.slot, ew.off), addr("DPU_RDMA", "EW_BASE_ADDR", ew.slot, ew.off + plane),
+          w("DPU_RDMA", "EW_SURF_STRIDE", EW_SURF_STRIDE=plane), w("DPU_RDMA", "SURF_NOTCH", SURF_NOTCH_ADDR=plane),
+          w("DPU_RDMA", "EW_SURF_NOTCH", EW_SURF_NOTCH=plane)]
   e: list = [
     w("DPU", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
     w("DPU_RDMA", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
@@ -114,30 +176,24 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),
     w("DPU", "DATA_CUBE_NOTCH_ADDR"),
     w("DPU", "DATA_CUBE_CHANNEL", ORIG_CHANNEL=N - 1, CHANNEL=N - 1),
-    w("DPU", "BS_CFG", **(BS_BN_BYPASS if not relu else BS_RELU_ONLY | dict(BS_RELUX_EN=int(clip is not None)))),
-    w("DPU", "BS_ALU_CFG"), w("DPU", "BS_MUL_CFG"),
-    w("DPU", "BS_RELUX_CMP_VALUE", BS_RELUX_CMP_DAT=0 if clip is None else int(np.float32(clip).view(np.uint32))),
+    *[w("DPU", reg, **f) for reg, f in bs_regs.items()],
     w("DPU", "BS_OW_CFG", SIZE_E_2=SIZE_E_FP32_OUT, SIZE_E_1=SIZE_E_FP32_OUT, SIZE_E_0=SIZE_E_FP32_OUT, OD_BYPASS=1),
     w("DPU", "BS_OW_OP"),
     w("DPU", "WDMA_SIZE_0", CHANNEL_WDMA=N - 1),
     w("DPU", "WDMA_SIZE_1", HEIGHT_WDMA=M - 1, WIDTH_WDMA=0),
     w("DPU", "BN_CFG", **{k.replace("BS_", "BN_"): x for k, x in BS_BN_BYPASS.items()}),
     w("DPU", "BN_ALU_CFG"), w("DPU", "BN_MUL_CFG"), w("DPU", "BN_RELUX_CMP_VALUE"),
-    w("DPU", "EW_CFG", EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1),  # 0x383
+    w("DPU", "EW_CFG", **ew_cfg),
     w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE"),
     w("DPU", "OUT_CVT_OFFSET"), w("DPU", "OUT_CVT_SCALE", OUT_CVT_SCALE=ONE_SCALE), w("DPU", "OUT_CVT_SHIFT"),
     w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * ATOMS_FP32_OUT),
     w("DPU", "UNDOC_40C4"),
-    # DPU_RDMA: not fed (MRDMA disabled, ERDMA disabled) - leaving MRDMA armed hangs (§6.B, the MRDMA trap)
     w("DPU_RDMA", "DATA_CUBE_WIDTH", WIDTH=0),
     w("DPU_RDMA", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),
     w("DPU_RDMA", "DATA_CUBE_CHANNEL", CHANNEL=N - 1),
-    w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, MRDMA_DISABLE=1),
-    w("DPU_RDMA", "ERDMA_CFG", ERDMA_DISABLE=1),
-    w("DPU_RDMA", "BRDMA_CFG"), w("DPU_RDMA", "NRDMA_CFG"), w("DPU_RDMA", "SRC_BASE_ADDR"),
-    w("DPU_RDMA", "BS_BASE_ADDR"), w("DPU_RDMA", "BN_BASE_ADDR"), w("DPU_RDMA", "EW_BASE_ADDR"),
-    w("DPU_RDMA", "EW_SURF_STRIDE"), w("DPU_RDMA", "SRC_DMA_CFG"), w("DPU_RDMA", "SURF_NOTCH"), w("DPU_RDMA", "PAD_CFG"),
-    w("DPU_RDMA", "EW_SURF_NOTCH"),
+    *rdma,
+    w("DPU_RDMA", "BRDMA_CFG"), w("DPU_RDMA", "NRDMA_CFG"), w("DPU_RDMA", "BS_BASE_ADDR"), w("DPU_RDMA", "BN_BASE_ADDR"),
+    w("DPU_RDMA", "SRC_DMA_CFG"), w("DPU_RDMA", "PAD_CFG"),
     w("DPU_RDMA", "WEIGHT", E_WEIGHT=1, N_WEIGHT=1, B_WEIGHT=1, M_WEIGHT=1),
   ]
   return regs.Task(e, regs.MESA_CONV_ENABLE)
