@@ -75,6 +75,22 @@ def bound_dot(p:Precision, S, n:int, amax:float):
   e_acc = gamma(max(n-1, 0), p.u_acc) * (S*(1+u)**2 + n*(eta*(1+u)*amax + eta*eta))
   return e_in + e_acc + _out(p, S + e_in + e_acc)
 
+def bound_dot_chunked(p:Precision, S, n:int, amax:float, chunk:int, chunks:int):
+  """bound_dot for a sum of n products split over tasks (a contraction whose K does not fit one task): each task sums
+  at most `chunk` products in fp32, and the chunks' fp32 partial sums are added one after the other in fp32 (task j's
+  EW add of task j-1's partial, rocket_fp16_ew_ppu.md §2.3, §7.3; partials are stored as fp32, exactly). Operand
+  rounding as in bound_dot. Any summation order satisfies |computed - exact| <= sum_i gamma(t_i) |x_i|, t_i the
+  number of rounded additions product i goes through (Higham, Accuracy and Stability of Numerical Algorithms, 2nd
+  ed., §4.2): within its task at most chunk - 1, then one per later chunk boundary, at most chunks - 1. So the
+  n-term gamma(n-1) of bound_dot becomes gamma(min(n-1, chunk-1 + chunks-1)): the bound still grows with n, through
+  the chunk length and the number of chunk boundaries."""
+  S = np.asarray(S, dtype=np.float64)
+  u, eta = p.u_in, p.eta_in
+  e_in = (2*u + u*u)*S + n*(eta*(1+u)*amax + eta*eta)
+  depth = min(n - 1, (chunk - 1) + (chunks - 1))
+  e_acc = gamma(max(depth, 0), p.u_acc) * (S*(1+u)**2 + n*(eta*(1+u)*amax + eta*eta))
+  return e_in + e_acc + _out(p, S + e_in + e_acc)
+
 def bound_matmul(p:Precision, A, B):
   A, B = _f64(A, B)
   amax = (np.abs(A).max(initial=0) + np.abs(B).max(initial=0))

@@ -39,12 +39,15 @@ EW_MIN_PLANE_ATOMS = 12
 class EwOperand:
   """A per-pixel operand the DPU's EW stage combines with the task's result: result `op` operand (sub: result minus
   operand). The operand is a cube shaped like the output tile (C=N, H=M, W=1) in NC1HWC2 with `nbytes` per element
-  (2: fp16, 4: fp32 partials, §7.3), surfaces back to back at byte `off` of `slot`. `relu`: the EW ReLU after the op."""
+  (2: fp16, 4: fp32 partials, §7.3), surfaces back to back at byte `off` of `slot`. `relu`: the EW ReLU after the op;
+  `clip` (with relu): its ReLUX also clamps results above `clip`. ⚠ The EW ReLUX (EW_RELUX_EN, compare value an fp32
+  bit pattern) is inferred like the BS one (matmul_task), from the TRM field names, not confirmed on hardware."""
   op: str
   slot: int
   off: int
   nbytes: int = 2
   relu: bool = False
+  clip: float|None = None
 
 @dataclass(frozen=True)
 class XStageOp:
@@ -122,7 +125,8 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
   bs_regs = bs_fields(bs)
   ew_cfg = (dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1) if ew is None else  # 0x383
             dict(EW_DATA_MODE=1, EDATA_SIZE=EW_SIZE[ew.nbytes], EW_RELU_BYPASS=int(not ew.relu), EW_LUT_BYPASS=1, EW_OP_SRC=1,
-                 **EW_OPS[ew.op]))
+                 EW_RELUX_EN=int(ew.clip is not None), **EW_OPS[ew.op]))
+  assert ew is None or ew.clip is None or ew.relu, "the EW ReLUX clamps after the EW ReLU"
   # DPU_RDMA: not fed without an EW operand (MRDMA and ERDMA disabled: leaving MRDMA armed hangs, §6.B, the MRDMA
   # trap); with one, MRDMA and ERDMA share it (COMB_USE 5): surfaces at the operand base, ERDMA one surface further,
   # both stepping two surfaces (notch = one plane), EW_SURF_STRIDE one plane (the emulator's _ew_plan, §2.3)
@@ -184,7 +188,7 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "BN_CFG", **{k.replace("BS_", "BN_"): x for k, x in BS_BN_BYPASS.items()}),
     w("DPU", "BN_ALU_CFG"), w("DPU", "BN_MUL_CFG"), w("DPU", "BN_RELUX_CMP_VALUE"),
     w("DPU", "EW_CFG", **ew_cfg),
-    w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE"),
+    w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE", **({} if ew is None or ew.clip is None else dict(EW_RELUX_CMP_DAT=fp32_bits(ew.clip)))),
     w("DPU", "OUT_CVT_OFFSET"), w("DPU", "OUT_CVT_SCALE", OUT_CVT_SCALE=ONE_SCALE), w("DPU", "OUT_CVT_SHIFT"),
     w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * ATOMS_FP32_OUT),
     w("DPU", "UNDOC_40C4"),

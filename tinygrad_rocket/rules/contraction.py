@@ -29,8 +29,10 @@ from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, PExpr, SCRATCH, PEXPR_OPS
-from tinygrad_rocket.ops.layout import align
-from tinygrad_rocket.ops.matmul import MatmulTile, matmul_task, plan_tiles, K_ALIGN
+from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
+from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
+                                        CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
+from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S
 
 
 def _walk(e):
@@ -213,31 +215,80 @@ class Grid:
     return Copy(None if src is None else src.slot, FLOATS[src.dtype] if src is not None else "float64", dst, "float16",
                 self.grid, tuple(self.vars), src_index, pad(dst_index), tuple(bounds), fill, value, params)
 
+# Planning a K split: the modeled NPU time of rules/conv.py (the emulator's cost model, emu/cost.py, at mainline's clock)
+KC_MAX = MAX_KERNEL_BYTES // 2   # fp16 K columns of one kernel within one CBUF bank (rocket_fp16_ew_ppu.md §1.6)
+
+def _split_seconds(rows:int, kc:int, n_t:int, n_k:int, tiles:int) -> float:
+  """Modeled NPU time of `tiles` output tiles of rows x n_t, each n_k tasks of kc columns: MAC cycles (one 16-kernel x
+  32-channel tile per row and cycle) against each task's DMA (its A and B chunks, the fp32 partial it writes, and but
+  for the first the partial it reads), plus the per-task overhead."""
+  cycles = rows * (kc // K_ALIGN) * (n_t // N_ALIGN) / LAYOUT_CLOCK_HZ
+  io = rows * kc * 2 + n_t * kc * 2 + rows * n_t * 4
+  tile = max(cycles, io / DMA_BYTES_PER_S) + (n_k - 1) * max(cycles, (io + rows * n_t * 4) / DMA_BYTES_PER_S)
+  return tiles * tile + (tiles * n_k - 1) * PER_TASK_OVERHEAD_S
+
+def plan_k_split(M:int, K:int, N:int, residual:bool, batches:int) -> tuple[int, int, int]|str:
+  """(rows, kernels, K columns) per task when K does not fit one task (plan_tiles): K in n_k chunks of kc columns (a
+  multiple of K_ALIGN), each chunk a task whose DPU adds the previous chunk's fp32 partial (EW ADD of a 32-bit
+  per-pixel operand, rocket_fp16_ew_ppu.md §2.3, §7.3). A task's weights take at most one bank per kernel and its
+  feature and weights fit the CBUF together (GN's budget, as plan_tiles); it has at least EW_MIN_PLANE_ATOMS rows
+  (the EW stage's plane floor, §6.C). Of those tilings the one with the lowest modeled NPU time within MAX_TASKS;
+  smaller chunks give bigger tiles (fewer tasks) but more partial-sum traffic. `residual`: every task's tile carries
+  n_t more K columns (plan_tiles)."""
+  best: tuple[float, int, int, int]|None = None
+  for n_t in dict.fromkeys((align(N, N_ALIGN), 512, 256, 128, 64, 32, 16)):
+    if n_t > align(N, N_ALIGN): continue
+    Kp = align(K + (n_t if residual else 0), K_ALIGN)
+    kcs = dict.fromkeys(align(ceil_div(Kp, n_k), K_ALIGN) for n_k in range(ceil_div(Kp, KC_MAX), Kp // K_ALIGN + 1))
+    for kc in kcs:
+      wb = ceil_div(n_t * kc * 2, CBUF_BANK_BYTES)
+      if wb >= CBUF_BANKS: continue
+      rows = min((CBUF_BANKS - wb) * CBUF_BANK_BYTES // (kc * 2), MAX_ROWS) // MIN_ROWS * MIN_ROWS
+      rows = min(rows, align(max(M, EW_MIN_PLANE_ATOMS), MIN_ROWS))
+      if rows < EW_MIN_PLANE_ATOMS: continue
+      n_k, tiles = ceil_div(Kp, kc), batches * ceil_div(M, rows) * ceil_div(N, n_t)
+      if tiles * n_k > MAX_TASKS: continue
+      t = _split_seconds(rows, kc, n_t, n_k, tiles)
+      if best is None or t < best[0]: best = (t, rows, n_t, kc)
+  if best is None: return f"K={K} split over tasks: no tiling of {EW_MIN_PLANE_ATOMS}+ rows fits the CBUF within {MAX_TASKS} tasks"
+  return best[1:]
+
 def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   c = match(nest)
   if isinstance(c, NotApplicable): return c
   sz = nest.ranges
   M, N, K = (math.prod(sz[r] for r in ds) for ds in (c.m_dims, c.n_dims, c.k_dims))
   K_r = K + (c.epilogue is not None)  # the epilogue's intercept is one more K column; the residual block follows it
-  plan = plan_tiles(M, K_r, N, residual=c.residual is not None)
-  if isinstance(plan, str): return NotApplicable(plan)
-  rows, n_t = plan
-  K_eff = K_r + (n_t if c.residual is not None else 0)
-  Kp = align(K_eff, K_ALIGN)
-  m_tiles, n_tiles = -(-M // rows), -(-N // n_t)
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
-  if (ntasks := len(batches) * m_tiles * n_tiles) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
-  tile = MatmulTile(rows, Kp, n_t)
-  a_f, b_w, c_f = tile.a, tile.b, tile.c
+  plan = plan_tiles(M, K_r, N, residual=c.residual is not None)
+  if isinstance(plan, str):  # K does not fit one task: chunks of kc columns, partial sums accumulated on the NPU
+    split = plan_k_split(M, K_r, N, c.residual is not None, len(batches))
+    if isinstance(split, str): return NotApplicable(split)
+    rows, n_t, kc = split
+  else: (rows, n_t), kc = plan, None
+  K_eff = K_r + (n_t if c.residual is not None else 0)
+  kc = kc or align(K_eff, K_ALIGN)
+  n_k = ceil_div(K_eff, kc)
+  Kp = n_k * kc      # A and B hold n_k chunks of kc columns; columns past K_eff are zero
+  m_tiles, n_tiles = -(-M // rows), -(-N // n_t)
+  tiles = len(batches) * m_tiles * n_tiles
+  if (ntasks := tiles * n_k) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
+  tile = MatmulTile(rows, kc, n_t)   # one task: one chunk of K
+  a_f, c_f = Feature(Kp, rows, 1, 2), tile.c
+  b_w = Weights(n_t, Kp, 1, 1, "float16")
   a_sz, b_sz, c_sz = a_f.nbytes, b_w.elems * 2, c_f.nbytes
   # scratch: A tiles (per batch, m tile, and n tile when a residual fills columns per n tile), B tiles (per batch, n
-  # tile), C tiles (per batch, m tile, n tile)
+  # tile), C tiles (per batch, m tile, n tile; with a K split a second set for the partials, ping-pong)
   a_per_n = n_tiles if c.residual is not None else 1
-  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, c_sz * len(batches) * m_tiles * n_tiles)
+  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, c_sz * tiles * (2 if n_k > 1 else 1))
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
   ng, kg = b_w.group
-  st = b_w.grid_strides()
+  # B tile: n_k chunks, each a Weights(n_t, kc) = (N1, kc/32, 16, 32) block: a task's weights are contiguous.
+  # grid (n_k, N1, kc/32, 16, 32): n = n0 + 16*n1 + n2, k = kc*chunk + 32*k1 + k2
+  b_grid = (n_k, b_w.oc_padded // ng, kc // kg, ng, kg)
+  b_st = (b_w.oc_padded * kc, kc * ng, ng * kg, kg, 1)
+  b_col = lambda k: (k // kc) * b_st[0] + (k % kc) // kg * b_st[2] + k % kg   # element of column k in kernel 0
   tasks, pack, unpack = [], [], []
   for bi, bvals in enumerate(batches):
     fixed = dict(zip(c.batch_dims, bvals))
@@ -254,7 +305,8 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       if c.epilogue_side == side: return g.copy(None, dst, index, fill=None, value=("intercept", g.pexpr(c.epilogue)), params=params)
       return g.copy(None, dst, index, fill=1.0)
     for mt, an in itertools.product(range(m_tiles), range(a_per_n)):
-      # A tile: Feature(K, rows, 1) fp16 = grid (K1, rows, 8): k = 8*k1 + k2, m = m0 + row
+      # A tile: Feature(Kp, rows, 1) fp16 = grid (K1, rows, 8): k = 8*k1 + k2, m = m0 + row; a chunk of kc columns is
+      # kc/8 whole surfaces, so chunk j is the cube Feature(kc, rows, 1) at surface j*kc/8
       off = ((bi * m_tiles + mt) * a_per_n + an) * a_f.elems
       g = Grid((a_f.c1, rows, a_f.c2), sz, fixed)
       g.linear((a_f.c2, 0, 1), 0, c.k_dims, K); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
@@ -271,26 +323,34 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         idx[0], idx[k1], idx[k2] = a_f.c2, rows * a_f.c2, 1
         pack.append(g.copy(c.residual, A, Lin(tuple(idx), off)))
     for nt in range(n_tiles):
-      # B tile: Weights(n_t, Kp) = grid (N1, K1, 16, 32): n = n0 + 16*n1 + n2, k = 32*k1 + k2 (1x1 taps)
       off = (bi * n_tiles + nt) * b_w.elems
-      g = Grid((b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg), sz, fixed)
-      g.linear((0, kg, 0, 1), 0, c.k_dims, K); g.linear((ng, 0, 1, 0), nt * n_t, c.n_dims, N)
-      pack.append(operand(c.b, "b", g, B, Lin(st[:2] + st[4:], off)))
+      g = Grid(b_grid, sz, fixed)
+      g.linear((kc, 0, kg, 0, 1), 0, c.k_dims, K); g.linear((0, ng, 0, 1, 0), nt * n_t, c.n_dims, N)
+      pack.append(operand(c.b, "b", g, B, Lin(b_st, off)))
       if c.epilogue is not None:
-        g = Grid((b_w.oc_padded // ng, ng), sz, fixed)
+        g = Grid(b_grid[1:4:2], sz, fixed)
         g.linear((ng, 1), nt * n_t, c.n_dims, N)
-        pack.append(column("b", g, B, Lin((st[0], st[4]), off + (K // kg) * st[1] + K % kg)))
+        pack.append(column("b", g, B, Lin((b_st[1], b_st[3]), off + b_col(K))))
       if c.residual is not None:  # an identity block: kernel j has 1 at channel K_r + j
-        g = Grid((b_w.oc_padded // ng, ng), sz, fixed)
-        k1, k2 = g.var(Var((ng, 1), K_r, kg)), g.var(Var((ng, 1), K_r, 1, kg))
+        g = Grid(b_grid[1:4:2], sz, fixed)
+        ch, k1, k2 = (g.var(Var((ng, 1), K_r, d, m)) for d, m in ((kc, 0), (kg, kc // kg), (1, kg)))
         idx = [0] * g.nvals
-        idx[0], idx[1], idx[k1], idx[k2] = st[0], st[4], st[1], 1
+        idx[0], idx[1], idx[ch], idx[k1], idx[k2] = b_st[1], b_st[3], b_st[0], b_st[2], 1
         pack.append(g.copy(None, B, Lin(tuple(idx), off), fill=1.0))
     for mt, nt in itertools.product(range(m_tiles), range(n_tiles)):
       a_off = ((bi * m_tiles + mt) * a_per_n + (nt if a_per_n > 1 else 0)) * a_sz
       b_off = (bi * n_tiles + nt) * b_sz
       ci = (bi * m_tiles + mt) * n_tiles + nt
-      tasks.append(matmul_task(tile, A, a_off, B, b_off, C, ci * c_sz, relu=c.relu, clip=c.clip))
+      # chunk j's task adds the partial of chunks < j (an fp32 per-pixel EW operand) and writes the sum; the partials
+      # alternate between the tile's two buffers (in-place accumulation corrupts, rocket_fp16_ew_ppu.md §2.3/§6) so
+      # that the last task writes the result tile. ReLU/clip: on the last task after the add (the EW ReLU; the BS
+      # stage's would act before it); the affine epilogue and the residual are K columns, in the sums like products.
+      dst = lambda j: (ci + (tiles if (n_k - 1 - j) % 2 else 0)) * c_sz
+      for j in range(n_k):
+        last = j == n_k - 1
+        ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
+        tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * 2, C, dst(j),
+                                 relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None, ew=ew))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
       g = Grid((c_f.c1, rows, c_f.c2), sz, fixed)
       g.linear((c_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
@@ -299,5 +359,6 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                          Lin((rows * c_f.c2, c_f.c2, 1), ci * c_f.elems), cp.dst_index, cp.bounds, fill=None))
   fused = "".join(x for x, on in ((" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
-  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{Kp}x{n_t}"
+  split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
+  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{kc}x{n_t}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)
