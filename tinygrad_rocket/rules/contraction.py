@@ -16,9 +16,16 @@ kernels, ResNet's skip connection) rides on the MAC array too: each tile's A get
 n_t x n_t identity block, so the sum gains exactly R[m, n] (R rounded to fp16 like any operand). ReLU runs in the
 DPU's BS stage. Any other epilogue (a non-affine function of the sum) is rejected with its reason, never dropped.
 
+K that does not fit one task (fp16 weights of one kernel beyond a 32 KiB CBUF bank, or no room for 4 rows and 16
+kernels next to each other) is split: K in chunks, one task per chunk (plan_k_split), and the partial sums accumulate
+on the NPU: task j's DPU adds task j-1's fp32 partial (a 32-bit per-pixel EW operand, rocket_fp16_ew_ppu.md §2.3,
+§7.3) and writes the sum to the other of two buffers (in-place accumulation corrupts, §2.3/§6). The epilogues stay in
+the job: the affine one and the residual are K columns like any other (summed in whichever chunk holds them), ReLU
+and clip run in the last task's EW stage after the add (the BS stage's ReLU would act before it, on a partial sum).
+
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 are exact), fp32 accumulation and fp32 out,
-then one rounding to the output dtype. An operand beyond fp16's range cannot be represented: that call takes the CPU
-path instead (checked when packing), never a wrong answer.
+then one rounding to the output dtype; a split K adds one fp32 rounding per chunk boundary. An operand beyond fp16's
+range cannot be represented: that call takes the CPU path instead (checked when packing), never a wrong answer.
 """
 from __future__ import annotations
 import itertools, math
