@@ -50,6 +50,7 @@ def _S(name, arrays):
   ("scale_shift", 3, 40000, 5, 1, "float32"),
   ("matmul", 23, 40000, 9, 1, "float16"),
   ("residual_relu", 11, 40000, 3, 2, "float32"),
+  ("residual_relu", 300, 17000, 100, 1, "float32"),  # 112-kernel tiles, chunks of 416: the identity block spans two
 ])
 def test_k_split_on_npu(name, M, K, N, B, dtype):
   fn, shapes, extra = CASES[name]
@@ -62,6 +63,7 @@ def test_k_split_on_npu(name, M, K, N, B, dtype):
   assert rec.engine == "npu" and m, rec.reason
   tasks, rows, kc, n_t, chunks, kc2 = map(int, m.groups())
   assert kc == kc2 and chunks >= 2 and 2 * kc <= MAX_KERNEL_BYTES and chunks * kc >= K
+  if (M, K) == (300, 17000): assert K // kc != (K + n_t - 1) // kc, "the residual's columns should span a chunk boundary"
   n, S = K + extra, _S(name, arrays)
   amax = sum(float(np.abs(a).max()) for a in arrays) + (3 if name == "scale_shift" else 0)
   bound = nm.bound_dot_chunked(nm.rocket(dtype), S, n, amax, kc, chunks) + nm.bound_dot(nm.cpu(dtype), S, n, amax)
@@ -160,3 +162,20 @@ def test_ew_add_then_relux_on_the_emulator():
   acc = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32)
   np.testing.assert_array_equal(out, np.minimum(np.maximum(acc + e, 0), np.float32(clip)))
   with pytest.raises(AssertionError, match="ReLUX"): matmul_task(t, 1, 0, 2, 0, 3, 0, ew=EwOperand("add", 4, 0, 4, clip=clip))
+
+def test_split_when_single_task_tiles_exceed_the_task_budget():
+  """K = 8000 fits one task, but only as 8-row x 16-kernel tiles: a 768x8000x768 matmul would take 4608 tasks (more
+  than MAX_TASKS, so it used to fall back); split over K it is 768x128x768 tiles, 63 tasks. Lowering only (the
+  numerics of the split path are the tests above)."""
+  from tinygrad_rocket.analysis import analyze
+  from tinygrad_rocket.rules.contraction import lower_contraction
+  from tinygrad_rocket._tg import Ops
+  r, n = plan_tiles(768, 8000, 768)
+  assert -(-768 // r) * -(-768 // n) > MAX_TASKS
+  lin, _ = (Tensor.empty(768, 8000, device="ROCKET") @ Tensor.empty(8000, 768, device="ROCKET")).linear_with_vars()
+  (k,) = [c.src[0] for c in lin.src if c.src[0].op is Ops.SINK]
+  nest = analyze(k)
+  nest.precision = "default"
+  prg = lower_contraction(nest)
+  m = SPLIT.search(prg.summary)
+  assert m and int(m.group(1)) <= MAX_TASKS, prg.summary

@@ -268,7 +268,9 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   K_r = K + (c.epilogue is not None)  # the epilogue's intercept is one more K column; the residual block follows it
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
   plan = plan_tiles(M, K_r, N, residual=c.residual is not None)
-  if isinstance(plan, str):  # K does not fit one task: chunks of kc columns, partial sums accumulated on the NPU
+  # K does not fit one task, or its tiles are too small to stay within MAX_TASKS (rows and kernels shrink as K grows):
+  # chunks of kc columns, partial sums accumulated on the NPU
+  if isinstance(plan, str) or len(batches) * ceil_div(M, plan[0]) * ceil_div(N, plan[1]) > MAX_TASKS:
     split = plan_k_split(M, K_r, N, c.residual is not None, len(batches))
     if isinstance(split, str): return NotApplicable(split)
     rows, n_t, kc = split
