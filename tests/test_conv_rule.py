@@ -155,9 +155,21 @@ def test_resnet_stem_fills_the_mac_array():
   loads = {ld.slot: ld for ld in nest.loads}
   cands, _ = conv_rule._candidates(nest, loads[1], loads[2], False)   # slot 1: the input, 2: the weights
   sz = nest.ranges
-  column_fold = [l for _, c in cands if c.ay.n_tap(sz) * c.ax.n_tap(sz) == 7 and len(c.channels) == 2
+  column_fold = [l for _, _, c in cands if c.ay.n_tap(sz) * c.ax.n_tap(sz) == 7 and len(c.channels) == 2
                  and not isinstance(l := conv_rule.layout(c, sz), str)]
   assert column_fold and conv_rule.npu_seconds(chosen) < min(conv_rule.npu_seconds(l) for l in column_fold)
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,groups", [
+  ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1), ((4, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1), ((2, 96, 56, 56), (96, 1, 3, 3), 2, 1, 96),
+  ((3, 8, 1, 300), (16, 8, 1, 5), 1, 0, 1)])
+def test_candidate_bounds_are_lower_bounds(x_shape, w_shape, stride, padding, groups):
+  """match() skips planning the candidates whose lower bound exceeds the best time found: sound only if every bound is
+  at most that candidate's npu_seconds."""
+  nest = _nest(x_shape, w_shape, stride, padding, groups)
+  loads = {ld.slot: ld for ld in nest.loads}
+  cands, _ = conv_rule._candidates(nest, loads[1], loads[2], False)
+  timed = [(bound, conv_rule.npu_seconds(l)) for _, bound, c in cands if not isinstance(l := conv_rule.layout(c, nest.ranges), str)]
+  assert timed and all(b <= t * (1 + 1e-12) for b, t in timed), [(b, t) for b, t in timed if b > t]
 
 @needs_counters
 def test_mobilenet_stem_at_the_lane_bound():

@@ -35,7 +35,7 @@ from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
-from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS
+from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES
 from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes
 from tinygrad_rocket.ops.program import entries, rebase, field_max
 
@@ -162,8 +162,9 @@ def _roles(nest:LoopNest, x:Load, w:Load) -> tuple[list[int], int|None, bool]|st
   if len(w_only) > 1: return "several kernel loops"
   return x_only, (shared or w_only or [None])[0], bool(shared)
 
-def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tuple, Conv]], list[str]]:
-  """Every assignment of loops to window axes that fits, with its score (smaller is better); why others do not."""
+def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
+  """Every assignment of loops to window axes that fits, with its tie-break key and a lower bound of its modeled NPU
+  time; why others do not."""
   roles = _roles(nest, x, w)
   if isinstance(roles, str): return [], [roles]
   x_only, kernel, dw = roles
@@ -194,7 +195,18 @@ def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tu
     n_img = math.prod(sz[r] for r in images)
     # ties in NPU time (`npu_seconds`) go to the smaller packed input: the CPU gathers it on every call
     cube = n_img * align(C, DW_GROUP if dw else CHANNEL_GROUP) * max(ay.extent(sz), MIN_ROWS) * ax.extent(sz) * IN_BYTES
-    found.append(((cube, n_img, abs(ax.step)), Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu)))
+    # a lower bound of npu_seconds, to skip planning candidates that cannot win: its sum of per-task maxima is at
+    # least the max of the sums; the weights are read at least once, every cube row at least once per image; a task
+    # holds at most CBUF_BANKS - 1 banks of weights (one is the input's) and as many of input rows
+    K = sz[kernel] if kernel is not None else 1
+    Cp, Kp = (align(C, DW_GROUP),) * 2 if dw else (align(C, CHANNEL_GROUP), align(K, KERNEL_GROUP))
+    pixels, taps = n_img * ay.n_out(sz) * ax.n_out(sz), ay.n_tap(sz) * ax.n_tap(sz)
+    cycles = pixels * taps * (Cp // DW_GROUP if dw else Cp // CHANNEL_GROUP * Kp // KERNEL_GROUP)
+    wbytes = taps * Cp * (1 if dw else Kp) * IN_BYTES
+    nbytes = cube + wbytes + pixels * ceil_div(Kp, c2(OUT_BYTES)) * ATOM_BYTES
+    tasks = n_img * max(1, ceil_div(max(wbytes, cube // n_img), (CBUF_BANKS - 1) * CBUF_BANK_BYTES))
+    bound = max(cycles / LAYOUT_CLOCK_HZ, nbytes / DMA_BYTES_PER_S) + (tasks - 1) * PER_TASK_OVERHEAD_S
+    found.append(((cube, n_img, abs(ax.step)), bound, Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu)))
   if not found and not why:
     why.append("no overlapping kernel windows and one output loop of the input: a matmul (the contraction rule's)")
   return found, why
@@ -277,7 +289,8 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
   # every candidate computes the same sums: the one with the lowest modeled NPU time that fits wins
   best, unfit = None, []
-  for key, c in sorted(found, key=lambda t: t[0]):
+  for key, bound, c in sorted(found, key=lambda t: (t[1], t[0])):
+    if best is not None and bound > best[0][0]: break
     l = layout(c, nest.ranges)
     if isinstance(l, str): unfit.append(l); continue
     score = (npu_seconds(l), *key)
