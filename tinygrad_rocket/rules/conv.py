@@ -15,11 +15,12 @@ Matching reads the conv off the affine index maps (analysis.py). The kernel is [
     writes zero wherever the padding predicate fails, so the NPU convolves an unpadded cube (PAD_CON0 = 0, which also
     sidesteps the per-lane pad-value quirk, rocket_fp16_ew_ppu.md §6.C).
 Every assignment of loops to roles that the predicates allow computes the same sums; the one whose tasks fit and have
-the lowest modeled NPU time at mainline rocket's 200 MHz clock wins (`npu_seconds`: MAC-array cycles against the DMA of
-input, weights and output, plus per-task overhead; a 3-channel input folds taps into its channels, which fills the
-32-channel groups: all 49 taps of ResNet-18's 7x7 stem, 147 of 160 lanes). Without overlapping windows a convolution is a matmul: taken here only
-when the input has two or more output loops of its own (1x1 and patch conv2d, conv1d of several images); matmuls and
-a conv1d 1x1 of one image are left to the contraction rule, as is anything else that does not fit, with the reason.
+the lowest modeled NPU time at mainline rocket's 200 MHz clock wins (`npu_seconds`: MAC-array cycles against the DMA
+of input, weights and output, plus per-task overhead; a 3-channel input folds taps into its channels, which fills the
+32-channel groups: all 49 taps of ResNet-18's 7x7 stem, 147 of 160 lanes). Without overlapping windows a convolution
+is a matmul: taken here only when the input has two or more output loops of its own (1x1 and patch conv2d, conv1d of
+several images); matmuls and a conv1d 1x1 of one image are left to the contraction rule, as is anything else that does
+not fit, with the reason.
 
 Work that does not fit the CBUF is split into output-row bands (ops.conv.row_split) and, when the weights are large,
 into chunks of kernels; each image of a batch is its own set of tasks.
