@@ -28,7 +28,7 @@ from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, SCRATCH
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast
 from tinygrad_rocket.rules.contraction import Grid, _relu_clip
-from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
+from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
                                         EW_MIN_PLANE_ATOMS)
 
