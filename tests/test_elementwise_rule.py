@@ -153,3 +153,44 @@ def test_nonfinite_operands_take_the_c_code():
   y = np.arange(6, dtype=np.float32)
   r = (Tensor(x, device="ROCKET") * Tensor(y, device="ROCKET") + 1).numpy()
   np.testing.assert_array_equal(r, x * y + 1)
+
+# ---- lookup-table activations: a function of one operand tabulated for the DPU's LUT (ops/lut.py) --------------------
+# A priori ceiling of a gate table's error (docs/lut.md measures 1.1e-4 to 1.5e-4 for sigmoid and the GELU gates over
+# every fp16 input): two LUT quanta (2 * 2^-15) plus the input-rounding term max|f'(x) x| u16 <= 0.23 * u16 for the
+# logistic gates. The test also checks the error each kernel states against this ceiling, so a mis-measured table
+# cannot pass by inflating its own bound.
+E_GATE = 2 * 2.0 ** -15 + 0.23 * U16
+
+LUT_CASES = {   # name: (fn, bound(x64) of |ROCKET - exact|: table error, fp16 rounding of the table's output and of x)
+  "sigmoid": (lambda t: t.sigmoid(), lambda x: E_GATE + U16 + ETA16),
+  "tanh": (lambda t: t.tanh(), lambda x: 2 * (E_GATE + U16) + ETA16),                       # 2 sigmoid(2x) - 1
+  "silu": (lambda t: t.silu(), lambda x: np.abs(x) * (E_GATE + 3 * U16) + ETA16),           # x * sigmoid(x)
+  "gelu": (lambda t: t.gelu(), lambda x: np.abs(x) * (E_GATE + 3 * U16) + ETA16),           # x * sigmoid(2u(x))
+  "1-sigmoid": (lambda t: 1 - t.sigmoid(), lambda x: E_GATE + U16 + ETA16),
+}
+
+@pytest.mark.parametrize("name", list(LUT_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_lut_activations(name, dtype):
+  fn, bound = LUT_CASES[name]
+  x = np.concatenate([np.linspace(-12, 12, 997), np.random.default_rng(5).standard_normal(300) * 4, [0.0, -0.0, 1e-6, -1e-6]]).astype(dtype)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = fn(Tensor(x, device="ROCKET")).numpy().astype(np.float64)
+  c = fn(Tensor(x, device="CPU")).numpy().astype(np.float64)
+  recs = [rec for rec in report.records() if "lut(" in rec.reason]
+  assert recs, report.records()
+  stated = [float(w.split("error ")[1].split(")")[0]) for rec in recs for w in rec.reason.split("lut(")[1:]]
+  assert all(e <= E_GATE for e in stated), stated
+  x64 = x.astype(np.float64)
+  cpu = (8 * U16 * (np.abs(c) + np.abs(x64)) if dtype == "float16" else 8 * U32 * (np.abs(c) + np.abs(x64)))
+  out_round = U16 * np.abs(c) if dtype == "float16" else 0
+  err, b = np.abs(r - c), bound(x64) + cpu + out_round
+  assert (err <= b).all(), f"{name}: err {err.max():.3g} at x={x[np.argmax(err - b)]}, bound {b[np.argmax(err - b)]:.3g}"
+  assert err.max() > 0   # the table really ran (the C code would be exact to the CPU's rounding)
+
+def test_functions_without_an_exact_table_fall_back():
+  """exp has no table exact on every input (its range is unbounded and nothing checks the operand at run time)."""
+  report.reset()
+  Tensor(np.linspace(-3, 3, 64).astype(np.float32), device="ROCKET").exp().realize()
+  rec = report.records()[-1]
+  assert rec.engine == "fallback" and "EXP2" in rec.reason

@@ -20,6 +20,7 @@ tiles that fit the CBUF.
 """
 from __future__ import annotations
 import math
+import numpy as np
 from dataclasses import dataclass, field
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops
@@ -29,9 +30,16 @@ from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, SCRATCH
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast
 from tinygrad_rocket.rules.contraction import Grid, _relu_clip
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
+from tinygrad_rocket.ops.elementwise import FLYING_ENABLE
+from tinygrad_rocket.ops.lut import LutTable, make_table, lut_programs
+from tinygrad_rocket.ops.program import entries, rebase
 from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
                                         EW_MIN_PLANE_ATOMS)
 
+# Intervals tried when a function of one operand is tabulated for the DPU lookup table (ops/lut.py): a table is taken
+# only if its measured error bound holds on the whole real line (its tails extrapolate exactly), since nothing checks
+# at run time that the operand stays inside an interval.
+LUT_INTERVALS = ((-16.0, 16.0), (-8.0, 8.0))
 LANES = 16             # elements per output pixel: one 16-kernel group (fp16 N alignment, rocket_fp16_ew_ppu.md §1.6)
 FP16_MAX = 65504.0     # a coefficient beyond it is inf in the fp16 weights
 
@@ -70,7 +78,11 @@ class Stage:
   relu: bool = False
   clip: float|None = None         # with relu: the ReLUX clamp at clip
   ew_op: str|None = None
-  operand: Load|int|None = None   # a load (packed fp16) or an earlier stage (its fp32 result)
+  operand: Load|int|None = None   # a load (packed fp16) or an earlier stage (its result)
+  lut: tuple[Load, LutTable]|None = None  # instead: a DPU-only lookup-table task of one load, fp16 result
+
+  @property
+  def out_bytes(self) -> int: return 2 if self.lut is not None else 4
 
 @dataclass
 class Compiler:
@@ -164,7 +176,41 @@ class Compiler:
     if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
     if op is Ops.NEG: return self.mul(self.value(src[0]), Linear(const=-1.0))
     if op is Ops.MAX: return self.max(self.value(src[0]), self.value(src[1]))
-    raise Unsupported(f"{op.name} (no DPU lowering for it here)")
+    if (t := self.table(e)) is not None: return t
+    raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
+
+  def table(self, e:Alu) -> Computed|None:
+    """e as a lookup table of its only operand, if it has one and some interval gives a table exact on every input."""
+    loads = {ld for ld in _loads(e)}
+    if len(loads) != 1: return None
+    ld = loads.pop()
+    if ld.dtype not in FLOATS or ld.valid: return None
+    for lo, hi in LUT_INTERVALS:
+      t = make_table(lambda x: _eval(e, ld, x), lo, hi, name=e.op.name.lower())
+      if isinstance(t, LutTable) and t.domain == (-math.inf, math.inf): return self.stage(Stage(Linear(), lut=(ld, t)))
+    return None
+
+def _loads(e) -> list[Load]:
+  if isinstance(e, Load): return [e]
+  return [ld for s in e.src for ld in _loads(s)] if isinstance(e, Alu) else []
+
+_NP_UNARY = {Ops.EXP2: np.exp2, Ops.LOG2: np.log2, Ops.SQRT: np.sqrt, Ops.SIN: np.sin, Ops.RECIPROCAL: lambda x: 1.0 / x,
+             Ops.NEG: np.negative, Ops.TRUNC: np.trunc}
+_NP_BINARY = {Ops.ADD: np.add, Ops.SUB: np.subtract, Ops.MUL: np.multiply, Ops.MAX: np.maximum, Ops.CMPLT: np.less,
+              Ops.CMPNE: np.not_equal, Ops.FDIV: np.divide}
+
+def _eval(e, ld:Load, x:np.ndarray) -> np.ndarray:
+  """e in float64 with the load's value x (what the table tabulates)."""
+  if isinstance(e, Load): return x
+  if isinstance(e, Const): return np.full_like(x, float(e.value))
+  if isinstance(e, Alu):
+    v = [_eval(s, ld, x) for s in e.src]
+    with np.errstate(all="ignore"):
+      if e.op is Ops.CAST: return v[0] if e.dtype in FLOATS or e.dtype.name == "bool" else np.trunc(v[0])
+      if e.op in _NP_UNARY: return _NP_UNARY[e.op](v[0])
+      if e.op in _NP_BINARY: return _NP_BINARY[e.op](v[0], v[1]).astype(np.float64)
+      if e.op is Ops.WHERE: return np.where(v[0] != 0, v[1], v[2])
+  raise Unsupported(f"{getattr(e, 'op', e)} in a tabulated function")
 
 def compile_stages(nest:LoopNest) -> list[Stage]|str:
   c = Compiler()
@@ -201,6 +247,7 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   ng, kg = b_w.group
   st = b_w.grid_strides()
   for si, s in enumerate(stages):
+    if s.lut is not None: continue
     # B: kernel j is coefficient c_i at channel 16*i + j (an identity block per source), zero elsewhere
     g = Grid((b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg), sz, {})
     dst = Lin(st[:2] + st[4:], si * b_w.elems)
@@ -212,6 +259,13 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   for t in range(tiles):
     for si, s in enumerate(stages):
       a_off = (t * len(stages) + si) * per_tile
+      c_off = (t * len(stages) + si) * c_sz
+      if s.lut is not None:   # x packed as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
+        ld, table = s.lut
+        pack.append(_gather(nest, ld, A, a_off, rows, t, n))
+        tasks += [regs.Task(entries(rebase(p, {A: a_off, C: c_off})), FLYING_ENABLE)
+                  for p in lut_programs(rows * LANES, table, {"input": A, "output": C})]
+        continue
       for i, (ld, _) in enumerate(s.main.terms):   # A columns 16*i + j of row r: source i at element 16*(row0 + r) + j
         pack.append(_gather(nest, ld, A, a_off + 2 * i * rows * 16, rows, t, n))   # source i: surfaces 2i, 2i+1
       if not s.main.terms:  # a constant stage: the CORE multiplies zeros
@@ -224,13 +278,13 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
         pack.append(_gather(nest, s.operand, A, e_off, rows, t, n))
         ew = EwOperand(s.ew_op, A, e_off, 2)
       elif s.operand is not None:
-        ew = EwOperand(s.ew_op, C, (t * len(stages) + s.operand) * c_sz, 4)
+        ew = EwOperand(s.ew_op, C, (t * len(stages) + s.operand) * c_sz, stages[s.operand].out_bytes)
       bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
-      tasks.append(matmul_task(tile, A, a_off, B, si * b_sz, C, (t * len(stages) + si) * c_sz, bs=bs, ew=ew))
-  unpack = tuple(_scatter(nest, C, (t * len(stages) + len(stages) - 1) * c_sz, rows, t, n) for t in range(tiles))
+      tasks.append(matmul_task(tile, A, a_off, B, si * b_sz, C, c_off, bs=bs, ew=ew))
+  unpack = tuple(_scatter(nest, C, (t * len(stages) + len(stages) - 1) * c_sz, rows, t, n, stages[-1].out_bytes) for t in range(tiles))
   scratch = (tiles * len(stages) * per_tile, len(stages) * b_sz, tiles * len(stages) * c_sz)
-  ops = [f"{s.ew_op}" for s in stages if s.ew_op] + [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
-  summary = (f"elementwise over {n} elements: {len(stages)} stage(s) x {tiles} tile(s) of {rows}x{LANES} as conv-fed DPU "
+  ops = [f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
+  summary = (f"elementwise over {n} elements: {len(stages)} stage(s) x {tiles} tile(s) of {rows}x{LANES} as DPU "
              f"tasks (fp32 results{'; ' + ', '.join(ops) if ops else ''})")
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0)
 
@@ -249,10 +303,10 @@ def _gather(nest:LoopNest, ld:Load, dst:int, off:int, rows:int, tile:int, n:int)
   return Copy(cp.src, cp.src_dtype, cp.dst, cp.dst_dtype, cp.grid, cp.vars, cp.src_index, cp.dst_index, cp.bounds,
               fill=float(ld.pad) if ld.pad is not None else 0.0)
 
-def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int) -> Copy:
-  """A tile's fp32 result cube (16 channels, rows, 1) at byte `off` of `src` -> the kernel's output elements."""
-  f = Feature(LANES, rows, 1, 4)
+def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:int) -> Copy:
+  """A tile's result cube (16 channels, rows, 1; fp32 or a table's fp16) at byte `off` of `src` -> the kernel's output."""
+  f = Feature(LANES, rows, 1, nbytes)
   g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))
   cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
-  return Copy(src, "float32", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars, Lin((rows * f.c2, f.c2, 1), off // 4),
+  return Copy(src, "float32" if nbytes == 4 else "float16", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars, Lin((rows * f.c2, f.c2, 1), off // nbytes),
               cp.dst_index, cp.bounds, fill=None)
