@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from tinygrad_rocket.emu import programs as P
-from tinygrad_rocket.emu.descs import LUT_FIELDS
 from tinygrad_rocket.ops import lut as L
 from tinygrad_rocket.ops.program import entries, override, WRITES, Writes
 from tinygrad_rocket.ops.elementwise import FLYING_ENABLE
@@ -110,17 +109,17 @@ def test_program_uploads_first_and_tiles():
   x = np.linspace(-10, 10, 8 * L.LUT_MAX_COLS * 2 + 16).astype(np.float16)
   assert np.array_equal(run(t, x).view(np.uint16), t.model(x).astype(np.float16).view(np.uint16))
 
-# Every LUT register field the emulator reads (descs.LUT_FIELDS), with the tests whose outcome depends on it (kept here,
-# not in tests/test_emu_blocks.py::COVERAGE, until the LUT fields join descs.DECODED_FIELDS).
-FID = "tests/fidelity/test_lut_fidelity.py::"
+# Every LUT register field the emulator reads (descs.LUT_FIELDS), with the tests whose outcome depends on it: part of
+# tests/test_emu_blocks.py::COVERAGE, which checks them against descs.DECODED_FIELDS and that the tests exist.
+FID, HERE = "tests/fidelity/test_lut_fidelity.py::", "tests/test_lut.py::"
 LUT_COVERAGE = {
   **{("DPU", "LUT_CFG", f): (FID + "test_unvalidated_lut_settings_are_refused",) for f in
      ("LUT_CAL_SEL", "LUT_HYBRID_PRIORITY", "LUT_OFLOW_PRIORITY", "LUT_UFLOW_PRIORITY", "LUT_LO_LE_MUX", "LUT_EXPAND_EN", "LUT_ROAD_SEL")},
-  **{("DPU", "LUT_INFO", f): ("test_lut_geometry_is_checked",) for f in ("LUT_LO_INDEX_SELECT", "LUT_LE_INDEX_SELECT")},
-  **{("DPU", f"LUT_{r}", f"LUT_{r}"): ("test_lut_geometry_is_checked",) for r in ("LE_START", "LE_END", "LO_START", "LO_END")},
-  **{("DPU", f"LUT_{t}_SLOPE_{k}", f"LUT_{t}_SLOPE_{e}_{k}"): (FID + "test_gn_lut_program", "test_bound_holds_on_random_float32")
+  **{("DPU", "LUT_INFO", f): (HERE + "test_lut_geometry_is_checked",) for f in ("LUT_LO_INDEX_SELECT", "LUT_LE_INDEX_SELECT")},
+  **{("DPU", f"LUT_{r}", f"LUT_{r}"): (HERE + "test_lut_geometry_is_checked",) for r in ("LE_START", "LE_END", "LO_START", "LO_END")},
+  **{("DPU", f"LUT_{t}_SLOPE_{k}", f"LUT_{t}_SLOPE_{e}_{k}"): (FID + "test_gn_lut_program", HERE + "test_bound_holds_on_random_float32")
      for t, e in (("LE", "UFLOW"), ("LO", "OFLOW")) for k in ("SCALE", "SHIFT")},
-  **{("DPU", f"LUT_{t}_SLOPE_{k}", f"LUT_{t}_SLOPE_{e}_{k}"): ("test_lut_geometry_is_checked",)
+  **{("DPU", f"LUT_{t}_SLOPE_{k}", f"LUT_{t}_SLOPE_{e}_{k}"): (HERE + "test_lut_geometry_is_checked",)
      for t, e in (("LE", "OFLOW"), ("LO", "UFLOW")) for k in ("SCALE", "SHIFT")},
 }
 
@@ -143,11 +142,3 @@ def test_lut_geometry_is_checked(reg, fields, why):
   r = P.run_program(override(L.lut_program(8, t, SLOTS), unread), {0: x.tobytes(), 1: 16}, [1], enable=FLYING_ENABLE)
   assert r.failure is None and np.array_equal(np.frombuffer(r.out[1], np.float16), t.model(x).astype(np.float16))
 
-def test_every_lut_field_is_covered():
-  assert set(LUT_COVERAGE) == set(LUT_FIELDS), sorted(set(LUT_FIELDS) ^ set(LUT_COVERAGE))
-  import importlib
-  for key, tests in LUT_COVERAGE.items():
-    for name in tests:
-      mod, _, fn = name.rpartition("::")
-      m = importlib.import_module(mod[:-3].replace("/", ".")) if mod else None
-      assert (getattr(m, fn, None) if m else globals().get(fn)) is not None, f"{key}: no test {name}"
