@@ -855,7 +855,9 @@ def _cov(block, reg, fields, *tests):
   return {(block, reg, f): tests for f in fields.split()}
 
 # (block, register, field) -> the tests whose outcome depends on that field
+from test_lut import LUT_COVERAGE  # noqa: E402  (the LUT fields' entries live with the LUT tests)
 COVERAGE: dict[tuple[str, str, str], tuple[str, ...]] = {
+  **LUT_COVERAGE,
   **_cov("CNA", "CONV_CON1", "NONALIGN_DMA GROUP_LINE_OFF ARGB_IN", T["pix"], T["ref"]),
   **_cov("CNA", "CONV_CON1", "DECONV", T["ref"]),
   **_cov("CNA", "CONV_CON1", "PROC_PRECISION IN_PRECISION", T["bf"], T["i8"], T["ref"]),

@@ -154,7 +154,7 @@ class NpuRunner:
 
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     st = time.perf_counter()
-    slot = {i: b for i, b in enumerate(bufs)} | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
+    slot = dict(zip(self.prg.globals or range(len(bufs)), bufs)) | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
     for dst, group in self.pack.items():
       srcs = [slot[s] for c, *_ in group for s in ((c.src,) if c.src is not None else ()) + c.params]
       key = tuple((b.domain.version, b.offset) for b in srcs)
@@ -166,7 +166,8 @@ class NpuRunner:
       self.packed_from[dst] = key
     report.kernel_ran(self.name, "npu", self.prg.summary)
     self.dev.to_cpu(self.regcmd)
-    self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items()}, self.regcmd.dma_addr, out=self.words)
+    # tasks address only the program's scratch BOs (program.py); kernel buffers may be host memory (from_blob)
+    self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items() if s >= SCRATCH}, self.regcmd.dma_addr, out=self.words)
     for b in (*self.scratch, self.regcmd): self.dev.to_device(b)
     self.dev.driver.submit([Job(self.prg.tasks.task_addresses(self.regcmd.dma_addr), self.in_handles, self.out_handles)])
     try:

@@ -46,11 +46,16 @@ def to_program(ast:UOp, renderer) -> UOp:
   prg = compile_to_c(ast, renderer)  # the PROGRAM's SINK/LINEAR carry the buffer slots and names tinygrad expects
   res = lower_kernel(ast, getattr(renderer, "precision", "default"))
   elf = prg.src[3].arg
+  if not isinstance(res, NotApplicable) and (gone := res.kernel_slots() - set(prg.arg.globals)):
+    res = NotApplicable(f"tinygrad's code for this kernel no longer takes buffer(s) {sorted(gone)} the NPU program uses "
+                        "(its simplification dropped them)")
   if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, elf))
-  # the kernel's name as tinygrad shows it (the AST's KernelInfo name is assigned during codegen)
-  return program_with_binary(prg, npu_blob(dataclasses.replace(res, name=prg.arg.function_name).to_bytes(), elf))
+  # the kernel's name as tinygrad shows it (the AST's KernelInfo name is assigned during codegen); its buffers come in
+  # the order of the program's globals
+  return program_with_binary(prg, npu_blob(dataclasses.replace(res, name=prg.arg.function_name, globals=prg.arg.globals).to_bytes(), elf))
 
 from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
 RULES.append(("contraction", lower_contraction))
 from tinygrad_rocket.rules.conv import lower_conv; RULES.insert(0, ("conv", lower_conv))  # noqa: E402,E702  before contraction
 from tinygrad_rocket.rules.pool import lower_pool; RULES.append(("pool", lower_pool))  # noqa: E402,E702
+from tinygrad_rocket.rules.elementwise import lower_elementwise; RULES.append(("elementwise", lower_elementwise))  # noqa: E402,E702

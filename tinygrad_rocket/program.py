@@ -118,6 +118,13 @@ class NpuProgram:
   pack: tuple[Copy, ...]             # kernel buffers -> scratch, before the job
   unpack: tuple[Copy, ...]           # scratch -> kernel buffers, after it
   macs: int = 0                      # useful multiply-accumulates (for estimates)
+  globals: tuple[int, ...] = ()      # the kernel's PARAM slots in the order tinygrad passes their buffers (its program's
+                                     # globals: buffers its own simplification dropped are not passed); () = 0, 1, ...
+
+  def kernel_slots(self) -> set[int]:
+    """The kernel buffers (PARAM slots) the program reads or writes."""
+    return ({c.src for c in self.pack if c.src is not None and c.src < SCRATCH} | {p for c in self.pack + self.unpack for p in c.params} |
+            {c.dst for c in self.unpack if c.dst < SCRATCH})
 
   def to_bytes(self) -> bytes: return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
   @staticmethod

@@ -7,6 +7,9 @@ Hardware facts used (../shared/reference/):
 - rocket_hw.md §3.1-§3.3: entry layout, targets, the 0x0041 marker, the 0x0081 op-enable entry (last).
 - rocket_fp16_ew_ppu.md §6.D: the register file is not reset between jobs or processes, only by the
   kernel's reset after a timeout.
+- rocket_fp16_ew_ppu.md §4.2: the DPU LUT (2 tables x 513 16-bit entries) is written through the LUT_ACCESS_CFG /
+  LUT_ACCESS_DATA port inside the regcmd stream; it is one storage per core that persists across tasks and jobs
+  (`LutStorage`). Every write of a list is applied in order, so the 1026 DATA writes of an upload all land.
 Block execution (CNA/CORE/DPU/PPU with numpy) is NOT here: it is the pluggable executor,
 by default `tinygrad_rocket.emu.blocks.execute(core, block_mask, mem)`, imported lazily.
 """
@@ -45,6 +48,49 @@ REQUIRE_MARKER_BEFORE_OP_ENABLE = True
 # (rocket_hw.md §2.5), which we take to clear the register file. Whether an IOMMU fault ends in that
 # timeout (rather than the job completing with garbage) is not documented; we assume it does.
 RESET_REGISTERS_ON_HANG = True
+
+# DPU LUT access port (rocket_fp16_ew_ppu.md §4.2; field layout in regs/map_dpu.py).
+LUT_ACCESS_CFG, LUT_ACCESS_DATA = 0x4100, 0x4104
+LUT_ENTRIES = 513             # per table on RK3588 (GN, AB [HW]; NVDLA has 65/257)
+LUT_TABLES = ("LE", "LO")     # TABLE_ID 0 / 1
+
+class LutStorage:
+  """The LUT RAM of one core: two tables of 513 16-bit entries, written through the access port.
+
+  An ACCESS_CFG write selects the table (TABLE_ID) and sets the address to its ADDR field (every source writes 0;
+  NVDLA: the start address of the access); each ACCESS_DATA write stores DATA[15:0] at the address and increments it
+  (GN, AB). Bits 31:16 of DATA are read-only per the TRM (AB writes 0xFFFF there for negative entries): ignored.
+  `written` marks the entries whose content is known: none after power-on or a reset. Port uses no source documents
+  make what they may have touched unknown again, so only a later full upload makes a LUT task acceptable: a DATA write
+  in read mode (ACCESS_TYPE 0; GN's matmul list writes ACCESS_CFG 0 then DATA 0) forgets the addressed entry, a write
+  past entry 512 forgets both tables."""
+  def __init__(self) -> None:
+    self.entries = np.zeros((2, LUT_ENTRIES), np.int64)
+    self.written = np.zeros((2, LUT_ENTRIES), bool)
+    self.table, self.addr, self.write_mode = 0, 0, False
+    self.data_writes = 0                 # DATA writes since reset (tests check that uploads land in stream order)
+
+  def reset(self) -> None: self.__init__()
+
+  def write(self, offset:int, value:int) -> None:
+    if offset == LUT_ACCESS_CFG:
+      self.write_mode = bool(value >> 17 & 1)          # LUT_ACCESS_TYPE
+      self.table, self.addr = value >> 16 & 1, value & 0x3FF   # LUT_TABLE_ID, LUT_ADDR
+    elif offset == LUT_ACCESS_DATA:
+      self.data_writes += 1
+      if self.addr >= LUT_ENTRIES: self.written[:] = False
+      elif not self.write_mode: self.written[self.table, self.addr] = False
+      else:
+        self.entries[self.table, self.addr] = value & 0xFFFF
+        self.written[self.table, self.addr] = True
+      self.addr += 1
+
+class RegisterFile(dict):
+  """The MMIO register file of a core (offset -> u32). It also carries the core's LUT RAM, which is written through two
+  of its registers, so that whoever decodes the register file (descs.Fields) sees the tables too."""
+  def __init__(self) -> None:
+    super().__init__()
+    self.lut = LutStorage()
 
 class HangError(Exception):
   """The task would hang the core (malformed list, no op-enable, ...): the real kernel times the job out after
@@ -100,7 +146,7 @@ def default_executor(core:Core, block_mask:int, mem:IovaSpace) -> None:
 class Core:
   def __init__(self, index:int):
     self.index = index
-    self.regs: dict[int, int] = {}       # MMIO offset -> u32; persists across jobs and files
+    self.regs = RegisterFile()           # MMIO offset -> u32 (+ the LUT RAM); persists across jobs and files
     self.lock = threading.Lock()         # one job at a time per core (drm_sched credit_limit 1, §2.2)
     self.executor: Executor = default_executor  # runs the enabled blocks on op-enable; tests plug fakes here
     self.mem: IovaSpace|None = None      # the address space attached while a job runs (the fd's IOMMU domain)
@@ -109,18 +155,25 @@ class Core:
     self.job_stats = None                # cost.JobStats of the running job, set by the kernel driver (kernel.py)
     self.fetch_bytes = 0                 # bytes of the regcmd list the PC fetched for the running task
 
+  @property
+  def lut(self) -> LutStorage: return self.regs.lut   # the DPU LUT RAM: persists across tasks and jobs like the registers
   def attach(self, mem:IovaSpace) -> None: self.mem = mem
   def detach(self) -> None: self.mem = None
   def reset(self) -> None:
     """Soft reset after a timeout: every register back to its reset value, CBUF contents lost."""
     self.regs.clear()
     self.cbuf.clear()
+    self.lut.reset()                     # ⚠ LUT RAM after the kernel's reset: undocumented, taken as unknown
 
   def mmio_read(self, offset:int) -> int: return self.regs.get(offset, 0)
   def mmio_write(self, offset:int, value:int) -> None:
     """A CPU (kernel) register write. Writing 1 to PC OPERATION_ENABLE runs the PC to completion right here."""
-    self.regs[offset] = value & U32_MASK
+    self._write_reg(offset, value & U32_MASK)
     if offset == PC_OPERATION_ENABLE and value & 1: self._run_pc()
+
+  def _write_reg(self, offset:int, value:int) -> None:
+    self.regs[offset] = value
+    if offset in (LUT_ACCESS_CFG, LUT_ACCESS_DATA): self.lut.write(offset, value)   # the port has side effects
 
   def _run_pc(self) -> None:
     if self.mem is None: raise HangError("PC started with no IOMMU domain attached")
@@ -135,7 +188,7 @@ class Core:
     # The whole list is validated before any of it takes effect, so a malformed list changes nothing. Entries then
     # apply in order; an op-enable before the last one (each needs its marker) runs the blocks to completion first.
     for e in decode_regcmd(words):
-      if e.target in BLOCK_WINDOWS: self.regs[e.offset] = e.value
+      if e.target in BLOCK_WINDOWS: self._write_reg(e.offset, e.value)
       elif e.target == TARGET_OP_ENABLE: self._execute(e.value)
       # the marker and zero entries have no effect of their own
 

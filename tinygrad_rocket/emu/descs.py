@@ -133,6 +133,20 @@ DECODED_FIELDS: frozenset[tuple[str, str, str]] = frozenset().union(
   _f("PPU_RDMA", "SRC_SURF_STRIDE", "SRC_SURF_STRIDE"), _f("PPU_RDMA", "DATA_FORMAT", "IN_PRECISION"),
 )
 
+# The DPU LUT registers (rocket_fp16_ew_ppu.md §4.2), read only by a task with EW_LUT_BYPASS = 0 (decode_lut); part of
+# DECODED_FIELDS (their coverage entries live with the LUT tests, tests/test_lut.py::LUT_COVERAGE). The LUT_ACCESS_CFG /
+# LUT_ACCESS_DATA port is not read here: its writes fill core.LutStorage as they arrive.
+LUT_FIELDS: frozenset[tuple[str, str, str]] = frozenset().union(
+  _f("DPU", "LUT_CFG", "LUT_CAL_SEL", "LUT_HYBRID_PRIORITY", "LUT_OFLOW_PRIORITY", "LUT_UFLOW_PRIORITY", "LUT_LO_LE_MUX",
+     "LUT_EXPAND_EN", "LUT_ROAD_SEL"),
+  _f("DPU", "LUT_INFO", "LUT_LO_INDEX_SELECT", "LUT_LE_INDEX_SELECT"),
+  *(_f("DPU", f"LUT_{r}", f"LUT_{r}") for r in ("LE_START", "LE_END", "LO_START", "LO_END")),
+  *(_f("DPU", f"LUT_{t}_SLOPE_SCALE", f"LUT_{t}_SLOPE_OFLOW_SCALE", f"LUT_{t}_SLOPE_UFLOW_SCALE") for t in ("LE", "LO")),
+  *(_f("DPU", f"LUT_{t}_SLOPE_SHIFT", f"LUT_{t}_SLOPE_OFLOW_SHIFT", f"LUT_{t}_SLOPE_UFLOW_SHIFT") for t in ("LE", "LO")),
+)
+
+DECODED_FIELDS = DECODED_FIELDS | LUT_FIELDS
+
 class Fields:
   """Reads fields of a register file by name; only declared fields (DECODED_FIELDS), so the coverage table is total."""
   def __init__(self, regs:Mapping[int, int]): self.regs = regs
@@ -347,6 +361,7 @@ class DpuDesc:
   od_bypass: bool; ow_src: int; ow_op: int
   bs: XStage; bn: XStage; ew: EwStage; out: OutCvt
   conv_mode: int
+  lut: LutDesc|None = None   # decoded only when the EW stage runs its LUT (EW_BYPASS 0, EW_LUT_BYPASS 0)
   @property
   def float_mode(self) -> bool: return self.proc_prec in FLOAT_PRECS
   @property
@@ -389,7 +404,30 @@ def decode_dpu(F:Fields) -> DpuDesc:
                  dst_base=F(D, "DST_BASE_ADDR", "DST_BASE_ADDR"), dst_surf_stride=F(D, "DST_SURF_STRIDE", "DST_SURF_STRIDE"),
                  surface_add=F(D, "SURFACE_ADD", "SURF_ADD"), size_e=se[0],
                  od_bypass=bool(F(D, "BS_OW_CFG", "OD_BYPASS")), ow_src=F(D, "BS_OW_CFG", "OW_SRC"), ow_op=F(D, "BS_OW_OP", "OW_OP"),
-                 bs=_xstage(F, "BS"), bn=_xstage(F, "BN"), ew=ew, out=out, conv_mode=F(D, "FEATURE_MODE_CFG", "CONV_MODE"))
+                 bs=_xstage(F, "BS"), bn=_xstage(F, "BN"), ew=ew, out=out, conv_mode=F(D, "FEATURE_MODE_CFG", "CONV_MODE"),
+                 lut=decode_lut(F) if not ew.bypass and not ew.lut_bypass else None)
+
+@dataclass(frozen=True)
+class LutDesc:
+  """The EW-stage LUT programming (rocket_fp16_ew_ppu.md §4.2-§4.3): LUT_CFG fields, the two index selects, the four
+  table bounds (index-domain integers) and the extrapolation slopes (scale, shift) beyond each end of each table."""
+  cal_sel: int; hybrid_priority: int; oflow_priority: int; uflow_priority: int; lo_le_mux: int; expand_en: int; road_sel: int
+  le_index_select: int; lo_index_select: int
+  le_start: int; le_end: int; lo_start: int; lo_end: int
+  le_uflow: tuple[int, int]; le_oflow: tuple[int, int]; lo_uflow: tuple[int, int]; lo_oflow: tuple[int, int]
+  storage: object = None   # the core's core.LutStorage (None: a register file without LUT RAM, e.g. a test's dict)
+
+def decode_lut(F:Fields) -> LutDesc:
+  D = "DPU"
+  cfg = {k: F(D, "LUT_CFG", f"LUT_{k.upper()}") for k in ("cal_sel", "hybrid_priority", "oflow_priority", "uflow_priority",
+                                                           "lo_le_mux", "expand_en", "road_sel")}
+  def slope(t:str, end:str) -> tuple[int, int]:
+    return F(D, f"LUT_{t}_SLOPE_SCALE", f"LUT_{t}_SLOPE_{end}_SCALE"), F(D, f"LUT_{t}_SLOPE_SHIFT", f"LUT_{t}_SLOPE_{end}_SHIFT")
+  return LutDesc(**cfg, le_index_select=F(D, "LUT_INFO", "LUT_LE_INDEX_SELECT"), lo_index_select=F(D, "LUT_INFO", "LUT_LO_INDEX_SELECT"),
+                 le_start=F(D, "LUT_LE_START", "LUT_LE_START"), le_end=F(D, "LUT_LE_END", "LUT_LE_END"),
+                 lo_start=F(D, "LUT_LO_START", "LUT_LO_START"), lo_end=F(D, "LUT_LO_END", "LUT_LO_END"),
+                 le_uflow=slope("LE", "UFLOW"), le_oflow=slope("LE", "OFLOW"), lo_uflow=slope("LO", "UFLOW"),
+                 lo_oflow=slope("LO", "OFLOW"), storage=getattr(F.regs, "lut", None))
 
 # --------------------------------------------------------------------------------------------------------------
 # DPU_RDMA

@@ -6,7 +6,8 @@ Datapath per output element (rocket_hw.md §4.3/§5.8, rocket_fp16_ew_ppu.md §1
   -> CLIP_TRUNCATE (integer conv)                                                                 [CORE]
   -> BS stage: ALU (add / minus, operand from BS_ALU_CFG or BRDMA) then MUL then ReLU/ReLUX        [GN: (acc + A)*C]
   -> BN stage: MUL then ALU then ReLU/ReLUX                                                        [GN: x*MUL + ALU]
-  -> EW stage: operand converter, ALU (max/min/add/minus/div) or MUL with the ERDMA operand, ReLU/ReLUX
+  -> EW stage: operand converter, ALU (max/min/add/minus/div) or MUL with the ERDMA operand, ReLU/ReLUX;
+     or the LUT (EW_LUT_BYPASS = 0): interpolated table lookup of the BN output (rocket_fp16_ew_ppu.md §4)
   -> OUT_CVT: integer: round(v*SCALE >> SHIFT) + OFFSET, saturated; float: identity or (v + OFFSET)*2^-MINUS_EXP*SCALE
   -> FP32TOFP16 (float paths), write DMA.
 Integer datapath when the DPU precisions are integer (int8 conv, all-integer flying ops), fp32 otherwise.
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
 from tinygrad_rocket.emu.core import HangError
-from tinygrad_rocket.emu.descs import (ConvDesc, DpuDesc, RdmaDesc, XStage, UnsupportedConfig, ELEMENT_BYTES, FLOAT_PRECS,
-                                       WEIGHT_GROUPS, DW_GROUPS, DPU_PREC_FOR_CNA, _need)
+from tinygrad_rocket.emu.descs import (ConvDesc, DpuDesc, RdmaDesc, XStage, LutDesc, UnsupportedConfig, ELEMENT_BYTES,
+                                       FLOAT_PRECS, WEIGHT_GROUPS, DW_GROUPS, DPU_PREC_FOR_CNA, _need)
 from tinygrad_rocket.emu.memory import IovaSpace
 
 # ⚠ Order inside the X-stages. BS: ALU then MUL, measured by GN on RK3588 ((acc + A)*C explains every element of the
@@ -199,12 +200,14 @@ def _xstage_float(v:np.ndarray, st:XStage, order:tuple[str, str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # EW stage
 # --------------------------------------------------------------------------------------------------------------
-def ew_active(d:DpuDesc) -> bool: return not d.ew.bypass and not d.ew.op_bypass
+def ew_active(d:DpuDesc) -> bool:
+  """Whether the EW stage consumes an ERDMA operand (the LUT path does not: its op stage is GN's no-op, _check_lut)."""
+  return not d.ew.bypass and not d.ew.op_bypass and d.ew.lut_bypass
 
 def _check_ew(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, flying:bool) -> None:
   ew = d.ew
   if ew.bypass: return
-  _need(ew.lut_bypass, "the EW LUT (EW_LUT_BYPASS = 0) is not emulated")
+  if not ew.lut_bypass: return _check_lut(d)
   _need(not ew.relux_en or not ew.relu_bypass, "EW_RELUX_EN with EW_RELU_BYPASS set is not documented")
   if ew.op_bypass: return
   if ew.op_src == 1 and (not rdma_on or r is None or r.erdma_disable):
@@ -322,6 +325,140 @@ def _ew_relu(v:np.ndarray, ew, float_mode:bool) -> np.ndarray:
   v = np.maximum(v, np.float32(0) if float_mode else 0)
   if ew.relux_en: v = np.minimum(v, arith.f32_bits_to_f32(ew.relux_cmp) if float_mode else arith.signed32(ew.relux_cmp))
   return v
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EW-stage LUT (rocket_fp16_ew_ppu.md §4; NVDLA SDP "LE/LO hybrid" as RK3588 has it: 2 x 513 entries)
+# --------------------------------------------------------------------------------------------------------------
+# The only LUT programming any source ran (GN gen_lut_activation_fp16 [HW]; AB silu.py [HW-weak]), §4.2: LUT_CFG 0x68
+# (HYBRID_PRIORITY 1, OFLOW_PRIORITY 1, LO_LE_MUX 2; CAL_SEL / UFLOW_PRIORITY / EXPAND_EN / ROAD_SEL 0), INDEX_SELECT 5
+# on both tables, LE = [-16384, 0] and LO = [0, 16384] in index units (LE_END / LO_START left 0). Anything else
+# (exponent tables, EXPAND_EN, other steps or bounds) is refused: no source measured it.
+LUT_CFG_VALIDATED = dict(cal_sel=0, hybrid_priority=1, oflow_priority=1, uflow_priority=0, lo_le_mux=2, expand_en=0, road_sel=0)
+LUT_INDEX_SELECT = 5
+LUT_STEP = 1 << LUT_INDEX_SELECT                     # index units per table segment
+LUT_SPAN = 512 * LUT_STEP                            # 16384: 512 segments per table
+LUT_LE_RANGE, LUT_LO_RANGE = (-LUT_SPAN, 0), (0, LUT_SPAN)
+LUT_ENTRY_MAX = 0x7FFF                               # GN: unsigned Q0.15 entries; the sign of 0x8000.. is unknown (AB
+                                                     # stored int16 [HW-weak]): refused when read
+# ⚠ Table choice. §4.3 (GN "QUIRK 2") says LE/LO follows sign(x) of the pre-BN value, not the index. GN's own measured
+# shifted single tables contradict that as a rule for the whole domain: exp on [-16, 0] (x < 0 everywhere, whole
+# domain in the LO half via BN_ALU, LE filled flat with LO[0]) reads 5.5e-4 [HW]; the shifted tanh with BN_ALU 8192 reads
+# ACC 0.0007 [HW]; shifted ELU/Abs work. With sign(x) selection all of them would read the flat LE. So the emulator
+# selects by the index as NVDLA's hit logic does (X in the LE range -> LE, in the LO range -> LO, both (X = 0) ->
+# HYBRID_PRIORITY = LO, below both -> UFLOW_PRIORITY = LE underflow, above both -> OFLOW_PRIORITY = LO overflow), and
+# treats sign(x) as what GN saw it to be: the trigger of the x ~ 0 spike (LUT_X0_SPIKE_INDEX_UNITS). For tables whose
+# index has the sign of x on every input (BN_ALU = -0.0, or a shift that keeps a one-sided domain on its own side, as
+# ops/lut.py builds them), both readings give the same result.
+# ⚠ Arithmetic: X = fp32(fp32(x) * fp16(BN_MUL)) + fp32(BN_ALU) (the BN stage, fp32); inside a table
+# v = T[i] + f*(T[i+1] - T[i]) with i, f the integer and fraction of (X - START) / 2^INDEX_SELECT, and beyond the ends
+# v = T[0] + (X - START)*SCALE/2^SHIFT (underflow) or T[512] + (X - END)*SCALE/2^SHIFT (overflow) (§4.3); computed
+# exactly and rounded once to fp32 (the reference's "linear interpolation in fp32", §7.3; the fraction width is not
+# documented). No clamp of the extrapolated value is documented: none is applied.
+# ⚠ QUIRK 4 (§4.6, GN [HW]): a q = 0 entry decodes to ~4.0 instead of 0. Measured with OUT_CVT_OFFSET 0 (exp without the
+# q >= 1 floor: every x whose table value is 0 read ~4.0). Reproduced there: an interpolated value of exactly 0 with
+# OFFSET 0 outputs LUT_QZERO_OUTPUT. With another OFFSET (GN suspects the fault in the sigmoid LE deep tail, unmeasured)
+# a zero table value is refused.
+LUT_QZERO_OUTPUT = 4.0
+# ⚠ QUIRK 2 (§4.6, GN [HW]): with a signed decode (negative OUT_CVT_OFFSET) inputs within ~R/8192 of x = 0 (R the table's
+# input half-range, i.e. ~2 index units; ELU probe: ~±5e-4) read a discrete +64..+128 error. Magnitude and band are not
+# precise enough to reproduce: a task with a negative OFFSET and any input with |x * BN_MUL| below twice GN's band is
+# refused.
+LUT_X0_SPIKE_INDEX_UNITS = 4.0
+# ⚠ QUIRK 1 (§4.6, GN [HW]): exactly-constant runs (HardSwish x <= -3, ReLU's zero branch) and a flat underflow tail
+# (HardSwish knee table) spike +16..+128, magnitude not reproducible. Every reported case has a signed decode or q = 0
+# entries; GN's validated unsigned tables read long constant runs cleanly (exp: ~190 entries of q = 1 at OFFSET 0,
+# 5.5e-4; sigmoid: the flat LO overflow at OFFSET 1, 0.00146), and its tanh (OFFSET -16384) reads pairs of equal
+# entries and a flat LO overflow cleanly (0.0034). Refused: with a negative OFFSET, an input interpolated inside a run of
+# LUT_FLAT_RUN or more equal entries, or extrapolated below the LE table with slope 0.
+LUT_FLAT_RUN = 3
+
+def _check_lut(d:DpuDesc) -> None:
+  """The LUT path as GN/AB programmed it (§4.1-§4.2); everything else is refused with the reason."""
+  ew, lut = d.ew, d.lut
+  assert lut is not None
+  _need(d.float_mode and d.proc_prec == "fp16", f"the LUT at DPU precision {d.proc_prec}: only fp16 (flying or after an "
+        "fp16 conv, GN) is validated")
+  _need(d.out_prec == "fp16" and d.out.fp32tofp16, f"LUT with {d.out_prec} output: only fp16 output (FP32TOFP16_EN) is validated")
+  _need(d.bs.bypass, "LUT with an active BS stage: not validated (the x ~ 0 quirk is defined on the BN input)")
+  bn = d.bn
+  _need(not bn.bypass and not bn.mul_bypass and not bn.alu_bypass and bn.relu_bypass and bn.alu_algo == 2,
+        "LUT without the BN index stage x*BN_MUL + BN_ALU (BN_CFG 0x20040: MUL and ALU add active, ReLU bypassed, GN/AB)")
+  _need(ew.relu_bypass and not ew.relux_en, "EW ReLU after the LUT: not validated (EW_RELU_BYPASS 1 in GN/AB)")
+  _need(ew.cvt_bypass, "LUT with the EW operand converter live: not validated (EW_OP_CVT_BYPASS 1 in GN/AB)")
+  # GN writes EW_CFG 0x300: EW_OP_BYPASS 0 with the ALU max of an EW_OP_VALUE register operand, and its sigmoid's
+  # negative half is right, so that op does not clamp the index [inf]; AB's SiLU bypasses it (0x302). Both accepted,
+  # the op taken as having no effect; any other op setting is refused.
+  if not ew.op_bypass:
+    _need(ew.op_src == 0 and ew.op_type == 0 and ew.alu_algo == 0 and not ew.prelu, "LUT with an EW ALU/MUL operation: "
+          "only GN's word (EW_CFG 0x300: OP_SRC 0, ALU max, converter bypassed) and AB's (OP_BYPASS) are validated")
+  got = {k: getattr(lut, k) for k in LUT_CFG_VALIDATED}
+  _need(got == LUT_CFG_VALIDATED, f"LUT_CFG {got}: only 0x68 (HYBRID 1, OFLOW 1, LO_LE_MUX 2, the rest 0; GN, AB) is "
+        "validated (exponent tables, EXPAND_EN, ROAD_SEL, CAL_SEL, other priorities: no source)")
+  _need(lut.le_index_select == lut.lo_index_select == LUT_INDEX_SELECT, f"LUT INDEX_SELECT LE {lut.le_index_select} / LO "
+        f"{lut.lo_index_select}: only {LUT_INDEX_SELECT} (GN, AB) is validated")
+  bounds = (lut.le_start, lut.le_end), (lut.lo_start, lut.lo_end)
+  _need(bounds == (LUT_LE_RANGE, LUT_LO_RANGE), f"LUT LE [{lut.le_start}, {lut.le_end}] / LO [{lut.lo_start}, {lut.lo_end}]: "
+        f"only LE {list(LUT_LE_RANGE)} / LO {list(LUT_LO_RANGE)} (513 entries at step {LUT_STEP}, GN, AB) are validated")
+  st = lut.storage
+  _need(st is not None, "no LUT RAM attached to this register file")
+  _need(bool(st.written.all()), f"LUT task with {st.written.size - int(st.written.sum())} of the {st.written.size} table "
+        "entries unknown (never written since reset, or touched by an undocumented port access): contents unknown")
+
+def _flat_segments(T:np.ndarray) -> np.ndarray:
+  """(2, 512): whether segment k of each table lies in a run of >= LUT_FLAT_RUN equal entries."""
+  out = np.zeros((T.shape[0], T.shape[1] - 1), bool)
+  for t in range(T.shape[0]):
+    run_id = np.concatenate([[0], np.cumsum(T[t, 1:] != T[t, :-1])])
+    run_len = np.bincount(run_id)[run_id]
+    out[t] = (T[t, 1:] == T[t, :-1]) & (run_len[:-1] >= LUT_FLAT_RUN)
+  return out
+
+def _slope(scale_shift:tuple[int, int], what:str) -> float:
+  scale, shift = scale_shift
+  _need(scale < 0x8000, f"{what} slope scale {scale:#x}: the sign of the 16-bit field is unknown (every source < 0x8000)")
+  return scale / float(1 << shift)
+
+def _lut(d:DpuDesc, X:np.ndarray, x:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The LUT output for index values X (fp32, after BN) of inputs x (the BN input); also the mask of outputs QUIRK 4
+  replaces. Refuses the data-dependent quirks it does not reproduce (QUIRK 1 and 2, above)."""
+  lut, off = d.lut, d.out.offset
+  assert lut is not None
+  T = lut.storage.entries                                # (2, 513): LE, LO
+  Xd = X.astype(np.float64)
+  _need(not np.isnan(Xd).any(), "NaN reaching the LUT: its behaviour is not documented")
+  under, over = Xd < LUT_LE_RANGE[0], Xd > LUT_LO_RANGE[1]
+  use_lo = Xd >= 0                                       # X = 0 hits both tables: HYBRID_PRIORITY 1 = LO
+  start = np.where(use_lo, LUT_LO_RANGE[0], LUT_LE_RANGE[0])
+  pos = np.clip((Xd - start) / LUT_STEP, 0, 512)
+  i = np.minimum(np.floor(pos).astype(np.int64), 511)
+  t = use_lo.astype(np.int64)
+  lo_e, hi_e = T[t, i], T[t, i + 1]
+  inside = ~(under | over)
+  used = np.zeros(T.shape, bool)                          # entries an interpolation reads
+  used[t[inside], i[inside]] = used[t[inside], i[inside] + 1] = True
+  if under.any(): used[0, 0] = True
+  if over.any(): used[1, 512] = True
+  _need(not (T[used] > LUT_ENTRY_MAX).any(), f"LUT entries above {LUT_ENTRY_MAX:#x} read: signed (AB) or unsigned (GN) "
+        "16-bit entries, not established")
+  v = lo_e + (pos - i) * (hi_e - lo_e)
+  if under.any(): v = np.where(under, T[0, 0] + (Xd - LUT_LE_RANGE[0]) * _slope(lut.le_uflow, "LE underflow"), v)
+  if over.any(): v = np.where(over, T[1, 512] + (Xd - LUT_LO_RANGE[1]) * _slope(lut.lo_oflow, "LO overflow"), v)
+  if off < 0:
+    M = arith.fp16_bits_to_f32(d.bn.mul_operand)
+    near0 = np.abs(x.astype(np.float64) * float(M)) < LUT_X0_SPIKE_INDEX_UNITS
+    _need(not near0.any(), f"LUT with a signed decode (OUT_CVT_OFFSET {off}) and {int(near0.sum())} input(s) within "
+          f"{LUT_X0_SPIKE_INDEX_UNITS:g} index units of x = 0: the hardware spikes +64..+128 there (GN QUIRK 2, "
+          "rocket_fp16_ew_ppu.md §4.6); not reproduced")
+    hit_flat = inside & _flat_segments(T)[t, i]
+    hit_flat |= under & (lut.le_uflow[0] == 0)
+    _need(not hit_flat.any(), f"LUT with a signed decode (OUT_CVT_OFFSET {off}) reading an exactly flat region "
+          f"({int(hit_flat.sum())} input(s): a run of >= {LUT_FLAT_RUN} equal entries, or the LE underflow with slope 0): "
+          "the hardware's mux spikes +16..+128 there (GN QUIRK 1, rocket_fp16_ew_ppu.md §4.6); not reproduced")
+  zero = v == 0
+  if zero.any(): _need(off == 0, f"LUT value 0 with OUT_CVT_OFFSET {off}: the q = 0 fault (GN QUIRK 4) is measured only "
+                       "with OFFSET 0")
+  return arith.f32(v), zero
 
 # --------------------------------------------------------------------------------------------------------------
 # OUT_CVT
@@ -467,12 +604,15 @@ def compute(res:DpuResult, d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDe
     if not d.ew.bypass:
       if e is not None: v = _ew_int(v, e, d.ew)
       v = _ew_relu(v, d.ew, False)
-  else:
-    v = _xstage_float(v, d.bs, BS_ORDER)
+  qzero = None
+  if float_mode:
+    x_bn = v = _xstage_float(v, d.bs, BS_ORDER)
     v = _xstage_float(v, d.bn, BN_ORDER)
-    if not d.ew.bypass:
+    if not d.ew.bypass and not d.ew.lut_bypass: v, qzero = _lut(d, v, x_bn)
+    elif not d.ew.bypass:
       if e is not None: v = _ew_float(v, e, d.ew)
       v = _ew_relu(v, d.ew, True)
   out = _out_cvt(d, v)
+  if qzero is not None and qzero.any(): out = np.where(qzero, out.dtype.type(LUT_QZERO_OUTPUT), out)   # QUIRK 4
   res.atoms = layouts.cube_to_atoms(out, out.dtype)
   return res

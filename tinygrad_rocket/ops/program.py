@@ -4,6 +4,11 @@ The op builders (conv.py, elementwise.py, pool.py) return one Program per task; 
 entries through regs.write / regs.address. Keeping a task as a dict (not as encoded words) lets a caller change one
 register of a known-good program (`override`, the emulator's tests) or move its buffers (`rebase`, the lowering
 rules) before encoding.
+
+A register written several times in one task (the DPU LUT upload: 2 x (LUT_ACCESS_CFG + 513 LUT_ACCESS_DATA writes),
+rocket_fp16_ew_ppu.md §4.2) cannot be a dict entry. Such a task holds one `Writes` value under the key `WRITES`: an
+ordered sequence of (block, register, fields) writes, emitted in place (lut.py puts it first). Programs without it are
+unchanged, and `override` / `rebase` carry it along.
 """
 from __future__ import annotations
 from typing import Any, Mapping
@@ -12,12 +17,18 @@ from tinygrad_rocket.regs.values import PRECISION
 
 # precision name -> 3-bit precision code (rocket_fp16_ew_ppu.md §1.1)
 PREC = {name: code for code, name in PRECISION.items()}
-Program = dict  # {(block, reg): dict of fields | regs.AddressWrite}
+Program = dict  # {(block, reg): dict of fields | regs.AddressWrite, and optionally WRITES: Writes}
+
+class Writes(tuple):
+  """Repeated register writes in stream order: a tuple of (block, register, {field: value})."""
+
+WRITES = ("*", "writes")  # the key of a program's Writes (a 2-tuple like every other key; no register is named "*")
 
 def entries(prog:Program) -> list:
   out = []
   for (block, reg), v in prog.items():
-    out.append(v if isinstance(v, regs.AddressWrite) else regs.write(block, reg, **v))
+    if isinstance(v, Writes): out.extend(regs.write(b, r, **f) for b, r, f in v)
+    else: out.append(v if isinstance(v, regs.AddressWrite) else regs.write(block, reg, **v))
   return out
 
 class Set(dict):
@@ -29,6 +40,7 @@ def override(prog:Program, changes:Mapping[tuple[str, str], Any]|None) -> Progra
   p = dict(prog)
   for k, v in (changes or {}).items():
     if v is None: p.pop(k, None)
+    elif isinstance(v, Writes): p[k] = v
     elif isinstance(v, (Set, regs.AddressWrite)) or isinstance(p.get(k), regs.AddressWrite): p[k] = dict(v) if isinstance(v, Set) else v
     else: p[k] = {**p.get(k, {}), **v}
   return p

@@ -1,0 +1,312 @@
+"""Elementwise kernels (no reduction) as chains of conv-fed DPU tasks with fp32 results.
+
+Why conv-fed and not DPU-only ("flying") tasks: a flying task reads its main operand as fp16 and writes fp16 (fp32
+output is unconfirmed, rocket_fp16_ew_ppu.md §3.2), which would round float32 results to fp16. Fed by the MAC array
+instead, a task computes in fp32 and writes fp32 like every contraction (DESIGN.md, Numerics): the CORE forms a
+linear combination of fp16 operands exactly (identity weight blocks scaled by the coefficients, fp32 accumulation),
+the BS stage adds an fp32 constant and applies ReLU, and the EW stage combines the result with one more per-pixel
+operand, an fp16 tensor or an earlier task's fp32 result (§2.3, GN [HW] bit-exact; §7.3).
+
+The kernel's value is compiled bottom-up into such stages. A linear combination of loads stays symbolic (`Linear`);
+a product, max or min of two varying values becomes a stage; a stage's result carries a pending affine map
+(`Computed`: scale * result + shift) that the next stage folds into its own linear part, so constant scales and
+offsets after a non-linear op cost no task:
+  l + (s*m + d)      = s * (m + (l + d)/s)
+  l * (s*m)          = s * (l * m)
+  max(l, s*m + d)    = s * max((l - d)/s, m) + d      (min when s < 0)
+Two computed values never meet in one stage (the CORE reads only fp16 operands, so an fp32 result cannot be a column):
+such kernels are not taken. Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into
+tiles that fit the CBUF.
+"""
+from __future__ import annotations
+import math
+import numpy as np
+from dataclasses import dataclass, field
+from tinygrad_rocket import regs
+from tinygrad_rocket._tg import Ops
+from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
+from tinygrad_rocket.lower import NotApplicable
+from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, SCRATCH
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast
+from tinygrad_rocket.rules.contraction import Grid, _relu_clip
+from tinygrad_rocket.ops.layout import Feature, align, ceil_div
+from tinygrad_rocket.ops.elementwise import FLYING_ENABLE
+from tinygrad_rocket.ops.lut import LutTable, make_table, lut_programs
+from tinygrad_rocket.ops.program import entries, rebase
+from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
+                                        EW_MIN_PLANE_ATOMS)
+
+# Intervals tried when a function of one operand is tabulated for the DPU lookup table (ops/lut.py): a table is taken
+# only if its measured error bound holds on the whole real line (its tails extrapolate exactly), since nothing checks
+# at run time that the operand stays inside an interval.
+LUT_INTERVALS = ((-16.0, 16.0), (-8.0, 8.0))
+LANES = 16             # elements per output pixel: one 16-kernel group (fp16 N alignment, rocket_fp16_ew_ppu.md §1.6)
+FP16_MAX = 65504.0     # a coefficient beyond it is inf in the fp16 weights
+
+class Unsupported(Exception):
+  """The expression is outside what these stages compute; the message says why."""
+
+@dataclass(frozen=True)
+class Linear:
+  """sum(coeff * load) + const over the kernel's loads (a load appears once)."""
+  terms: tuple[tuple[Load, float], ...] = ()
+  const: float = 0.0
+  def scaled(self, k:float) -> Linear: return Linear(tuple((ld, c * k) for ld, c in self.terms if c * k != 0), self.const * k)
+  def plus(self, o:Linear) -> Linear:
+    d: dict[Load, float] = {}
+    for ld, c in self.terms + o.terms: d[ld] = d.get(ld, 0.0) + c
+    return Linear(tuple((ld, c) for ld, c in d.items() if c != 0), self.const + o.const)
+  def shifted(self, k:float) -> Linear: return Linear(self.terms, self.const + k)
+  @property
+  def plain_load(self) -> Load|None:
+    """The load itself when this is exactly one load (it can be the EW operand as it is)."""
+    return self.terms[0][0] if len(self.terms) == 1 and self.terms[0][1] == 1 and self.const == 0 else None
+
+@dataclass(frozen=True)
+class Computed:
+  """scale * (the fp32 result of stage `stage`) + shift."""
+  stage: int
+  scale: float = 1.0
+  shift: float = 0.0
+
+Value = Linear | Computed
+
+@dataclass
+class Stage:
+  """One task per row tile: ew_op(relu?(main + const), operand); main through the CORE, const in the BS stage."""
+  main: Linear
+  relu: bool = False
+  clip: float|None = None         # with relu: the ReLUX clamp at clip
+  ew_op: str|None = None
+  operand: Load|int|None = None   # a load (packed fp16) or an earlier stage (its result)
+  lut: tuple[Load, LutTable]|None = None  # instead: a DPU-only lookup-table task of one load, fp16 result
+
+  @property
+  def out_bytes(self) -> int: return 2 if self.lut is not None else 4
+
+@dataclass
+class Compiler:
+  stages: list[Stage] = field(default_factory=list)
+
+  def stage(self, st:Stage) -> Computed:
+    for _, c in st.main.terms:
+      if not abs(c) <= FP16_MAX: raise Unsupported(f"coefficient {c:g} is not finite in fp16")
+    # a non-finite constant is exact only stored as it is (a fill); folded into other terms it could meet inf - inf
+    if not math.isfinite(st.main.const) and (st.main.terms or st.ew_op or st.relu):
+      raise Unsupported(f"constant {st.main.const:g} inside an expression")
+    self.stages.append(st)
+    return Computed(len(self.stages) - 1)
+
+  def materialize(self, v:Value) -> Computed:
+    """v as a stage result with no pending map."""
+    if isinstance(v, Linear): return self.stage(Stage(v))
+    if v.scale == 1 and v.shift == 0: return v
+    m = v
+    if v.scale != 1: m = self.stage(Stage(Linear(const=v.scale), ew_op="mul", operand=m.stage))
+    if v.shift != 0: m = self.stage(Stage(Linear(const=v.shift), ew_op="add", operand=m.stage))
+    return m
+
+  def operand(self, v:Value) -> tuple[Load|int, float, float]:
+    """v as an EW operand (a load or a stage) and the affine map (a, b) with v = a * operand + b."""
+    if isinstance(v, Computed): return v.stage, v.scale, v.shift
+    if len(v.terms) == 1: return v.terms[0][0], v.terms[0][1], v.const
+    return self.materialize(v).stage, 1.0, 0.0
+
+  # value = op(l, a*x + b) with l linear and x the operand, as one stage and a pending map
+  def add(self, x:Value, y:Value) -> Value:
+    if isinstance(x, Linear) and isinstance(y, Linear): return x.plus(y)
+    if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a sum of two computed values")
+    l, m = (x, y) if isinstance(x, Linear) else (y, x)
+    assert isinstance(l, Linear) and isinstance(m, Computed)
+    return Computed(self.stage(Stage(l.shifted(m.shift).scaled(1 / m.scale), ew_op="add", operand=m.stage)).stage, m.scale)
+
+  def mul(self, x:Value, y:Value) -> Value:
+    for a, b in ((x, y), (y, x)):
+      if isinstance(b, Linear) and not b.terms:   # times a constant
+        k = b.const
+        if isinstance(a, Linear): return a.scaled(k)
+        return Computed(a.stage, a.scale * k, a.shift * k) if k != 0 else Linear()
+    if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a product of two computed values")
+    l, o = (x, y) if isinstance(x, Linear) else (y, x)
+    assert isinstance(l, Linear)
+    if isinstance(o, Linear) and o.plain_load is None and l.plain_load is not None: l, o = o, l
+    src, a, b = self.operand(o)
+    if b != 0: src, a, b = self.materialize(o).stage, 1.0, 0.0
+    return Computed(self.stage(Stage(l, ew_op="mul", operand=src)).stage, a)
+
+  def max(self, x:Value, y:Value) -> Value:
+    if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a max of two computed values")
+    if isinstance(x, Computed) or (isinstance(y, Linear) and not y.terms): x, y = y, x
+    assert isinstance(x, Linear)       # x linear; y computed, or linear with terms unless both are constants
+    if isinstance(y, Linear) and not x.terms:
+      if not y.terms: return Linear(const=max(x.const, y.const))
+      # max(l, c) = relu(l - c) + c: the BS stage's ReLU, c pending
+      return Computed(self.stage(Stage(y.shifted(-x.const), relu=True)).stage, 1.0, x.const)
+    src, a, b = self.operand(y)
+    # max(l, a*o + b) = a * max((l - b)/a, o) + b, a min when a < 0
+    return Computed(self.stage(Stage(x.shifted(-b).scaled(1 / a), ew_op="max" if a > 0 else "min", operand=src)).stage, a, b)
+
+  def value(self, e) -> Value:
+    e = strip_cast(e)
+    if isinstance(e, Const):
+      if isinstance(e.value, bool) or not isinstance(e.value, (int, float)): raise Unsupported(f"a {type(e.value).__name__} constant")
+      return Linear(const=float(e.value))
+    if isinstance(e, Load):
+      if e.dtype not in FLOATS: raise Unsupported(f"loads {e.dtype} (only float16/float32 operands)")
+      if e.pad is not None and not math.isfinite(e.pad): raise Unsupported(f"padding value {e.pad}")
+      return Linear(((e, 1.0),))
+    if isinstance(e, Reduce): raise Unsupported("a reduction")
+    assert isinstance(e, Alu)
+    if e.dtype not in FLOATS: raise Unsupported(f"computes in {e.dtype}")
+    op, src = e.op, e.src
+    if (rc := _relu_clip(e)) is not None:    # tinygrad's relu6: relu(x) - relu(x - c) = clamp(x, 0, c), the BS ReLUX
+      x = self.value(rc[0])
+      if not isinstance(x, Linear): raise Unsupported("clamp of a computed value")
+      return self.stage(Stage(x, relu=True, clip=rc[1]))
+    if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op is Ops.CMPLT:
+      # clamp and relu: where(x < y, y, x) = max(x, y), where(x < y, x, y) = min(x, y) (NaN operands never reach the
+      # NPU: the runner sends them to the C code)
+      u, v = (strip_cast(s) for s in cond.src)
+      p, q = strip_cast(src[1]), strip_cast(src[2])
+      if (p, q) == (v, u): return self.max(self.value(u), self.value(v))
+      if (p, q) == (u, v): return self.mul(self.max(self.mul(self.value(u), Linear(const=-1.0)), self.mul(self.value(v), Linear(const=-1.0))), Linear(const=-1.0))
+      raise Unsupported("a WHERE that is not a max or min")
+    if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
+    if op is Ops.SUB: return self.add(self.value(src[0]), self.mul(self.value(src[1]), Linear(const=-1.0)))
+    if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
+    if op is Ops.NEG: return self.mul(self.value(src[0]), Linear(const=-1.0))
+    if op is Ops.MAX: return self.max(self.value(src[0]), self.value(src[1]))
+    if (t := self.table(e)) is not None: return t
+    raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
+
+  def table(self, e:Alu) -> Computed|None:
+    """e as a lookup table of its only operand, if it has one and some interval gives a table exact on every input."""
+    loads = {ld for ld in _loads(e)}
+    if len(loads) != 1: return None
+    ld = loads.pop()
+    if ld.dtype not in FLOATS or ld.valid: return None
+    for lo, hi in LUT_INTERVALS:
+      t = make_table(lambda x: _eval(e, ld, x), lo, hi, name=e.op.name.lower())
+      if isinstance(t, LutTable) and t.domain == (-math.inf, math.inf): return self.stage(Stage(Linear(), lut=(ld, t)))
+    return None
+
+def _loads(e) -> list[Load]:
+  if isinstance(e, Load): return [e]
+  return [ld for s in e.src for ld in _loads(s)] if isinstance(e, Alu) else []
+
+_NP_UNARY = {Ops.EXP2: np.exp2, Ops.LOG2: np.log2, Ops.SQRT: np.sqrt, Ops.SIN: np.sin, Ops.RECIPROCAL: lambda x: 1.0 / x,
+             Ops.NEG: np.negative, Ops.TRUNC: np.trunc}
+_NP_BINARY = {Ops.ADD: np.add, Ops.SUB: np.subtract, Ops.MUL: np.multiply, Ops.MAX: np.maximum, Ops.CMPLT: np.less,
+              Ops.CMPNE: np.not_equal, Ops.FDIV: np.divide}
+
+def _eval(e, ld:Load, x:np.ndarray) -> np.ndarray:
+  """e in float64 with the load's value x (what the table tabulates)."""
+  if isinstance(e, Load): return x
+  if isinstance(e, Const): return np.full_like(x, float(e.value))
+  if isinstance(e, Alu):
+    v = [_eval(s, ld, x) for s in e.src]
+    with np.errstate(all="ignore"):
+      if e.op is Ops.CAST: return v[0] if e.dtype in FLOATS or e.dtype.name == "bool" else np.trunc(v[0])
+      if e.op in _NP_UNARY: return _NP_UNARY[e.op](v[0])
+      if e.op in _NP_BINARY: return _NP_BINARY[e.op](v[0], v[1]).astype(np.float64)
+      if e.op is Ops.WHERE: return np.where(v[0] != 0, v[1], v[2])
+  raise Unsupported(f"{getattr(e, 'op', e)} in a tabulated function")
+
+def compile_stages(nest:LoopNest) -> list[Stage]|str:
+  c = Compiler()
+  try:
+    if nest.out_dtype not in FLOATS: return f"writes {nest.out_dtype} (only float16/float32 results)"
+    out = c.value(nest.value)
+    last = c.materialize(out)
+    assert last.stage == len(c.stages) - 1
+  except Unsupported as e: return str(e)
+  return c.stages
+
+def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
+  if nest.reduce_ranges: return NotApplicable("a reduction (not elementwise)")
+  stages = compile_stages(nest)
+  if isinstance(stages, str): return NotApplicable(stages)
+  sz = nest.ranges
+  n = math.prod(sz[r] for r in nest.output_ranges)
+  rows_total = ceil_div(n, LANES)
+  K = align(max(LANES * max(len(s.main.terms) for s in stages), 1), K_ALIGN)
+  plan = plan_tiles(max(rows_total, EW_MIN_PLANE_ATOMS), K, LANES)
+  if isinstance(plan, str): return NotApplicable(plan)
+  rows = max(min(plan[0], MAX_ROWS), EW_MIN_PLANE_ATOMS)
+  tiles = ceil_div(rows_total, rows)
+  if (ntasks := tiles * len(stages)) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS})")
+  tile = MatmulTile(rows, K, LANES)
+  a_f, b_w, c_f = tile.a, tile.b, tile.c
+  e_f = Feature(LANES, rows, 1, 2)
+  # scratch: per stage and tile its A tile and (a load operand) its fp16 operand cube; per stage its B; per stage and
+  # tile its fp32 result
+  A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
+  a_sz, e_sz, b_sz, c_sz = a_f.nbytes, e_f.nbytes, b_w.elems * 2, c_f.nbytes
+  per_tile = a_sz + e_sz
+  pack: list[Copy] = []
+  ng, kg = b_w.group
+  st = b_w.grid_strides()
+  for si, s in enumerate(stages):
+    if s.lut is not None: continue
+    # B: kernel j is coefficient c_i at channel 16*i + j (an identity block per source), zero elsewhere
+    g = Grid((b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg), sz, {})
+    dst = Lin(st[:2] + st[4:], si * b_w.elems)
+    pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (Bound(Lin((0,)), 1, None),), fill=0.0))
+    for i, (_, coeff) in enumerate(s.main.terms):
+      diag = Bound(Lin((-ng, kg, -1, 1), -LANES * i), 0, 1)   # k - n == 16*i, k = 32*k1 + k2, n = 16*n1 + n2
+      pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
+  tasks = []
+  for t in range(tiles):
+    for si, s in enumerate(stages):
+      a_off = (t * len(stages) + si) * per_tile
+      c_off = (t * len(stages) + si) * c_sz
+      if s.lut is not None:   # x packed as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
+        ld, table = s.lut
+        pack.append(_gather(nest, ld, A, a_off, rows, t, n))
+        tasks += [regs.Task(entries(rebase(p, {A: a_off, C: c_off})), FLYING_ENABLE)
+                  for p in lut_programs(rows * LANES, table, {"input": A, "output": C})]
+        continue
+      for i, (ld, _) in enumerate(s.main.terms):   # A columns 16*i + j of row r: source i at element 16*(row0 + r) + j
+        pack.append(_gather(nest, ld, A, a_off + 2 * i * rows * 16, rows, t, n))   # source i: surfaces 2i, 2i+1
+      if not s.main.terms:  # a constant stage: the CORE multiplies zeros
+        g = Grid((a_f.c1, rows, a_f.c2), sz, {})
+        pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_off // 2),
+                         (Bound(Lin((0,)), 1, None),), fill=0.0))
+      ew = None
+      if isinstance(s.operand, Load):
+        e_off = a_off + a_sz
+        pack.append(_gather(nest, s.operand, A, e_off, rows, t, n))
+        ew = EwOperand(s.ew_op, A, e_off, 2)
+      elif s.operand is not None:
+        ew = EwOperand(s.ew_op, C, (t * len(stages) + s.operand) * c_sz, stages[s.operand].out_bytes)
+      bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
+      tasks.append(matmul_task(tile, A, a_off, B, si * b_sz, C, c_off, bs=bs, ew=ew))
+  unpack = tuple(_scatter(nest, C, (t * len(stages) + len(stages) - 1) * c_sz, rows, t, n, stages[-1].out_bytes) for t in range(tiles))
+  scratch = (tiles * len(stages) * per_tile, len(stages) * b_sz, tiles * len(stages) * c_sz)
+  ops = [f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
+  summary = (f"elementwise over {n} elements: {len(stages)} stage(s) x {tiles} tile(s) of {rows}x{LANES} as DPU "
+             f"tasks (fp32 results{'; ' + ', '.join(ops) if ops else ''})")
+  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0)
+
+def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, grid:tuple[int, ...], coeffs:tuple[int, ...]) -> Grid:
+  """A grid over one tile whose linear position (coeffs, + the tile's first element) enumerates the output elements
+  (output ranges row-major) and recovers each output range from it."""
+  g = Grid(grid, nest.ranges, {})
+  g.linear(coeffs, tile * rows * LANES, list(nest.output_ranges), n)
+  return g
+
+def _gather(nest:LoopNest, ld:Load, dst:int, off:int, rows:int, tile:int, n:int) -> Copy:
+  """The fp16 cube (16 channels, rows, 1) of load `ld` over a tile's elements, at byte `off` of `dst`."""
+  f = Feature(LANES, rows, 1, 2)
+  g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))   # element = 16*row + 8*c1 + c2
+  cp = g.copy(ld, dst, Lin((rows * f.c2, f.c2, 1), off // 2))
+  return Copy(cp.src, cp.src_dtype, cp.dst, cp.dst_dtype, cp.grid, cp.vars, cp.src_index, cp.dst_index, cp.bounds,
+              fill=float(ld.pad) if ld.pad is not None else 0.0)
+
+def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:int) -> Copy:
+  """A tile's result cube (16 channels, rows, 1; fp32 or a table's fp16) at byte `off` of `src` -> the kernel's output."""
+  f = Feature(LANES, rows, 1, nbytes)
+  g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))
+  cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
+  return Copy(src, "float32" if nbytes == 4 else "float16", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars, Lin((rows * f.c2, f.c2, 1), off // nbytes),
+              cp.dst_index, cp.bounds, fill=None)
