@@ -179,3 +179,29 @@ def test_split_when_single_task_tiles_exceed_the_task_budget():
   prg = lower_contraction(nest)
   m = SPLIT.search(prg.summary)
   assert m and int(m.group(1)) <= MAX_TASKS, prg.summary
+
+# ***** the chunked bound itself *****
+
+def test_chunked_bound_reduces_to_the_dot_bound():
+  """One chunk of all n products is bound_dot; more chunks of fewer products never give a larger bound."""
+  S, n, amax = np.array([1e3, 5.0]), 20000, 2.0
+  for p in (nm.rocket("float32"), nm.rocket("float16")):
+    np.testing.assert_array_equal(nm.bound_dot_chunked(p, S, n, amax, n, 1), nm.bound_dot(p, S, n, amax))
+    assert (nm.bound_dot_chunked(p, S, n, amax, 2528, 8) <= nm.bound_dot(p, S, n, amax)).all()
+
+def test_chunked_bound_holds_for_sequential_fp32_sums():
+  """The accumulation part of the bound against a sum built to lose precision: each chunk summed term by term in fp32,
+  the partials then added one by one in fp32 (the order the model allows). Every product is t = (1 + 2^-10)(1 + 3*2^-10)
+  = 1 + 2^-8 + 3*2^-20 (fp16 operands, exact in fp32): once a running sum passes 64, each add drops the 3*2^-20, so
+  the error grows with the chunk length, not only with the chunk boundaries; a bound that counted only the
+  boundaries (gamma(chunks - 1)) fails here. No operand rounding: the accumulation is all that is bounded."""
+  n, chunk = 40000, 3008
+  t = np.float64(np.float16(1 + 2**-10)) * np.float64(np.float16(1 + 3 * 2**-10))
+  prod = np.full(n, np.float32(t))
+  assert prod[0] == t
+  partial = np.float32(0)
+  for j in range(0, n, chunk):
+    partial = np.float32(partial + np.add.accumulate(prod[j:j + chunk], dtype=np.float32)[-1])
+  err, S, chunks = abs(float(partial) - n * t), n * t, -(-n // chunk)
+  assert err <= nm.bound_dot_chunked(nm.Precision(0.0, 0.0, nm.U32, 0.0, 0.0), S, n, 2.0, chunk, chunks)
+  assert err > nm.gamma(chunks - 1, nm.U32) * S
