@@ -188,9 +188,47 @@ def test_lut_activations(name, dtype):
   assert (err <= b).all(), f"{name}: err {err.max():.3g} at x={x[np.argmax(err - b)]}, bound {b[np.argmax(err - b)]:.3g}"
   assert err.max() > 0   # the table really ran (the C code would be exact to the CPU's rounding)
 
-def test_functions_without_an_exact_table_fall_back():
-  """exp has no table exact on every input (its range is unbounded and nothing checks the operand at run time)."""
+def test_functions_outside_their_tables_fall_back():
+  """exp's table holds on (-inf, ~0] only (its range is unbounded): a call with positive arguments runs the C code."""
   report.reset()
   Tensor(np.linspace(-3, 3, 64).astype(np.float32), device="ROCKET").exp().realize()
   rec = report.records()[-1]
-  assert rec.engine == "fallback" and "EXP2" in rec.reason
+  assert rec.engine == "fallback" and "outside the table's domain" in rec.reason
+
+# ---- tables that hold on an interval only: a guard checks the argument before the job ---------------------------------
+def test_guarded_table_runs_inside_its_domain_and_falls_back_outside():
+  """exp of a linear argument (softmax's numerator exp(x - max)) runs on the NPU when the argument lies in the table's
+  domain, checked from the packed fp16 operands before the job; outside it the call runs the C code, reported."""
+  rng = np.random.default_rng(7)
+  x = rng.uniform(-6, 6, (8, 40)).astype(np.float32)
+  m = x.max(axis=1, keepdims=True)
+  f = lambda t, mm: (t - mm).exp()
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = f(Tensor(x, device="ROCKET"), Tensor(m, device="ROCKET")).numpy().astype(np.float64)
+  rec = report.records()[-1]
+  assert rec.engine == "npu" and "lut(exp2" in rec.reason, rec
+  table_err = float(rec.reason.split("lut(exp2, error ")[1].split(")")[0])
+  assert table_err <= 2 * 2.0 ** -15 + 0.7 * U16      # a priori: two quanta + exp's input-rounding term on [-16, 0]
+  # bound: x and m rounded to fp16 (u16 |x| + u16 |m|), the difference narrowed to fp16 and scaled by log2(e) in fp16
+  # (two more u16 |x - m| terms), each moving exp by exp * ln2 * log2(e) * error; the table's error; fp32 on the CPU
+  d = x.astype(np.float64) - m
+  arg_err = U16 * (np.abs(x) + np.abs(m)) + 3 * U16 * np.abs(d) + ETA16
+  exact = np.exp(d)
+  bound = exact * arg_err * 1.01 + 1.6 * table_err + 8 * U32 * exact
+  c = f(Tensor(x, device="CPU"), Tensor(m, device="CPU")).numpy().astype(np.float64)
+  assert (np.abs(r - c) <= bound).all(), np.abs(r - c).max()
+  report.reset()
+  f(Tensor(x, device="ROCKET"), Tensor(m - 1, device="ROCKET")).realize()     # arguments up to +1: outside (-inf, ~0]
+  rec = report.records()[-1]
+  assert rec.engine == "fallback" and "outside the table's domain" in rec.reason, rec
+
+@pytest.mark.parametrize("fn, lo, hi, rel", [(lambda t: t.sqrt(), 0.3, 30.0, 2e-3), (lambda t: t.rsqrt(), 1.0, 30.0, 4e-3)])
+def test_guarded_tables_of_one_load(fn, lo, hi, rel):
+  """sqrt and rsqrt on their tables' intervals, within the stated relative error of the tables (docs/lut.md: 0.52 %
+  and 0.48 % at the low ends, far less where these inputs lie) plus fp16 rounding."""
+  x = np.random.default_rng(2).uniform(lo, hi, 500).astype(np.float32)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = fn(Tensor(x, device="ROCKET")).numpy().astype(np.float64)
+  assert "lut(" in report.records()[-1].reason
+  c = fn(Tensor(x, device="CPU")).numpy().astype(np.float64)
+  assert (np.abs(r - c) <= (rel + 3 * U16) * np.abs(c)).all(), np.abs((r - c) / c).max()

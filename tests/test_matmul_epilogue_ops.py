@@ -65,3 +65,19 @@ def test_bs_stage(bs):
 def test_ew_needs_a_plane_of_twelve_atoms():
   with pytest.raises(AssertionError, match=str(EW_MIN_PLANE_ATOMS)):
     matmul_task(MatmulTile(8, 32, 16), A, 0, B, 0, C, 0, ew=EwOperand("add", E, 0))
+
+def test_fp16_output():
+  """out_fp16: the DPU narrows the fp32 result (after BS and EW) to fp16, 2 atoms per 16-kernel group (§1.4)."""
+  M, K, N = 12, 32, 16
+  rng, a, b, acc = operands(M, K, N, 3)
+  e = rng.standard_normal((M, N)).astype(np.float16)
+  t = MatmulTile(M, K, N)
+  with Session() as s:
+    s.buffer(A, pack_cube(a.T.reshape(K, M, 1), "fp16"))
+    s.buffer(B, pack_weights(b.T.reshape(N, K, 1, 1), "fp16"))
+    s.buffer(E, pack_cube(e.T.reshape(N, M, 1), "fp16"))
+    s.buffer(C, t.c.nbytes)
+    r = s.run([matmul_task(t, A, 0, B, 0, C, 0, bs=XStageOp(add=0.25), ew=EwOperand("mul", E, 0, 2), out_fp16=True)], [C])
+    assert r.failure is None, r.failure
+  out = unpack_cube(r.out[C], "fp16", N, M, 1).reshape(N, M).T
+  np.testing.assert_array_equal(out, ((acc + np.float32(0.25)) * e.astype(np.float32)).astype(np.float16))

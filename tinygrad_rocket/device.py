@@ -3,6 +3,7 @@
 tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __init__.py for the module alias).
 """
 from __future__ import annotations
+import copy
 import sys, ctypes, platform, time, itertools
 from dataclasses import dataclass
 import numpy as np
@@ -102,6 +103,8 @@ class NpuJobError(RuntimeError):
 # documented) never arise on it. A call with a non-finite operand takes the kernel's C code.
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
 
+GUARD_REASON = "a lookup table's argument lies outside the table's domain for this call"
+
 class NpuRunner:
   """Runs an NpuProgram: pack operands (CPU), one SUBMIT with all its tasks, unpack results (CPU). A call whose
   operands the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback."""
@@ -164,6 +167,13 @@ class NpuRunner:
           self.packed_from.clear()
           return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
       self.packed_from[dst] = key
+    for g in self.prg.guards:   # a lookup table's argument outside its domain: the table's bound would not hold
+      mem = self.scratch[g.slot - SCRATCH]
+      self.dev.to_cpu(mem)
+      if not g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)):
+        guard_path = copy.copy(self.other_path)
+        guard_path.reason = f"{GUARD_REASON}: {g.what}"
+        return guard_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
     report.kernel_ran(self.name, "npu", self.prg.summary)
     self.dev.to_cpu(self.regcmd)
     # tasks address only the program's scratch BOs (program.py); kernel buffers may be host memory (from_blob)

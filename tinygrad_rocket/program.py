@@ -10,7 +10,7 @@ Slots: kernel buffers keep their PARAM slot numbers (0..); scratch buffer i is s
 is regs.SELF.
 """
 from __future__ import annotations
-import pickle
+import math, pickle
 from dataclasses import dataclass
 from typing import Callable
 import numpy as np
@@ -110,6 +110,37 @@ class Copy:
     return np.where(valid, src, 0), dst, valid, lambda e: np.where(valid, lin(e), 0)
 
 @dataclass(frozen=True)
+class Guard:
+  """A precondition checked before the job: lo <= const + sum(coeff * x) <= hi for every valid element, x the fp16 cubes
+  packed at the terms' byte offsets into scratch `slot`, each `rows` x 16 elements as two 8-lane surfaces (element
+  16*row + 8*surface + lane, valid while < count). A lookup table's measured error holds only on its domain: a call
+  whose argument leaves it runs the kernel's C code. The sum is narrowed to fp16 as the NPU narrows the table's input;
+  the bounds are pulled in by GUARD_MARGIN of their magnitude so the NPU's fp32 rounding cannot step over them."""
+  slot: int
+  rows: int
+  count: int
+  terms: tuple[tuple[int, float], ...]   # (byte offset in slot, fp16 coefficient)
+  const: float
+  lo: float
+  hi: float
+  what: str
+
+  def holds(self, mem:np.ndarray) -> bool:
+    """mem: the slot's bytes (uint8)."""
+    n = self.rows * 16
+    pos = np.arange(n)
+    surface, row, lane = pos // (self.rows * 8), (pos % (self.rows * 8)) // 8, pos % 8
+    valid = 16 * row + 8 * surface + lane < self.count
+    v = np.full(n, self.const, np.float64)
+    for off, coeff in self.terms: v += coeff * np.frombuffer(mem, np.float16, n, off).astype(np.float64)
+    with np.errstate(over="ignore"): v = v.astype(np.float16).astype(np.float64)[valid]
+    lo = self.lo + GUARD_MARGIN * abs(self.lo) if math.isfinite(self.lo) else -math.inf
+    hi = self.hi - GUARD_MARGIN * abs(self.hi) if math.isfinite(self.hi) else math.inf
+    return bool(np.all((v >= lo) & (v <= hi)))
+
+GUARD_MARGIN = 2.0 ** -9
+
+@dataclass(frozen=True)
 class NpuProgram:
   name: str
   summary: str                       # what the NPU computes, for ROCKET_DEBUG and reports
@@ -118,6 +149,7 @@ class NpuProgram:
   pack: tuple[Copy, ...]             # kernel buffers -> scratch, before the job
   unpack: tuple[Copy, ...]           # scratch -> kernel buffers, after it
   macs: int = 0                      # useful multiply-accumulates (for estimates)
+  guards: tuple[Guard, ...] = ()     # checked after packing, before the job (a call that fails one runs the C code)
   globals: tuple[int, ...] = ()      # the kernel's PARAM slots in the order tinygrad passes their buffers (its program's
                                      # globals: buffers its own simplification dropped are not passed); () = 0, 1, ...
 

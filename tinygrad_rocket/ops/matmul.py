@@ -21,6 +21,7 @@ PREC_FP16, PREC_FP32 = 2, 5                    # precision codes (§1.1)
 DMA_BURST_16 = 15                              # burst length field value for 16 beats (Mesa DMA_CON0 0x000F000F)
 SIZE_E_FP32_OUT = 3                            # fp16 -> fp32: 4 atoms per 16-kernel group (§1.4)
 ATOMS_FP32_OUT = SIZE_E_FP32_OUT + 1
+ATOMS_FP16_OUT = 2                             # fp16 -> fp16: 2 atoms per 16-kernel group, SIZE_E 1 (§1.4, MTX/GN [HW])
 OUTPUT_TO_MEMORY = 2                           # DPU FEATURE_MODE_CFG.OUTPUT_MODE bit1: write to memory
 BS_BN_BYPASS = dict(BS_BYPASS=1, BS_ALU_BYPASS=1, BS_MUL_BYPASS=1, BS_RELU_BYPASS=1)  # = 0x53, "all bypass" (§2.1)
 ONE_SCALE = 1                                  # CVT scales of 1: no conversion
@@ -109,19 +110,21 @@ def plan_tiles(M:int, K:int, N:int, residual:bool=False) -> tuple[int, int]|str:
   return f"K={K}: not even {MIN_ROWS} rows and {N_ALIGN} kernels fit the CBUF"
 
 def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int, relu:bool=False,
-                clip:float|None=None, bs:XStageOp|None=None, ew:EwOperand|None=None) -> regs.Task:
+                clip:float|None=None, bs:XStageOp|None=None, ew:EwOperand|None=None, out_fp16:bool=False) -> regs.Task:
   """The register writes of one tile. Offsets are bytes into the slots' buffers. `relu`: the BS stage's ReLU unit
   clamps negative results to 0 (ALU and MUL bypassed; rocket_fp16_ew_ppu.md §3.4 "native ReLU in any X-stage").
   `clip` (with relu): its ReLUX also clamps results above `clip` (ReLU6). ⚠ The ReLUX encoding (RELU_BYPASS 0,
   RELUX_EN 1, compare value an fp32 bit pattern in float mode) is inferred from the TRM and AB's encoding (§3.4), not
   confirmed on hardware; this is the one place it is programmed. `bs`: the whole BS stage instead of relu/clip.
-  `ew`: the EW stage combines the result with a per-pixel operand read through DPU_RDMA (conv-fed, §2.3)."""
+  `ew`: the EW stage combines the result with a per-pixel operand read through DPU_RDMA (conv-fed, §2.3). `out_fp16`:
+  the DPU narrows the result to fp16 (FP32TOFP16, round to nearest even assumed: §7.3 ⚠) and writes an fp16 cube."""
   assert bs is None or (not relu and clip is None), "relu/clip or bs, not both"
   bs = bs if bs is not None else XStageOp(relu=relu, clip=clip)
   M, K, N = t.M, t.K, t.N
   assert ew is None or M * 1 >= EW_MIN_PLANE_ATOMS, f"an EW task needs >= {EW_MIN_PLANE_ATOMS} output atoms per plane"
   w, addr = regs.write, regs.address
   plane = M * 1 * 16                                     # bytes of one output surface (W=1, H=M atoms)
+  atoms = ATOMS_FP16_OUT if out_fp16 else ATOMS_FP32_OUT
   bs_regs = bs_fields(bs)
   ew_cfg = (dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1) if ew is None else  # 0x383
             dict(EW_DATA_MODE=1, EDATA_SIZE=EW_SIZE[ew.nbytes], EW_RELU_BYPASS=int(not ew.relu), EW_LUT_BYPASS=1, EW_OP_SRC=1,
@@ -172,7 +175,7 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("CORE", "CLIP_TRUNCATE"), w("CORE", "UNDOC_3030"),
     # DPU: all stages bypassed, fp32 result to memory
     w("DPU", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, OUTPUT_MODE=OUTPUT_TO_MEMORY),
-    w("DPU", "DATA_FORMAT", OUT_PRECISION=PREC_FP32, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
+    w("DPU", "DATA_FORMAT", OUT_PRECISION=PREC_FP16 if out_fp16 else PREC_FP32, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
     w("DPU", "OFFSET_PEND"),
     addr("DPU", "DST_BASE_ADDR", c_slot, c_off),
     w("DPU", "DST_SURF_STRIDE", DST_SURF_STRIDE=M * 1 * 16),
@@ -181,7 +184,7 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "DATA_CUBE_NOTCH_ADDR"),
     w("DPU", "DATA_CUBE_CHANNEL", ORIG_CHANNEL=N - 1, CHANNEL=N - 1),
     *[w("DPU", reg, **f) for reg, f in bs_regs.items()],
-    w("DPU", "BS_OW_CFG", SIZE_E_2=SIZE_E_FP32_OUT, SIZE_E_1=SIZE_E_FP32_OUT, SIZE_E_0=SIZE_E_FP32_OUT, OD_BYPASS=1),
+    w("DPU", "BS_OW_CFG", SIZE_E_2=atoms - 1, SIZE_E_1=atoms - 1, SIZE_E_0=atoms - 1, OD_BYPASS=1),
     w("DPU", "BS_OW_OP"),
     w("DPU", "WDMA_SIZE_0", CHANNEL_WDMA=N - 1),
     w("DPU", "WDMA_SIZE_1", HEIGHT_WDMA=M - 1, WIDTH_WDMA=0),
@@ -189,8 +192,8 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "BN_ALU_CFG"), w("DPU", "BN_MUL_CFG"), w("DPU", "BN_RELUX_CMP_VALUE"),
     w("DPU", "EW_CFG", **ew_cfg),
     w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE", **({} if ew is None or ew.clip is None else dict(EW_RELUX_CMP_DAT=fp32_bits(ew.clip)))),
-    w("DPU", "OUT_CVT_OFFSET"), w("DPU", "OUT_CVT_SCALE", OUT_CVT_SCALE=ONE_SCALE), w("DPU", "OUT_CVT_SHIFT"),
-    w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * ATOMS_FP32_OUT),
+    w("DPU", "OUT_CVT_OFFSET"), w("DPU", "OUT_CVT_SCALE", FP32TOFP16_EN=int(out_fp16), OUT_CVT_SCALE=ONE_SCALE), w("DPU", "OUT_CVT_SHIFT"),
+    w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * atoms),
     w("DPU", "UNDOC_40C4"),
     w("DPU_RDMA", "DATA_CUBE_WIDTH", WIDTH=0),
     w("DPU_RDMA", "DATA_CUBE_HEIGHT", HEIGHT=M - 1),

@@ -26,20 +26,26 @@ from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, SCRATCH
+from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast
 from tinygrad_rocket.rules.contraction import Grid, _relu_clip
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.elementwise import FLYING_ENABLE
 from tinygrad_rocket.ops.lut import LutTable, make_table, lut_programs
-from tinygrad_rocket.ops.program import entries, rebase
+from tinygrad_rocket.ops.program import entries, override
 from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
                                         EW_MIN_PLANE_ATOMS)
 
-# Intervals tried when a function of one operand is tabulated for the DPU lookup table (ops/lut.py): a table is taken
-# only if its measured error bound holds on the whole real line (its tails extrapolate exactly), since nothing checks
-# at run time that the operand stays inside an interval.
-LUT_INTERVALS = ((-16.0, 16.0), (-8.0, 8.0))
+# Intervals tried, in order, when a function of one argument is tabulated for the DPU lookup table (ops/lut.py). A table
+# whose measured bound holds on the whole real line needs nothing more; one that holds on an interval only (exp, log,
+# sqrt, 1/x) comes with a guard: before the job the runner checks the argument (from the packed fp16 operands) lies in
+# the table's domain, and a call where it does not runs the C code.
+LUT_INTERVALS = ((-16.0, 16.0), (-8.0, 8.0), (-16.0, 0.0), (-24.0, 0.0), (0.25, 32.0), (1.0, 64.0), (0.5, 64.0))
+# A table is used only if its worst error is within 2^-9 of the function's largest magnitude on the interval: a few
+# fp16 ulps, what the rest of an fp16-operand pipeline costs anyway (uniform grids fail this near a pole: 1/x on
+# [0.25, 32] is off by 0.046, docs/lut.md).
+LUT_MAX_ERROR = 2.0 ** -9
+UNARY_TABULABLE = (Ops.EXP2, Ops.LOG2, Ops.SQRT, Ops.RECIPROCAL, Ops.SIN)
 LANES = 16             # elements per output pixel: one 16-kernel group (fp16 N alignment, rocket_fp16_ew_ppu.md §1.6)
 FP16_MAX = 65504.0     # a coefficient beyond it is inf in the fp16 weights
 
@@ -79,10 +85,12 @@ class Stage:
   clip: float|None = None         # with relu: the ReLUX clamp at clip
   ew_op: str|None = None
   operand: Load|int|None = None   # a load (packed fp16) or an earlier stage (its result)
-  lut: tuple[Load, LutTable]|None = None  # instead: a DPU-only lookup-table task of one load, fp16 result
+  lut: tuple[Load|int, LutTable]|None = None  # instead: a DPU-only lookup-table task of a load or an fp16 stage result
+  guard: Linear|None = None       # with lut: the argument (over loads) the runner checks against the table's domain
+  out16: bool = False             # the result narrowed to fp16 (a table's argument)
 
   @property
-  def out_bytes(self) -> int: return 2 if self.lut is not None else 4
+  def out_bytes(self) -> int: return 2 if self.lut is not None or self.out16 else 4
 
 @dataclass
 class Compiler:
@@ -177,7 +185,20 @@ class Compiler:
     if op is Ops.NEG: return self.mul(self.value(src[0]), Linear(const=-1.0))
     if op is Ops.MAX: return self.max(self.value(src[0]), self.value(src[1]))
     if (t := self.table(e)) is not None: return t
+    if op in UNARY_TABULABLE and (t := self.table_of_linear(e)) is not None: return t
     raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
+
+  def table_of_linear(self, e:Alu) -> Computed|None:
+    """op(l) for a linear l over loads, with a guarded table of op over l's range: l is computed to fp16 by one stage
+    (the guard keeps it inside the table's domain, so it cannot overflow), then looked up."""
+    arg = self.value(e.src[0])
+    if not isinstance(arg, Linear) or not arg.terms or not all(isinstance(ld, Load) for ld, _ in arg.terms): return None
+    t = _pick_table(lambda x: _eval(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower())
+    # an fp16 stage's padding elements hold its constant: only a table whose decode is unsigned (OUT_CVT_OFFSET >= 0)
+    # takes any input; a signed one would meet the board's x ~ 0 spike there (rocket_fp16_ew_ppu.md §4.6)
+    if t is None or (arg.plain_load is None and t.out_offset < 0): return None
+    src: Load|int = arg.plain_load if arg.plain_load is not None else self.stage(Stage(arg, out16=True)).stage
+    return self.stage(Stage(Linear(), lut=(src, t), guard=None if t.domain == (-math.inf, math.inf) else arg))
 
   def table(self, e:Alu) -> Computed|None:
     """e as a lookup table of its only operand, if it has one and some interval gives a table exact on every input."""
@@ -185,10 +206,24 @@ class Compiler:
     if len(loads) != 1: return None
     ld = loads.pop()
     if ld.dtype not in FLOATS or ld.valid: return None
-    for lo, hi in LUT_INTERVALS:
-      t = make_table(lambda x: _eval(e, ld, x), lo, hi, name=e.op.name.lower())
-      if isinstance(t, LutTable) and t.domain == (-math.inf, math.inf): return self.stage(Stage(Linear(), lut=(ld, t)))
-    return None
+    t = _pick_table(lambda x: _eval(e, ld, x), e.op.name.lower())
+    if t is None: return None
+    return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),))))
+
+def _pick_table(fn, name:str) -> LutTable|None:
+  """The first table over LUT_INTERVALS exact on the whole line, else the accurate one (LUT_MAX_ERROR) with the least
+  absolute error (a wide interval of exp is accurate relative to its peak and useless below 1)."""
+  good: list[LutTable] = []
+  for lo, hi in LUT_INTERVALS:
+    try:
+      with np.errstate(all="ignore"): t = make_table(fn, lo, hi, name=name)
+    except (Unsupported, ValueError, FloatingPointError): continue
+    if not isinstance(t, LutTable): continue
+    with np.errstate(all="ignore"): peak = float(np.nanmax(np.abs(fn(np.linspace(lo, hi, 4097)))))
+    if not (t.max_abs_error <= LUT_MAX_ERROR * peak): continue
+    if t.domain == (-math.inf, math.inf): return t
+    good.append(t)
+  return min(good, key=lambda t: t.max_abs_error) if good else None
 
 def _loads(e) -> list[Load]:
   if isinstance(e, Load): return [e]
@@ -255,16 +290,24 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
     for i, (_, coeff) in enumerate(s.main.terms):
       diag = Bound(Lin((-ng, kg, -1, 1), -LANES * i), 0, 1)   # k - n == 16*i, k = 32*k1 + k2, n = 16*n1 + n2
       pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
-  tasks = []
+  tasks, guards = [], []
   for t in range(tiles):
     for si, s in enumerate(stages):
       a_off = (t * len(stages) + si) * per_tile
       c_off = (t * len(stages) + si) * c_sz
-      if s.lut is not None:   # x packed as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
-        ld, table = s.lut
-        pack.append(_gather(nest, ld, A, a_off, rows, t, n))
-        tasks += [regs.Task(entries(rebase(p, {A: a_off, C: c_off})), FLYING_ENABLE)
-                  for p in lut_programs(rows * LANES, table, {"input": A, "output": C})]
+      if s.lut is not None:   # x as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
+        src, table = s.lut
+        if isinstance(src, Load):   # padding elements get a value inside the table's interval
+          pack.append(_gather(nest, src, A, a_off, rows, t, n, fill=min(max(0.0, table.lo), table.hi)))
+          x_slot, x_off = A, a_off
+        else: x_slot, x_off = C, (t * len(stages) + src) * c_sz
+        tasks += _lut_tasks(rows * LANES, table, x_slot, x_off, C, c_off)
+        if s.guard is not None:   # the argument's operands: the load itself, or the fp16 stage's A columns
+          g_off = a_off if isinstance(src, Load) else (t * len(stages) + src) * per_tile
+          terms = ((g_off, 1.0),) if isinstance(src, Load) else \
+                  tuple((g_off + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.guard.terms))
+          guards.append(Guard(A, rows, min(n - t * rows * LANES, rows * LANES), terms, 0.0 if isinstance(src, Load) else s.guard.const,
+                              table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}"))
         continue
       for i, (ld, _) in enumerate(s.main.terms):   # A columns 16*i + j of row r: source i at element 16*(row0 + r) + j
         pack.append(_gather(nest, ld, A, a_off + 2 * i * rows * 16, rows, t, n))   # source i: surfaces 2i, 2i+1
@@ -280,13 +323,24 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
       elif s.operand is not None:
         ew = EwOperand(s.ew_op, C, (t * len(stages) + s.operand) * c_sz, stages[s.operand].out_bytes)
       bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
-      tasks.append(matmul_task(tile, A, a_off, B, si * b_sz, C, c_off, bs=bs, ew=ew))
+      tasks.append(matmul_task(tile, A, a_off, B, si * b_sz, C, c_off, bs=bs, ew=ew, out_fp16=s.out16))
   unpack = tuple(_scatter(nest, C, (t * len(stages) + len(stages) - 1) * c_sz, rows, t, n, stages[-1].out_bytes) for t in range(tiles))
   scratch = (tiles * len(stages) * per_tile, len(stages) * b_sz, tiles * len(stages) * c_sz)
   ops = [f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
   summary = (f"elementwise over {n} elements: {len(stages)} stage(s) x {tiles} tile(s) of {rows}x{LANES} as DPU "
              f"tasks (fp32 results{'; ' + ', '.join(ops) if ops else ''})")
-  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0)
+  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0, guards=tuple(guards))
+
+def _lut_tasks(n:int, table:LutTable, x_slot:int, x_off:int, y_slot:int, y_off:int) -> list[regs.Task]:
+  """The table's DPU-only tasks over n fp16 elements at byte x_off of x_slot, results at y_off of y_slot (each address
+  moved on its own: the two may share a buffer)."""
+  out = []
+  for p in lut_programs(n, table, {"input": x_slot, "output": y_slot}):
+    src, dst = p[("DPU_RDMA", "SRC_BASE_ADDR")], p[("DPU", "DST_BASE_ADDR")]
+    p = override(p, {("DPU_RDMA", "SRC_BASE_ADDR"): regs.address("DPU_RDMA", "SRC_BASE_ADDR", x_slot, src.offset + x_off),
+                     ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", y_slot, dst.offset + y_off)})
+    out.append(regs.Task(entries(p), FLYING_ENABLE))
+  return out
 
 def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, grid:tuple[int, ...], coeffs:tuple[int, ...]) -> Grid:
   """A grid over one tile whose linear position (coeffs, + the tile's first element) enumerates the output elements
@@ -295,13 +349,13 @@ def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, grid:tuple[int, ...], c
   g.linear(coeffs, tile * rows * LANES, list(nest.output_ranges), n)
   return g
 
-def _gather(nest:LoopNest, ld:Load, dst:int, off:int, rows:int, tile:int, n:int) -> Copy:
+def _gather(nest:LoopNest, ld:Load, dst:int, off:int, rows:int, tile:int, n:int, fill:float|None=None) -> Copy:
   """The fp16 cube (16 channels, rows, 1) of load `ld` over a tile's elements, at byte `off` of `dst`."""
   f = Feature(LANES, rows, 1, 2)
   g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))   # element = 16*row + 8*c1 + c2
   cp = g.copy(ld, dst, Lin((rows * f.c2, f.c2, 1), off // 2))
   return Copy(cp.src, cp.src_dtype, cp.dst, cp.dst_dtype, cp.grid, cp.vars, cp.src_index, cp.dst_index, cp.bounds,
-              fill=float(ld.pad) if ld.pad is not None else 0.0)
+              fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
 
 def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:int) -> Copy:
   """A tile's result cube (16 channels, rows, 1; fp32 or a table's fp16) at byte `off` of `src` -> the kernel's output."""
