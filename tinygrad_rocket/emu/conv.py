@@ -8,6 +8,7 @@ Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3):
   matches GN's measurement (fp32 output ~1e-7 relative to a float64 reference).
 """
 from __future__ import annotations
+import functools, threading
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
@@ -53,19 +54,21 @@ def pad_values(d:ConvDesc) -> np.ndarray:
   if d.precision == "bf16": return np.full(d.channels, np.float64(arith.bf16_to_f32(np.array([raw & 0xFFFF]))[0]))
   return np.full(d.channels, np.float64(arith.tf32_from_f32(np.array([arith.f32_bits_to_f32(raw)]))[0]))
 
-def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
-  """The input cube (channels, height, width) as float64 values, the bytes the CNA fetched, and the DMA range."""
+def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple, np.ndarray]:
+  """The input cube (height, width, channels) as float64 values (channels innermost: im2col then copies whole pixel
+  runs), the bytes the CNA fetched, the DMA range, and the raw bytes fetched (the key of the window memo)."""
   if d.pixel:
     rows = layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
     x = _pixel_convert(d, rows)
-    cube = np.zeros((d.channels, d.height, d.width), np.float64)
-    cube[0] = x
-    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
+    cube = np.zeros((d.height, d.width, d.channels), np.float64)
+    cube[:, :, 0] = x
+    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width), rows
   S = d.surfaces
   atoms = layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA")
   atoms = atoms.reshape(S, d.height, d.width, layouts.ATOM)
-  raw = layouts.atoms_to_cube(atoms, _element_dtype(d.precision), d.channels)
-  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM)
+  el = atoms.view(_element_dtype(d.precision))                        # (S, H, W, C2)
+  raw = el.transpose(1, 2, 0, 3).reshape(d.height, d.width, -1)[:, :, :d.channels]
+  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM), atoms
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -82,7 +85,8 @@ def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   return arith.saturate(y, -128, 127).astype(np.float64)
 
 def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]:
-  """Weights as float64: direct (kernels, channels, kh, kw), depthwise (channels, kh, kw); and bytes fetched.
+  """Weights as float64: direct (kh*kw*channels, kernels), rows tap-major then channel (the im2col columns' order);
+  depthwise (channels, kh, kw); and bytes fetched.
   WEIGHT_REUSE: the CNA does not fetch, the weights are whatever the CBUF holds from this core's last weight load."""
   if d.weight_reuse:
     held = cbuf.get("weights")
@@ -95,55 +99,78 @@ def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]
     cbuf["weights"] = raw8
     fetched = d.weight_bytes
   el = raw8.view(_element_dtype(d.precision))
-  if d.depthwise:
-    idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
-  else:
-    ng, kg = WEIGHT_GROUPS[d.precision]
-    idx = layouts.weight_index_direct(d.kernels, d.channels, d.kh, d.kw, ng, kg)
+  if d.depthwise: idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
+  else: idx = _weight_matrix_index(d.kernels, d.channels, d.kh, d.kw, *WEIGHT_GROUPS[d.precision])
   return _to_f64(el[idx], d.precision), fetched
 
+@functools.lru_cache(maxsize=64)
+def _weight_matrix_index(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:int) -> np.ndarray:
+  """layouts.weight_index_direct as the (kh*kw*channels, kernels) matrix the MAC array multiplies im2col rows with."""
+  idx = np.ascontiguousarray(layouts.weight_index_direct(kernels, channels, kh, kw, ng, kg).transpose(2, 3, 1, 0)).reshape(kh * kw * channels, kernels)
+  idx.flags.writeable = False
+  return idx
+
 def _padded(d:ConvDesc, x:np.ndarray) -> np.ndarray:
-  """The input with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many after as
-  the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it unused."""
+  """The input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many
+  after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it
+  unused."""
   eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
   need_h, need_w = (d.out_h - 1) * d.stride_y + eff_h, (d.out_w - 1) * d.stride_x + eff_w
+  if d.pad_top == 0 and d.pad_left == 0 and need_h <= d.height and need_w <= d.width: return x[:need_h, :need_w]
   Hp, Wp = max(need_h, d.pad_top + d.height), max(need_w, d.pad_left + d.width)
-  xp = np.empty((d.channels, Hp, Wp), np.float64)
-  xp[:] = pad_values(d)[:, None, None]
-  xp[:, d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
-  return xp[:, :need_h, :need_w]
+  xp = np.empty((Hp, Wp, d.channels), np.float64)
+  xp[:] = pad_values(d)
+  xp[d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
+  return xp[:need_h, :need_w]
 
 def _windows(d:ConvDesc, xp:np.ndarray) -> np.ndarray:
-  """View (channels, out_h, out_w, kh, kw) of every tap of every output."""
+  """View (out_h, out_w, channels, kh, kw) of every tap of every output."""
   eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
-  v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(1, 2))
-  return v[:, ::d.stride_y, ::d.stride_x, ::d.dil_y, ::d.dil_x][:, :d.out_h, :d.out_w]
+  v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(0, 1))
+  return v[::d.stride_y, ::d.stride_x, :, ::d.dil_y, ::d.dil_x][:d.out_h, :d.out_w]
+
+# The im2col rows of the last direct task per thread (one per emulated core), reused when the next task fetched the
+# same feature bytes with the same geometry (a layer split into kernel chunks reads one input cube per chunk): a cache
+# of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not trusted.
+_window_memo = threading.local()
+
+def _im2col(d:ConvDesc, x:np.ndarray, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
+  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost."""
+  key = (d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y, d.stride_x,
+         d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
+  memo = getattr(_window_memo, "entry", None)
+  if memo is not None and memo[0] == key and memo[1].shape == raw.shape and np.array_equal(memo[1], raw): return memo[2]
+  win = _windows(d, _padded(d, x))[r0:r1]                   # (rows, out_w, C, kh, kw)
+  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
+  _window_memo.entry = (key, raw.copy(), cols) if cols.nbytes <= IM2COL_CHUNK_BYTES else None
+  return cols
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
-  x, fbytes, frange = read_feature(d, mem)
+  x, fbytes, frange, raw = read_feature(d, mem)             # x: (H, W, C)
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
-  win = _windows(d, _padded(d, x))                         # (C, oh, ow, kh, kw)
   oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
   acc64 = np.zeros((d.out_c, oh, ow), np.float64)
   S = None
   if d.depthwise:
+    win = _windows(d, _padded(d, x))                        # (oh, ow, C, kh, kw)
     n = min(d.channels, d.out_c)
+    acc = np.zeros((oh, ow, n), np.float64)
     for i in range(d.kh):
       for j in range(d.kw):
-        acc64[:n] += win[:n, :, :, i, j] * w[:n, i, j][:, None, None]
+        acc += win[:, :, :n, i, j] * w[:n, i, j]
+    acc64[:n] = acc.transpose(2, 0, 1)
     if need_window_sum:
       S = np.zeros((d.out_c, oh, ow), np.float64)
-      S[:n] = win[:n].sum(axis=(3, 4))
+      S[:n] = win[:, :, :n].sum(axis=(3, 4)).transpose(2, 0, 1)
   else:
     K = d.kernels
-    wm = w.transpose(2, 3, 1, 0).reshape(taps * d.channels, K)      # rows (kh, kw, c)
     rows_per_chunk = max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8))
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
     for r0 in range(0, oh, rows_per_chunk):
       r1 = min(oh, r0 + rows_per_chunk)
-      cols = win[:, r0:r1].transpose(1, 2, 3, 4, 0).reshape((r1 - r0) * ow, taps * d.channels)
-      acc64[:K, r0:r1] = (cols @ wm).T.reshape(K, r1 - r0, ow)
+      cols = _im2col(d, x, raw, r0, r1)
+      acc64[:K, r0:r1] = (cols @ w).T.reshape(K, r1 - r0, ow)
       if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
   if d.precision == "int8":
     acc = acc64.astype(np.int64)
