@@ -2,10 +2,19 @@
 them; the next NPU program packs its operand from that cube (no unpack, no plain read); fallback kernels, copy-out and
 CPU writes see plain memory that is up to date, views included."""
 import numpy as np
+import pytest
 from dataclasses import asdict
 from tinygrad import Tensor, Device, TinyJit
 from tinygrad_rocket import report
 from helpers import env
+
+@pytest.fixture(autouse=True, params=["wait", "async"])
+def job_mode(request, monkeypatch):
+  """On the emulator the runner waits for each job; "async" runs the same tests as on a board, where the next calls
+  pack and submit while jobs are in flight."""
+  from tinygrad_rocket import device
+  monkeypatch.setattr(device, "WAIT_EMULATED_JOBS", request.param == "wait")
+  return request.param
 
 def _stats() -> dict: return asdict(Device["ROCKET"].layout_stats)
 def _delta(before:dict) -> dict: return {k: v - before[k] for k, v in _stats().items() if v != before[k]}

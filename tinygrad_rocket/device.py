@@ -117,6 +117,10 @@ MAX_BANKS = 4
 # Packed operands kept resident per scratch slot, by source versions (DESIGN.md, Weights): the same program run with
 # several weight tensors (repeated layers) packs each once.
 MAX_RESIDENT = 4
+# On the emulator a job computes on this machine's CPU: the runner waits for it right after submitting (measured: letting
+# tinygrad's Python run next to the emulating thread only makes both contend for the GIL and the cores). Results still
+# stay NPU-native until read; on a board jobs run asynchronously.
+WAIT_EMULATED_JOBS = True
 _serials = itertools.count()  # names a runner or bank in caches (an id() could be reused)
 
 @dataclass
@@ -341,11 +345,14 @@ class NpuRunner:
       dst, inv = bufs[k], self.inverse[k]
       native = Native((self.serial, k), slot[inv[0]], inv[1], inv[2], dst, inv[3]) if inv is not None else None
       p = PendingUnpack(self, copies, {c.src: slot[c.src] for c, *_ in copies} | {k: dst}, native, bank)
+      if len(kept := [q for q in dst.domain.pending if q.writes != p.writes]) < len(dst.domain.pending):
+        self.dev.layout_stats.dropped += len(dst.domain.pending) - len(kept)   # written over entirely (a JIT replay)
+        dst.domain.pending = kept
       dst.domain.pending.append(p)
       dst.domain.written()
       bank.pending.append((dst.domain, p))
       if dst.domain.bo is None: self.dev.flush(dst.domain)  # host memory (from_blob) may be read behind our back
-    if wait: self._wait(bank, failure_ok=False)
+    if wait or (WAIT_EMULATED_JOBS and self.dev.emulated): self._wait(bank, failure_ok=False)
     return time.perf_counter() - st if wait else None
 
 # ***** device *****

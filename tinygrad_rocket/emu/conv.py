@@ -8,7 +8,7 @@ Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3):
   matches GN's measurement (fp32 output ~1e-7 relative to a float64 reference).
 """
 from __future__ import annotations
-import functools, threading
+import ctypes, functools, os, threading
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
@@ -22,6 +22,33 @@ from tinygrad_rocket.emu.memory import IovaSpace
 DW_INT8_PAD_BYTE_LANES = True
 # Feature bytes of one im2col chunk (bounds the emulator's memory use on big layers)
 IM2COL_CHUNK_BYTES = 64 << 20
+
+# ⚠ Emulator speed, not semantics: the emulator's matrix products are small (a task's window rows times its kernels)
+# and run next to the caller's own thread, where a multi-threaded OpenBLAS pool stalls (measured on a shared 2-core
+# machine: a 49x4608x32 product 0.4 ms on one thread, 8-12 ms median on two). So the first convolution pins numpy's
+# OpenBLAS to one thread, process-wide, unless the user chose a thread count (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS).
+# A process running the emulator therefore does its other numpy BLAS work on one thread too.
+SINGLE_THREAD_BLAS = True
+BLAS_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+BLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                    "openblas_set_num_threads")
+
+@functools.lru_cache(maxsize=None)
+def _pin_blas_threads() -> str|None:
+  """Sets the OpenBLAS thread count to 1 once (see SINGLE_THREAD_BLAS); returns the library it set, None if none."""
+  if not SINGLE_THREAD_BLAS or any(os.environ.get(v) for v in BLAS_THREAD_ENV): return None
+  try:
+    with open("/proc/self/maps") as f: paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+  except OSError: return None
+  for path in sorted(paths):
+    try: lib = ctypes.CDLL(path)
+    except OSError: continue
+    for name in BLAS_SET_THREADS:
+      if (fn := getattr(lib, name, None)) is not None:
+        fn.argtypes, fn.restype = [ctypes.c_int], None
+        fn(1)
+        return path
+  return None
 
 @dataclass
 class ConvResult:
@@ -146,6 +173,7 @@ def _im2col(d:ConvDesc, x:np.ndarray, raw:np.ndarray, r0:int, r1:int) -> np.ndar
   return cols
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
+  _pin_blas_threads()
   x, fbytes, frange, raw = read_feature(d, mem)             # x: (H, W, C)
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
