@@ -26,7 +26,7 @@ CASES = [
 def weights(c_in:int, layers:list, rng) -> list[np.ndarray]:
   out = []
   for c, k, _, _ in layers:
-    out.append(rng.uniform(-1, 1, (c, c_in, k, k)).astype(np.float32) / np.sqrt(c_in * k * k))
+    out.append((rng.uniform(-1, 1, (c, c_in, k, k)) / np.sqrt(c_in * k * k)).astype(np.float32))
     c_in = c
   return out
 
@@ -78,6 +78,6 @@ def main():
     print("|---|---|---|---|---|---|")
     for name, mode, t_rk, t_cpu, per, err in rows:
       print(f"| {name} | {mode} | {t_rk*1e3:.1f} | {t_cpu*1e3:.1f} | {t_rk/t_cpu:.2f} | "
-            f"{per['packed']:.0f} / {per['packed_native']:.0f} / {per['pack_skipped']:.0f}, {per['unpacked']:.0f} |")
+            f"{per['packed']:.1f} / {per['packed_native']:.1f} / {per['pack_skipped']:.1f}, {per['unpacked']:.2f} |")
 
 if __name__ == "__main__": main()
