@@ -190,6 +190,13 @@ class Resident:
   key: tuple|None = None
   used: int = 0
 
+FP16_EXPONENT = 0x7C00  # all ones: inf or NaN
+
+def _finite(vals:np.ndarray) -> bool:
+  """Whether every value is finite (fp16 by its exponent bits: numpy's float16 arithmetic is slow)."""
+  if vals.dtype == np.float16: return not ((vals.view(np.uint16) & FP16_EXPONENT) == FP16_EXPONENT).any()
+  return bool(np.isfinite(vals).all())
+
 class NpuRunner:
   """Runs an NpuProgram: packs operands (on the CPU, from plain memory or from the result cube of the NPU job that wrote
   them; operands whose sources did not change stay packed), one SUBMIT with all its tasks, and leaves the results in
@@ -211,6 +218,7 @@ class NpuRunner:
     self.banks: list[Bank] = []
     self.calls = 0
     self.composed: dict[tuple, np.ndarray|None] = {}    # (pack Copy, Native.key, element offset) -> cube indices
+    self.index_forms: dict[tuple, tuple] = {}           # see _where
 
   @staticmethod
   def _inverse(copies:list) -> tuple[int, str, str, np.ndarray]|None:
@@ -302,12 +310,22 @@ class NpuRunner:
         self.dev.to_cpu(slot[c.src])
         raw = self._array(slot[c.src], c.src_dtype)[src_idx]
       if c.value is not None: raw = raw * slope(c.value[1])  # ("slope", e): scaled before the rounding to the NPU's format
-    if valid is not None: raw[~valid] = c.fill
+    if valid is not None: raw[self._where(valid, invert=True)] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
-    if operand and vals.dtype.kind == "f" and not np.isfinite(vals).all(): return False
-    self._array(dst, c.dst_dtype)[dst_idx] = vals
+    if operand and vals.dtype.kind == "f" and not _finite(vals): return False
+    self._array(dst, c.dst_dtype)[self._where(dst_idx)] = vals
     if renew: dst.domain.written()
     return True
+
+  def _where(self, a:np.ndarray, invert:bool=False) -> np.ndarray|slice:
+    """A prepared index array as the cheapest equivalent index, computed once per array: a slice for a contiguous
+    run; with invert, the positions where the mask `a` is False."""
+    if (hit := self.index_forms.get((id(a), invert))) is not None: return hit[1]
+    if invert: form: np.ndarray|slice = np.flatnonzero(~a)
+    elif len(a) and a[-1] - a[0] == len(a) - 1 and (np.diff(a) == 1).all(): form = slice(int(a[0]), int(a[-1]) + 1)
+    else: form = a
+    self.index_forms[(id(a), invert)] = (a, form)   # (the array kept alive: its id stays its own)
+    return form
 
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     st = time.perf_counter()
