@@ -8,7 +8,7 @@ Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3):
   matches GN's measurement (fp32 output ~1e-7 relative to a float64 reference).
 """
 from __future__ import annotations
-import ctypes, functools, os, threading
+import concurrent.futures, ctypes, functools, os, threading
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
@@ -49,6 +49,26 @@ def _pin_blas_threads() -> str|None:
         fn(1)
         return path
   return None
+
+# With one BLAS thread (above), a large product is split by rows over this many threads of our own (numpy releases the
+# GIL in matmul; a waiting thread blocks instead of spinning): each output element is still one float64 dot product.
+GEMM_PARTS = min(os.cpu_count() or 1, 4)
+GEMM_PARALLEL_MACS = 8 << 20     # below this a product runs on the calling thread alone
+
+@functools.lru_cache(maxsize=None)
+def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(GEMM_PARTS - 1, thread_name_prefix="rocket-emu-gemm")
+
+def _matmul(a:np.ndarray, b:np.ndarray) -> np.ndarray:
+  """a @ b in float64, row blocks on GEMM_PARTS threads when large."""
+  M = a.shape[0]
+  if GEMM_PARTS < 2 or M < 2 * GEMM_PARTS or M * a.shape[1] * b.shape[1] < GEMM_PARALLEL_MACS: return a @ b
+  out = np.empty((M, b.shape[1]), np.result_type(a, b))
+  cuts = [M * i // GEMM_PARTS for i in range(GEMM_PARTS + 1)]
+  futs = [_gemm_pool().submit(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
+  np.matmul(a[:cuts[1]], b, out=out[:cuts[1]])
+  for f in futs: f.result()
+  return out
 
 @dataclass
 class ConvResult:
@@ -211,7 +231,7 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
     for r0 in range(0, oh, rows_per_chunk):
       r1 = min(oh, r0 + rows_per_chunk)
       cols = _im2col(d, x, raw, r0, r1)
-      acc64[:K, r0:r1] = (cols @ w).T.reshape(K, r1 - r0, ow)
+      acc64[:K, r0:r1] = _matmul(cols, w).T.reshape(K, r1 - r0, ow)
       if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
   if d.precision == "int8":
     acc = acc64.astype(np.int64)
