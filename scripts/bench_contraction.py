@@ -5,7 +5,7 @@ and MobileNetV2 (batch 1).
 Per case: where the kernel ran, NPU tasks, MACs issued vs useful, bytes packed by the CPU, the emulator's modeled
 NPU time (1 GHz TRM clock and 200 MHz stock mainline clock), and wall time per call of ROCKET (on the emulator: the
 emulation itself) and of the CPU device, as a ratio. Warm calls only (compile and first packing excluded).
-    python scripts/bench_contraction.py [--quick] [--md] [--reps N] [--rounds N]
+    python scripts/bench_contraction.py [--quick] [--md] [--reps N] [--rounds N] [--only TEXT]
 """
 from __future__ import annotations
 import argparse, os, sys, time, platform, subprocess, datetime
@@ -55,12 +55,14 @@ def main():
   ap.add_argument("--md", action="store_true", help="print a markdown table")
   ap.add_argument("--reps", type=int, default=2)
   ap.add_argument("--rounds", type=int, default=1, help="report the best of N rounds (a shared machine's noise)")
+  ap.add_argument("--only", default="", help="run only the cases whose name contains this text (e.g. resnet18)")
   args = ap.parse_args()
   dev = Device["ROCKET"]
   stats = getattr(dev.driver.file, "stats", None)  # the emulator's counters; None on a real board
   rng = np.random.default_rng(0)
   rows = []
   for name, shapes, fn, useful_macs in cases(args.quick):
+    if args.only not in name: continue
     arrays = [rng.uniform(-1, 1, s).astype(np.float32) for s in shapes]
     report.reset()
     t_cpu, ref = timed("CPU", fn, arrays, args.reps, args.rounds)
