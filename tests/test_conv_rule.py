@@ -79,6 +79,7 @@ def _mac_ratio(x_shape, w_shape, groups, stride=1, padding=1) -> tuple[float, st
   n0 = len(stats.tasks)
   with env(ROCKET_FALLBACK="0"):
     x.conv2d(w, groups=groups, stride=stride, padding=padding).realize()
+  Device["ROCKET"].synchronize()   # the job's counters are complete once it is
   tasks = stats.tasks[n0:]
   (rec,) = report.records()
   issued = sum(t.macs_issued for t in tasks)

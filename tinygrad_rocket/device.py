@@ -3,9 +3,8 @@
 tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __init__.py for the module alias).
 """
 from __future__ import annotations
-import copy
-import sys, ctypes, platform, time, itertools
-from dataclasses import dataclass
+import sys, copy, ctypes, platform, time, itertools
+from dataclasses import dataclass, field
 import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
@@ -25,6 +24,9 @@ class BoDomain:
   bo: BufferObject|None       # None: host memory tinygrad gave us (Tensor.from_blob); CPU-only
   cpu_owned: bool = False
   version: int = 0            # renewed on every write: a packed copy of the BO's data is valid for one version
+  # NPU results not yet in the plain (row-major) memory, oldest first: the BO's plain bytes are stale where they write.
+  # They are unpacked by the first CPU access (RocketDevice.to_cpu); an NPU program may read them natively instead.
+  pending: list[PendingUnpack] = field(default_factory=list)
 
   def written(self) -> None: self.version = next(_versions)
 
@@ -49,6 +51,10 @@ class RocketAllocator(LRUAllocator['RocketDevice']):
     return RocketBuffer(bo.va_addr, size, BoDomain(bo))
   def _free(self, buf:RocketBuffer, options:BufferSpec):
     if buf.domain.bo is not None: self.dev.driver.close_bo(buf.domain.bo)
+  def free(self, opaque:RocketBuffer, size:int, options:BufferSpec|None=None):
+    self.dev.layout_stats.dropped += len(opaque.domain.pending)
+    opaque.domain.pending.clear()  # nobody can read a freed buffer: its NPU results are never unpacked
+    super().free(opaque, size, options)
   def _offset(self, buf:RocketBuffer, size:int, offset:int) -> RocketBuffer:
     return RocketBuffer(buf.va_addr + offset, size, buf.domain, buf.offset + offset)
 
@@ -102,39 +108,193 @@ class NpuJobError(RuntimeError):
 # stays far below fp32's range), and NaN/inf semantics (tinygrad's MAX(0, NaN) is 0, the NPU's ReLU of NaN is not
 # documented) never arise on it. A call with a non-finite operand takes the kernel's C code.
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
-
 GUARD_REASON = "a lookup table's argument lies outside the table's domain for this call"
 
-class NpuRunner:
-  """Runs an NpuProgram: pack operands (CPU), one SUBMIT with all its tasks, unpack results (CPU). A call whose
-  operands the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback."""
-  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
-    self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
-    self.scratch = [dev.allocator._alloc(sz, BufferSpec()) for sz in prg.scratch]
+# An NpuRunner keeps up to MAX_BANKS sets of the BOs its jobs write (result cubes, and the regcmd list bound to the
+# call's buffers): a result stays NPU-native in its bank until a CPU access needs it, so a bank is reused once nothing
+# awaits its results (else the least recently used one is unpacked first). One program may run several layers of the
+# same shape in a row (ResNet's repeated blocks), each of whose results the next one reads.
+MAX_BANKS = 4
+# Packed operands kept resident per scratch slot, by source versions (DESIGN.md, Weights): the same program run with
+# several weight tensors (repeated layers) packs each once.
+MAX_RESIDENT = 4
+# On the emulator a job computes on this machine's CPU: the runner waits for it right after submitting (measured: letting
+# tinygrad's Python run next to the emulating thread only makes both contend for the GIL and the cores). Results still
+# stay NPU-native until read; on a board jobs run asynchronously.
+WAIT_EMULATED_JOBS = True
+_serials = itertools.count()  # names a runner or bank in caches (an id() could be reused)
+
+@dataclass
+class LayoutStats:
+  """What the layout coherence did, counted per Copy: how a test sees that chained NPU programs skip the CPU."""
+  packed: int = 0         # operand gathers from plain memory
+  packed_native: int = 0  # operand gathers from another NPU job's result cube (no unpack, no plain read)
+  pack_skipped: int = 0   # operand groups still resident from an earlier call (same source versions)
+  unpacked: int = 0       # result unpacks into plain memory (a CPU access needed them)
+  dropped: int = 0        # results never unpacked (their buffer was freed first)
+
+@dataclass(eq=False)
+class Native:
+  """Where a job's result for one kernel buffer lives: plain element e (of `base`) is element index[e] of the cube in
+  `scratch` (-1: the job does not write e). `key` names the index map."""
+  key: tuple
+  scratch: RocketBuffer
+  dtype: str              # the cube's element dtype
+  plain_dtype: str        # the buffer's element dtype (what unpacking converts to)
+  base: RocketBuffer
+  index: np.ndarray
+
+@dataclass(eq=False)
+class PendingUnpack:
+  """Results of one NPU job for one buffer, still only in the job's scratch cube: `copies` (with `slot` binding their
+  source scratch and the destination buffer) write them into the buffer's plain memory."""
+  runner: NpuRunner
+  copies: list[tuple]     # (Copy, src indices, dst indices, valid, lin), as NpuRunner prepares them
+  slot: dict[int, RocketBuffer]
+  native: Native|None     # how an NPU program may read the results from the cube instead (None: it may not)
+  bank: Bank
+
+  @property
+  def writes(self) -> tuple:
+    """Names the plain elements the unpack writes (equal: the same elements)."""
+    return (self.runner.serial, tuple((k, b.offset) for k, b in self.slot.items() if k < SCRATCH))
+  def live(self, dom:BoDomain) -> bool: return any(q is self for q in dom.pending)
+  def apply(self) -> None:
+    r = self.runner
+    try:
+      for c, si, di, valid, lin in self.copies: r._copy(c, si, di, valid, lin, self.slot, operand=False, renew=False)
+    except JobFailedError as e:
+      self.bank.busy = False  # reported here, once
+      raise NpuJobError(f"NPU job of kernel {r.name} failed: {e}") from e
+    r.dev.layout_stats.unpacked += len(self.copies)
+
+class Bank:
+  """One set of the BOs a job writes (result cubes) or fetches (its regcmd list), and the results still pending in it."""
+  def __init__(self, dev:RocketDevice, prg:NpuProgram, written:list[int]):
+    self.scratch = {s: dev.allocator._alloc(prg.scratch[s - SCRATCH], BufferSpec()) for s in written}
     self.regcmd = dev.allocator._alloc(prg.tasks.nbytes, BufferSpec())
     dev.to_cpu(self.regcmd)
     self.words = np.frombuffer(to_mv(self.regcmd.va_addr, prg.tasks.nbytes), np.uint64)
     self.words[:] = prg.tasks.words
+    self.out_handles = [b.domain.bo.handle for b in self.scratch.values()]
+    self.bound: tuple|None = None                       # the buffers' IOVAs the list was last bound to
+    self.pending: list[tuple[BoDomain, PendingUnpack]] = []
+    self.busy = False                                   # its last job was submitted and not yet waited for
+    self.used = 0                                       # call number of its last use
+
+  def free(self) -> bool: return not any(p.live(dom) for dom, p in self.pending)
+
+@dataclass(eq=False)
+class Resident:
+  """A packed operand: scratch `buf` holds the pack of sources at `key` (their (version, offset)s; None: nothing valid)."""
+  buf: RocketBuffer
+  key: tuple|None = None
+  used: int = 0
+
+FP16_EXPONENT = 0x7C00  # all ones: inf or NaN
+
+def _finite(vals:np.ndarray) -> bool:
+  """Whether every value is finite (fp16 by its exponent bits: numpy's float16 arithmetic is slow)."""
+  if vals.dtype == np.float16: return not ((vals.view(np.uint16) & FP16_EXPONENT) == FP16_EXPONENT).any()
+  return bool(np.isfinite(vals).all())
+
+class NpuRunner:
+  """Runs an NpuProgram: packs operands (on the CPU, from plain memory or from the result cube of the NPU job that wrote
+  them; operands whose sources did not change stay packed), one SUBMIT with all its tasks, and leaves the results in
+  the job's cube until a CPU access needs them in plain memory (DESIGN.md, NPU layout coherence). A call whose operands
+  the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback."""
+  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
+    self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
+    self.serial = next(_serials)
     # gather indices computed once per program; packs grouped by destination, in order (a later copy may write over
     # an earlier one's fill, so a group is redone whole when any of its sources changed)
     self.pack: dict[int, list] = {}
     for c in prg.pack: self.pack.setdefault(c.dst, []).append((c, *c.indices()))
-    self.unpack = [(c, *c.indices()) for c in prg.unpack]
-    written = set(prg.written_scratch())
-    read = set(self.pack)
-    assert not written & read, f"{prg.name}: a scratch BO is both read and written by the job"
-    self.out_handles = [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(written)]
-    self.in_handles = [self.regcmd.domain.bo.handle] + [self.scratch[s - SCRATCH].domain.bo.handle for s in sorted(read)]
-    # destination -> (source version, offset)s it was last packed from: operands whose buffers were not written since
-    # (weights, above all) are not packed again (DESIGN.md, Weights)
-    self.packed_from: dict[int, tuple] = {}
+    self.unpack: dict[int, list] = {}                   # kernel buffer slot -> the copies writing its results
+    for c in prg.unpack: self.unpack.setdefault(c.dst, []).append((c, *c.indices()))
+    self.inverse = {k: self._inverse(copies) for k, copies in self.unpack.items()}
+    self.written = sorted(set(prg.written_scratch()))
+    assert not set(self.written) & set(self.pack), f"{prg.name}: a scratch BO is both read and written by the job"
+    self.resident: dict[int, list[Resident]] = {s: [] for s in self.pack}
+    self.banks: list[Bank] = []
+    self.calls = 0
+    self.composed: dict[tuple, np.ndarray|None] = {}    # (pack Copy, Native.key, element offset) -> cube indices
+    self.index_forms: dict[tuple, tuple] = {}           # see _where
+
+  @staticmethod
+  def _inverse(copies:list) -> tuple[int, str, str, np.ndarray]|None:
+    """(cube slot, cube dtype, plain dtype, plain element -> cube element) of the results for kernel buffer k, or None
+    if its unpack is not a plain permutation of one cube (computed values, fills)."""
+    cs = [c for c, *_ in copies]
+    if any(c.value is not None or c.src is None or c.src < SCRATCH for c in cs) or \
+       len({(c.src, c.src_dtype, c.dst_dtype) for c in cs}) != 1 or any(valid is not None for _, _, _, valid, _ in copies): return None
+    index = np.full(max(int(di.max()) + 1 if len(di) else 0 for _, _, di, _, _ in copies), -1, np.int64)
+    for _, si, di, _, _ in copies: index[di] = si
+    return cs[0].src, cs[0].src_dtype, cs[0].dst_dtype, index
 
   def _array(self, buf:RocketBuffer, dtype:str) -> np.ndarray:
     return np.frombuffer(to_mv(buf.va_addr, buf.size), dtype)
 
-  def _copy(self, c, src_idx, dst_idx, valid, lin, slot:dict[int, RocketBuffer], operand:bool) -> bool:
+  def _wait(self, bank:Bank, failure_ok:bool) -> None:
+    """Waits for the bank's last job."""
+    if not bank.busy: return
+    bank.busy = False
+    try: self.dev.to_cpu(next(iter(bank.scratch.values())))
+    except JobFailedError as e:
+      if not failure_ok: raise NpuJobError(f"NPU job of kernel {self.name} failed: {e}") from e
+
+  def wait_all(self, failure_ok:bool=False) -> None:
+    for b in self.banks: self._wait(b, failure_ok)
+
+  def _bank(self) -> Bank:
+    """A bank for the next job: one no buffer awaits results from, a new one, or the least recently used one with its
+    pending results unpacked first."""
+    if (bank := next((b for b in self.banks if b.free()), None)) is None:
+      if len(self.banks) < MAX_BANKS: self.banks.append(bank := Bank(self.dev, self.prg, self.written))
+      else:
+        bank = min(self.banks, key=lambda b: b.used)
+        for dom, p in bank.pending:
+          if p.live(dom): self.dev.flush(dom)
+    bank.pending.clear()
+    self._wait(bank, failure_ok=True)   # (a failure of that job was raised by the flush, or nobody reads its results)
+    return bank
+
+  def _resident(self, dst:int, key:tuple|None) -> tuple[Resident, bool]:
+    """(the scratch for operand `dst` packed from sources at `key`, whether it holds them already; key None: sources
+    whose writes are not tracked, packed every call)."""
+    rs = self.resident[dst]
+    if key is not None and (hit := next((r for r in rs if r.key == key), None)) is not None: return hit, True
+    if len(rs) < MAX_RESIDENT:
+      rs.append(r := Resident(self.dev.allocator._alloc(self.prg.scratch[dst - SCRATCH], BufferSpec())))
+      return r, False
+    self.wait_all(failure_ok=True)      # a job still running may read the operand about to be replaced
+    return min(rs, key=lambda r: r.used), False
+
+  def _native_values(self, c, src_idx:np.ndarray, valid:np.ndarray|None, src:RocketBuffer) -> np.ndarray|None:
+    """src's elements at src_idx as the pending unpack of the NPU job that last wrote them would write them, read from
+    that job's result cube; None if not all of them are there (then plain memory is read, unpacking first)."""
+    # the latest pending job decides: where it writes, earlier pending results would be overwritten by its own
+    if not (pend := src.domain.pending) or (nat := pend[-1].native) is None or c.src_dtype != nat.plain_dtype or not len(nat.index): return None
+    delta, rem = divmod(src.offset - nat.base.offset, np.dtype(c.src_dtype).itemsize)
+    if rem: return None
+    key = (id(c), nat.key, delta)
+    if (idx := self.composed.get(key, False)) is False:
+      e = src_idx + delta
+      inside = (e >= 0) & (e < len(nat.index))
+      cube = np.where(inside, nat.index[np.where(inside, e, 0)], -1)
+      covered = cube >= 0 if valid is None else (cube >= 0) | ~valid   # masked points get the fill, whatever is read
+      idx = self.composed[key] = np.where(cube >= 0, cube, 0) if covered.all() else None
+    if idx is None: return None
+    try: self.dev.to_cpu(nat.scratch)
+    except JobFailedError as e:
+      pend[-1].bank.busy = False  # reported here, once
+      raise NpuJobError(f"NPU job of kernel {pend[-1].runner.name} failed: {e}") from e
+    with np.errstate(over="ignore"): return self._array(nat.scratch, nat.dtype)[idx].astype(nat.plain_dtype)
+
+  def _copy(self, c, src_idx, dst_idx, valid, lin, slot:dict[int, RocketBuffer], operand:bool, renew:bool=True) -> bool:
     """Performs one Copy. For an operand (packing), False and nothing written if a value is not finite in the NPU's
-    format (see NONFINITE_OPERAND_REASON); a result overflowing a narrower output dtype is IEEE's inf, as on the CPU."""
+    format (see NONFINITE_OPERAND_REASON); a result overflowing a narrower output dtype is IEEE's inf, as on the CPU.
+    renew: the destination gets new contents (not when unpacking results its version already stands for)."""
     dst = slot[c.dst]
     self.dev.to_cpu(dst)
     def load(s:int, dtype:str, index) -> np.ndarray:
@@ -145,44 +305,81 @@ class NpuRunner:
       raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0) if c.value[0] == "intercept" else slope(c.value[1]), dst_idx.shape).astype(np.float64)
     elif c.src is None: raw = np.full(len(dst_idx), c.fill, np.float64)
     else:
-      self.dev.to_cpu(slot[c.src])
-      raw = self._array(slot[c.src], c.src_dtype)[src_idx]
+      raw = self._native_values(c, src_idx, valid, slot[c.src]) if operand else None
+      if operand: setattr(self.dev.layout_stats, k := "packed" if raw is None else "packed_native", getattr(self.dev.layout_stats, k) + 1)
+      if raw is None:
+        self.dev.to_cpu(slot[c.src])
+        raw = self._array(slot[c.src], c.src_dtype)[src_idx]
       if c.value is not None: raw = raw * slope(c.value[1])  # ("slope", e): scaled before the rounding to the NPU's format
-    if valid is not None: raw[~valid] = c.fill
+    if valid is not None: raw[self._where(valid, invert=True)] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
-    if operand and vals.dtype.kind == "f" and not np.isfinite(vals).all(): return False
-    self._array(dst, c.dst_dtype)[dst_idx] = vals
-    dst.domain.written()
+    if operand and vals.dtype.kind == "f" and not _finite(vals): return False
+    self._array(dst, c.dst_dtype)[self._where(dst_idx)] = vals
+    if renew: dst.domain.written()
     return True
+
+  def _where(self, a:np.ndarray, invert:bool=False) -> np.ndarray|slice:
+    """A prepared index array as the cheapest equivalent index, computed once per array: a slice for a contiguous
+    run; with invert, the positions where the mask `a` is False."""
+    if (hit := self.index_forms.get((id(a), invert))) is not None: return hit[1]
+    if invert: form: np.ndarray|slice = np.flatnonzero(~a)
+    elif len(a) and a[-1] - a[0] == len(a) - 1 and (np.diff(a) == 1).all(): form = slice(int(a[0]), int(a[-1]) + 1)
+    else: form = a
+    self.index_forms[(id(a), invert)] = (a, form)   # (the array kept alive: its id stays its own)
+    return form
 
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     st = time.perf_counter()
-    slot = dict(zip(self.prg.globals or range(len(bufs)), bufs)) | {SCRATCH + i: s for i, s in enumerate(self.scratch)}
+    self.calls += 1
+    # tinygrad passes the buffers of its program's globals (its simplification may drop some of the AST's)
+    slot: dict[int, RocketBuffer] = dict(zip(self.prg.globals or range(len(bufs)), bufs))
+    operands = []
     for dst, group in self.pack.items():
       srcs = [slot[s] for c, *_ in group for s in ((c.src,) if c.src is not None else ()) + c.params]
-      key = tuple((b.domain.version, b.offset) for b in srcs)
-      if all(b.domain.bo is not None for b in srcs) and self.packed_from.get(dst) == key: continue
+      key = tuple((b.domain.version, b.offset) for b in srcs) if all(b.domain.bo is not None for b in srcs) else None
+      res, hit = self._resident(dst, key)
+      res.used, slot[dst] = self.calls, res.buf
+      operands.append(res.buf)
+      if hit:
+        self.dev.layout_stats.pack_skipped += 1
+        continue
+      res.key = None
       for c, si, di, valid, lin in group:
         if not self._copy(c, si, di, valid, lin, slot, operand=True):
-          self.packed_from.clear()
           return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
-      self.packed_from[dst] = key
+      res.key = key
     for g in self.prg.guards:   # a lookup table's argument outside its domain: the table's bound would not hold
-      mem = self.scratch[g.slot - SCRATCH]
-      self.dev.to_cpu(mem)
+      self.dev.to_cpu(mem := slot[g.slot])
       if not g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)):
         guard_path = copy.copy(self.other_path)
         guard_path.reason = f"{GUARD_REASON}: {g.what}"
         return guard_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
     report.kernel_ran(self.name, "npu", self.prg.summary)
-    self.dev.to_cpu(self.regcmd)
-    # tasks address only the program's scratch BOs (program.py); kernel buffers may be host memory (from_blob)
-    self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items() if s >= SCRATCH}, self.regcmd.dma_addr, out=self.words)
-    for b in (*self.scratch, self.regcmd): self.dev.to_device(b)
-    self.dev.driver.submit([Job(self.prg.tasks.task_addresses(self.regcmd.dma_addr), self.in_handles, self.out_handles)])
-    try:
-      for c, si, di, valid, lin in self.unpack: self._copy(c, si, di, valid, lin, slot, operand=False)
-    except JobFailedError as e: raise NpuJobError(f"NPU job of kernel {self.name} failed: {e}") from e
+    bank = self._bank()
+    bank.used = self.calls
+    slot |= bank.scratch
+    # tasks address only the program's scratch BOs (program.py; kernel buffers may be host memory): bind on change
+    if bank.bound != (iovas := tuple(b.dma_addr for b in operands)):
+      self.dev.to_cpu(bank.regcmd)
+      self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items() if s >= SCRATCH}, bank.regcmd.dma_addr, out=bank.words)
+      bank.bound = iovas
+    for b in (*operands, *bank.scratch.values(), bank.regcmd): self.dev.to_device(b)
+    in_handles = [bank.regcmd.domain.bo.handle] + [b.domain.bo.handle for b in operands]
+    self.dev.driver.submit([Job(self.prg.tasks.task_addresses(bank.regcmd.dma_addr), in_handles, bank.out_handles)])
+    bank.busy = True
+    self.dev.inflight[self.serial] = self
+    for k, copies in self.unpack.items():   # the results stay in the bank until a CPU access needs them
+      dst, inv = slot[k], self.inverse[k]
+      native = Native((self.serial, k), slot[inv[0]], inv[1], inv[2], dst, inv[3]) if inv is not None else None
+      p = PendingUnpack(self, copies, {c.src: slot[c.src] for c, *_ in copies} | {k: dst}, native, bank)
+      if len(kept := [q for q in dst.domain.pending if q.writes != p.writes]) < len(dst.domain.pending):
+        self.dev.layout_stats.dropped += len(dst.domain.pending) - len(kept)   # written over entirely (a JIT replay)
+        dst.domain.pending = kept
+      dst.domain.pending.append(p)
+      dst.domain.written()
+      bank.pending.append((dst.domain, p))
+      if dst.domain.bo is None: self.dev.flush(dst.domain)  # host memory (from_blob) may be read behind our back
+    if wait or (WAIT_EMULATED_JOBS and self.dev.emulated): self._wait(bank, failure_ok=False)
     return time.perf_counter() - st if wait else None
 
 # ***** device *****
@@ -199,6 +396,8 @@ class RocketDevice(Compiled):
       _notice_printed = True
     arch = {'amd64':'x86_64', 'aarch64':'arm64'}.get(m:=platform.machine().lower(), m) + ",native"  # ClangCompiler wants "<arch>,<cpu>"
     renderers = [RocketFP32Renderer, RocketRenderer] if config.precision() == "fp32" else [RocketRenderer, RocketFP32Renderer]
+    self.layout_stats = LayoutStats()
+    self.inflight: dict[int, NpuRunner] = {}   # serial -> runner with a job submitted since the last synchronize
     super().__init__(device, RocketAllocator(self), renderers, None, arch=arch)
 
   def runtime(self, obj:TinyELF):
@@ -208,10 +407,20 @@ class RocketDevice(Compiled):
     return NpuRunner(self, NpuProgram.from_bytes(blob.payload), FallbackProgram(self, c_code, NONFINITE_OPERAND_REASON))
 
   def to_cpu(self, buf:RocketBuffer) -> None:
-    """Make the buffer's BO safe for CPU access: waits for the NPU jobs writing it and syncs the CPU cache."""
+    """Make the buffer's BO safe for CPU access: waits for the NPU jobs writing it, syncs the CPU cache, and unpacks
+    NPU results its plain memory does not hold yet."""
     if not (d:=buf.domain).cpu_owned:
       self.driver.prep_bo(d.bo.handle)
       d.cpu_owned = True
+    if d.pending: self.flush(d)
+
+  def flush(self, d:BoDomain) -> None:
+    """Unpacks the domain's pending NPU results into its plain memory, oldest first; a result a later one writes over
+    entirely (the same program's copies into the same place) is skipped."""
+    pending, d.pending = d.pending, []
+    for i, p in enumerate(pending):
+      if any(q.writes == p.writes for q in pending[i + 1:]): self.layout_stats.dropped += 1
+      else: p.apply()
 
   def to_device(self, buf:RocketBuffer) -> None:
     """Hand the buffer's BO to the NPU: flushes CPU writes."""
@@ -220,5 +429,8 @@ class RocketDevice(Compiled):
       self.driver.fini_bo(d.bo.handle)
       d.cpu_owned = False
 
-  def synchronize(self): pass  # every CPU access waits for its BO's writers (to_cpu); TODO(issue 4): wait for in-flight jobs
+  def synchronize(self):
+    """Waits for every submitted job (a CPU access waits for its own BO's writers anyway, in to_cpu)."""
+    inflight, self.inflight = self.inflight, {}
+    for r in inflight.values(): r.wait_all()
   def finalize(self): pass

@@ -8,6 +8,7 @@ Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3):
   matches GN's measurement (fp32 output ~1e-7 relative to a float64 reference).
 """
 from __future__ import annotations
+import concurrent.futures, ctypes, functools, os, threading
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
@@ -21,6 +22,53 @@ from tinygrad_rocket.emu.memory import IovaSpace
 DW_INT8_PAD_BYTE_LANES = True
 # Feature bytes of one im2col chunk (bounds the emulator's memory use on big layers)
 IM2COL_CHUNK_BYTES = 64 << 20
+
+# ⚠ Emulator speed, not semantics: the emulator's matrix products are small (a task's window rows times its kernels)
+# and run next to the caller's own thread, where a multi-threaded OpenBLAS pool stalls (measured on a shared 2-core
+# machine: a 49x4608x32 product 0.4 ms on one thread, 8-12 ms median on two). So the first convolution pins numpy's
+# OpenBLAS to one thread, process-wide, unless the user chose a thread count (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS).
+# A process running the emulator therefore does its other numpy BLAS work on one thread too.
+SINGLE_THREAD_BLAS = True
+BLAS_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+BLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                    "openblas_set_num_threads")
+
+@functools.lru_cache(maxsize=None)
+def _pin_blas_threads() -> str|None:
+  """Sets the OpenBLAS thread count to 1 once (see SINGLE_THREAD_BLAS); returns the library it set, None if none."""
+  if not SINGLE_THREAD_BLAS or any(os.environ.get(v) for v in BLAS_THREAD_ENV): return None
+  try:
+    with open("/proc/self/maps") as f: paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+  except OSError: return None
+  for path in sorted(paths):
+    try: lib = ctypes.CDLL(path)
+    except OSError: continue
+    for name in BLAS_SET_THREADS:
+      if (fn := getattr(lib, name, None)) is not None:
+        fn.argtypes, fn.restype = [ctypes.c_int], None
+        fn(1)
+        return path
+  return None
+
+# With one BLAS thread (above), a large product is split by rows over this many threads of our own (numpy releases the
+# GIL in matmul; a waiting thread blocks instead of spinning): each output element is still one float64 dot product.
+GEMM_PARTS = min(os.cpu_count() or 1, 4)
+GEMM_PARALLEL_MACS = 8 << 20     # below this a product runs on the calling thread alone
+
+@functools.lru_cache(maxsize=None)
+def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(GEMM_PARTS - 1, thread_name_prefix="rocket-emu-gemm")
+
+def _matmul(a:np.ndarray, b:np.ndarray) -> np.ndarray:
+  """a @ b in float64, row blocks on GEMM_PARTS threads when large."""
+  M = a.shape[0]
+  if GEMM_PARTS < 2 or M < 2 * GEMM_PARTS or M * a.shape[1] * b.shape[1] < GEMM_PARALLEL_MACS: return a @ b
+  out = np.empty((M, b.shape[1]), np.result_type(a, b))
+  cuts = [M * i // GEMM_PARTS for i in range(GEMM_PARTS + 1)]
+  futs = [_gemm_pool().submit(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
+  np.matmul(a[:cuts[1]], b, out=out[:cuts[1]])
+  for f in futs: f.result()
+  return out
 
 @dataclass
 class ConvResult:
@@ -53,19 +101,21 @@ def pad_values(d:ConvDesc) -> np.ndarray:
   if d.precision == "bf16": return np.full(d.channels, np.float64(arith.bf16_to_f32(np.array([raw & 0xFFFF]))[0]))
   return np.full(d.channels, np.float64(arith.tf32_from_f32(np.array([arith.f32_bits_to_f32(raw)]))[0]))
 
-def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
-  """The input cube (channels, height, width) as float64 values, the bytes the CNA fetched, and the DMA range."""
+def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple, np.ndarray]:
+  """The input cube (height, width, channels) as float64 values (channels innermost: im2col then copies whole pixel
+  runs), the bytes the CNA fetched, the DMA range, and the raw bytes fetched (the key of the window memo)."""
   if d.pixel:
     rows = layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
     x = _pixel_convert(d, rows)
-    cube = np.zeros((d.channels, d.height, d.width), np.float64)
-    cube[0] = x
-    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
+    cube = np.zeros((d.height, d.width, d.channels), np.float64)
+    cube[:, :, 0] = x
+    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width), rows
   S = d.surfaces
   atoms = layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA")
   atoms = atoms.reshape(S, d.height, d.width, layouts.ATOM)
-  raw = layouts.atoms_to_cube(atoms, _element_dtype(d.precision), d.channels)
-  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM)
+  el = atoms.view(_element_dtype(d.precision))                        # (S, H, W, C2)
+  raw = el.transpose(1, 2, 0, 3).reshape(d.height, d.width, -1)[:, :, :d.channels]
+  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM), atoms
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -82,7 +132,8 @@ def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   return arith.saturate(y, -128, 127).astype(np.float64)
 
 def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]:
-  """Weights as float64: direct (kernels, channels, kh, kw), depthwise (channels, kh, kw); and bytes fetched.
+  """Weights as float64: direct (kh*kw*channels, kernels), rows tap-major then channel (the im2col columns' order);
+  depthwise (channels, kh, kw); and bytes fetched.
   WEIGHT_REUSE: the CNA does not fetch, the weights are whatever the CBUF holds from this core's last weight load."""
   if d.weight_reuse:
     held = cbuf.get("weights")
@@ -94,56 +145,93 @@ def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]
     raw8 = np.array(mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight"))
     cbuf["weights"] = raw8
     fetched = d.weight_bytes
+  key = (d.precision, d.depthwise, d.kernels, d.channels, d.kh, d.kw, d.weight_base)
+  memo = _weight_memo.__dict__.setdefault("entries", {})
+  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8): return hit[1], fetched
   el = raw8.view(_element_dtype(d.precision))
-  if d.depthwise:
-    idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
-  else:
-    ng, kg = WEIGHT_GROUPS[d.precision]
-    idx = layouts.weight_index_direct(d.kernels, d.channels, d.kh, d.kw, ng, kg)
-  return _to_f64(el[idx], d.precision), fetched
+  if d.depthwise: idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
+  else: idx = _weight_matrix_index(d.kernels, d.channels, d.kh, d.kw, *WEIGHT_GROUPS[d.precision])
+  w = _to_f64(el[idx], d.precision)
+  memo.pop(key, None)
+  while memo and sum(e[1].nbytes for e in memo.values()) + w.nbytes > WEIGHT_MEMO_BYTES: memo.pop(next(iter(memo)))  # oldest first
+  memo[key] = (raw8, w)
+  return w, fetched
+
+# The converted weights of the latest weight loads per thread (one per emulated core), reused when a task fetches the
+# same bytes with the same geometry again (a layer's kernel chunks, each call of a model): a cache of the emulator,
+# not of the NPU (the task still fetches and is still counted); the bytes are compared, not trusted.
+_weight_memo = threading.local()
+WEIGHT_MEMO_BYTES = 64 << 20
+
+@functools.lru_cache(maxsize=64)
+def _weight_matrix_index(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:int) -> np.ndarray:
+  """layouts.weight_index_direct as the (kh*kw*channels, kernels) matrix the MAC array multiplies im2col rows with."""
+  idx = np.ascontiguousarray(layouts.weight_index_direct(kernels, channels, kh, kw, ng, kg).transpose(2, 3, 1, 0)).reshape(kh * kw * channels, kernels)
+  idx.flags.writeable = False
+  return idx
 
 def _padded(d:ConvDesc, x:np.ndarray) -> np.ndarray:
-  """The input with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many after as
-  the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it unused."""
+  """The input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many
+  after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it
+  unused."""
   eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
   need_h, need_w = (d.out_h - 1) * d.stride_y + eff_h, (d.out_w - 1) * d.stride_x + eff_w
+  if d.pad_top == 0 and d.pad_left == 0 and need_h <= d.height and need_w <= d.width: return x[:need_h, :need_w]
   Hp, Wp = max(need_h, d.pad_top + d.height), max(need_w, d.pad_left + d.width)
-  xp = np.empty((d.channels, Hp, Wp), np.float64)
-  xp[:] = pad_values(d)[:, None, None]
-  xp[:, d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
-  return xp[:, :need_h, :need_w]
+  xp = np.empty((Hp, Wp, d.channels), np.float64)
+  xp[:] = pad_values(d)
+  xp[d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
+  return xp[:need_h, :need_w]
 
 def _windows(d:ConvDesc, xp:np.ndarray) -> np.ndarray:
-  """View (channels, out_h, out_w, kh, kw) of every tap of every output."""
+  """View (out_h, out_w, channels, kh, kw) of every tap of every output."""
   eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
-  v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(1, 2))
-  return v[:, ::d.stride_y, ::d.stride_x, ::d.dil_y, ::d.dil_x][:, :d.out_h, :d.out_w]
+  v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(0, 1))
+  return v[::d.stride_y, ::d.stride_x, :, ::d.dil_y, ::d.dil_x][:d.out_h, :d.out_w]
+
+# The im2col rows of the last direct task per thread (one per emulated core), reused when the next task fetched the
+# same feature bytes with the same geometry (a layer split into kernel chunks reads one input cube per chunk): a cache
+# of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not trusted.
+_window_memo = threading.local()
+
+def _im2col(d:ConvDesc, x:np.ndarray, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
+  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost."""
+  key = (d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y, d.stride_x,
+         d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
+  memo = getattr(_window_memo, "entry", None)
+  if memo is not None and memo[0] == key and memo[1].shape == raw.shape and np.array_equal(memo[1], raw): return memo[2]
+  win = _windows(d, _padded(d, x))[r0:r1]                   # (rows, out_w, C, kh, kw)
+  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
+  _window_memo.entry = (key, raw.copy(), cols) if cols.nbytes <= IM2COL_CHUNK_BYTES else None
+  return cols
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
-  x, fbytes, frange = read_feature(d, mem)
+  _pin_blas_threads()
+  x, fbytes, frange, raw = read_feature(d, mem)             # x: (H, W, C)
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
-  win = _windows(d, _padded(d, x))                         # (C, oh, ow, kh, kw)
   oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
   acc64 = np.zeros((d.out_c, oh, ow), np.float64)
   S = None
   if d.depthwise:
+    win = _windows(d, _padded(d, x))                        # (oh, ow, C, kh, kw)
     n = min(d.channels, d.out_c)
+    acc = np.zeros((oh, ow, n), np.float64)
     for i in range(d.kh):
       for j in range(d.kw):
-        acc64[:n] += win[:n, :, :, i, j] * w[:n, i, j][:, None, None]
+        acc += win[:, :, :n, i, j] * w[:n, i, j]
+    acc64[:n] = acc.transpose(2, 0, 1)
     if need_window_sum:
       S = np.zeros((d.out_c, oh, ow), np.float64)
-      S[:n] = win[:n].sum(axis=(3, 4))
+      S[:n] = win[:, :, :n].sum(axis=(3, 4)).transpose(2, 0, 1)
   else:
     K = d.kernels
-    wm = w.transpose(2, 3, 1, 0).reshape(taps * d.channels, K)      # rows (kh, kw, c)
     rows_per_chunk = max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8))
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
     for r0 in range(0, oh, rows_per_chunk):
       r1 = min(oh, r0 + rows_per_chunk)
-      cols = win[:, r0:r1].transpose(1, 2, 3, 4, 0).reshape((r1 - r0) * ow, taps * d.channels)
-      acc64[:K, r0:r1] = (cols @ wm).T.reshape(K, r1 - r0, ow)
+      cols = _im2col(d, x, raw, r0, r1)
+      acc64[:K, r0:r1] = _matmul(cols, w).T.reshape(K, r1 - r0, ow)
       if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
   if d.precision == "int8":
     acc = acc64.astype(np.int64)

@@ -36,6 +36,10 @@ MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux"
 # Pointers at or above this are not user addresses on 48-bit-VA x86_64/arm64 (access_ok fails: EFAULT).
 USER_ADDRESS_LIMIT = 1 << 48
 
+# Emulator speed: an idle job worker waits this long for the next job before exiting (starting a thread per job costs
+# more than a small job's emulation); a file nobody closes still leaves no thread behind.
+WORKER_LINGER_S = 0.1
+
 # rocket_job_hw_submit's per-task MMIO values (rocket_hw.md §2.3)
 PC_SEL_SLAVE = 0x1                          # BASE_ADDRESS = 1 first: registers through AHB
 S_POINTER_PP = 0xE                          # POINTER_PP_EN | EXECUTER_PP_EN | POINTER_PP_MODE
@@ -282,6 +286,7 @@ class EmuFile:
         for bo in job.out_bos: bo.write_fence = job.fence  # the job's finished fence, usage WRITE
     with self._cv:
       self._queue.extend(jobs)
+      self._cv.notify_all()  # a lingering worker takes them
       if self._worker is None:
         self._worker = threading.Thread(target=self._work, name=f"rocket-emu-core{self.core.index}", daemon=True)
         self._worker.start()
@@ -290,11 +295,15 @@ class EmuFile:
   def _work(self) -> None:
     while True:
       with self._cv:
-        while self._held and not self._closing: self._cv.wait()
-        if not self._queue:
-          self._worker = None  # exit when idle, so an unclosed file leaves no thread behind
-          self._cv.notify_all()
-          return
+        lingered = False
+        while True:
+          if self._held and not self._closing: self._cv.wait()
+          elif self._queue: break
+          elif self._closing or lingered:
+            self._worker = None  # exit when idle, so an unclosed file leaves no thread behind
+            self._cv.notify_all()
+            return
+          else: lingered = not self._cv.wait(WORKER_LINGER_S)  # the next job often follows at once: no new thread
         job = self._queue.popleft()
       self._run(job)
 
