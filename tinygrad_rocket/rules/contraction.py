@@ -92,6 +92,7 @@ class Contraction:
   residual: Load|None = None  # added to the result, varying with rows and kernels: identity-block K columns
   relu: bool = False
   clip: float|None = None     # with relu: results clamped to [0, clip] (tinygrad's relu6 is relu(x) - relu(x - 6))
+  activation: tuple[object, bool]|None = None  # (LutTable g, multiply): the result is g(e) or e * g(e), e the epilogue
 
 def _affine_degree(e, red:Reduce) -> int|str:
   """Degree of e in the reduction (0 or 1), or why e is not affine in it."""
@@ -105,12 +106,51 @@ def _affine_degree(e, red:Reduce) -> int|str:
   if e.op.name not in PEXPR_OPS: return f"the epilogue uses {e.op.name}"
   return 0 if max(degs) == 0 else f"the epilogue applies {e.op.name} to the sum (only affine epilogues and ReLU are fused)"
 
+def _affine_parts(e, red:Reduce) -> list:
+  """The outermost subtrees of e that are affine in the reduction and contain it."""
+  if _affine_degree(e, red) == 1: return [e]
+  return [u for x in (e.src if isinstance(e, Alu) else ()) for u in _affine_parts(x, red)]
+
+def _subst(e, old, new):
+  if e == old: return new
+  return Alu(e.op, tuple(_subst(x, old, new) for x in e.src), e.dtype) if isinstance(e, Alu) else e
+
+def _activation(e) -> tuple[object, object, bool]|str|None:
+  """(u, g, multiply) when the epilogue is g(u) or u * g(u) for one affine-in-the-sum u and a g that is not affine
+  (an activation: sigmoid, SiLU, GELU, tanh, ...); None when the epilogue is affine; else why not."""
+  reds = {x for x in _walk(e) if isinstance(x, Reduce)}
+  if len(reds) != 1: return None
+  red = reds.pop()
+  if _affine_degree(e, red) == 1: return None
+  us = _affine_parts(e, red)
+  if not us or any(u != us[0] for u in us): return "the epilogue applies different functions of the sum"
+  u = us[0]
+  if isinstance(e, Alu) and e.op is Ops.MUL:
+    for x, y in (e.src, e.src[::-1]):
+      if strip_cast(x) == u and _affine_degree(y, red) != 1: return u, y, True
+  return u, e, False
+
+def _activation_table(u, g):
+  """A lookup table of g as a function of u, exact on every input (the argument is the NPU's own result: no guard)."""
+  from tinygrad_rocket.rules.elementwise import full_line_table, _eval   # (elementwise imports this module)
+  x = Load(-1, dtypes.float32, 0, Affine(()))   # stands for u
+  g = _subst(g, u, x)
+  if any(isinstance(t, (Load, Reduce)) and t is not x for t in _walk(g)): return None
+  return full_line_table(lambda v: _eval(g, x, v), f"{type(g).__name__.lower() if not isinstance(g, Alu) else g.op.name.lower()}")
+
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
   e, relu, clip = strip_cast(nest.value), False, None
   if (rc := _relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
   elif isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src):
     relu, e = True, strip_cast(next(s for s in e.src if not _is_zero(s)))
+  activation = None
+  if not relu and isinstance(act := _activation(e), str): return NotApplicable(act)
+  if not relu and act is not None:
+    u, g, multiply = act
+    if (table := _activation_table(u, g)) is None:
+      return NotApplicable("the epilogue applies a function of the sum no lookup table covers exactly on every input")
+    e, activation = strip_cast(u), (table, multiply)
   reds = [x for x in _walk(e) if isinstance(x, Reduce)]
   if not reds: return NotApplicable("no reduction")
   v = reds[0]
@@ -168,7 +208,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     used = set().union(*(uses(p) for p in params))
     side = "b" if used <= set(n) | set(batch) else "a" if used <= set(m) | set(batch) else ""
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
-  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip)
+  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation)
 
 class Grid:
   """The values a Copy computes per grid point: the grid coordinates, then linear positions (e.g. k = 8*k1 + k2) and
@@ -261,6 +301,7 @@ def plan_k_split(M:int, K:int, N:int, residual:bool, batches:int) -> tuple[int, 
   return best[1:]
 
 def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
+  from tinygrad_rocket.rules.elementwise import lut_tasks   # (elementwise imports this module)
   c = match(nest)
   if isinstance(c, NotApplicable): return c
   sz = nest.ranges
@@ -275,6 +316,9 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
     if isinstance(split, str): return NotApplicable(split)
     rows, n_t, kc = split
   else: (rows, n_t), kc = plan, None
+  if c.activation is not None:
+    if kc is not None: return NotApplicable("an activation epilogue with K split over tasks (not implemented)")
+    rows = max(rows, EW_MIN_PLANE_ATOMS)   # the result's EW multiply (rocket_fp16_ew_ppu.md §2.3)
   K_eff = K_r + (n_t if c.residual is not None else 0)
   kc = kc or align(K_eff, K_ALIGN)
   n_k = ceil_div(K_eff, kc)
@@ -289,7 +333,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   # scratch: A tiles (per batch, m tile, and n tile when a residual fills columns per n tile), B tiles (per batch, n
   # tile), C tiles (per batch, m tile, n tile; with a K split a second set for the partials, ping-pong)
   a_per_n = n_tiles if c.residual is not None else 1
-  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, c_sz * tiles * (2 if n_k > 1 else 1))
+  # with an activation a tile's C region also holds u in fp16 (the table's input) and g(u) (fp16, the table's output)
+  u_f = Feature(n_t, rows, 1, 2)
+  per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else 0)
+  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, per_c * tiles * (2 if n_k > 1 else 1))
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
   ng, kg = b_w.group
@@ -354,20 +401,29 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       # alternate between the tile's two buffers (in-place accumulation corrupts, rocket_fp16_ew_ppu.md §2.3/§6) so
       # that the last task writes the result tile. ReLU/clip: on the last task after the add (the EW ReLU; the BS
       # stage's would act before it); the affine epilogue and the residual are K columns, in the sums like products.
-      dst = lambda j: (ci + (tiles if (n_k - 1 - j) % 2 else 0)) * c_sz
-      for j in range(n_k):
+      dst = lambda j: (ci + (tiles if (n_k - 1 - j) % 2 else 0)) * per_c
+      if c.activation is not None:   # u = the epilogue's value narrowed to fp16 -> g(u) by table -> g(u), or u * g(u) by
+        table, multiply = c.activation    # the same tile recomputed in fp32 times g(u) in the EW stage
+        u_off, g_off = ci * per_c + c_sz, ci * per_c + c_sz + u_f.nbytes
+        tasks.append(matmul_task(tile, A, a_off, B, b_off, C, u_off, out_fp16=True))
+        tasks += lut_tasks(rows * n_t, table, C, u_off, C, g_off)
+        if multiply: tasks.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), ew=EwOperand("mul", C, g_off, 2)))
+      for j in range(n_k if c.activation is None else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
         tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * 2, C, dst(j),
                                  relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None, ew=ew))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
-      g = Grid((c_f.c1, rows, c_f.c2), sz, fixed)
-      g.linear((c_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
+      r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(n_k - 1), "float32")
+      g = Grid((r_f.c1, rows, r_f.c2), sz, fixed)
+      g.linear((r_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
       cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
-      unpack.append(Copy(C, "float32", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
-                         Lin((rows * c_f.c2, c_f.c2, 1), ci * c_f.elems), cp.dst_index, cp.bounds, fill=None))
+      unpack.append(Copy(C, r_dt, nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
+                         Lin((rows * r_f.c2, r_f.c2, 1), r_off // r_f.elem_bytes), cp.dst_index, cp.bounds, fill=None))
   fused = "".join(x for x, on in ((" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
-                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
+                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
+                                  (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
+                                   f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{kc}x{n_t}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)

@@ -225,6 +225,17 @@ def _pick_table(fn, name:str) -> LutTable|None:
     good.append(t)
   return min(good, key=lambda t: t.max_abs_error) if good else None
 
+def full_line_table(fn, name:str) -> LutTable|None:
+  """A table of fn exact (LUT_MAX_ERROR) on every input, over the first of LUT_INTERVALS that gives one."""
+  for lo, hi in LUT_INTERVALS:
+    try:
+      with np.errstate(all="ignore"): t = make_table(fn, lo, hi, name=name)
+    except (Unsupported, ValueError, FloatingPointError): continue
+    if not isinstance(t, LutTable) or t.domain != (-math.inf, math.inf): continue
+    with np.errstate(all="ignore"): peak = float(np.nanmax(np.abs(fn(np.linspace(lo, hi, 4097)))))
+    if t.max_abs_error <= LUT_MAX_ERROR * peak: return t
+  return None
+
 def _loads(e) -> list[Load]:
   if isinstance(e, Load): return [e]
   return [ld for s in e.src for ld in _loads(s)] if isinstance(e, Alu) else []
@@ -304,7 +315,7 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
           pack.append(_gather(nest, src, A, a_off, rows, t, n, fill=min(max(0.0, table.lo), table.hi)))
           x_slot, x_off = A, a_off
         else: x_slot, x_off = C, (t * len(stages) + src) * c_sz
-        tasks += _lut_tasks(rows * LANES, table, x_slot, x_off, C, c_off)
+        tasks += lut_tasks(rows * LANES, table, x_slot, x_off, C, c_off)
         if s.guard is not None:   # the argument's operands: the load itself, or the fp16 stage's A columns
           g_off = a_off if isinstance(src, Load) else (t * len(stages) + src) * per_tile
           terms = ((g_off, 1.0),) if isinstance(src, Load) else \
@@ -334,7 +345,7 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
              f"tasks (fp32 results{'; ' + ', '.join(ops) if ops else ''})")
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0, guards=tuple(guards))
 
-def _lut_tasks(n:int, table:LutTable, x_slot:int, x_off:int, y_slot:int, y_off:int) -> list[regs.Task]:
+def lut_tasks(n:int, table:LutTable, x_slot:int, x_off:int, y_slot:int, y_off:int) -> list[regs.Task]:
   """The table's DPU-only tasks over n fp16 elements at byte x_off of x_slot, results at y_off of y_slot (each address
   moved on its own: the two may share a buffer)."""
   out = []
