@@ -123,6 +123,7 @@ def test_bound_is_not_vacuous():
   (lambda a, b: a + b, 1), (lambda a, b: a * 2 - b * 3 + 1, 1), (lambda a, b: a * b, 1), (lambda a, b: (a + 1) * (b - 2), 2),
   (lambda a, b: a.relu(), 1), (lambda a, b: a.relu6(), 1), (lambda a, b: a.maximum(b), 1), (lambda a, b: a.minimum(b), 1),
   (lambda a, b: (a * b) * 0.5 + 2, 3), (lambda a, b: Tensor.full(a.shape, 2.5, device=a.device).contiguous(), 1),
+  (lambda a, b: (a * 2 - 1).relu6(), 1),   # relu(l) - relu(l - 6) with tinygrad's folded constants: one ReLUX stage
 ])
 def test_stage_counts(fn, stages):
   """What the pending affine maps save: scales and shifts after a product fold into the next stage or the last."""
@@ -232,3 +233,18 @@ def test_guarded_tables_of_one_load(fn, lo, hi, rel):
   assert "lut(" in report.records()[-1].reason
   c = fn(Tensor(x, device="CPU")).numpy().astype(np.float64)
   assert (np.abs(r - c) <= (rel + 3 * U16) * np.abs(c)).all(), np.abs((r - c) / c).max()
+
+def test_hardswish():
+  """x * relu6(x + 3) / 6: the clamp in the BS ReLUX, the product in EW, the 1/6 an fp32 constant. Bound: x rounded
+  to fp16 with its coefficient (2 u16 |x| each time it is read), the clamp 1-Lipschitz, the product's first-order
+  terms, fp32 roundings of the stages."""
+  x = np.concatenate([np.linspace(-8, 8, 1601), [-3.0, 3.0, 0.0]]).astype(np.float32)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = Tensor(x, device="ROCKET").hardswish().numpy().astype(np.float64)
+  assert all(rec.engine == "npu" for rec in report.records())
+  c = Tensor(x, device="CPU").hardswish().numpy().astype(np.float64)
+  x64 = x.astype(np.float64)
+  e_x = 2 * U16 * np.abs(x64) + ETA16
+  clamp = np.clip(x64 + 3, 0, 6)
+  bound = (e_x * clamp + np.abs(x64) * (e_x + 2 * U16 * 3)) / 6 + 16 * U32 * (np.abs(x64) * 6 + 1)
+  assert (np.abs(r - c) <= bound).all(), np.abs(r - c).max()

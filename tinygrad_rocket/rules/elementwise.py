@@ -28,7 +28,7 @@ from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast
-from tinygrad_rocket.rules.contraction import Grid, _relu_clip
+from tinygrad_rocket.rules.contraction import Grid, _relu_clip, _relu_arg
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.elementwise import FLYING_ENABLE
 from tinygrad_rocket.ops.lut import LutTable, make_table, lut_programs
@@ -179,6 +179,7 @@ class Compiler:
       if (p, q) == (v, u): return self.max(self.value(u), self.value(v))
       if (p, q) == (u, v): return self.mul(self.max(self.mul(self.value(u), Linear(const=-1.0)), self.mul(self.value(v), Linear(const=-1.0))), Linear(const=-1.0))
       raise Unsupported("a WHERE that is not a max or min")
+    if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
     if op is Ops.SUB: return self.add(self.value(src[0]), self.mul(self.value(src[1]), Linear(const=-1.0)))
     if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
@@ -199,6 +200,22 @@ class Compiler:
     if t is None or (arg.plain_load is None and t.out_offset < 0): return None
     src: Load|int = arg.plain_load if arg.plain_load is not None else self.stage(Stage(arg, out16=True)).stage
     return self.stage(Stage(Linear(), lut=(src, t), guard=None if t.domain == (-math.inf, math.inf) else arg))
+
+  def relu_difference(self, p, q) -> Computed|None:
+    """relu(l) - relu(l - c) with l linear and c > 0 is clamp(l, 0, c): one stage with the BS ReLUX. tinygrad writes
+    relu6 (and hardswish's) this way, with l - c's constants already folded, so the match is on the linear forms."""
+    for a, b in ((p, q), (q, p)):
+      x, neg = _relu_arg(a), strip_cast(b)
+      if x is None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): continue
+      ks = [t for t in neg.src if isinstance(strip_cast(t), Const)]
+      if len(ks) != 1 or strip_cast(ks[0]).value != -1: continue
+      y = _relu_arg(next(t for t in neg.src if t is not ks[0]))
+      if y is None: continue
+      try: lx, ly = Compiler().value(x), Compiler().value(y)   # linear forms only: a scratch compiler adds no stage
+      except Unsupported: continue
+      if isinstance(lx, Linear) and isinstance(ly, Linear) and lx.terms and lx.terms == ly.terms and lx.const - ly.const > 0:
+        return self.stage(Stage(lx, relu=True, clip=lx.const - ly.const))
+    return None
 
   def table(self, e:Alu) -> Computed|None:
     """e as a lookup table of its only operand, if it has one and some interval gives a table exact on every input."""
