@@ -8,8 +8,9 @@ emulation itself) and of the CPU device, as a ratio. Warm calls only (compile an
     python scripts/bench_contraction.py [--quick] [--md] [--reps N] [--rounds N] [--only TEXT]
 """
 from __future__ import annotations
-import argparse, os, sys, time, platform, subprocess, datetime
+import argparse, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_common import run_line  # noqa: E402  (scripts/ is on the path when a script runs)
 import numpy as np
 import tinygrad_rocket
 from tinygrad_rocket import report
@@ -84,9 +85,7 @@ def main():
     print(f"{name:34s} {where:8s} tasks {tasks:6.0f}  useful/issued {rows[-1][3]:5.2f}  model {m1g*1e3:8.3f} ms@1GHz {m200*1e3:8.3f} ms@200MHz"
           f"  rocket {t_rk*1e3:8.1f} ms  cpu {t_cpu*1e3:8.1f} ms  ratio {t_rk/t_cpu:6.2f}  maxrel {err:.1e}" + (f"  [{why}]" if why else ""), flush=True)
   if args.md:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"\n{datetime.date.today()}, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
-          f"{'emulator' if dev.emulated else 'NPU'}, tinygrad CPU device with {os.environ.get('CC', 'clang')}\n")
+    print(f"\n{run_line(dev.emulated)}\n")
     print("| case | runs on | NPU tasks | useful/issued MACs | modeled NPU ms @1 GHz | @200 MHz | ROCKET ms | CPU ms | ROCKET/CPU | note |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, where, tasks, eff, m1g, m200, t_rk, t_cpu, err, why in rows:

@@ -8,9 +8,10 @@ packs from a result cube, unpacks). Warm calls, batch 1, float32, the best of --
     python scripts/bench_model.py [--md] [--reps N] [--rounds N]
 """
 from __future__ import annotations
-import argparse, datetime, os, platform, subprocess, sys, time
+import argparse, os, sys, time
 from dataclasses import asdict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_common import run_line  # noqa: E402  (scripts/ is on the path when a script runs)
 import numpy as np
 import tinygrad_rocket  # noqa: F401  registers ROCKET
 from tinygrad import Tensor, Device, TinyJit
@@ -71,9 +72,7 @@ def main():
             f"per pass: packed {per['packed']:.1f} from cube {per['packed_native']:.1f} kept {per['pack_skipped']:.1f} "
             f"unpacked {per['unpacked']:.1f}  maxrel {err:.1e}", flush=True)
   if args.md:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"\n{datetime.date.today()}, commit {commit}, {platform.machine()} {os.cpu_count()} cores, "
-          f"{'emulator' if dev.emulated else 'NPU'}, tinygrad CPU device with {os.environ.get('CC', 'clang')}\n")
+    print(f"\n{run_line(dev.emulated)}\n")
     print("| layers (conv + ReLU each) | mode | ROCKET ms | CPU ms | ROCKET/CPU | packs from plain / from cube / kept, unpacks per pass |")
     print("|---|---|---|---|---|---|")
     for name, mode, t_rk, t_cpu, per, err in rows:
