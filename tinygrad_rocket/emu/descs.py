@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from tinygrad_rocket.regs import read_field
 from tinygrad_rocket.regs.values import PRECISION
-from tinygrad_rocket.emu.core import HangError, BlockExecutionNotImplemented
+from tinygrad_rocket.emu.core import BlockExecutionNotImplemented
 from tinygrad_rocket.emu import layouts
 
 class UnsupportedConfig(BlockExecutionNotImplemented):

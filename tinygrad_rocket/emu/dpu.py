@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
 from tinygrad_rocket.emu.core import HangError
-from tinygrad_rocket.emu.descs import (ConvDesc, DpuDesc, RdmaDesc, XStage, LutDesc, UnsupportedConfig, ELEMENT_BYTES,
-                                       FLOAT_PRECS, WEIGHT_GROUPS, DW_GROUPS, DPU_PREC_FOR_CNA, _need)
+from tinygrad_rocket.emu.descs import (ConvDesc, DpuDesc, RdmaDesc, XStage, UnsupportedConfig, ELEMENT_BYTES,
+                                       WEIGHT_GROUPS, DW_GROUPS, DPU_PREC_FOR_CNA, _need)
 from tinygrad_rocket.emu.memory import IovaSpace
 
 # ⚠ Order inside the X-stages. BS: ALU then MUL, measured by GN on RK3588 ((acc + A)*C explains every element of the

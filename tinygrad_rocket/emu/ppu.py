@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
-from tinygrad_rocket.emu.core import HangError
 from tinygrad_rocket.emu.descs import Fields, UnsupportedConfig, _need, _zero, PREC_NAME
 from tinygrad_rocket.emu.memory import IovaSpace
 
