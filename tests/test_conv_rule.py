@@ -196,3 +196,44 @@ def test_stems_numerics(w_shape, stride, padding, relu, dtype):
   n, amax = math.prod(w_shape[1:]), float(np.abs(x).max()) + float(np.abs(w).max())
   bound = nm.bound_dot(nm.rocket(dtype), S, n, amax) + nm.bound_dot(nm.cpu(dtype), S, n, amax)
   nm.assert_within(r, c, bound, f"stem {w_shape} {dtype}")
+
+def _conv_abs(x:np.ndarray, w:np.ndarray, stride:int) -> tuple[np.ndarray, np.ndarray]:
+  """(conv(x, w), conv(|x|, |w|)) in float64, 3x3 padding 1."""
+  N, C, H, W = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+  oh, ow = (H - 1) // stride + 1, (W - 1) // stride + 1
+  cols = np.stack([xp[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] for i in range(3) for j in range(3)], axis=2)
+  cols = cols.reshape(N, C * 9, oh, ow)
+  wm = w.astype(np.float64).reshape(w.shape[0], -1)
+  return np.einsum("ok,nkhw->nohw", wm, cols), np.einsum("ok,nkhw->nohw", np.abs(wm), np.abs(cols))
+
+def test_strided_conv_after_a_conv_relu():
+  """conv + ReLU, then a 3x3/2 conv of its 14x14 result (ResNet-18's downsample): tinygrad writes the second conv's
+  padded input index through // and % spanning several periods; analysis.fit_affine recovers the affine map on the
+  valid points, so both layers run on the NPU. Bound: layer 1's (ReLU is 1-Lipschitz) pushed through |w2|, plus
+  layer 2's own over |h|."""
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((1, 16, 14, 14)).astype(np.float32)
+  w1 = (rng.standard_normal((24, 16, 3, 3)) * 0.2).astype(np.float32)
+  w2 = (rng.standard_normal((40, 24, 3, 3)) * 0.2).astype(np.float32)
+  f = lambda x, w1, w2: x.conv2d(w1, padding=1).relu().conv2d(w2, stride=2, padding=1)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = f(*(Tensor(v, device="ROCKET") for v in (x, w1, w2))).numpy().astype(np.float64)
+  assert len(report.records()) == 2 and all(rec.engine == "npu" and "conv" in rec.reason for rec in report.records())
+  c = f(*(Tensor(v, device="CPU") for v in (x, w1, w2))).numpy().astype(np.float64)
+  u1, S1 = _conv_abs(x, w1, 1)
+  h = np.maximum(u1, 0)
+  both = lambda S, n, amax: nm.bound_dot(nm.rocket("float32"), S, n, amax) + nm.bound_dot(nm.cpu("float32"), S, n, amax)
+  e_h = both(S1, 16 * 9, np.abs(x).max() + np.abs(w1).max())
+  prop, _ = _conv_abs(e_h, np.abs(w2), 2)
+  _, S2 = _conv_abs(h, w2, 2)
+  _, S2e = _conv_abs(e_h, np.abs(w2), 2)
+  bound = prop + both(S2 + S2e, 24 * 9, np.abs(h).max() + e_h.max() + np.abs(w2).max())
+  assert (np.abs(r - c) <= bound).all(), np.abs(r - c).max()
+
+def test_fit_affine_rejects_what_is_not_affine():
+  from tinygrad_rocket.analysis import fit_affine, NotAnalyzable
+  from tinygrad_rocket._tg import UOp
+  r = UOp.range(10, 0)
+  assert fit_affine((r * 3 + 13) % 13 * 0 + (r // 1) * 2 + 5, {0: 10}, [], "x") .terms == ((0, 2),)
+  with pytest.raises(NotAnalyzable): fit_affine((r * r), {0: 10}, [], "not affine")

@@ -186,8 +186,46 @@ def _load(u:UOp, sizes:dict[int, int], valid:tuple[Bound, ...]=(), pad=None) -> 
   if idx.op is Ops.WHERE and idx.src[2].op is Ops.CONST and idx.src[2].arg is Invalid:
     valid = valid or tuple(predicate(idx.src[0]))
     idx = idx.src[1]
-  return Load(buf.arg.slot, buf.dtype, buf.src[0].arg if buf.src and buf.src[0].op is Ops.CONST else -1,
-              affine(idx, IndexContext(sizes, list(valid))), valid, pad)
+  try: aff = affine(idx, IndexContext(sizes, list(valid)))
+  except NotAnalyzable as e: aff = fit_affine(idx, sizes, list(valid), str(e))
+  return Load(buf.arg.slot, buf.dtype, buf.src[0].arg if buf.src and buf.src[0].op is Ops.CONST else -1, aff, valid, pad)
+
+# ***** indices that are affine only on their valid points *****
+# tinygrad sometimes writes an affine access through nested // and % that span several periods (a strided conv's
+# padded input after a fused op: ((r2+1)//2 + r5 + 6)//7 ...). Such an index is evaluated on every point of the ranges
+# it uses and accepted if one affine map equals it wherever the padding predicate holds. Enumeration is bounded.
+MAX_FIT_POINTS = 1 << 22
+
+_INT_OPS = {Ops.ADD: np.add, Ops.MUL: np.multiply, Ops.FLOORDIV: np.floor_divide, Ops.FLOORMOD: np.mod,
+            Ops.CMPLT: np.less, Ops.CMPNE: np.not_equal, Ops.AND: np.logical_and, Ops.OR: np.logical_or, Ops.MAX: np.maximum,
+            Ops.CDIV: lambda a, b: np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b)), Ops.CMOD: np.fmod}
+
+def _eval_index(u:UOp, env:dict[int, np.ndarray]):
+  if u.op is Ops.RANGE: return env[u.arg[0]]
+  if u.op is Ops.CONST and isinstance(u.arg, (int, bool)): return u.arg
+  if u.op is Ops.CAST: return _eval_index(u.src[0], env)
+  if u.op is Ops.WHERE: return np.where(*(_eval_index(x, env) for x in u.src))
+  if u.op in _INT_OPS: return _INT_OPS[u.op](*(_eval_index(x, env) for x in u.src))
+  raise NotAnalyzable(f"index uses {u.op.name} (not affine)")
+
+def fit_affine(idx:UOp, sizes:dict[int, int], valid:list[Bound], why:str) -> Affine:
+  """The affine map equal to idx on every valid point, or NotAnalyzable(why)."""
+  rs = sorted({u.arg[0] for u in idx.toposort() if u.op is Ops.RANGE} | {r for b in valid for r in b.expr.ranges()})
+  if math.prod(sizes[r] for r in rs) > MAX_FIT_POINTS: raise NotAnalyzable(why)
+  grid = np.indices([sizes[r] for r in rs]).reshape(len(rs), -1).astype(np.int64) if rs else np.zeros((0, 1), np.int64)
+  env = dict(zip(rs, grid))
+  v = np.broadcast_to(np.asarray(_eval_index(idx, env), np.int64), grid.shape[1:])
+  ok = np.ones(grid.shape[1], bool)
+  for b in valid:
+    x = b.expr.const + sum((c * env[r] for r, c in b.expr.terms), np.zeros(grid.shape[1], np.int64))
+    if b.lo is not None: ok &= x >= b.lo
+    if b.hi is not None: ok &= x < b.hi
+  if not ok.any(): return Affine((), 0)   # never read
+  A = np.concatenate([grid[:, ok].T, np.ones((int(ok.sum()), 1), np.int64)], axis=1).astype(np.float64)
+  coef = np.rint(np.linalg.lstsq(A, v[ok].astype(np.float64), rcond=None)[0]).astype(np.int64)
+  aff = Affine.of({r: int(c) for r, c in zip(rs, coef[:-1])}, int(coef[-1]))
+  if not np.array_equal(grid[:, ok].T @ coef[:-1] + coef[-1], v[ok]): raise NotAnalyzable(why)
+  return aff
 
 def _guarded_by_not(ld:UOp, cond:UOp) -> bool:
   """Whether load ld's index is WHERE(NOT cond, idx, Invalid) (NOT x is written CMPNE(x, True))."""
@@ -206,6 +244,29 @@ def _padded_load_form(u:UOp) -> UOp:
   if a.op is Ops.WHERE and (inner := _padded_load_form(a)).src[0] is c and inner.src[1].op is Ops.INDEX: a = inner.src[1]
   return u.replace(src=(c, a, b)) if a.op is Ops.INDEX and b.op is Ops.CONST else u
 
+_AT_PAD = {Ops.ADD: lambda a, b: a + b, Ops.MUL: lambda a, b: a * b, Ops.MAX: max, Ops.CAST: lambda a: a}
+
+def _at_pad(e:Expr) -> float|None:
+  """e's value where every load reads its padding (only loads that carry a padding predicate; None if unknown)."""
+  if isinstance(e, Load): return (e.pad if e.pad is not None else 0.0) if e.valid else None
+  if isinstance(e, Const): return e.value
+  if isinstance(e, Alu) and e.op in _AT_PAD:
+    args = [_at_pad(x) for x in e.src]
+    return None if any(a is None for a in args) else _AT_PAD[e.op](*args)
+  return None
+
+def _padded_value(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr|None:
+  """WHERE(valid, f(padded loads), c) with f(padding) == c is f itself: tinygrad wraps an op fused into a padded input
+  (relu(x).conv2d(w, padding=1)) this way; the loads inside carry the same predicate on their indices."""
+  try: predicate(u.src[0])
+  except NotAnalyzable: return None
+  inner: list[Load] = []
+  try: e = _expr(u.src[1], ranges, inner, sizes)
+  except NotAnalyzable: return None
+  if not inner or _at_pad(e) != _scalar(u.src[2].arg): return None
+  loads.extend(inner)
+  return e
+
 def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr:
   u = _padded_load_form(u)
   if u.op is Ops.INDEX:
@@ -220,6 +281,8 @@ def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) 
     # guard is the validity predicate
     loads.append(ld:=_load(u.src[2], sizes, (), _scalar(u.src[1].arg)))
     return ld
+  if u.op is Ops.WHERE and u.src[2].op is Ops.CONST and (padded := _padded_value(u, ranges, loads, sizes)) is not None:
+    return padded
   if u.op is Ops.CONST: return Const(_scalar(u.arg), u.dtype)
   if u.op is Ops.REDUCE:
     rs = tuple(r.arg[0] for r in u.src[1:])
