@@ -23,7 +23,7 @@ import math
 import numpy as np
 from dataclasses import dataclass, field
 from tinygrad_rocket import regs
-from tinygrad_rocket._tg import Ops
+from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
@@ -290,6 +290,8 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   # a copy (movement ops: contiguous, slices, permutes, casts) moves data only: the C code does it exactly, where the
   # NPU would round float32 to its fp16 operands
   if isinstance(strip_cast(nest.value), Load): return NotApplicable("a copy or cast: exact as the C code")
+  if nest.precision == "fp32" and (nest.out_dtype == dtypes.float32 or any(ld.dtype == dtypes.float32 for ld in nest.loads)):
+    return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16 (the C code gives float32 accuracy)")
   stages = compile_stages(nest)
   if isinstance(stages, str): return NotApplicable(stages)
   sz = nest.ranges
