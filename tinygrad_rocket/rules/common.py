@@ -1,7 +1,9 @@
-"""What every lowering rule shares: the float dtypes the NPU paths take, the task budget, and expression helpers."""
+"""What every lowering rule shares: the float dtypes the NPU paths take, the task budget, expression helpers (walking,
+ReLU / ReLU6 forms) and the Grid that turns loop-nest accesses into Copy gathers."""
 from __future__ import annotations
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import Load, Alu
+from tinygrad_rocket.analysis import Load, Alu, Const, Reduce, Affine
+from tinygrad_rocket.program import Copy, Var, Lin, Bound, PExpr
 
 FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}   # tinygrad dtype -> numpy dtype name
 MAX_TASKS = 4096  # beyond this a single kernel's job is unreasonable; it falls back with the reason
@@ -16,3 +18,81 @@ def uses(ld:Load) -> set[int]:
   used = ld.index.ranges()
   for b in ld.valid: used |= b.expr.ranges()
   return used
+
+def walk(e):
+  yield e
+  for s in (e.src if isinstance(e, Alu) else (e.src,) if isinstance(e, Reduce) else ()): yield from walk(s)
+
+def is_zero(e) -> bool: return isinstance(e, Const) and e.value == 0
+
+def relu_arg(e):
+  """x for MAX(0, x), else None."""
+  e = strip_cast(e)
+  if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src): return next(s for s in e.src if not is_zero(s))
+  return None
+
+def relu_clip(e) -> tuple[object, float]|None:
+  """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""
+  if not (isinstance(e, Alu) and e.op is Ops.ADD): return None
+  for pos, neg in (e.src, e.src[::-1]):
+    x, neg = relu_arg(pos), strip_cast(neg)
+    if x is None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): continue
+    k = [s for s in neg.src if isinstance(s, Const)]
+    y = relu_arg(next((s for s in neg.src if not isinstance(s, Const)), None)) if len(k) == 1 and k[0].value == -1 else None
+    y = strip_cast(y) if y is not None else None
+    if isinstance(y, Alu) and y.op is Ops.ADD:
+      for a, b in (y.src, y.src[::-1]):
+        if isinstance(b, Const) and b.value < 0 and strip_cast(a) == strip_cast(x): return x, -float(b.value)
+  return None
+
+class Grid:
+  """The values a Copy computes per grid point: the grid coordinates, then linear positions (e.g. k = 8*k1 + k2) and
+  the digits that recover each kernel loop index from them."""
+  def __init__(self, grid:tuple[int, ...], sizes:dict[int, int], fixed:dict[int, int]):
+    self.grid, self.sizes, self.fixed = grid, sizes, fixed
+    self.vars: list[Var] = []
+    self.pos: dict[int, int] = {}      # loop range id -> index into the values
+    self.bounds: list[Bound] = []
+
+  @property
+  def nvals(self) -> int: return len(self.grid) + len(self.vars)
+  def var(self, v:Var) -> int:
+    """Appends a derived value; returns its index among the values."""
+    self.vars.append(v)
+    return self.nvals - 1
+  _var = var
+  def unit(self, j:int) -> Lin: return Lin(tuple(1 if i == j else 0 for i in range(j + 1)))
+
+  def linear(self, coeffs:tuple[int, ...], const:int, dims:list[int], limit:int) -> None:
+    """A linear position const + sum(coord*coeffs) enumerating the loops `dims` (row-major), bounded by `limit`."""
+    lin = self._var(Var(coeffs, const))
+    self.bounds.append(Bound(self.unit(lin), None, limit))
+    below = 1
+    for r in reversed(dims):
+      self.pos[r] = self._var(Var(coeffs, const, below, self.sizes[r]))
+      below *= self.sizes[r]
+
+  def lin(self, aff:Affine) -> Lin:
+    c, const = [0] * self.nvals, aff.const
+    for r, k in aff.terms:
+      if r in self.fixed: const += k * self.fixed[r]
+      else: c[self.pos[r]] += k
+    return Lin(tuple(c), const)
+
+  def pexpr(self, e) -> PExpr:
+    """An epilogue expression as a PExpr over this grid's values (its operand loads indexed through the digits)."""
+    if isinstance(e, Reduce): return ("acc",)
+    if isinstance(e, Const): return ("const", float(e.value))
+    if isinstance(e, Load): return ("load", e.slot, FLOATS[e.dtype], self.lin(e.index))
+    return (e.op.name, FLOATS.get(e.dtype, "float64"), *(self.pexpr(s) for s in e.src))
+
+  def copy(self, src:Load|None, dst:int, dst_index:Lin, fill:float|None=0.0, value:PExpr|None=None, params:tuple[int, ...]=()) -> Copy:
+    pad = lambda l: Lin(l.coeffs + (0,) * (self.nvals - len(l.coeffs)), l.const)
+    bounds = [Bound(pad(b.expr), b.lo, b.hi) for b in self.bounds]
+    src_index = Lin((0,))
+    if src is not None:
+      src_index = self.lin(src.index)
+      bounds += [Bound(self.lin(b.expr), b.lo, b.hi) for b in src.valid]
+      bounds.append(Bound(src_index, 0, src.size))  # never read outside the buffer (a guard, not a semantic)
+    return Copy(None if src is None else src.slot, FLOATS[src.dtype] if src is not None else "float64", dst, "float16",
+                self.grid, tuple(self.vars), src_index, pad(dst_index), tuple(bounds), fill, value, params)

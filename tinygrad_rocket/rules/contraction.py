@@ -33,18 +33,15 @@ from dataclasses import dataclass, field
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, Grid
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, PExpr, SCRATCH, PEXPR_OPS
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH, PEXPR_OPS
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
 from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
+from tinygrad_rocket.rules.tables import full_line_table, eval_expr, lut_tasks
 from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S
 
-
-def _walk(e):
-  yield e
-  for s in (e.src if isinstance(e, Alu) else (e.src,) if isinstance(e, Reduce) else ()): yield from _walk(s)
 
 def _epilogue_loads(e) -> list[Load]:
   """The loads of an epilogue expression, not those inside its reduction."""
@@ -55,28 +52,6 @@ def _sum_terms(e) -> list:
   """The terms of a top-level sum (through casts): x + y + z -> [x, y, z]."""
   s = strip_cast(e)
   return _sum_terms(s.src[0]) + _sum_terms(s.src[1]) if isinstance(s, Alu) and s.op is Ops.ADD else [e]
-
-def _is_zero(e) -> bool: return isinstance(e, Const) and e.value == 0
-
-def _relu_arg(e):
-  """x for MAX(0, x), else None."""
-  e = strip_cast(e)
-  if isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src): return next(s for s in e.src if not _is_zero(s))
-  return None
-
-def _relu_clip(e) -> tuple[object, float]|None:
-  """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""
-  if not (isinstance(e, Alu) and e.op is Ops.ADD): return None
-  for pos, neg in (e.src, e.src[::-1]):
-    x, neg = _relu_arg(pos), strip_cast(neg)
-    if x is None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): continue
-    k = [s for s in neg.src if isinstance(s, Const)]
-    y = _relu_arg(next((s for s in neg.src if not isinstance(s, Const)), None)) if len(k) == 1 and k[0].value == -1 else None
-    y = strip_cast(y) if y is not None else None
-    if isinstance(y, Alu) and y.op is Ops.ADD:
-      for a, b in (y.src, y.src[::-1]):
-        if isinstance(b, Const) and b.value < 0 and strip_cast(a) == strip_cast(x): return x, -float(b.value)
-  return None
 
 @dataclass
 class Contraction:
@@ -118,7 +93,7 @@ def _subst(e, old, new):
 def _activation(e) -> tuple[object, object, bool]|str|None:
   """(u, g, multiply) when the epilogue is g(u) or u * g(u) for one affine-in-the-sum u and a g that is not affine
   (an activation: sigmoid, SiLU, GELU, tanh, ...); None when the epilogue is affine; else why not."""
-  reds = {x for x in _walk(e) if isinstance(x, Reduce)}
+  reds = {x for x in walk(e) if isinstance(x, Reduce)}
   if len(reds) != 1: return None
   red = reds.pop()
   if _affine_degree(e, red) == 1: return None
@@ -132,18 +107,17 @@ def _activation(e) -> tuple[object, object, bool]|str|None:
 
 def _activation_table(u, g):
   """A lookup table of g as a function of u, exact on every input (the argument is the NPU's own result: no guard)."""
-  from tinygrad_rocket.rules.elementwise import full_line_table, _eval   # (elementwise imports this module)
   x = Load(-1, dtypes.float32, 0, Affine(()))   # stands for u
   g = _subst(g, u, x)
-  if any(isinstance(t, (Load, Reduce)) and t is not x for t in _walk(g)): return None
-  return full_line_table(lambda v: _eval(g, x, v), f"{type(g).__name__.lower() if not isinstance(g, Alu) else g.op.name.lower()}")
+  if any(isinstance(t, (Load, Reduce)) and t is not x for t in walk(g)): return None
+  return full_line_table(lambda v: eval_expr(g, x, v), g.op.name.lower() if isinstance(g, Alu) else "gate")
 
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
   e, relu, clip = strip_cast(nest.value), False, None
-  if (rc := _relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
-  elif isinstance(e, Alu) and e.op is Ops.MAX and any(_is_zero(s) for s in e.src):
-    relu, e = True, strip_cast(next(s for s in e.src if not _is_zero(s)))
+  if (rc := relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
+  elif isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
+    relu, e = True, strip_cast(next(s for s in e.src if not is_zero(s)))
   activation = None
   if not relu and isinstance(act := _activation(e), str): return NotApplicable(act)
   if not relu and act is not None:
@@ -151,7 +125,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if (table := _activation_table(u, g)) is None:
       return NotApplicable("the epilogue applies a function of the sum no lookup table covers exactly on every input")
     e, activation = strip_cast(u), (table, multiply)
-  reds = [x for x in _walk(e) if isinstance(x, Reduce)]
+  reds = [x for x in walk(e) if isinstance(x, Reduce)]
   if not reds: return NotApplicable("no reduction")
   v = reds[0]
   if v.op is not Ops.ADD: return NotApplicable(f"REDUCE({v.op.name}) is not a contraction")
@@ -210,58 +184,6 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation)
 
-class Grid:
-  """The values a Copy computes per grid point: the grid coordinates, then linear positions (e.g. k = 8*k1 + k2) and
-  the digits that recover each kernel loop index from them."""
-  def __init__(self, grid:tuple[int, ...], sizes:dict[int, int], fixed:dict[int, int]):
-    self.grid, self.sizes, self.fixed = grid, sizes, fixed
-    self.vars: list[Var] = []
-    self.pos: dict[int, int] = {}      # loop range id -> index into the values
-    self.bounds: list[Bound] = []
-
-  @property
-  def nvals(self) -> int: return len(self.grid) + len(self.vars)
-  def var(self, v:Var) -> int:
-    """Appends a derived value; returns its index among the values."""
-    self.vars.append(v)
-    return self.nvals - 1
-  _var = var
-  def unit(self, j:int) -> Lin: return Lin(tuple(1 if i == j else 0 for i in range(j + 1)))
-
-  def linear(self, coeffs:tuple[int, ...], const:int, dims:list[int], limit:int) -> None:
-    """A linear position const + sum(coord*coeffs) enumerating the loops `dims` (row-major), bounded by `limit`."""
-    lin = self._var(Var(coeffs, const))
-    self.bounds.append(Bound(self.unit(lin), None, limit))
-    below = 1
-    for r in reversed(dims):
-      self.pos[r] = self._var(Var(coeffs, const, below, self.sizes[r]))
-      below *= self.sizes[r]
-
-  def lin(self, aff:Affine) -> Lin:
-    c, const = [0] * self.nvals, aff.const
-    for r, k in aff.terms:
-      if r in self.fixed: const += k * self.fixed[r]
-      else: c[self.pos[r]] += k
-    return Lin(tuple(c), const)
-
-  def pexpr(self, e) -> PExpr:
-    """An epilogue expression as a PExpr over this grid's values (its operand loads indexed through the digits)."""
-    if isinstance(e, Reduce): return ("acc",)
-    if isinstance(e, Const): return ("const", float(e.value))
-    if isinstance(e, Load): return ("load", e.slot, FLOATS[e.dtype], self.lin(e.index))
-    return (e.op.name, FLOATS.get(e.dtype, "float64"), *(self.pexpr(s) for s in e.src))
-
-  def copy(self, src:Load|None, dst:int, dst_index:Lin, fill:float|None=0.0, value:PExpr|None=None, params:tuple[int, ...]=()) -> Copy:
-    pad = lambda l: Lin(l.coeffs + (0,) * (self.nvals - len(l.coeffs)), l.const)
-    bounds = [Bound(pad(b.expr), b.lo, b.hi) for b in self.bounds]
-    src_index = Lin((0,))
-    if src is not None:
-      src_index = self.lin(src.index)
-      bounds += [Bound(self.lin(b.expr), b.lo, b.hi) for b in src.valid]
-      bounds.append(Bound(src_index, 0, src.size))  # never read outside the buffer (a guard, not a semantic)
-    return Copy(None if src is None else src.slot, FLOATS[src.dtype] if src is not None else "float64", dst, "float16",
-                self.grid, tuple(self.vars), src_index, pad(dst_index), tuple(bounds), fill, value, params)
-
 # Planning a K split: the modeled NPU time of rules/conv.py (the emulator's cost model, emu/cost.py, at mainline's clock)
 KC_MAX = MAX_KERNEL_BYTES // 2   # fp16 K columns of one kernel within one CBUF bank (rocket_fp16_ew_ppu.md §1.6)
 
@@ -301,7 +223,6 @@ def plan_k_split(M:int, K:int, N:int, residual:bool, batches:int) -> tuple[int, 
   return best[1:]
 
 def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
-  from tinygrad_rocket.rules.elementwise import lut_tasks   # (elementwise imports this module)
   c = match(nest)
   if isinstance(c, NotApplicable): return c
   sz = nest.ranges

@@ -21,33 +21,23 @@ tiles that fit the CBUF.
 from __future__ import annotations
 import math
 import numpy as np
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast
-from tinygrad_rocket.rules.contraction import Grid, _relu_clip, _relu_arg
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
-from tinygrad_rocket.ops.elementwise import FLYING_ENABLE
-from tinygrad_rocket.ops.lut import LutTable, make_table, lut_programs
-from tinygrad_rocket.ops.program import entries, override
+from tinygrad_rocket.ops.lut import LutTable
+from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks
 from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
                                         EW_MIN_PLANE_ATOMS)
 
-# Intervals tried, in order, when a function of one argument is tabulated for the DPU lookup table (ops/lut.py). A table
-# whose measured bound holds on the whole real line needs nothing more; one that holds on an interval only (exp, log,
-# sqrt, 1/x) comes with a guard: before the job the runner checks the argument (from the packed fp16 operands) lies in
-# the table's domain, and a call where it does not runs the C code.
-LUT_INTERVALS = ((-16.0, 16.0), (-8.0, 8.0), (-16.0, 0.0), (-24.0, 0.0), (0.25, 32.0), (1.0, 64.0), (0.5, 64.0))
-# A table is used only if its worst error is within 2^-9 of the function's largest magnitude on the interval: a few
-# fp16 ulps, what the rest of an fp16-operand pipeline costs anyway (uniform grids fail this near a pole: 1/x on
-# [0.25, 32] is off by 0.046, docs/lut.md).
-LUT_MAX_ERROR = 2.0 ** -9
 UNARY_TABULABLE = (Ops.EXP2, Ops.LOG2, Ops.SQRT, Ops.RECIPROCAL, Ops.SIN)
 LANES = 16             # elements per output pixel: one 16-kernel group (fp16 N alignment, rocket_fp16_ew_ppu.md §1.6)
 FP16_MAX = 65504.0     # a coefficient beyond it is inf in the fp16 weights
+NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy writes its fill everywhere
 
 class Unsupported(Exception):
   """The expression is outside what these stages compute; the message says why."""
@@ -142,6 +132,8 @@ class Compiler:
     if b != 0: src, a, b = self.materialize(o).stage, 1.0, 0.0
     return Computed(self.stage(Stage(l, ew_op="mul", operand=src)).stage, a)
 
+  def neg(self, x:Value) -> Value: return self.mul(x, Linear(const=-1.0))
+
   def max(self, x:Value, y:Value) -> Value:
     if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a max of two computed values")
     if isinstance(x, Computed) or (isinstance(y, Linear) and not y.terms): x, y = y, x
@@ -167,23 +159,19 @@ class Compiler:
     assert isinstance(e, Alu)
     if e.dtype not in FLOATS: raise Unsupported(f"computes in {e.dtype}")
     op, src = e.op, e.src
-    if (rc := _relu_clip(e)) is not None:    # tinygrad's relu6: relu(x) - relu(x - c) = clamp(x, 0, c), the BS ReLUX
-      x = self.value(rc[0])
-      if not isinstance(x, Linear): raise Unsupported("clamp of a computed value")
-      return self.stage(Stage(x, relu=True, clip=rc[1]))
     if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op is Ops.CMPLT:
       # clamp and relu: where(x < y, y, x) = max(x, y), where(x < y, x, y) = min(x, y) (NaN operands never reach the
       # NPU: the runner sends them to the C code)
       u, v = (strip_cast(s) for s in cond.src)
       p, q = strip_cast(src[1]), strip_cast(src[2])
       if (p, q) == (v, u): return self.max(self.value(u), self.value(v))
-      if (p, q) == (u, v): return self.mul(self.max(self.mul(self.value(u), Linear(const=-1.0)), self.mul(self.value(v), Linear(const=-1.0))), Linear(const=-1.0))
+      if (p, q) == (u, v): return self.neg(self.max(self.neg(self.value(u)), self.neg(self.value(v))))
       raise Unsupported("a WHERE that is not a max or min")
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
-    if op is Ops.SUB: return self.add(self.value(src[0]), self.mul(self.value(src[1]), Linear(const=-1.0)))
+    if op is Ops.SUB: return self.add(self.value(src[0]), self.neg(self.value(src[1])))
     if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
-    if op is Ops.NEG: return self.mul(self.value(src[0]), Linear(const=-1.0))
+    if op is Ops.NEG: return self.neg(self.value(src[0]))
     if op is Ops.MAX: return self.max(self.value(src[0]), self.value(src[1]))
     if (t := self.table(e)) is not None: return t
     if op in UNARY_TABULABLE and (t := self.table_of_linear(e)) is not None: return t
@@ -194,7 +182,7 @@ class Compiler:
     (the guard keeps it inside the table's domain, so it cannot overflow), then looked up."""
     arg = self.value(e.src[0])
     if not isinstance(arg, Linear) or not arg.terms or not all(isinstance(ld, Load) for ld, _ in arg.terms): return None
-    t = _pick_table(lambda x: _eval(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower())
+    t = pick_table(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower())
     # an fp16 stage's padding elements hold its constant: only a table whose decode is unsigned (OUT_CVT_OFFSET >= 0)
     # takes any input; a signed one would meet the board's x ~ 0 spike there (rocket_fp16_ew_ppu.md §4.6)
     if t is None or (arg.plain_load is None and t.out_offset < 0): return None
@@ -205,11 +193,11 @@ class Compiler:
     """relu(l) - relu(l - c) with l linear and c > 0 is clamp(l, 0, c): one stage with the BS ReLUX. tinygrad writes
     relu6 (and hardswish's) this way, with l - c's constants already folded, so the match is on the linear forms."""
     for a, b in ((p, q), (q, p)):
-      x, neg = _relu_arg(a), strip_cast(b)
+      x, neg = relu_arg(a), strip_cast(b)
       if x is None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): continue
       ks = [t for t in neg.src if isinstance(strip_cast(t), Const)]
       if len(ks) != 1 or strip_cast(ks[0]).value != -1: continue
-      y = _relu_arg(next(t for t in neg.src if t is not ks[0]))
+      y = relu_arg(next(t for t in neg.src if t is not ks[0]))
       if y is None: continue
       try: lx, ly = Compiler().value(x), Compiler().value(y)   # linear forms only: a scratch compiler adds no stage
       except Unsupported: continue
@@ -219,61 +207,17 @@ class Compiler:
 
   def table(self, e:Alu) -> Computed|None:
     """e as a lookup table of its only operand, if it has one and some interval gives a table exact on every input."""
-    loads = {ld for ld in _loads(e)}
+    loads = set(_loads(e))
     if len(loads) != 1: return None
     ld = loads.pop()
     if ld.dtype not in FLOATS or ld.valid: return None
-    t = _pick_table(lambda x: _eval(e, ld, x), e.op.name.lower())
+    t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower())
     if t is None: return None
     return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),))))
-
-def _pick_table(fn, name:str) -> LutTable|None:
-  """The first table over LUT_INTERVALS exact on the whole line, else the accurate one (LUT_MAX_ERROR) with the least
-  absolute error (a wide interval of exp is accurate relative to its peak and useless below 1)."""
-  good: list[LutTable] = []
-  for lo, hi in LUT_INTERVALS:
-    try:
-      with np.errstate(all="ignore"): t = make_table(fn, lo, hi, name=name)
-    except (Unsupported, ValueError, FloatingPointError): continue
-    if not isinstance(t, LutTable): continue
-    with np.errstate(all="ignore"): peak = float(np.nanmax(np.abs(fn(np.linspace(lo, hi, 4097)))))
-    if not (t.max_abs_error <= LUT_MAX_ERROR * peak): continue
-    if t.domain == (-math.inf, math.inf): return t
-    good.append(t)
-  return min(good, key=lambda t: t.max_abs_error) if good else None
-
-def full_line_table(fn, name:str) -> LutTable|None:
-  """A table of fn exact (LUT_MAX_ERROR) on every input, over the first of LUT_INTERVALS that gives one."""
-  for lo, hi in LUT_INTERVALS:
-    try:
-      with np.errstate(all="ignore"): t = make_table(fn, lo, hi, name=name)
-    except (Unsupported, ValueError, FloatingPointError): continue
-    if not isinstance(t, LutTable) or t.domain != (-math.inf, math.inf): continue
-    with np.errstate(all="ignore"): peak = float(np.nanmax(np.abs(fn(np.linspace(lo, hi, 4097)))))
-    if t.max_abs_error <= LUT_MAX_ERROR * peak: return t
-  return None
 
 def _loads(e) -> list[Load]:
   if isinstance(e, Load): return [e]
   return [ld for s in e.src for ld in _loads(s)] if isinstance(e, Alu) else []
-
-_NP_UNARY = {Ops.EXP2: np.exp2, Ops.LOG2: np.log2, Ops.SQRT: np.sqrt, Ops.SIN: np.sin, Ops.RECIPROCAL: lambda x: 1.0 / x,
-             Ops.NEG: np.negative, Ops.TRUNC: np.trunc}
-_NP_BINARY = {Ops.ADD: np.add, Ops.SUB: np.subtract, Ops.MUL: np.multiply, Ops.MAX: np.maximum, Ops.CMPLT: np.less,
-              Ops.CMPNE: np.not_equal, Ops.FDIV: np.divide}
-
-def _eval(e, ld:Load, x:np.ndarray) -> np.ndarray:
-  """e in float64 with the load's value x (what the table tabulates)."""
-  if isinstance(e, Load): return x
-  if isinstance(e, Const): return np.full_like(x, float(e.value))
-  if isinstance(e, Alu):
-    v = [_eval(s, ld, x) for s in e.src]
-    with np.errstate(all="ignore"):
-      if e.op is Ops.CAST: return v[0] if e.dtype in FLOATS or e.dtype.name == "bool" else np.trunc(v[0])
-      if e.op in _NP_UNARY: return _NP_UNARY[e.op](v[0])
-      if e.op in _NP_BINARY: return _NP_BINARY[e.op](v[0], v[1]).astype(np.float64)
-      if e.op is Ops.WHERE: return np.where(v[0] != 0, v[1], v[2])
-  raise Unsupported(f"{getattr(e, 'op', e)} in a tabulated function")
 
 def compile_stages(nest:LoopNest) -> list[Stage]|str:
   c = Compiler()
@@ -319,7 +263,7 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
     # B: kernel j is coefficient c_i at channel 16*i + j (an identity block per source), zero elsewhere
     g = Grid((b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg), sz, {})
     dst = Lin(st[:2] + st[4:], si * b_w.elems)
-    pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (Bound(Lin((0,)), 1, None),), fill=0.0))
+    pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (NO_POINT,), fill=0.0))
     for i, (_, coeff) in enumerate(s.main.terms):
       diag = Bound(Lin((-ng, kg, -1, 1), -LANES * i), 0, 1)   # k - n == 16*i, k = 32*k1 + k2, n = 16*n1 + n2
       pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
@@ -347,7 +291,7 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
       if not s.main.terms:  # a constant stage: the CORE multiplies zeros
         g = Grid((a_f.c1, rows, a_f.c2), sz, {})
         pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_off // 2),
-                         (Bound(Lin((0,)), 1, None),), fill=0.0))
+                         (NO_POINT,), fill=0.0))
       ew = None
       if isinstance(s.operand, Load):
         e_off = a_off + a_sz
@@ -364,17 +308,6 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
              f"tasks (fp32 results{'; ' + ', '.join(ops) if ops else ''})")
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0, guards=tuple(guards))
 
-def lut_tasks(n:int, table:LutTable, x_slot:int, x_off:int, y_slot:int, y_off:int) -> list[regs.Task]:
-  """The table's DPU-only tasks over n fp16 elements at byte x_off of x_slot, results at y_off of y_slot (each address
-  moved on its own: the two may share a buffer)."""
-  out = []
-  for p in lut_programs(n, table, {"input": x_slot, "output": y_slot}):
-    src, dst = p[("DPU_RDMA", "SRC_BASE_ADDR")], p[("DPU", "DST_BASE_ADDR")]
-    p = override(p, {("DPU_RDMA", "SRC_BASE_ADDR"): regs.address("DPU_RDMA", "SRC_BASE_ADDR", x_slot, src.offset + x_off),
-                     ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", y_slot, dst.offset + y_off)})
-    out.append(regs.Task(entries(p), FLYING_ENABLE))
-  return out
-
 def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, grid:tuple[int, ...], coeffs:tuple[int, ...]) -> Grid:
   """A grid over one tile whose linear position (coeffs, + the tile's first element) enumerates the output elements
   (output ranges row-major) and recovers each output range from it."""
@@ -386,14 +319,12 @@ def _gather(nest:LoopNest, ld:Load, dst:int, off:int, rows:int, tile:int, n:int,
   """The fp16 cube (16 channels, rows, 1) of load `ld` over a tile's elements, at byte `off` of `dst`."""
   f = Feature(LANES, rows, 1, 2)
   g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))   # element = 16*row + 8*c1 + c2
-  cp = g.copy(ld, dst, Lin((rows * f.c2, f.c2, 1), off // 2))
-  return Copy(cp.src, cp.src_dtype, cp.dst, cp.dst_dtype, cp.grid, cp.vars, cp.src_index, cp.dst_index, cp.bounds,
-              fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
+  return replace(g.copy(ld, dst, Lin((rows * f.c2, f.c2, 1), off // 2)),
+                 fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
 
 def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:int) -> Copy:
   """A tile's result cube (16 channels, rows, 1; fp32 or a table's fp16) at byte `off` of `src` -> the kernel's output."""
   f = Feature(LANES, rows, 1, nbytes)
   g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))
-  cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
-  return Copy(src, "float32" if nbytes == 4 else "float16", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars, Lin((rows * f.c2, f.c2, 1), off // nbytes),
-              cp.dst_index, cp.bounds, fill=None)
+  return replace(g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None), src=src, src_dtype="float32" if nbytes == 4 else "float16",
+                 dst_dtype=FLOATS[nest.out_dtype], src_index=Lin((rows * f.c2, f.c2, 1), off // nbytes))

@@ -41,7 +41,7 @@ from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, ELEMENT_BYTES, ceil_div, align
 from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CUBE_DIM, MIN_CHAINED_DIM
 from tinygrad_rocket.ops.program import entries, override
-from tinygrad_rocket.rules.contraction import Grid, _walk
+from tinygrad_rocket.rules.common import Grid, walk
 
 # fp16 holds float16 values exactly and rounds float32 ones monotonically
 FP16 = "fp16"
@@ -81,7 +81,7 @@ def match(nest:LoopNest) -> MaxReduce|NotApplicable:
   outer = _unary(nest.value)
   if isinstance(outer, str): return NotApplicable(outer)
   red, sign_out = outer
-  reds = [r for r in _walk(red) if isinstance(r, Reduce)]
+  reds = [r for r in walk(red) if isinstance(r, Reduce)]
   if (other := next((r for r in reds if r.op is not Ops.MAX), None)) is not None:
     summed = other.op is Ops.ADD and isinstance(_unary(other.src), tuple) and isinstance(_unary(other.src)[0], Load)
     return NotApplicable(f"REDUCE({other.op.name}), not a max" + (" (average pooling: the PPU's fp16-reciprocal average has no "
