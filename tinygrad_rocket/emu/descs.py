@@ -165,6 +165,50 @@ def _zero(F:Fields, block:str, reg:str, field:str, why:str) -> None:
   v = F(block, reg, field)
   if v: raise UnsupportedConfig(f"{block}.{reg}.{field} = {v:#x}: {why}")
 
+def _require_zero(F:Fields, fields:tuple[tuple[str, str, str, str], ...]) -> None:
+  for block, reg, field, why in fields: _zero(F, block, reg, field, why)
+
+# Fields a convolution task must leave 0 (block, register, field, why): modes nobody documented or validated.
+CONV_MUST_BE_ZERO: tuple[tuple[str, str, str, str], ...] = (
+  ("CNA", "CONV_CON1", "DECONV", "deconvolution mode is not emulated"),
+  ("CNA", "CONV_CON3", "NN_MODE", "multi-core co-work MAC modes are not emulated (rocket_hw.md §6.3)"),
+  ("CNA", "FC_CON0", "FC_SKIP_EN", "FC skip mode is not documented"),
+  ("CNA", "FC_CON1", "DATA_OFFSET", "FC data offset is not documented"),
+  ("CNA", "FC_CON2", "WEIGHT_OFFSET", "FC weight offset is not documented"),
+  ("CNA", "DATA_SIZE3", "SURF_MODE", "CNA SURF_MODE is not documented"),
+  ("CNA", "DCOMP_CTRL", "DECOMP_CONTROL", "weight decompression (NVDLA CWT/WMB) is not emulated"),
+  ("CNA", "CBUF_CON0", "DATA_REUSE", "feature-data reuse across tasks is not emulated"),
+  ("CNA", "CBUF_CON0", "FC_DATA_BANK", "the hardware corrupts 64-75% of the outputs with FC_DATA_BANK != 0 "
+   "(GN, rocket_fp16_ew_ppu.md §1.5/§6.C)"),
+  ("CORE", "UNDOC_3030", "VALUE", "CORE 0x3030 must be 0 (allbilly: otherwise the next run is corrupted)"),
+)
+
+# The same for a DPU task.
+DPU_MUST_BE_ZERO: tuple[tuple[str, str, str, str], ...] = (
+  ("DPU", "FEATURE_MODE_CFG", "TP_EN", "the DPU transpose mode is not emulated"),
+  ("DPU", "DATA_FORMAT", "MC_SURF_OUT", "MC_SURF_OUT is not documented"),
+  ("DPU", "DATA_CUBE_HEIGHT", "MINMAX_CTL", "MINMAX_CTL is not documented"),
+  ("DPU", "DATA_CUBE_NOTCH_ADDR", "NOTCH_ADDR_0", "write notches are not documented"),
+  ("DPU", "DATA_CUBE_NOTCH_ADDR", "NOTCH_ADDR_1", "write notches are not documented"),
+  ("DPU", "BS_OW_CFG", "TP_ORG_EN", "the transposed int16 writer (GN output-transpose-int16) is not emulated"),
+  ("DPU", "WDMA_SIZE_0", "TP_PRECISION", "the transposed int16 writer is not emulated"),
+  ("DPU", "UNDOC_40C4", "VALUE", "DPU 0x40C4 must be 0 (allbilly: otherwise the next run is corrupted)"),
+)
+
+# The same for DPU_RDMA.
+RDMA_MUST_BE_ZERO: tuple[tuple[str, str, str, str], ...] = (
+  ("DPU_RDMA", "SRC_DMA_CFG", "LINE_NOTCH_ADDR", "MRDMA line notches are not documented"),
+  ("DPU_RDMA", "SRC_DMA_CFG", "POOLING_METHOD", "DPU_RDMA pooling is not documented"),
+  ("DPU_RDMA", "SRC_DMA_CFG", "UNPOOLING_EN", "DPU_RDMA unpooling is not documented"),
+  ("DPU_RDMA", "DATA_CUBE_HEIGHT", "EW_LINE_NOTCH_ADDR", "ERDMA line notches are not documented"),
+)
+
+# The same for an armed ERDMA.
+ERDMA_MUST_BE_ZERO: tuple[tuple[str, str, str, str], ...] = (
+  ("DPU_RDMA", "ERDMA_CFG", "ERDMA_SURF_MODE", "ERDMA_SURF_MODE is not documented"),
+  ("DPU_RDMA", "ERDMA_CFG", "ERDMA_NONALIGN", "ERDMA_NONALIGN is not documented"),
+)
+
 def signed(v:int, bits:int) -> int: return v - (1 << bits) if v & (1 << (bits - 1)) else v
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,17 +258,7 @@ INT8_EXACT_FIT = 0.976
 
 def decode_conv(F:Fields) -> ConvDesc:
   C = "CNA"
-  _zero(F, C, "CONV_CON1", "DECONV", "deconvolution mode is not emulated")
-  _zero(F, C, "CONV_CON3", "NN_MODE", "multi-core co-work MAC modes are not emulated (rocket_hw.md §6.3)")
-  _zero(F, C, "FC_CON0", "FC_SKIP_EN", "FC skip mode is not documented")
-  _zero(F, C, "FC_CON1", "DATA_OFFSET", "FC data offset is not documented")
-  _zero(F, C, "FC_CON2", "WEIGHT_OFFSET", "FC weight offset is not documented")
-  _zero(F, C, "DATA_SIZE3", "SURF_MODE", "CNA SURF_MODE is not documented")
-  _zero(F, C, "DCOMP_CTRL", "DECOMP_CONTROL", "weight decompression (NVDLA CWT/WMB) is not emulated")
-  _zero(F, C, "CBUF_CON0", "DATA_REUSE", "feature-data reuse across tasks is not emulated")
-  _zero(F, C, "CBUF_CON0", "FC_DATA_BANK", "the hardware corrupts 64-75% of the outputs with FC_DATA_BANK != 0 "
-        "(GN, rocket_fp16_ew_ppu.md §1.5/§6.C)")
-  _zero(F, "CORE", "UNDOC_3030", "VALUE", "CORE 0x3030 must be 0 (allbilly: otherwise the next run is corrupted)")
+  _require_zero(F, CONV_MUST_BE_ZERO)
 
   in_p = _prec(F(C, "CONV_CON1", "IN_PRECISION"), "CNA in")
   proc_p = _prec(F(C, "CONV_CON1", "PROC_PRECISION"), "CNA proc")
@@ -369,14 +403,7 @@ class DpuDesc:
 
 def decode_dpu(F:Fields) -> DpuDesc:
   D = "DPU"
-  _zero(F, D, "FEATURE_MODE_CFG", "TP_EN", "the DPU transpose mode is not emulated")
-  _zero(F, D, "DATA_FORMAT", "MC_SURF_OUT", "MC_SURF_OUT is not documented")
-  _zero(F, D, "DATA_CUBE_HEIGHT", "MINMAX_CTL", "MINMAX_CTL is not documented")
-  _zero(F, D, "DATA_CUBE_NOTCH_ADDR", "NOTCH_ADDR_0", "write notches are not documented")
-  _zero(F, D, "DATA_CUBE_NOTCH_ADDR", "NOTCH_ADDR_1", "write notches are not documented")
-  _zero(F, D, "BS_OW_CFG", "TP_ORG_EN", "the transposed int16 writer (GN output-transpose-int16) is not emulated")
-  _zero(F, D, "WDMA_SIZE_0", "TP_PRECISION", "the transposed int16 writer is not emulated")
-  _zero(F, D, "UNDOC_40C4", "VALUE", "DPU 0x40C4 must be 0 (allbilly: otherwise the next run is corrupted)")
+  _require_zero(F, DPU_MUST_BE_ZERO)
   _need(F(D, "FEATURE_MODE_CFG", "OUTPUT_MODE") == 2, "DPU OUTPUT_MODE other than 2 (memory only): the on-the-fly "
         "DPU->PPU path is not emulated")
   in_code, proc_code, out_code = (F(D, "DATA_FORMAT", k) for k in ("IN_PRECISION", "PROC_PRECISION", "OUT_PRECISION"))
@@ -442,10 +469,7 @@ class RdmaDesc:
 
 def decode_rdma(F:Fields) -> RdmaDesc:
   R = "DPU_RDMA"
-  _zero(F, R, "SRC_DMA_CFG", "LINE_NOTCH_ADDR", "MRDMA line notches are not documented")
-  _zero(F, R, "SRC_DMA_CFG", "POOLING_METHOD", "DPU_RDMA pooling is not documented")
-  _zero(F, R, "SRC_DMA_CFG", "UNPOOLING_EN", "DPU_RDMA unpooling is not documented")
-  _zero(F, R, "DATA_CUBE_HEIGHT", "EW_LINE_NOTCH_ADDR", "ERDMA line notches are not documented")
+  _require_zero(F, RDMA_MUST_BE_ZERO)
   return RdmaDesc(width=F(R, "DATA_CUBE_WIDTH", "WIDTH") + 1, height=F(R, "DATA_CUBE_HEIGHT", "HEIGHT") + 1,
                   channels=F(R, "DATA_CUBE_CHANNEL", "CHANNEL") + 1, src_base=F(R, "SRC_BASE_ADDR", "SRC_BASE_ADDR"),
                   brdma_use=F(R, "BRDMA_CFG", "BRDMA_DATA_USE"), bs_base=F(R, "BS_BASE_ADDR", "BS_BASE_ADDR"),
@@ -460,7 +484,4 @@ def decode_rdma(F:Fields) -> RdmaDesc:
                   fp16tofp32=bool(F(R, "FEATURE_MODE_CFG", "MRDMA_FP16TOFP32_EN")),
                   conv_mode=F(R, "FEATURE_MODE_CFG", "CONV_MODE"), flying=bool(F(R, "FEATURE_MODE_CFG", "FLYING_MODE")))
 
-def erdma_checks(F:Fields) -> None:
-  R = "DPU_RDMA"
-  _zero(F, R, "ERDMA_CFG", "ERDMA_SURF_MODE", "ERDMA_SURF_MODE is not documented")
-  _zero(F, R, "ERDMA_CFG", "ERDMA_NONALIGN", "ERDMA_NONALIGN is not documented")
+def erdma_checks(F:Fields) -> None: _require_zero(F, ERDMA_MUST_BE_ZERO)

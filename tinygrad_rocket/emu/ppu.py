@@ -12,8 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 from tinygrad_rocket.emu import arith, layouts
-from tinygrad_rocket.emu.descs import Fields, UnsupportedConfig, _need, _zero, PREC_NAME
+from tinygrad_rocket.emu.descs import Fields, UnsupportedConfig, _need, _require_zero, PREC_NAME
 from tinygrad_rocket.emu.memory import IovaSpace
+
+# Fields a PPU task must leave 0 (block, register, field, why): modes nobody documented or validated.
+PPU_MUST_BE_ZERO: tuple[tuple[str, str, str, str], ...] = (
+  ("PPU", "OPERATION_MODE_CFG", "INDEX_EN", "PPU index output is not emulated"),
+  ("PPU", "OPERATION_MODE_CFG", "NOTCH_ADDR", "PPU notches are not documented"),
+  ("PPU", "DATA_FORMAT", "DPU_FLYIN", "the DPU -> PPU on-the-fly path is not emulated"),
+  ("PPU", "MISC_CTRL", "MC_SURF_OUT", "PPU MC_SURF_OUT is not documented"),
+  ("PPU", "PADDING_VALUE_2_CFG", "PAD_VALUE_1", "pad value bits 34:32 are not documented for fp16"),
+)
 
 MAX_KERNEL = 16   # 4-bit value-1 fields
 
@@ -29,11 +38,7 @@ class PpuDesc:
 
 def decode_ppu(F:Fields) -> PpuDesc:
   P_, R = "PPU", "PPU_RDMA"
-  _zero(F, P_, "OPERATION_MODE_CFG", "INDEX_EN", "PPU index output is not emulated")
-  _zero(F, P_, "OPERATION_MODE_CFG", "NOTCH_ADDR", "PPU notches are not documented")
-  _zero(F, P_, "DATA_FORMAT", "DPU_FLYIN", "the DPU -> PPU on-the-fly path is not emulated")
-  _zero(F, P_, "MISC_CTRL", "MC_SURF_OUT", "PPU MC_SURF_OUT is not documented")
-  _zero(F, P_, "PADDING_VALUE_2_CFG", "PAD_VALUE_1", "pad value bits 34:32 are not documented for fp16")
+  _require_zero(F, PPU_MUST_BE_ZERO)
   _need(F(P_, "OPERATION_MODE_CFG", "FLYING_MODE") == 1, "PPU input other than PPU_RDMA (FLYING_MODE 0) is not emulated")
   prec = PREC_NAME.get(F(P_, "DATA_FORMAT", "PROC_PRECISION"))
   _need(prec == "fp16", f"PPU at {prec}: GN measured garbage at int8; only fp16 is validated")
