@@ -194,7 +194,7 @@ def _load(u:UOp, sizes:dict[int, int], valid:tuple[Bound, ...]=(), pad=None) -> 
 # tinygrad sometimes writes an affine access through nested // and % that span several periods (a strided conv's
 # padded input after a fused op: ((r2+1)//2 + r5 + 6)//7 ...). Such an index is evaluated on every point of the ranges
 # it uses and accepted if one affine map equals it wherever the padding predicate holds. Enumeration is bounded.
-MAX_FIT_POINTS = 1 << 22
+MAX_FIT_POINTS = 1 << 20   # ~100 MB of transient int64/float64 arrays at the cap (compile time, once per kernel)
 
 _INT_OPS = {Ops.ADD: np.add, Ops.MUL: np.multiply, Ops.FLOORDIV: np.floor_divide, Ops.FLOORMOD: np.mod,
             Ops.CMPLT: np.less, Ops.CMPNE: np.not_equal, Ops.AND: np.logical_and, Ops.OR: np.logical_or, Ops.MAX: np.maximum,

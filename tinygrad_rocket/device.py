@@ -205,6 +205,7 @@ class NpuRunner:
   the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback."""
   def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
     self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
+    self.guard_paths: dict[str, FallbackProgram] = {}
     self.serial = next(_serials)
     # gather indices computed once per program; packs grouped by destination, in order (a later copy may write over
     # an earlier one's fill, so a group is redone whole when any of its sources changed)
@@ -351,8 +352,9 @@ class NpuRunner:
     for g in self.prg.guards:   # a lookup table's argument outside its domain: the table's bound would not hold
       self.dev.to_cpu(mem := slot[g.slot])
       if not g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)):
-        guard_path = copy.copy(self.other_path)
-        guard_path.reason = f"{GUARD_REASON}: {g.what}"
+        if (guard_path := self.guard_paths.get(g.what)) is None:   # the C code, reported with this guard's reason
+          guard_path = self.guard_paths[g.what] = copy.copy(self.other_path)
+          guard_path.reason = f"{GUARD_REASON}: {g.what}"
         return guard_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
     report.kernel_ran(self.name, "npu", self.prg.summary)
     bank = self._bank()

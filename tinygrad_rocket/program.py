@@ -10,7 +10,7 @@ Slots: kernel buffers keep their PARAM slot numbers (0..); scratch buffer i is s
 is regs.SELF.
 """
 from __future__ import annotations
-import math, pickle
+import functools, math, pickle
 from dataclasses import dataclass
 from typing import Callable
 import numpy as np
@@ -125,12 +125,16 @@ class Guard:
   hi: float
   what: str
 
+  @functools.cached_property
+  def valid(self) -> np.ndarray:
+    """Which cube positions hold elements (computed once per program, not per call)."""
+    pos = np.arange(self.rows * 16)
+    surface, row, lane = pos // (self.rows * 8), (pos % (self.rows * 8)) // 8, pos % 8
+    return 16 * row + 8 * surface + lane < self.count
+
   def holds(self, mem:np.ndarray) -> bool:
     """mem: the slot's bytes (uint8)."""
-    n = self.rows * 16
-    pos = np.arange(n)
-    surface, row, lane = pos // (self.rows * 8), (pos % (self.rows * 8)) // 8, pos % 8
-    valid = 16 * row + 8 * surface + lane < self.count
+    n, valid = self.rows * 16, self.valid
     v = np.full(n, self.const, np.float64)
     for off, coeff in self.terms: v += coeff * np.frombuffer(mem, np.float16, n, off).astype(np.float64)
     with np.errstate(over="ignore"): v = v.astype(np.float16).astype(np.float64)[valid]
