@@ -136,7 +136,9 @@ def test_stage_counts(fn, stages):
 
 @pytest.mark.parametrize("n", [1, 5, 16, 191, 16 * 1022 * 3 + 5])
 def test_sizes_and_tiles(n):
-  """Any element count: partial pixels, plane padding to 12 atoms, several row tiles."""
+  """Any element count: partial pixels, plane padding to 12 atoms, several row tiles. Bound: x*x + 1 from x rounded to
+  fp16 once (|x^2 - x'^2| <= (2 u16 + u16^2) x^2 + subnormal terms), the +1 and the product in fp32 on both sides;
+  relative to |x*x + 1| >= x^2 that is under 3 u16, so rtol 4 u16 (atol: the subnormal terms, 4 x 2^-25)."""
   x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
   r, c = run(Node(lambda ts: ts[0] * ts[0] + 1, x, x, x, False), [x], "float32")
   np.testing.assert_allclose(r, c, rtol=4 * U16, atol=ETA16 * 4)
