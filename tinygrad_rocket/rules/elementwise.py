@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numpy as np
 from dataclasses import dataclass, field, replace
+from typing import Callable
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
@@ -229,6 +230,109 @@ def compile_stages(nest:LoopNest) -> list[Stage]|str:
   except Unsupported as e: return str(e)
   return c.stages
 
+@dataclass(frozen=True)
+class TileLayout:
+  """Which kernel element each position of a stage tile holds. A tile is a cube of 16 fp16/fp32 lanes per row (two 8-lane
+  surfaces of `rows` rows, the stage matmul's output); as memory it is `surfaces` 8-lane surfaces of `height` rows back
+  to back (surfaces * height = 2 * rows), and `grid(t)` is a Grid over (surfaces, height, 8) whose values recover the
+  kernel's loop indices at each position of tile t. The elementwise rule lays elements out flat (2 surfaces of `rows`,
+  16 consecutive elements per row); a contraction's computed operand uses its A tile's own surfaces, so the last stage
+  writes that A tile as it is."""
+  rows: int
+  tiles: int
+  surfaces: int
+  grid: Callable[[int], Grid]
+  count: Callable[[int], int]   # elements of tile t that a guard checks: positions s*height*8 + h*8 + lane below it
+
+  @property
+  def height(self) -> int: return 2 * self.rows // self.surfaces
+
+@dataclass
+class StageCode:
+  """The tasks, packing and guards of a list of stages over the tiles of a layout, in scratch slots of their own."""
+  tasks: list                    # per tile: its tasks
+  pack: list[Copy]
+  guards: list[Guard]
+  scratch: tuple[int, int, int]  # byte sizes of the A, B and C slots
+  c_off: Callable[[int, int], int]   # (tile, stage) -> byte offset of the stage's result in the C slot
+
+def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:tuple[int, int, int],
+                out:Callable[[int], tuple[int, int]]|None=None) -> StageCode:
+  """Conv-fed DPU tasks for `stages` over every tile of `lay`. Per stage and tile: its A tile (one 16-lane fp16 block per
+  main term) and fp16 EW operand in slot A, its fp32 (or fp16) result in slot C; per stage its identity blocks in slot
+  B. `out(t)`: (slot, byte offset) where tile t's last stage writes its result in fp16 instead of its C region."""
+  rows, ntiles = lay.rows, lay.tiles
+  K = align(max(LANES * max(len(s.main.terms) for s in stages), 1), K_ALIGN)
+  tile = MatmulTile(rows, K, LANES)
+  a_f, b_w, c_f = tile.a, tile.b, tile.c
+  e_f = Feature(LANES, rows, 1, 2)
+  A, B, C = slots
+  a_sz, e_sz, b_sz, c_sz = a_f.nbytes, e_f.nbytes, b_w.elems * 2, c_f.nbytes
+  per_tile = a_sz + e_sz
+  c_off = lambda t, si: (t * len(stages) + si) * c_sz
+  pack: list[Copy] = []
+  ng, kg = b_w.group
+  st = b_w.grid_strides()
+  for si, s in enumerate(stages):
+    if s.lut is not None: continue
+    # B: kernel j is coefficient c_i at channel 16*i + j (an identity block per source), zero elsewhere
+    g = Grid((b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg), sizes, {})
+    dst = Lin(st[:2] + st[4:], si * b_w.elems)
+    pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (NO_POINT,), fill=0.0))
+    for i, (_, coeff) in enumerate(s.main.terms):
+      diag = Bound(Lin((-ng, kg, -1, 1), -LANES * i), 0, 1)   # k - n == 16*i, k = 32*k1 + k2, n = 16*n1 + n2
+      pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
+  def gather(ld:Load, t:int, off:int, fill:float|None=None) -> Copy:
+    """Load `ld` over tile t's positions as an fp16 cube at byte `off` of slot A."""
+    g = lay.grid(t)
+    return replace(g.copy(ld, A, Lin((lay.height * 8, 8, 1), off // 2)),
+                   fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
+  tasks: list[list] = []
+  guards: list[Guard] = []
+  for t in range(ntiles):
+    tt: list = []
+    for si, s in enumerate(stages):
+      a_off = (t * len(stages) + si) * per_tile
+      last = si == len(stages) - 1 and out is not None
+      dst_slot, dst_off = out(t) if last else (C, c_off(t, si))
+      if s.lut is not None:   # x as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
+        src, table = s.lut
+        if isinstance(src, Load):   # padding elements get a value inside the table's interval
+          pack.append(gather(src, t, a_off, fill=min(max(0.0, table.lo), table.hi)))
+          x_slot, x_off = A, a_off
+        else: x_slot, x_off = C, c_off(t, src)
+        tt += lut_tasks(rows * LANES, table, x_slot, x_off, dst_slot, dst_off)
+        if s.guard is not None:   # the argument's operands: the load itself, or the fp16 stage's A columns
+          g_off = a_off if isinstance(src, Load) else (t * len(stages) + src) * per_tile
+          terms = ((g_off, 1.0),) if isinstance(src, Load) else \
+                  tuple((g_off + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.guard.terms))
+          guards.append(Guard(A, rows, lay.count(t), terms, 0.0 if isinstance(src, Load) else s.guard.const,
+                              table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}"))
+        continue
+      for i, (ld, _) in enumerate(s.main.terms):   # source i: A channels 16*i + lane, surfaces 2i, 2i+1
+        pack.append(gather(ld, t, a_off + 2 * i * rows * 16))
+      if not s.main.terms:  # a constant stage: the CORE multiplies zeros
+        g = Grid((a_f.c1, rows, a_f.c2), sizes, {})
+        pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_off // 2),
+                         (NO_POINT,), fill=0.0))
+      ew = None
+      if isinstance(s.operand, Load):
+        e_off = a_off + a_sz
+        pack.append(gather(s.operand, t, e_off))
+        ew = EwOperand(s.ew_op, A, e_off, 2)
+      elif s.operand is not None:
+        ew = EwOperand(s.ew_op, C, c_off(t, s.operand), stages[s.operand].out_bytes)
+      bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
+      tt.append(matmul_task(tile, A, a_off, B, si * b_sz, dst_slot, dst_off, bs=bs, ew=ew, out_fp16=s.out16 or last))
+    tasks.append(tt)
+  return StageCode(tasks, pack, guards, (ntiles * len(stages) * per_tile, len(stages) * b_sz, ntiles * len(stages) * c_sz), c_off)
+
+def stage_ops(stages:list[Stage]) -> str:
+  """What the stages do, for a program's summary."""
+  ops = [f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + \
+        [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
+  return ", ".join(ops)
+
 def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   if nest.reduce_ranges: return NotApplicable("a reduction (not elementwise)")
   # a copy (movement ops: contiguous, slices, permutes, casts) moves data only: the C code does it exactly, where the
@@ -247,84 +351,26 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   rows = max(min(plan[0], MAX_ROWS), EW_MIN_PLANE_ATOMS)
   tiles = ceil_div(rows_total, rows)
   if (ntasks := tiles * len(stages)) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS})")
-  tile = MatmulTile(rows, K, LANES)
-  a_f, b_w, c_f = tile.a, tile.b, tile.c
-  e_f = Feature(LANES, rows, 1, 2)
-  # scratch: per stage and tile its A tile and (a load operand) its fp16 operand cube; per stage its B; per stage and
-  # tile its fp32 result
-  A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
-  a_sz, e_sz, b_sz, c_sz = a_f.nbytes, e_f.nbytes, b_w.elems * 2, c_f.nbytes
-  per_tile = a_sz + e_sz
-  pack: list[Copy] = []
-  ng, kg = b_w.group
-  st = b_w.grid_strides()
-  for si, s in enumerate(stages):
-    if s.lut is not None: continue
-    # B: kernel j is coefficient c_i at channel 16*i + j (an identity block per source), zero elsewhere
-    g = Grid((b_w.oc_padded // ng, b_w.ic_padded // kg, ng, kg), sz, {})
-    dst = Lin(st[:2] + st[4:], si * b_w.elems)
-    pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (NO_POINT,), fill=0.0))
-    for i, (_, coeff) in enumerate(s.main.terms):
-      diag = Bound(Lin((-ng, kg, -1, 1), -LANES * i), 0, 1)   # k - n == 16*i, k = 32*k1 + k2, n = 16*n1 + n2
-      pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
-  tasks, guards = [], []
-  for t in range(tiles):
-    for si, s in enumerate(stages):
-      a_off = (t * len(stages) + si) * per_tile
-      c_off = (t * len(stages) + si) * c_sz
-      if s.lut is not None:   # x as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
-        src, table = s.lut
-        if isinstance(src, Load):   # padding elements get a value inside the table's interval
-          pack.append(_gather(nest, src, A, a_off, rows, t, n, fill=min(max(0.0, table.lo), table.hi)))
-          x_slot, x_off = A, a_off
-        else: x_slot, x_off = C, (t * len(stages) + src) * c_sz
-        tasks += lut_tasks(rows * LANES, table, x_slot, x_off, C, c_off)
-        if s.guard is not None:   # the argument's operands: the load itself, or the fp16 stage's A columns
-          g_off = a_off if isinstance(src, Load) else (t * len(stages) + src) * per_tile
-          terms = ((g_off, 1.0),) if isinstance(src, Load) else \
-                  tuple((g_off + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.guard.terms))
-          guards.append(Guard(A, rows, min(n - t * rows * LANES, rows * LANES), terms, 0.0 if isinstance(src, Load) else s.guard.const,
-                              table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}"))
-        continue
-      for i, (ld, _) in enumerate(s.main.terms):   # A columns 16*i + j of row r: source i at element 16*(row0 + r) + j
-        pack.append(_gather(nest, ld, A, a_off + 2 * i * rows * 16, rows, t, n))   # source i: surfaces 2i, 2i+1
-      if not s.main.terms:  # a constant stage: the CORE multiplies zeros
-        g = Grid((a_f.c1, rows, a_f.c2), sz, {})
-        pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_off // 2),
-                         (NO_POINT,), fill=0.0))
-      ew = None
-      if isinstance(s.operand, Load):
-        e_off = a_off + a_sz
-        pack.append(_gather(nest, s.operand, A, e_off, rows, t, n))
-        ew = EwOperand(s.ew_op, A, e_off, 2)
-      elif s.operand is not None:
-        ew = EwOperand(s.ew_op, C, (t * len(stages) + s.operand) * c_sz, stages[s.operand].out_bytes)
-      bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
-      tasks.append(matmul_task(tile, A, a_off, B, si * b_sz, C, c_off, bs=bs, ew=ew, out_fp16=s.out16))
-  unpack = tuple(_scatter(nest, C, (t * len(stages) + len(stages) - 1) * c_sz, rows, t, n, stages[-1].out_bytes) for t in range(tiles))
-  scratch = (tiles * len(stages) * per_tile, len(stages) * b_sz, tiles * len(stages) * c_sz)
-  ops = [f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
+  lay = TileLayout(rows, tiles, 2, lambda t: _flat_grid(nest, rows, t, n), lambda t: min(n - t * rows * LANES, rows * LANES))
+  code = emit_stages(sz, stages, lay, (SCRATCH, SCRATCH + 1, SCRATCH + 2))
+  unpack = tuple(_scatter(nest, SCRATCH + 2, code.c_off(t, len(stages) - 1), rows, t, n, stages[-1].out_bytes) for t in range(tiles))
+  ops = stage_ops(stages)
   summary = (f"elementwise over {n} elements: {len(stages)} stage(s) x {tiles} tile(s) of {rows}x{LANES} as DPU "
-             f"tasks (fp32 results{'; ' + ', '.join(ops) if ops else ''})")
-  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), unpack, macs=0, guards=tuple(guards))
+             f"tasks (fp32 results{'; ' + ops if ops else ''})")
+  return NpuProgram(nest.name, summary, code.scratch, regs.assemble([x for tt in code.tasks for x in tt]), tuple(code.pack), unpack,
+                    macs=0, guards=tuple(code.guards))
 
-def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, grid:tuple[int, ...], coeffs:tuple[int, ...]) -> Grid:
-  """A grid over one tile whose linear position (coeffs, + the tile's first element) enumerates the output elements
-  (output ranges row-major) and recovers each output range from it."""
-  g = Grid(grid, nest.ranges, {})
-  g.linear(coeffs, tile * rows * LANES, list(nest.output_ranges), n)
+def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, c2:int=8) -> Grid:
+  """A grid over one tile's cube (16/c2 surfaces, rows, c2 lanes: 8 fp16, 4 fp32) whose linear position (element =
+  16*row + c2*surface + lane, + the tile's first element) enumerates the output elements (output ranges row-major) and
+  recovers each output range."""
+  g = Grid((LANES // c2, rows, c2), nest.ranges, {})
+  g.linear((c2, LANES, 1), tile * rows * LANES, list(nest.output_ranges), n)
   return g
-
-def _gather(nest:LoopNest, ld:Load, dst:int, off:int, rows:int, tile:int, n:int, fill:float|None=None) -> Copy:
-  """The fp16 cube (16 channels, rows, 1) of load `ld` over a tile's elements, at byte `off` of `dst`."""
-  f = Feature(LANES, rows, 1, 2)
-  g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))   # element = 16*row + 8*c1 + c2
-  return replace(g.copy(ld, dst, Lin((rows * f.c2, f.c2, 1), off // 2)),
-                 fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
 
 def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:int) -> Copy:
   """A tile's result cube (16 channels, rows, 1; fp32 or a table's fp16) at byte `off` of `src` -> the kernel's output."""
   f = Feature(LANES, rows, 1, nbytes)
-  g = _flat_grid(nest, rows, tile, n, (f.c1, rows, f.c2), (f.c2, LANES, 1))
+  g = _flat_grid(nest, rows, tile, n, f.c2)
   return replace(g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None), src=src, src_dtype="float32" if nbytes == 4 else "float16",
                  dst_dtype=FLOATS[nest.out_dtype], src_index=Lin((rows * f.c2, f.c2, 1), off // nbytes))
