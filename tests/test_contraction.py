@@ -112,7 +112,9 @@ def test_epilogue_is_never_dropped(kind):
     np.testing.assert_array_equal((t(A) @ t(B) * 0.5 - 3).numpy(), (A @ B) * 0.5 - 3)
     np.testing.assert_array_equal((t(A) @ t(B) + t(bias)).numpy(), A @ B + bias)
     np.testing.assert_array_equal((t(A) @ t(B) + t(R)).numpy(), A @ B + R)         # a residual: fused too
-    with pytest.raises(Exception, match="epilogue"): (t(A) @ t(B)).exp2().realize()  # non-affine: not
+    with pytest.raises(Exception, match="epilogue"): ((t(A) @ t(B)) * (t(A) @ t(B))).realize()  # non-affine: not
+    # a table activation on an interval: fused, and a call outside it (exp2 of 8 > 0) is the C code's, with the reason
+    with pytest.raises(Exception, match=r"lut\(exp2\) in its domain"): (t(A) @ t(B)).exp2().realize()
     with pytest.raises(Exception, match="epilogue"): ((t(A) @ t(B) + t(R)) * t(R)).realize()
   np.testing.assert_allclose((t(A) @ t(B)).exp2().numpy(), np.exp2(A @ B), rtol=1e-6)  # the fallback computes them
   np.testing.assert_array_equal(((t(A) @ t(B) + t(R)) * t(R)).numpy(), (A @ B + R) * R)

@@ -9,7 +9,7 @@ import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
 from tinygrad_rocket.blob import parse_blob
-from tinygrad_rocket.program import NpuProgram, SCRATCH, eval_pexpr
+from tinygrad_rocket.program import NpuProgram, Guard, SCRATCH, eval_pexpr
 from tinygrad_rocket import lower, config, report
 
 # ***** buffers *****
@@ -109,6 +109,7 @@ class NpuJobError(RuntimeError):
 # documented) never arise on it. A call with a non-finite operand takes the kernel's C code.
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
 GUARD_REASON = "a lookup table's argument lies outside the table's domain for this call"
+AFTER_GUARD_REASON = "a value the NPU computed for this call fails a check (the job's results are discarded)"
 
 # An NpuRunner keeps up to MAX_BANKS sets of the BOs its jobs write (result cubes, and the regcmd list bound to the
 # call's buffers): a result stays NPU-native in its bank until a CPU access needs it, so a bank is reused once nothing
@@ -206,6 +207,7 @@ class NpuRunner:
   def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
     self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
     self.guard_paths: dict[str, FallbackProgram] = {}
+    self.before, self.after = [g for g in prg.guards if not g.after], [g for g in prg.guards if g.after]
     self.serial = next(_serials)
     # gather indices computed once per program; packs grouped by destination, in order (a later copy may write over
     # an earlier one's fill, so a group is redone whole when any of its sources changed)
@@ -329,6 +331,18 @@ class NpuRunner:
     self.index_forms[(id(a), invert)] = (a, form)   # (the array kept alive: its id stays its own)
     return form
 
+  def _failed_guard(self, guards:list[Guard], slot:dict[int, RocketBuffer]) -> FallbackProgram|None:
+    """The C-code path of the first guard that does not hold (a lookup table's argument outside its domain: the table's
+    bound would not hold; a computed value beyond fp16), reported with that guard's reason; None if all hold."""
+    for g in guards:
+      self.dev.to_cpu(mem := slot[g.slot])
+      if g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)): continue
+      if (guard_path := self.guard_paths.get(g.what)) is None:
+        guard_path = self.guard_paths[g.what] = copy.copy(self.other_path)
+        guard_path.reason = f"{GUARD_REASON if not g.after else AFTER_GUARD_REASON}: {g.what}"
+      return guard_path
+    return None
+
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     st = time.perf_counter()
     self.calls += 1
@@ -349,14 +363,8 @@ class NpuRunner:
         if not self._copy(c, si, di, valid, lin, slot, operand=True):
           return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
       res.key = key
-    for g in self.prg.guards:   # a lookup table's argument outside its domain: the table's bound would not hold
-      self.dev.to_cpu(mem := slot[g.slot])
-      if not g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)):
-        if (guard_path := self.guard_paths.get(g.what)) is None:   # the C code, reported with this guard's reason
-          guard_path = self.guard_paths[g.what] = copy.copy(self.other_path)
-          guard_path.reason = f"{GUARD_REASON}: {g.what}"
-        return guard_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
-    report.kernel_ran(self.name, "npu", self.prg.summary)
+    if (failed := self._failed_guard(self.before, slot)) is not None:
+      return failed(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
     bank = self._bank()
     bank.used = self.calls
     slot |= bank.scratch
@@ -367,9 +375,19 @@ class NpuRunner:
       bank.bound = iovas
     for b in (*operands, *bank.scratch.values(), bank.regcmd): self.dev.to_device(b)
     in_handles = [bank.regcmd.domain.bo.handle] + [b.domain.bo.handle for b in operands]
-    self.dev.driver.submit([Job(self.prg.tasks.task_addresses(bank.regcmd.dma_addr), in_handles, bank.out_handles)])
+    tasks, split = self.prg.tasks.task_addresses(bank.regcmd.dma_addr), self.prg.split or len(self.prg.tasks.tasks)
+    self.dev.driver.submit([Job(tasks[:split], in_handles, bank.out_handles)])
     bank.busy = True
     self.dev.inflight[self.serial] = self
+    if self.after:   # values the NPU computed must hold before its results count: wait for the job and check them
+      self._wait(bank, failure_ok=False)
+      if (failed := self._failed_guard(self.after, slot)) is not None:
+        return failed(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
+    if split < len(tasks):   # (the checks read the BOs on the CPU: hand them back to the device first)
+      for b in (*operands, *bank.scratch.values(), bank.regcmd): self.dev.to_device(b)
+      self.dev.driver.submit([Job(tasks[split:], in_handles, bank.out_handles)])
+      bank.busy = True
+    report.kernel_ran(self.name, "npu", self.prg.summary)
     for k, copies in self.unpack.items():   # the results stay in the bank until a CPU access needs them
       dst, inv = slot[k], self.inverse[k]
       native = Native((self.serial, k), slot[inv[0]], inv[1], inv[2], dst, inv[3]) if inv is not None else None

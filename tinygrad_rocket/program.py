@@ -124,13 +124,15 @@ class Guard:
   lo: float
   hi: float
   what: str
+  after: bool = False   # checked after the job, on values the NPU computed (before any result is unpacked)
+  lanes: int = 16       # of each row's 16 elements, the first `lanes` are checked (a tile's real kernels)
 
   @functools.cached_property
   def valid(self) -> np.ndarray:
     """Which cube positions hold elements (computed once per program, not per call)."""
     pos = np.arange(self.rows * 16)
     surface, row, lane = pos // (self.rows * 8), (pos % (self.rows * 8)) // 8, pos % 8
-    return 16 * row + 8 * surface + lane < self.count
+    return (16 * row + 8 * surface + lane < self.count) & (8 * surface + lane < self.lanes)
 
   def holds(self, mem:np.ndarray) -> bool:
     """mem: the slot's bytes (uint8)."""
@@ -153,7 +155,10 @@ class NpuProgram:
   pack: tuple[Copy, ...]             # kernel buffers -> scratch, before the job
   unpack: tuple[Copy, ...]           # scratch -> kernel buffers, after it
   macs: int = 0                      # useful multiply-accumulates (for estimates)
-  guards: tuple[Guard, ...] = ()     # checked after packing, before the job (a call that fails one runs the C code)
+  guards: tuple[Guard, ...] = ()     # checked after packing, before the job, or after it (Guard.after); a call that
+                                     # fails one runs the C code
+  split: int = 0                     # > 0: tasks [0, split) are one job and the rest a second one, submitted once the
+                                     # after-job guards hold on the first job's values (0: one job, guards after it)
   globals: tuple[int, ...] = ()      # the kernel's PARAM slots in the order tinygrad passes their buffers (its program's
                                      # globals: buffers its own simplification dropped are not passed); () = 0, 1, ...
 
@@ -170,5 +175,8 @@ class NpuProgram:
     return prg
 
   def written_scratch(self) -> tuple[int, ...]:
-    """Scratch slots the NPU writes: those the unpack reads."""
-    return tuple(sorted({c.src for c in self.unpack if c.src >= SCRATCH}))
+    """Scratch slots the NPU writes: those the unpack reads, and those nobody packs (the job's own intermediates, e.g. a
+    computed operand's tiles)."""
+    packed = {c.dst for c in self.pack}
+    return tuple(sorted({c.src for c in self.unpack if c.src >= SCRATCH} |
+                        {SCRATCH + i for i in range(len(self.scratch)) if SCRATCH + i not in packed}))

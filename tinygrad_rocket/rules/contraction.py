@@ -35,11 +35,12 @@ from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, Grid
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH, PEXPR_OPS
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
-from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
+from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, XStageOp, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
-from tinygrad_rocket.rules.tables import full_line_table, eval_expr, lut_tasks
+from tinygrad_rocket.rules.tables import full_line_table, pick_table, eval_expr, lut_tasks
+from tinygrad_rocket.rules.elementwise import compile_operand, emit_stages, stage_ops, TileLayout, LANES, FP16_MAX
 from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S
 
 
@@ -68,6 +69,14 @@ class Contraction:
   relu: bool = False
   clip: float|None = None     # with relu: results clamped to [0, clip] (tinygrad's relu6 is relu(x) - relu(x - 6))
   activation: tuple[object, bool]|None = None  # (LutTable g, multiply): the result is g(e) or e * g(e), e the epilogue
+  prologue: list|None = None  # A is computed (`a` its expression): these elementwise stages write its fp16 tiles
+
+def _loads_of(e) -> list[Load]:
+  return [x for x in walk(e) if isinstance(x, Load)]
+
+def uses_expr(e) -> set[int]:
+  """The loop ranges an operand (a load, a constant or an expression of loads) depends on."""
+  return set().union(*(uses(ld) for ld in _loads_of(e)))
 
 def _affine_degree(e, red:Reduce) -> int|str:
   """Degree of e in the reduction (0 or 1), or why e is not affine in it."""
@@ -110,7 +119,10 @@ def _activation_table(u, g):
   x = Load(-1, dtypes.float32, 0, Affine(()))   # stands for u
   g = _subst(g, u, x)
   if any(isinstance(t, (Load, Reduce)) and t is not x for t in walk(g)): return None
-  return full_line_table(lambda v: eval_expr(g, x, v), g.op.name.lower() if isinstance(g, Alu) else "gate")
+  fn, name = (lambda v: eval_expr(g, x, v)), g.op.name.lower() if isinstance(g, Alu) else "gate"
+  # exact on every input, else on an interval (sqrt, 1/x, log of a statistic): then a check after the job sends a call
+  # whose u left the table's domain to the C code
+  return full_line_table(fn, name) or pick_table(fn, name)
 
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
@@ -123,7 +135,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   if not relu and act is not None:
     u, g, multiply = act
     if (table := _activation_table(u, g)) is None:
-      return NotApplicable("the epilogue applies a function of the sum no lookup table covers exactly on every input")
+      return NotApplicable("the epilogue applies a function of the sum no lookup table covers accurately")
     e, activation = strip_cast(u), (table, multiply)
   reds = [x for x in walk(e) if isinstance(x, Reduce)]
   if not reds: return NotApplicable("no reduction")
@@ -138,13 +150,21 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   body = strip_cast(v.src)
   # a plain sum is a contraction with a constant operand (ones, or the constant a sum of x*c multiplies by): the MAC
   # array reduces, and the sum's epilogue (e.g. mean's 1/n) folds like any other
-  if isinstance(body, Load): body = Alu(Ops.MUL, (body, Const(1.0, body.dtype)), body.dtype)
-  if not (isinstance(body, Alu) and body.op is Ops.MUL): return NotApplicable("reduced value is not a product of two operands")
+  if not (isinstance(body, Alu) and body.op is Ops.MUL): body = Alu(Ops.MUL, (body, Const(1.0, body.dtype)), body.dtype)
   a, b = (strip_cast(s) for s in body.src)
-  if isinstance(a, Const): a, b = b, a
-  if not (isinstance(a, Load) and isinstance(b, (Load, Const))):
-    return NotApplicable("a product operand is computed, not loaded (prologue fusion not implemented yet)")
-  for ld in (a, b) if isinstance(b, Load) else (a,):
+  if isinstance(a, Const) or (isinstance(a, Load) and not isinstance(b, (Load, Const))): a, b = b, a
+  outs = nest.output_ranges
+  if not isinstance(a, Load):
+    # a computed operand (a prologue: softmax's exp(x - max), a variance's (x - mean)^2, relu(x) into a conv) becomes A,
+    # computed on the NPU by elementwise stages straight into A's tiles; the other factor stays B when it is a load
+    # that shares no output loop with it (else the whole product is A and B is ones)
+    if not isinstance(b, (Load, Const)) or uses_expr(a) & uses_expr(b) & set(outs):
+      a, b = strip_cast(v.src), Const(1.0, body.dtype)
+    if nest.precision == "fp32" and (nest.out_dtype == dtypes.float32 or any(ld.dtype == dtypes.float32 for ld in _loads_of(a))):
+      return NotApplicable("ROCKET_PRECISION=fp32: a computed operand's float32 values would be rounded to fp16 (the C "
+                           "code gives float32 accuracy)")
+    if isinstance(stages := compile_operand(a), str): return NotApplicable(f"computed operand: {stages}")
+  for ld in [x for x in (a, b) if isinstance(x, Load)]:
     if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
     if ld.dtype == dtypes.float32 and nest.precision == "fp32":
       return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16 (split-precision passes "
@@ -152,15 +172,14 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
   if set(v.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
-  ua, ub = uses(a), uses(b) if isinstance(b, Load) else set()
-  outs = nest.output_ranges
+  ua, ub = uses_expr(a), uses_expr(b)
   m = [r for r in outs if r in ua and r not in ub]
   n = [r for r in outs if r in ub and r not in ua]
   batch = [r for r in outs if r not in m and r not in n]
   # A gives the rows (feature cube), B the kernels: B is the side with fewer exclusive output elements (kernels are
-  # padded to 16, rows only to 4), which puts convolution weights in B.
+  # padded to 16, rows only to 4), which puts convolution weights in B. A computed operand is always A.
   size = lambda rs: math.prod(nest.ranges[r] for r in rs)
-  if size(m) < size(n) and isinstance(b, Load): a, b, m, n = b, a, n, m
+  if size(m) < size(n) and isinstance(a, Load) and isinstance(b, Load): a, b, m, n = b, a, n, m
   residual = None
   both = lambda ld: not (uses(ld) <= set(n) | set(batch) or uses(ld) <= set(m) | set(batch))
   res = [t for t in terms if isinstance(strip_cast(t), Load) and both(strip_cast(t))]
@@ -182,7 +201,12 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     used = set().union(*(uses(p) for p in params))
     side = "b" if used <= set(n) | set(batch) else "a" if used <= set(m) | set(batch) else ""
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
-  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation)
+  if not isinstance(a, Load):
+    if residual is not None: return NotApplicable("a residual add with a computed operand (not implemented)")
+    if params and side == "a": return NotApplicable("an epilogue varying with the rows of a computed operand (its slope "
+                                                    "cannot be folded into the packing)")
+  return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation,
+                     None if isinstance(a, Load) else stages)
 
 # Planning a K split: the modeled NPU time of rules/conv.py (the emulator's cost model, emu/cost.py, at mainline's clock)
 KC_MAX = MAX_KERNEL_BYTES // 2   # fp16 K columns of one kernel within one CBUF bank (rocket_fp16_ew_ppu.md §1.6)
@@ -227,7 +251,13 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   if isinstance(c, NotApplicable): return c
   sz = nest.ranges
   M, N, K = (math.prod(sz[r] for r in ds) for ds in (c.m_dims, c.n_dims, c.k_dims))
-  K_r = K + (c.epilogue is not None)  # the epilogue's intercept is one more K column; the residual block follows it
+  # the epilogue's intercept is one more K column (the residual block follows it). A computed A is written by the NPU
+  # alone, so there a constant intercept is the BS stage's fp32 add on each tile's first task instead
+  icpt = None
+  if c.prologue is not None and c.epilogue is not None:
+    if c.params: return NotApplicable("an epilogue with operands after a computed operand (only constant scales and shifts)")
+    icpt = float(eval_pexpr(Grid((1,), sz, {}).pexpr(c.epilogue), None, 0.0))
+  K_r = K + (c.epilogue is not None and c.prologue is None)
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
   plan = plan_tiles(M, K_r, N, residual=c.residual is not None)
   # K does not fit one task, or its tiles are too small to stay within MAX_TASKS (rows and kernels shrink as K grows):
@@ -239,7 +269,8 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   else: (rows, n_t), kc = plan, None
   if c.activation is not None:
     if kc is not None: return NotApplicable("an activation epilogue with K split over tasks (not implemented)")
-    rows = max(rows, EW_MIN_PLANE_ATOMS)   # the result's EW multiply (rocket_fp16_ew_ppu.md §2.3)
+  if c.activation is not None or c.prologue is not None:
+    rows = max(rows, EW_MIN_PLANE_ATOMS)   # the result's EW multiply / the stages' EW ops (rocket_fp16_ew_ppu.md §2.3)
   K_eff = K_r + (n_t if c.residual is not None else 0)
   kc = kc or align(K_eff, K_ALIGN)
   n_k = ceil_div(K_eff, kc)
@@ -266,7 +297,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   b_grid = (n_k, b_w.oc_padded // ng, kc // kg, ng, kg)
   b_st = (b_w.oc_padded * kc, kc * ng, ng * kg, kg, 1)
   b_col = lambda k: (k // kc) * b_st[0] + (k % kc) // kg * b_st[2] + k % kg   # element of column k in kernel 0
-  tasks, pack, unpack = [], [], []
+  # tasks: the job; late: tasks after the tables' arguments exist (a second job when values the NPU computed are checked
+  # first: a NaN must never reach a table, rocket_fp16_ew_ppu.md §4.6; an overflowed computed operand could make one)
+  tasks, late, pack, unpack, guards = [], [], [], [], []
+  a_tiles: list[tuple[dict[int, int], int, int]] = []   # a computed A's tiles: (batch loops, m tile, element offset)
   for bi, bvals in enumerate(batches):
     fixed = dict(zip(c.batch_dims, bvals))
     def operand(ld:Load|Const, side:str, g:Grid, dst:int, index:Lin) -> Copy:
@@ -285,10 +319,12 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       # A tile: Feature(Kp, rows, 1) fp16 = grid (K1, rows, 8): k = 8*k1 + k2, m = m0 + row; a chunk of kc columns is
       # kc/8 whole surfaces, so chunk j is the cube Feature(kc, rows, 1) at surface j*kc/8
       off = ((bi * m_tiles + mt) * a_per_n + an) * a_f.elems
-      g = Grid((a_f.c1, rows, a_f.c2), sz, fixed)
-      g.linear((a_f.c2, 0, 1), 0, c.k_dims, K); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
-      pack.append(operand(c.a, "a", g, A, Lin((rows * a_f.c2, a_f.c2, 1), off)))
-      if c.epilogue is not None:
+      if c.prologue is None:
+        g = Grid((a_f.c1, rows, a_f.c2), sz, fixed)
+        g.linear((a_f.c2, 0, 1), 0, c.k_dims, K); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
+        pack.append(operand(c.a, "a", g, A, Lin((rows * a_f.c2, a_f.c2, 1), off)))
+      else: a_tiles.append((fixed, mt, off))
+      if c.epilogue is not None and c.prologue is None:
         g = Grid((rows,), sz, fixed)
         g.linear((1,), mt * rows, c.m_dims, M)
         pack.append(column("a", g, A, Lin((a_f.c2,), off + (K // a_f.c2) * rows * a_f.c2 + K % a_f.c2)))
@@ -304,7 +340,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       g = Grid(b_grid, sz, fixed)
       g.linear((kc, 0, kg, 0, 1), 0, c.k_dims, K); g.linear((0, ng, 0, 1, 0), nt * n_t, c.n_dims, N)
       pack.append(operand(c.b, "b", g, B, Lin(b_st, off)))
-      if c.epilogue is not None:
+      if c.epilogue is not None and c.prologue is None:
         g = Grid(b_grid[1:4:2], sz, fixed)
         g.linear((ng, 1), nt * n_t, c.n_dims, N)
         pack.append(column("b", g, B, Lin((b_st[1], b_st[3]), off + b_col(K))))
@@ -326,14 +362,18 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       if c.activation is not None:   # u = the epilogue's value narrowed to fp16 -> g(u) by table -> g(u), or u * g(u) by
         table, multiply = c.activation    # the same tile recomputed in fp32 times g(u) in the EW stage
         u_off, g_off = ci * per_c + c_sz, ci * per_c + c_sz + u_f.nbytes
-        tasks.append(matmul_task(tile, A, a_off, B, b_off, C, u_off, out_fp16=True))
-        tasks += lut_tasks(rows * n_t, table, C, u_off, C, g_off)
-        if multiply: tasks.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), ew=EwOperand("mul", C, g_off, 2)))
+        tasks.append(matmul_task(tile, A, a_off, B, b_off, C, u_off, bs=XStageOp(add=icpt), out_fp16=True))
+        late += lut_tasks(rows * n_t, table, C, u_off, C, g_off)
+        if table.domain != (-math.inf, math.inf):   # u of the tile's real rows and kernels, one guard per 16 kernels
+          guards += [Guard(C, rows, min(rows, M - mt * rows) * LANES, ((u_off + gi * rows * LANES * 2, 1.0),), 0.0, *table.domain,
+                           f"the argument of lut({table.name}) in its domain {table.domain}", after=True,
+                           lanes=min(LANES, N - nt * n_t - gi * LANES)) for gi in range(ceil_div(min(n_t, N - nt * n_t), LANES))]
+        if multiply: late.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), bs=XStageOp(add=icpt), ew=EwOperand("mul", C, g_off, 2)))
       for j in range(n_k if c.activation is None else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
         tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * 2, C, dst(j),
-                                 relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None, ew=ew))
+                                 bs=XStageOp(add=icpt if j == 0 else None, relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None), ew=ew))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
       r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(n_k - 1), "float32")
       g = Grid((r_f.c1, rows, r_f.c2), sz, fixed)
@@ -341,10 +381,55 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
       unpack.append(Copy(C, r_dt, nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
                          Lin((rows * r_f.c2, r_f.c2, 1), r_off // r_f.elem_bytes), cp.dst_index, cp.bounds, fill=None))
-  fused = "".join(x for x, on in ((" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
+  if c.prologue is not None:   # the computed A's stages run first, each tile's last stage writing its A tile in fp16
+    pro = _prologue(c, sz, a_tiles, rows, K, M, (SCRATCH + 3, SCRATCH + 4, SCRATCH + 5))
+    if isinstance(pro, NotApplicable): return pro
+    tasks, scratch, guards = pro.tasks + tasks, scratch + pro.scratch, pro.guards + guards
+  checked = any(g.after for g in guards) and late
+  first_job, tasks = len(tasks) if checked else 0, tasks + late
+  pro_ops = stage_ops(c.prologue) if c.prologue is not None else ""
+  fused = "".join(x for x, on in ((f" +computed A ({len(c.prologue or ())} stage(s){': ' + pro_ops if pro_ops else ''})", c.prologue is not None),
+                                  (" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
                                   (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{kc}x{n_t}{split}"
-  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack), macs=len(batches)*M*N*K)
+  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack) + (tuple(pro.pack) if c.prologue else ()),
+                    tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job)
+
+@dataclass
+class Prologue:
+  tasks: list
+  pack: list[Copy]
+  guards: list[Guard]
+  scratch: tuple[int, ...]
+
+def _prologue(c:Contraction, sz:dict[int, int], a_tiles:list[tuple[dict[int, int], int, int]], rows:int, K:int, M:int,
+              slots:tuple[int, int, int]) -> Prologue|NotApplicable:
+  """The elementwise stages of a computed A, written into A's tiles. A tile Feature(Kp, rows, 1) is Kp/8 surfaces of
+  rows x 8 fp16 lanes; the first S = 2*ceil(K/16) of them are split into stage tiles of 2q surfaces each, and a stage
+  tile's 16-lane result cube (2 surfaces of q*rows rows) is, byte for byte, those 2q surfaces: its position (surface s,
+  height h, lane l) holds A[m0 + h, 8*(s0 + s) + l]. Padding positions (k >= K, rows past M) compute the stages on
+  their loads' fill values; B is zero on those columns and the padding rows are never unpacked. A value beyond fp16's
+  range would be inf in A: a check after the job sends such a call to the C code."""
+  stages = c.prologue
+  pairs = ceil_div(K, LANES)
+  k_stage = align(LANES * max(len(s.main.terms) for s in stages), K_ALIGN) if any(s.main.terms for s in stages) else K_ALIGN
+  fit = plan_tiles(MAX_ROWS, k_stage, LANES)
+  if isinstance(fit, str): return NotApplicable(f"computed operand: {fit}")
+  q = max((d for d in range(1, pairs + 1) if pairs % d == 0 and d * rows <= fit[0]), default=None)
+  if q is None: return NotApplicable(f"computed operand: a stage tile of {rows} rows does not fit the CBUF")
+  per = pairs // q
+  if (ntasks := len(a_tiles) * per * len(stages)) > MAX_TASKS: return NotApplicable(f"computed operand: {ntasks} stage tasks (max {MAX_TASKS})")
+  def grid(t:int) -> Grid:
+    fixed, mt, _ = a_tiles[t // per]
+    g = Grid((2 * q, rows, 8), sz, fixed)
+    g.linear((8, 0, 1), 2 * q * (t % per) * 8, c.k_dims, K); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
+    return g
+  lay = TileLayout(q * rows, len(a_tiles) * per, 2 * q, grid, lambda t: q * rows * LANES)
+  out = lambda t: (SCRATCH, 2 * (a_tiles[t // per][2] + 2 * q * (t % per) * rows * 8))
+  code = emit_stages(sz, stages, lay, slots, out)
+  finite = [Guard(SCRATCH, q * rows, q * rows * LANES, ((out(t)[1], 1.0),), 0.0, -FP16_MAX, FP16_MAX,
+                  "the computed operand finite in fp16", after=True) for t in range(lay.tiles)]
+  return Prologue([x for tt in code.tasks for x in tt], code.pack, code.guards + finite, code.scratch)

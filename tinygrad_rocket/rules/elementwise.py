@@ -333,6 +333,14 @@ def stage_ops(stages:list[Stage]) -> str:
         [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
   return ", ".join(ops)
 
+def compile_operand(e) -> list[Stage]|str:
+  """Stages computing e (an elementwise expression of loads) whose last one's result is e in fp16: a contraction's
+  computed operand (emit_stages with `out` writes it into the operand's tiles)."""
+  c = Compiler()
+  try: c.materialize(c.value(e))
+  except Unsupported as ex: return str(ex)
+  return c.stages
+
 def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   if nest.reduce_ranges: return NotApplicable("a reduction (not elementwise)")
   # a copy (movement ops: contiguous, slices, permutes, casts) moves data only: the C code does it exactly, where the
