@@ -68,7 +68,12 @@ def configs():
   yield "exp (guarded: argument <= 0)", lambda: E(1000).exp()
   yield "log (guarded)", lambda: E(1000).log()
   yield "sqrt, rsqrt (guarded)", lambda: E(1000).sqrt() + 0
-  yield "reciprocal", lambda: E(1000).reciprocal()
+  yield "reciprocal (guarded seed + Newton steps)", lambda: E(1000).reciprocal()
+  yield "x / y (y per row)", lambda: E(8, 64) / E(8, 1)
+  yield "max(a * b, c * d)", lambda: (E(100) * E(100)).maximum(E(100) * E(100))
+  yield "sigmoid(a) * tanh(b) (two tables meet)", lambda: E(100).sigmoid() * E(100).tanh()
+  yield "softmax final kernel exp(x - max) / sum", lambda: (E(8, 64) - E(8, 1)).exp() / E(8, 1)
+  yield "layernorm final kernel (x - mean) / std", lambda: (E(8, 64) - E(8, 1)) / E(8, 1)
   yield "linear + gelu", lambda: (E(32, 128) @ E(128, 256) + E(256)).gelu()
   yield "conv2d + bias + silu (YOLO)", lambda: E(1, 16, 20, 20).conv2d(E(32, 16, 3, 3), E(32), padding=1).silu()
   yield "softmax(-1)", lambda: E(8, 64).softmax(-1)

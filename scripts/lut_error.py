@@ -12,6 +12,7 @@ import argparse, datetime, pathlib, subprocess, sys
 import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from tinygrad_rocket.ops import lut as L   # noqa: E402
+from tinygrad_rocket.rules import tables as T   # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GATE_X = 8.0   # |x| up to which the two-pass x * gate(x) bound is quoted
@@ -35,6 +36,21 @@ def rows() -> list[str]:
     rel = f"{t.max_rel_error:.3g}" if t.max_rel_error is not None else "-"
     out.append(f"| {name} | [{t.lo:g}, {t.hi:g}] | {t.scale:g} (`{t.bn_mul:#06x}`) | {t.bias:g} | {2 ** (15 - t.out_minus_exp):g}, "
                f"{t.out_offset} | {fmt_dom(t.domain)} | {t.max_abs_error:.3g} | {rel} | {note} |")
+  return out
+
+def recip_rows() -> list[str]:
+  """The reciprocal and rsqrt seeds over each of their intervals and the measured error after each Newton step."""
+  out = ["| function | seed interval | ratio | seed (step 0) | step 1 | step 2 | step 3 | used |", "|---|---|---|---|---|---|---|---|"]
+  for kind, (fn, intervals) in T.NEWTON_FUNCTIONS.items():
+    nt = T.newton(kind)
+    for lo, hi in intervals:
+      t = L.make_table(fn, lo, hi, name=f"{kind}_seed")
+      if isinstance(t, str):
+        out.append(f"| {kind} | [{lo:g}, {hi:g}] | {hi / lo:g} | refused: {t} | | | | |")
+        continue
+      errs = T.newton_errors(kind, t, T.NEWTON_MAX_STEPS, lo, hi)
+      used = f"yes, {nt.steps} steps" if nt is not None and nt.domain == (lo, hi) else ""
+      out.append(f"| {kind} | [{lo:g}, {hi:g}] | {hi / lo:g} | " + " | ".join(f"{e:.3g} (2^{np.log2(e):.1f})" for e in errs) + f" | {used} |")
   return out
 
 def check() -> None:
@@ -128,6 +144,32 @@ data, or scale the input into it. The signed single-pass tanh/SiLU/GELU are not 
 gates with an EW multiply by x (§4.5) or `tanh = 2 sigmoid(2x) - 1`. GN's hardware numbers for its own tables are
 reproduced by the emulator (`tests/fidelity/test_lut_fidelity.py`: sigmoid 0.00146, tanh 0.0034 vs the fp16 reference;
 exp 3.7e-4 vs float64 where GN reports 5.5e-4 with an unstated reference).
+
+## Reciprocal: a guarded table seed refined by Newton steps
+
+1/x is needed accurately (softmax's `1/sum`, layernorm's `1/std`, any division by a loaded value) and neither a uniform
+grid (above: 1.3% at the low end) nor the unvalidated EW DIV (rocket_fp16_ew_ppu.md §3.2, atol 0.1) gives it. The rule
+(`rules/elementwise.py` `Compiler.reciprocal`, `rules/tables.py` `newton_reciprocal`) tabulates a seed y0 on an interval
+(the guard sends calls whose argument leaves it to the C code) and refines it with Newton steps as conv-fed stages:
+`p = -x y` (fp32; exact while y is fp16), `e = 1 + p` (exact, then narrowed to fp16: a small correction, its rounding
+costs u16 |e|), `y' = (1 + e) y` (fp32). Each step maps the relative error eps = 1 - x y to at most
+`eps^2 + eps u16 (1 + eps) + 3 u32`. The table below is measured over every fp16 x of each interval through exactly
+those fp16/fp32 roundings (the emulator gives the same bits, `tests/test_reciprocal.py`): max |1 - y_k / f(x)|. A uniform
+grid's seed error grows with the square of the interval's ratio (its interpolation near the low end), so wider intervals
+need more steps (3 stages each); the rule takes the first interval that reaches `RECIP_MAX_REL_ERROR` = 2^-12 (half an
+fp16 rounding) within `NEWTON_MAX_STEPS` = 3.
+
+{recip}
+
+The domain [2^-4, 2^6] covers softmax denominators (a row sum of exp(x - max), in [1, row length]) for rows up to 64
+elements (longer rows when their sum stays below 64) and layernorm's std (sqrt(var + eps)) for activations with std in
+[0.0625, 64]; calls outside take the C code with the guard's reason.
+
+1/sqrt(x) (`Ops.RECIPROCAL` of `Ops.SQRT`: tinygrad's rsqrt, layernorm's and RMSNorm's `rsqrt(var + eps)`) takes the same
+route with y' = (1 + e/2) y, e = 1 - x y^2 (4 stages per step: y is an fp16 main term of `q = y * (-x y)`, so the
+steps before the last narrow y, which the next step squares away); each step maps eps to at most
+`3/2 eps^2 + 1/2 eps^3 + (1 + eps)(2 eps + eps^2) u16/2 + 4 u32`. Its domain [2^-6, 2^4] is var + eps for std in
+[1/8, 4].
 """
 
 def main() -> None:
@@ -136,7 +178,7 @@ def main() -> None:
   ap.add_argument("--out", default=str(ROOT / "docs" / "lut.md"))
   a = ap.parse_args()
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-  text = DOC.format(date=datetime.date.today().isoformat(), commit=commit or "?", table="\n".join(rows()))
+  text = DOC.format(date=datetime.date.today().isoformat(), commit=commit or "?", table="\n".join(rows()), recip="\n".join(recip_rows()))
   pathlib.Path(a.out).write_text(text)
   print(f"wrote {a.out}")
   if a.check: check()

@@ -108,7 +108,8 @@ class NpuJobError(RuntimeError):
 # stays far below fp32's range), and NaN/inf semantics (tinygrad's MAX(0, NaN) is 0, the NPU's ReLU of NaN is not
 # documented) never arise on it. A call with a non-finite operand takes the kernel's C code.
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
-GUARD_REASON = "a lookup table's argument lies outside the table's domain for this call"
+GUARD_REASON = ("a check of this call's operands before the job fails (a lookup table's argument outside the table's domain, "
+                "or a narrowed stage result fp16 cannot hold)")
 AFTER_GUARD_REASON = "a value the NPU computed for this call fails a check (the job's results are discarded)"
 
 # An NpuRunner keeps up to MAX_BANKS sets of the BOs its jobs write (result cubes, and the regcmd list bound to the

@@ -111,11 +111,14 @@ class Copy:
 
 @dataclass(frozen=True)
 class Guard:
-  """A precondition checked before the job: lo <= const + sum(coeff * x) <= hi for every valid element, x the fp16 cubes
+  """A precondition checked before the job (after it with `after`, on values the NPU computed): lo <= const + sum(coeff * x) <= hi for every valid element, x the fp16 cubes
   packed at the terms' byte offsets into scratch `slot`, each `rows` x 16 elements as two 8-lane surfaces (element
-  16*row + 8*surface + lane, valid while < count). A lookup table's measured error holds only on its domain: a call
+  16*row + 8*surface + lane, valid while < count and 8*surface + lane < lanes). A lookup table's measured error holds only on its domain: a call
   whose argument leaves it runs the kernel's C code. The sum is narrowed to fp16 as the NPU narrows the table's input;
-  the bounds are pulled in by GUARD_MARGIN of their magnitude so the NPU's fp32 rounding cannot step over them."""
+  the bounds are pulled in by GUARD_MARGIN of their magnitude so the NPU's fp32 rounding cannot step over them.
+  With `ew` (op, byte offset of an fp16 operand cube in the slot) the checked value is a bound on |op(sum, operand)|
+  instead: |sum| * |operand| (mul), |sum| + |operand| (add, sub), max(|sum|, |operand|) (max, min): a stage result that
+  is narrowed to fp16 (rules/elementwise.py) stays finite there, whatever ReLU the stage applies before the op."""
   slot: int
   rows: int
   count: int
@@ -124,6 +127,7 @@ class Guard:
   lo: float
   hi: float
   what: str
+  ew: tuple[str, int]|None = None
   after: bool = False   # checked after the job, on values the NPU computed (before any result is unpacked)
   lanes: int = 16       # of each row's 16 elements, the first `lanes` are checked (a tile's real kernels)
 
@@ -139,6 +143,10 @@ class Guard:
     n, valid = self.rows * 16, self.valid
     v = np.full(n, self.const, np.float64)
     for off, coeff in self.terms: v += coeff * np.frombuffer(mem, np.float16, n, off).astype(np.float64)
+    if self.ew is not None:
+      op, off = self.ew
+      o = np.abs(np.frombuffer(mem, np.float16, n, off).astype(np.float64))
+      v = np.abs(v) * o if op == "mul" else np.abs(v) + o if op in ("add", "sub") else np.maximum(np.abs(v), o)
     with np.errstate(over="ignore"): v = v.astype(np.float16).astype(np.float64)[valid]
     lo = self.lo + GUARD_MARGIN * abs(self.lo) if math.isfinite(self.lo) else -math.inf
     hi = self.hi - GUARD_MARGIN * abs(self.hi) if math.isfinite(self.hi) else math.inf

@@ -14,9 +14,14 @@ offsets after a non-linear op cost no task:
   l + (s*m + d)      = s * (m + (l + d)/s)
   l * (s*m)          = s * (l * m)
   max(l, s*m + d)    = s * max((l - d)/s, m) + d      (min when s < 0)
-Two computed values never meet in one stage (the CORE reads only fp16 operands, so an fp32 result cannot be a column):
-such kernels are not taken. Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into
-tiles that fit the CBUF.
+Two computed values meet in one stage (x * y, x + y, max(x, y)) by narrowing one of them to fp16 (the CORE reads only
+fp16 operands): its stage writes fp16 straight into the A block of the one stage that reads it as a main term
+(emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
+(Compiler.meet says which side and what it costs). A narrowed value must be bounded within fp16 (a table's result, a
+guarded reciprocal): an unbounded one could overflow to inf, and such kernels are not taken.
+1/x and 1/sqrt(x) are guarded table seeds refined by Newton steps as stages (Compiler.newton; rules/tables.py derives and measures
+its error). Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into tiles that fit the
+CBUF.
 """
 from __future__ import annotations
 import math
@@ -31,7 +36,7 @@ from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
-from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks
+from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton
 from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
                                         EW_MIN_PLANE_ATOMS)
 
@@ -45,19 +50,24 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Linear:
-  """sum(coeff * load) + const over the kernel's loads (a load appears once)."""
-  terms: tuple[tuple[Load, float], ...] = ()
+  """sum(coeff * term) + const over the kernel's loads and narrowed stage results (a term appears once). A term is a
+  Load (packed fp16) or an int: an earlier stage's fp16 result, which that stage writes into the reading stage's A
+  block (Compiler.narrow)."""
+  terms: tuple[tuple[Load|int, float], ...] = ()
   const: float = 0.0
   def scaled(self, k:float) -> Linear: return Linear(tuple((ld, c * k) for ld, c in self.terms if c * k != 0), self.const * k)
   def plus(self, o:Linear) -> Linear:
-    d: dict[Load, float] = {}
+    d: dict[Load|int, float] = {}
     for ld, c in self.terms + o.terms: d[ld] = d.get(ld, 0.0) + c
     return Linear(tuple((ld, c) for ld, c in d.items() if c != 0), self.const + o.const)
   def shifted(self, k:float) -> Linear: return Linear(self.terms, self.const + k)
   @property
   def plain_load(self) -> Load|None:
     """The load itself when this is exactly one load (it can be the EW operand as it is)."""
-    return self.terms[0][0] if len(self.terms) == 1 and self.terms[0][1] == 1 and self.const == 0 else None
+    t = self.terms[0][0] if len(self.terms) == 1 and self.terms[0][1] == 1 and self.const == 0 else None
+    return t if isinstance(t, Load) else None
+  @property
+  def over_loads(self) -> bool: return bool(self.terms) and all(isinstance(t, Load) for t, _ in self.terms)
 
 @dataclass(frozen=True)
 class Computed:
@@ -78,7 +88,9 @@ class Stage:
   operand: Load|int|None = None   # a load (packed fp16) or an earlier stage (its result)
   lut: tuple[Load|int, LutTable]|None = None  # instead: a DPU-only lookup-table task of a load or an fp16 stage result
   guard: Linear|None = None       # with lut: the argument (over loads) the runner checks against the table's domain
-  out16: bool = False             # the result narrowed to fp16 (a table's argument)
+  out16: bool = False             # the result narrowed to fp16 (a table's argument, a main term of a later stage)
+  bound: float|None = None        # a bound on |result| on every input the guards let through (None: unknown)
+  guard16: bool = False           # with out16: a guard checks the result stays within fp16 (its bound is not known)
 
   @property
   def out_bytes(self) -> int: return 2 if self.lut is not None or self.out16 else 4
@@ -105,6 +117,46 @@ class Compiler:
     if v.shift != 0: m = self.stage(Stage(Linear(const=v.shift), ew_op="add", operand=m.stage))
     return m
 
+  def main_reader(self, si:int) -> int|None:
+    """The stage that reads stage si's result as a main term, if one does."""
+    return next((ci for ci, s in enumerate(self.stages) if any(t == si for t, _ in s.main.terms)), None)
+
+  def narrow(self, v:Computed) -> Linear:
+    """v as a main term: its stage's result in fp16, written into the reading stage's A block (emit_stages). A result
+    another stage already reads as a main term gets a copy (a stage adding 0 to it: exact, one more task). Only a
+    bounded result may be narrowed: fp16 overflow would turn a finite value into inf."""
+    s = self.stages[v.stage]
+    if s.bound is None or not s.bound <= FP16_MAX:
+      # a product or sum of loads: the runner checks |result| <= 65504 from the packed operands (Guard with ew)
+      if not self.guardable(v.stage): raise Unsupported("a computed value with no bound within fp16 (not a guardable op of loads) meets another one")
+      s.guard16 = True
+    si = v.stage
+    # read elsewhere in fp32, or already a main term: a copy for this reader
+    others = any(r.operand == si or (r.lut is not None and r.lut[0] == si) for r in self.stages) and s.out_bytes != 2
+    if others or self.main_reader(si) is not None:
+      if s.guard16 and s.bound is None: raise Unsupported("a guarded narrowed value read twice as a main term")
+      si = self.stage(Stage(Linear(), ew_op="add", operand=si, out16=True, bound=s.bound)).stage
+    else: s.out16 = True
+    return Linear(((si, v.scale),), v.shift)
+
+  def guardable(self, si:int) -> bool:
+    """Whether a guard can bound stage si's result from its packed operands: an EW op of a linear form over loads and
+    a load (Guard with ew)."""
+    s = self.stages[si]
+    return s.lut is None and (s.main.over_loads or not s.main.terms) and (s.operand is None or isinstance(s.operand, Load))
+
+  def meet(self, x:Computed, y:Computed) -> tuple[Linear, Computed]:
+    """Two computed values in one stage: (main term, EW operand). Narrowed is a side whose stage writes fp16 already (a
+    table's result: no extra rounding, no extra task), else a bounded one whose pending shift would otherwise cost the
+    EW operand a stage (an unbounded one only if a guard can check it); its fp16 rounding costs u16 relative to it (for a product: u16 relative to the product, either
+    side alike; for softmax's exp(x - max) / sum the exp table's fp16 result is narrowed, costing nothing)."""
+    def cost(v:Computed) -> tuple:
+      s = self.stages[v.stage]
+      return (s.bound is None and not self.guardable(v.stage), s.bound is None, s.out_bytes != 2 or self.main_reader(v.stage) is not None,
+              v.shift == 0)
+    n, o = sorted((x, y), key=cost)
+    return self.narrow(n), o
+
   def operand(self, v:Value) -> tuple[Load|int, float, float]:
     """v as an EW operand (a load or a stage) and the affine map (a, b) with v = a * operand + b."""
     if isinstance(v, Computed): return v.stage, v.scale, v.shift
@@ -114,7 +166,7 @@ class Compiler:
   # value = op(l, a*x + b) with l linear and x the operand, as one stage and a pending map
   def add(self, x:Value, y:Value) -> Value:
     if isinstance(x, Linear) and isinstance(y, Linear): return x.plus(y)
-    if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a sum of two computed values")
+    if isinstance(x, Computed) and isinstance(y, Computed): x, y = self.meet(x, y)
     l, m = (x, y) if isinstance(x, Linear) else (y, x)
     assert isinstance(l, Linear) and isinstance(m, Computed)
     return Computed(self.stage(Stage(l.shifted(m.shift).scaled(1 / m.scale), ew_op="add", operand=m.stage)).stage, m.scale)
@@ -125,7 +177,7 @@ class Compiler:
         k = b.const
         if isinstance(a, Linear): return a.scaled(k)
         return Computed(a.stage, a.scale * k, a.shift * k) if k != 0 else Linear()
-    if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a product of two computed values")
+    if isinstance(x, Computed) and isinstance(y, Computed): x, y = self.meet(x, y)
     l, o = (x, y) if isinstance(x, Linear) else (y, x)
     assert isinstance(l, Linear)
     if isinstance(o, Linear) and o.plain_load is None and l.plain_load is not None: l, o = o, l
@@ -136,7 +188,7 @@ class Compiler:
   def neg(self, x:Value) -> Value: return self.mul(x, Linear(const=-1.0))
 
   def max(self, x:Value, y:Value) -> Value:
-    if isinstance(x, Computed) and isinstance(y, Computed): raise Unsupported("a max of two computed values")
+    if isinstance(x, Computed) and isinstance(y, Computed): x, y = self.meet(x, y)
     if isinstance(x, Computed) or (isinstance(y, Linear) and not y.terms): x, y = y, x
     assert isinstance(x, Linear)       # x linear; y computed, or linear with terms unless both are constants
     if isinstance(y, Linear) and not x.terms:
@@ -174,6 +226,10 @@ class Compiler:
     if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
     if op is Ops.NEG: return self.neg(self.value(src[0]))
     if op is Ops.MAX: return self.max(self.value(src[0]), self.value(src[1]))
+    # 1/x and 1/sqrt(x) refined by Newton steps before any plain table: 2^-12 relative where a table holds 2^-9 of its peak
+    if op is Ops.RECIPROCAL and isinstance(a := strip_cast(src[0]), Alu) and a.op is Ops.SQRT and (r := self.newton("rsqrt", a.src[0])) is not None:
+      return r
+    if op is Ops.RECIPROCAL and (r := self.newton("reciprocal", src[0])) is not None: return r
     if (t := self.table(e)) is not None: return t
     if op in UNARY_TABULABLE and (t := self.table_of_linear(e)) is not None: return t
     raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
@@ -182,13 +238,42 @@ class Compiler:
     """op(l) for a linear l over loads, with a guarded table of op over l's range: l is computed to fp16 by one stage
     (the guard keeps it inside the table's domain, so it cannot overflow), then looked up."""
     arg = self.value(e.src[0])
-    if not isinstance(arg, Linear) or not arg.terms or not all(isinstance(ld, Load) for ld, _ in arg.terms): return None
+    if not isinstance(arg, Linear) or not arg.over_loads: return None
     t = pick_table(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower())
     # an fp16 stage's padding elements hold its constant: only a table whose decode is unsigned (OUT_CVT_OFFSET >= 0)
     # takes any input; a signed one would meet the board's x ~ 0 spike there (rocket_fp16_ew_ppu.md §4.6)
     if t is None or (arg.plain_load is None and t.out_offset < 0): return None
     src: Load|int = arg.plain_load if arg.plain_load is not None else self.stage(Stage(arg, out16=True)).stage
-    return self.stage(Stage(Linear(), lut=(src, t), guard=None if t.domain == (-math.inf, math.inf) else arg))
+    return self.stage(Stage(Linear(), lut=(src, t), guard=None if t.domain == (-math.inf, math.inf) else arg, bound=lut_bound(t)))
+
+  def newton(self, kind:str, x) -> Computed|None:
+    """1/l ("reciprocal") or 1/sqrt(l) ("rsqrt") for a linear l over loads: a guarded table seed y0 (the guard keeps l in
+    the seed's domain) and Newton steps, rules/tables.py (newton) for the derivation and the measured error. Per step:
+      reciprocal: p = -l * y (fp32), e = 1 + p narrowed to fp16 (small: its rounding costs u16 |e|), y' = (1 + e) * y
+                  (e a main term, y the EW operand: y stays fp32 from the second step on);
+      rsqrt:      p = -l * y, q = y * p (y a main term: fp16, so the steps before the last narrow y'), e = 1 + q narrowed
+                  to fp16, y' = (1 + e/2) * y.
+    For l not a plain load, the seed reads l narrowed to fp16 while p reads l itself: the seed is off by one more fp16
+    rounding, which the steps square away."""
+    try: probe = Compiler().value(x)   # a scratch compiler: a non-linear argument must leave no stage behind
+    except Unsupported: return None
+    if not isinstance(probe, Linear) or not probe.over_loads or (nt := newton(kind)) is None: return None
+    arg = self.value(x)
+    assert isinstance(arg, Linear)
+    src: Load|int = arg.plain_load if arg.plain_load is not None else self.stage(Stage(arg, out16=True)).stage
+    top = 1 / nt.domain[0] if kind == "reciprocal" else 1 / math.sqrt(nt.domain[0])   # the largest result
+    y = self.stage(Stage(Linear(), lut=(src, nt.table), guard=arg, bound=lut_bound(nt.table)))
+    for k in range(nt.steps):
+      p = self.stage(Stage(arg.scaled(-1.0), ew_op="mul", operand=y.stage))
+      if kind == "reciprocal":
+        d = self.stage(Stage(Linear(const=1.0), ew_op="add", operand=p.stage, out16=True, bound=1.0))
+        y = self.stage(Stage(Linear(((d.stage, 1.0),), 1.0), ew_op="mul", operand=y.stage, bound=top * (1 + nt.errors[k + 1])))
+      else:
+        q = self.stage(Stage(Linear(((y.stage, 1.0),)), ew_op="mul", operand=p.stage))
+        d = self.stage(Stage(Linear(const=1.0), ew_op="add", operand=q.stage, out16=True, bound=1.0))
+        y = self.stage(Stage(Linear(((d.stage, 0.5),), 1.0), ew_op="mul", operand=y.stage, out16=k < nt.steps - 1,
+                             bound=top * (1 + nt.errors[k + 1])))
+    return y
 
   def relu_difference(self, p, q) -> Computed|None:
     """relu(l) - relu(l - c) with l linear and c > 0 is clamp(l, 0, c): one stage with the BS ReLUX. tinygrad writes
@@ -214,7 +299,8 @@ class Compiler:
     if ld.dtype not in FLOATS or ld.valid: return None
     t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower())
     if t is None: return None
-    return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),))))
+    return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),)),
+                            bound=lut_bound(t)))
 
 def _loads(e) -> list[Load]:
   if isinstance(e, Load): return [e]
@@ -260,7 +346,9 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
                 out:Callable[[int], tuple[int, int]]|None=None) -> StageCode:
   """Conv-fed DPU tasks for `stages` over every tile of `lay`. Per stage and tile: its A tile (one 16-lane fp16 block per
   main term) and fp16 EW operand in slot A, its fp32 (or fp16) result in slot C; per stage its identity blocks in slot
-  B. `out(t)`: (slot, byte offset) where tile t's last stage writes its result in fp16 instead of its C region."""
+  B. `out(t)`: (slot, byte offset) where tile t's last stage writes its result in fp16 instead of its C region.
+  A stage whose fp16 result a later stage reads as main term i (Linear terms that are ints) writes it straight into that
+  stage's A block at source i (the CNA reads it there); its other readers (EW operand, table input) read it there too."""
   rows, ntiles = lay.rows, lay.tiles
   K = align(max(LANES * max(len(s.main.terms) for s in stages), 1), K_ALIGN)
   tile = MatmulTile(rows, K, LANES)
@@ -270,6 +358,17 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
   a_sz, e_sz, b_sz, c_sz = a_f.nbytes, e_f.nbytes, b_w.elems * 2, c_f.nbytes
   per_tile = a_sz + e_sz
   c_off = lambda t, si: (t * len(stages) + si) * c_sz
+  a_off = lambda t, si: (t * len(stages) + si) * per_tile
+  mains: dict[int, tuple[int, int]] = {}   # stage -> (the stage reading it as a main term, which term)
+  for ci, s in enumerate(stages):
+    for i, (src, _) in enumerate(s.main.terms):
+      if isinstance(src, int):
+        assert src < ci and src not in mains and stages[src].out_bytes == 2, f"stage {src}: one fp16 result per main-term reader"
+        mains[src] = (ci, i)
+  def home(t:int, si:int) -> tuple[int, int]:
+    """(slot, byte offset) of stage si's result in tile t."""
+    if si in mains: return A, a_off(t, mains[si][0]) + 2 * mains[si][1] * rows * 16
+    return C, c_off(t, si)
   pack: list[Copy] = []
   ng, kg = b_w.group
   st = b_w.grid_strides()
@@ -292,44 +391,50 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
   for t in range(ntiles):
     tt: list = []
     for si, s in enumerate(stages):
-      a_off = (t * len(stages) + si) * per_tile
+      a_o = a_off(t, si)
       last = si == len(stages) - 1 and out is not None
-      dst_slot, dst_off = out(t) if last else (C, c_off(t, si))
+      dst_slot, dst_off = out(t) if last else home(t, si)
       if s.lut is not None:   # x as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
         src, table = s.lut
         if isinstance(src, Load):   # padding elements get a value inside the table's interval
-          pack.append(gather(src, t, a_off, fill=min(max(0.0, table.lo), table.hi)))
-          x_slot, x_off = A, a_off
-        else: x_slot, x_off = C, c_off(t, src)
+          pack.append(gather(src, t, a_o, fill=min(max(0.0, table.lo), table.hi)))
+          x_slot, x_off = A, a_o
+        else: x_slot, x_off = home(t, src)
         tt += lut_tasks(rows * LANES, table, x_slot, x_off, dst_slot, dst_off)
         if s.guard is not None:   # the argument's operands: the load itself, or the fp16 stage's A columns
-          g_off = a_off if isinstance(src, Load) else (t * len(stages) + src) * per_tile
+          g_off = a_o if isinstance(src, Load) else a_off(t, src)
           terms = ((g_off, 1.0),) if isinstance(src, Load) else \
                   tuple((g_off + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.guard.terms))
           guards.append(Guard(A, rows, lay.count(t), terms, 0.0 if isinstance(src, Load) else s.guard.const,
                               table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}"))
         continue
       for i, (ld, _) in enumerate(s.main.terms):   # source i: A channels 16*i + lane, surfaces 2i, 2i+1
-        pack.append(gather(ld, t, a_off + 2 * i * rows * 16))
+        if isinstance(ld, Load): pack.append(gather(ld, t, a_o + 2 * i * rows * 16))   # (an int: its stage writes it)
       if not s.main.terms:  # a constant stage: the CORE multiplies zeros
         g = Grid((a_f.c1, rows, a_f.c2), sizes, {})
-        pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_off // 2),
+        pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_o // 2),
                          (NO_POINT,), fill=0.0))
       ew = None
       if isinstance(s.operand, Load):
-        e_off = a_off + a_sz
+        e_off = a_o + a_sz
         pack.append(gather(s.operand, t, e_off))
         ew = EwOperand(s.ew_op, A, e_off, 2)
       elif s.operand is not None:
-        ew = EwOperand(s.ew_op, C, c_off(t, s.operand), stages[s.operand].out_bytes)
+        ew = EwOperand(s.ew_op, *home(t, s.operand), stages[s.operand].out_bytes)
+      if s.guard16:   # its fp16 result must be finite: |result| from the packed operands (Guard with ew)
+        guards.append(Guard(A, rows, lay.count(t), tuple((a_o + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.main.terms)),
+                            s.main.const, -FP16_MAX, FP16_MAX, f"stage {si}'s result narrowed to fp16 within its range",
+                            ew=(s.ew_op, a_o + a_sz) if isinstance(s.operand, Load) else None))
       bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
-      tt.append(matmul_task(tile, A, a_off, B, si * b_sz, dst_slot, dst_off, bs=bs, ew=ew, out_fp16=s.out16 or last))
+      tt.append(matmul_task(tile, A, a_o, B, si * b_sz, dst_slot, dst_off, bs=bs, ew=ew, out_fp16=s.out16 or last))
     tasks.append(tt)
   return StageCode(tasks, pack, guards, (ntiles * len(stages) * per_tile, len(stages) * b_sz, ntiles * len(stages) * c_sz), c_off)
 
 def stage_ops(stages:list[Stage]) -> str:
   """What the stages do, for a program's summary."""
-  ops = [f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + \
+  nts = [nt for nt in (newton("reciprocal"), newton("rsqrt")) if nt is not None]
+  named = lambda t: next((f"{nt.kind}(seed on {nt.domain} + {nt.steps} Newton steps, rel error {nt.rel_error:.2g})" for nt in nts if t == nt.table), None)
+  ops = [named(s.lut[1]) or f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + \
         [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]
   return ", ".join(ops)
 
