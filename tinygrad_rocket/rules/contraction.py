@@ -157,8 +157,11 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   if not isinstance(a, Load):
     # a computed operand (a prologue: softmax's exp(x - max), a variance's (x - mean)^2, relu(x) into a conv) becomes A,
     # computed on the NPU by elementwise stages straight into A's tiles; the other factor stays B when it is a load
-    # that shares no output loop with it (else the whole product is A and B is ones)
-    if not isinstance(b, (Load, Const)) or uses_expr(a) & uses_expr(b) & set(outs):
+    # (output loops both read are batch loops: attention's heads), unless those batch loops would outnumber A's own
+    # rows (sum((x - mean) * x) over rows: then the whole product is A and B is ones)
+    size = lambda rs: math.prod(nest.ranges[r] for r in rs)
+    shared = uses_expr(a) & uses_expr(b) & set(outs)
+    if not isinstance(b, (Load, Const)) or (shared and size(shared) > size((uses_expr(a) - uses_expr(b)) & set(outs))):
       a, b = strip_cast(v.src), Const(1.0, body.dtype)
     if nest.precision == "fp32" and (nest.out_dtype == dtypes.float32 or any(ld.dtype == dtypes.float32 for ld in _loads_of(a))):
       return NotApplicable("ROCKET_PRECISION=fp32: a computed operand's float32 values would be rounded to fp16 (the C "

@@ -397,7 +397,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
       if s.lut is not None:   # x as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
         src, table = s.lut
         if isinstance(src, Load):   # padding elements get a value inside the table's interval
-          pack.append(gather(src, t, a_o, fill=min(max(0.0, table.lo), table.hi)))
+          pack.append(gather(src, t, a_o, fill=_inside(table.lo, table.hi)))
           x_slot, x_off = A, a_o
         else: x_slot, x_off = home(t, src)
         tt += lut_tasks(rows * LANES, table, x_slot, x_off, dst_slot, dst_off)
@@ -429,6 +429,12 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
       tt.append(matmul_task(tile, A, a_o, B, si * b_sz, dst_slot, dst_off, bs=bs, ew=ew, out_fp16=s.out16 or last))
     tasks.append(tt)
   return StageCode(tasks, pack, guards, (ntiles * len(stages) * per_tile, len(stages) * b_sz, ntiles * len(stages) * c_sz), c_off)
+
+def _inside(lo:float, hi:float) -> float:
+  """A value well inside [lo, hi] (0 if it is in it): padding elements of a table's input, which a guard over a layout
+  with padding (a contraction's computed operand) checks too, so not on an edge the guard pulls in."""
+  if lo <= 0.0 <= hi: return 0.0
+  return (lo + hi) / 2 if math.isfinite(lo) and math.isfinite(hi) else lo + 1.0 if math.isfinite(lo) else hi - 1.0
 
 def stage_ops(stages:list[Stage]) -> str:
   """What the stages do, for a program's summary."""
