@@ -135,6 +135,9 @@ def _match_int8(nest:LoopNest) -> Contraction|NotApplicable:
   if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
     relu, e = True, next(s for s in e.src if not is_zero(s))
     while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in INT_SUMS: e = e.src[0]   # widening: max commutes with it
+  if isinstance(e, Alu) and e.op is Ops.CAST and isinstance(strip_cast(e), Reduce):
+    return NotApplicable(f"a chain of casts of the integer sum (to {e.dtype}, then {nest.out_dtype}): one cast is fused "
+                         "(the unpack converts once)")
   if not isinstance(e, Reduce):
     what = e.op.name if isinstance(e, Alu) else type(e).__name__
     return NotApplicable(f"integer contraction with an epilogue ({what}): only ReLU of the int32 sum and one cast are fused "

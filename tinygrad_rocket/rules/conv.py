@@ -22,11 +22,13 @@ is a matmul: taken here only when the input has two or more output loops of its 
 several images); matmuls and a conv1d 1x1 of one image are left to the contraction rule, as is anything else that does
 not fit, with the reason.
 
-int8 convolutions (int8 input and weights summed in int32, as tinygrad writes int8 conv2d; direct convolutions only)
-run on the same datapath as int8 conv tasks writing the int32 accumulator raw (ops/matmul.py INT8: exact, |sum| <=
-2^29 per task), cast to the kernel's output dtype when unpacking; ReLU of the int32 sum is fused. A depthwise int8
-convolution cannot write int32 here (64 channels x 4 bytes per group need 16 atoms, more than SIZE_E holds: GN saw
-outputs at twice the stride, rocket_fp16_ew_ppu.md §1.4): the contraction rule takes it.
+int8 convolutions (int8 input and weights summed in int32, as tinygrad writes int8 conv2d) run on the same datapath as
+int8 conv tasks writing the int32 accumulator raw (ops/matmul.py INT8: exact, |sum| <= 2^29 per task), cast to the
+kernel's output dtype when unpacking; ReLU of the int32 sum is fused. The depthwise datapath cannot write int32 (64
+channels x 4 bytes per group need 16 atoms, more than SIZE_E holds: GN saw outputs at twice the stride,
+rocket_fp16_ew_ppu.md §1.4), so an int8 depthwise convolution runs as a direct one whose weights are block-diagonal
+(kernel c has tap weights at channel c only, zero elsewhere): the same sums, 32 x the MACs of the depthwise datapath
+but one task where matmul tiles take one per channel.
 
 Work that does not fit the CBUF is split into output-row bands (ops.conv.row_split) and, when the weights are large,
 into chunks of kernels; each image of a batch is its own set of tasks.
@@ -92,8 +94,6 @@ class Prec:
 
 FP16_PREC = Prec(PRECISION, OUT_PRECISION, "float16", "float32")
 INT8_PREC = Prec("int8", INT8["out"], "int8", "int32")   # int8 x int8 -> raw int32 (ops/matmul.py INT8)
-INT8_DW_REASON = ("64 channels of int32 per depthwise group need 16 output atoms, more than SIZE_E holds (GN saw outputs "
-                  "at twice the stride, rocket_fp16_ew_ppu.md §1.4); the contraction rule runs it as matmul tiles")
 
 def _np(dt) -> str:
   """numpy dtype name of a kernel buffer's dtype."""
@@ -179,6 +179,10 @@ class Conv:
   depthwise: bool
   relu: bool
   prec: Prec = FP16_PREC
+  @property
+  def diagonal(self) -> bool:
+    """A depthwise convolution run as a direct one with block-diagonal weights (int8: no int32 depthwise writer)."""
+    return self.depthwise and self.prec.name == "int8"
 
 def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
   A, B = (x.index.coeff(r) if r is not None else 0 for r in (out, tap))
@@ -271,19 +275,20 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   K = sz[c.kernel] if c.kernel is not None else 1
   C = K if c.depthwise else math.prod(sz[r] for r in c.channels)
   pr = c.prec
-  Cp = align(C, pr.dw_group if c.depthwise else pr.channel_group)
+  dw = c.depthwise and not c.diagonal   # the depthwise datapath
+  Cp = align(C, pr.dw_group if dw else pr.channel_group)
   KH, KW = c.ay.n_tap(sz), c.ax.n_tap(sz)
   He, We = c.ay.extent(sz), c.ax.extent(sz)
   OW = c.ax.n_out(sz)
   if max(KH, KW) > MAX_TAPS: return f"kernel {KH}x{KW} (max {MAX_TAPS} taps per axis)"
   if We > MAX_IN_WIDTH: return f"input rows of {We} (max {MAX_IN_WIDTH}: width splitting not implemented)"
   if OW > MAX_OUT_WIDTH: return f"output rows of {OW} (max {MAX_OUT_WIDTH})"
-  if not c.depthwise and KH * KW * Cp * pr.in_bytes > MAX_KERNEL_BYTES:
+  if not dw and KH * KW * Cp * pr.in_bytes > MAX_KERNEL_BYTES:
     return (f"{KH * KW * Cp * pr.in_bytes} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
             "channel splitting not implemented")
   # the cube gets MIN_ROWS spare zero rows for the bands' planning; the packed cube keeps what the last band reads
-  base = ConvSpec(pr.name, Cp, He + MIN_ROWS, We, Cp if c.depthwise else align(K, pr.kernel_group), KH, KW,
-                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), c.depthwise, pr.out,
+  base = ConvSpec(pr.name, Cp, He + MIN_ROWS, We, Cp if dw else align(K, pr.kernel_group), KH, KW,
+                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), dw, pr.out,
                   out_hw=(c.ay.n_out(sz), OW), channels_real=C)
   kpt = plan(base)
   if isinstance(kpt, str): return kpt
@@ -353,9 +358,6 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   for x, w in ((a, b), (b, a)):
     if w.valid: why.append((2, "the weights are padded")); continue
     f, reasons = _candidates(nest, x, w, relu, pr)
-    if pr is INT8_PREC and any(c.depthwise for _, _, c in f):
-      f = [t for t in f if not t[2].depthwise]
-      why.append((0, f"int8 depthwise: {INT8_DW_REASON}"))
     found += f
     why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
   if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
@@ -418,9 +420,24 @@ def pack_input(c:Conv, sz:dict[int, int], cube:Feature, fixed:dict[int, int], ds
   return Copy(c.x.slot, _np(c.x.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(cube.grid_strides(), base),
               tuple(bounds), 0.0)
 
-def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> Copy:
+def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> list[Copy]:
   """W into kernel groups (direct: Weights grid (K1, C1, KH, KW, 16, 32)) or channel groups (depthwise:
-  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels."""
+  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels. Diagonal (int8 depthwise as a
+  direct convolution): the whole kernel-group block zeroed, then kernel c's taps at channel c (NG = KG, so kernel c and
+  channel c share their group and lane: element ((c1*(C1 + 1)*KH + kh)*KW + kw)*NG*KG + c2*(KG + 1))."""
+  if c.diagonal:
+    wt = Weights(align(C, c.prec.kernel_group), C, KH, KW, c.prec.weights_dtype)
+    ng, kg = wt.group
+    assert ng == kg
+    zero = Copy(None, "float64", dst, c.prec.np_in, (wt.elems,), (), Lin((0,)), Lin((1,)), (), 0.0)
+    c1n = wt.ic_padded // kg
+    pts = Points((c1n, KH, KW, kg))
+    ch = pts.var((kg, 0, 0, 1))
+    src = lin(*affine_terms(c.w.index, {c.kernel: ch, **{r: i for r, i in {c.ay.tap: 1, c.ax.tap: 2}.items() if r is not None}}, {}, set()))
+    diag = Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src,
+                Lin(((c1n + 1) * KH * KW * ng * kg, KW * ng * kg, ng * kg, kg + 1), 0),
+                (Bound(lin({ch: 1}, 0), None, C), Bound(src, 0, c.w.size)), fill=None)
+    return [zero, diag]
   if c.depthwise:
     wt = DepthwiseWeights(C, KH, KW, c.prec.name)
     pts = Points(wt.grid())
@@ -437,8 +454,8 @@ def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:in
   pos |= {r: i for r, i in taps.items() if r is not None}
   src = lin(*affine_terms(c.w.index, pos, {}, set()))
   bounds.append(Bound(src, 0, c.w.size))
-  return Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(wt.grid_strides(), 0),
-              tuple(bounds), 0.0)
+  return [Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(wt.grid_strides(), 0),
+               tuple(bounds), 0.0)]
 
 def unpack_output(c:Conv, nest:LoopNest, cube:Feature, fixed:dict[int, int], src:int, base:int, K:int) -> Copy:
   """The fp32 output cube (K1, OH, OW, 4) of image `fixed` at element `base` into the kernel's output (real kernels
@@ -480,14 +497,14 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   slots = dict(input=IN, weights=WT, output=OUT)
   try: progs = conv_programs(spec, slots, kernels_per_task=kpt, relu=c.relu)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
-  tasks, pack, unpack = [], [pack_weights(c, sz, K, C, KH, KW, WT)], []
+  tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
   for i, vals in enumerate(images):
     fixed = dict(zip(c.images, vals))
     pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
     unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
     tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes})), regs.MESA_CONV_ENABLE) for prg in progs]
-  wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if c.depthwise else Weights(spec.kernels, Cp, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
-  kind = "depthwise" if c.depthwise else "direct"
+  wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, Cp, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
+  kind = "depthwise as direct, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){' +relu' if c.relu else ''} as {len(tasks)} {pr.name} "
