@@ -6,6 +6,9 @@ a test can move one field at a time away from a known-good program (ops.program.
 not fit the CBUF next to its weights is split into row bands (`row_split`, Mesa's split addressing, rocket_hw.md
 §5.6) and, when the weights are large, into kernel chunks (`conv_programs`).
 
+int8 with int32 output (the exact path, ops/matmul.py INT8) takes that table's QD_EN and one CBUF bank of input slack;
+its SIZE_E / SURFACE_ADD follow from the output group (8 atoms).
+
 Layouts (ops/layout.py): the input is an NC1HWC2 cube (W the contiguous axis), the weights kernel groups (direct) or
 channel groups (depthwise), the output an NC1HWC2 cube of the output precision.
 """
@@ -14,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 from tinygrad_rocket import regs
 from tinygrad_rocket.ops.layout import ceil_div, ELEMENT_BYTES, WEIGHT_GROUPS, DW_GROUPS
-from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES, MIN_ROWS
+from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES, MIN_ROWS, INT8
 from tinygrad_rocket.ops.program import Program, PREC, override, field_max
 
 @dataclass
@@ -64,9 +67,12 @@ MAX_INPUT_ROWS = field_max("CNA", "DATA_SIZE0", "DATAIN_HEIGHT")
 
 def max_band_rows(s:ConvSpec) -> int: return MAX_INPUT_ROWS if s.depthwise else MAX_DIRECT_ROWS
 def row_bytes(s:ConvSpec) -> int: return s.W * ceil_div(s.C, 16 // s.ebytes) * 16
+def slack_banks(s:ConvSpec) -> int:
+  """CBUF banks an input gets beyond what it fills: int8 features need one (ops/matmul.py INT8, GN cbuf-bank-slack)."""
+  return INT8["data_bank_slack"] if s.precision == "int8" else 0
 def data_banks(s:ConvSpec) -> int:
-  """CBUF banks left for the input next to the weights (all 12 when none are left: the caller checks `overflow`)."""
-  return CBUF_BANKS - ceil_div(s.weight_bytes, CBUF_BANK_BYTES)
+  """CBUF banks the input may fill next to the weights (all 12 when none are left: the caller checks `overflow`)."""
+  return CBUF_BANKS - ceil_div(s.weight_bytes, CBUF_BANK_BYTES) - slack_banks(s)
 
 def row_split(s:ConvSpec, max_data_banks:int|None=None) -> list[tuple[int, int]]:
   """Output-row bands [o0, o1) such that each task's input rows fit the CBUF next to the weights (Mesa splits the same
@@ -116,7 +122,7 @@ def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool
   H = bottom - top
   pad_top = max(0, s.pad[0] - o0 * s.stride[0])
   fd = H * s.W * ceil_div(s.C, c2) * 16
-  banks = ceil_div(fd, CBUF_BANK_BYTES)
+  banks = ceil_div(fd, CBUF_BANK_BYTES) + slack_banks(s)
   dw = s.depthwise
   prog: Program = {
     ("DPU", "S_POINTER"): dict(POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
@@ -150,7 +156,7 @@ def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool
     **{("CNA", f"DCOMP_AMOUNT{k}"): {} for k in range(16)},
     ("CNA", "CVT_CON5"): {},
     ("CNA", "PAD_CON1"): dict(PAD_VALUE=regs.to_signed(s.pad_value & 0xFFFF_FFFF, 32)),
-    ("CORE", "MISC_CFG"): dict(PROC_PRECISION=p, DW_EN=int(dw), QD_EN=1),
+    ("CORE", "MISC_CFG"): dict(PROC_PRECISION=p, DW_EN=int(dw), QD_EN=INT8["qd_en"] if s.out == INT8["out"] else 1),
     ("CORE", "DATAOUT_SIZE_0"): dict(DATAOUT_HEIGHT=OH - 1, DATAOUT_WIDTH=OW - 1),
     ("CORE", "DATAOUT_SIZE_1"): dict(DATAOUT_CHANNEL=OC - 1),
     ("CORE", "CLIP_TRUNCATE"): {}, ("CORE", "UNDOC_3030"): {},

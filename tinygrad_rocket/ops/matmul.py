@@ -1,4 +1,5 @@
-"""fp16 matmul tasks: C[M,N] = A[M,K] @ B[K,N] as a 1x1 convolution, fp16 operands, fp32 accumulation and output.
+"""Matmul tasks: C[M,N] = A[M,K] @ B[K,N] as a 1x1 convolution: fp16 operands with fp32 accumulation and output, or
+int8 operands with int32 accumulation and output (INT8 below).
 
 Programming: rocket_fp16_ew_ppu.md §2.1 (mtx512 gen_matmul_fp16 as re-validated by gregordinary on mainline rocket,
 [HW]). A is a feature cube W=1, H=M, C=K (fp16, C2=8); B is N kernels of 1x1xK (kernel groups 16 x 32); the DPU
@@ -35,6 +36,41 @@ EW_COMB_USE = 5                                # MRDMA and ERDMA share the opera
 # EW_SURF_STRIDE / SURF_NOTCH take max(W*H, 12) atoms in Mesa; below 12 the hardware mis-strides (GN "test with M >= 12",
 # §2.3, §6.C): an EW task's output plane keeps at least this many atoms.
 EW_MIN_PLANE_ATOMS = 12
+
+# ***** the int8 path: int8 x int8 products summed and written as int32 (rocket_fp16_ew_ppu.md §1.7) *****
+# Every choice of the int8 programming that the sources do not settle lives in this table, with why it was made. The
+# programming is mtx512's int8 matmul (§2.1, last paragraph; run on boards with the vendor driver) as gregordinary
+# re-validated the int32 writer on mainline rocket (§1.4 "int8 -> int32 / fp32 cast", §1.7 "raw int32 out with
+# OUT_CVT_SCALE=1"). Fields that do not depend on the precision (strides, addresses, DPU_RDMA) stay those of the fp16 task.
+INT8 = dict(
+  # DPU OUT_PRECISION int32 (code 4, §1.1 [HW] MTX): the accumulator written exactly. int8/int16 outputs requantize
+  # (OUT_CVT rounding, saturation: §5.7/§7.2), and int16 output after an int8 conv hangs (§6.B); fp32 output is an exact
+  # cast too but rounds sums beyond 2^24. int32 needs no bound beyond the accumulator's (see MAX_ABS_SUM).
+  out="int32",
+  # ⚠ CORE MISC_CFG.QD_EN 0: gregordinary's gen_matmul_int8 (mainline rocket, bit-exact on a board) lists "qd_en 1->0"
+  # among its int8 deltas, and §2.1 gives 0 for mtx512; mtx512's current src/npu_matmul.c writes 1 (vendor driver). GN
+  # also says the int8 *requant* writer needs 1. We take the mainline value; the emulator accepts either.
+  qd_en=0,
+  # Output channels per kernel group 32 (§1.3 int8 NG) x 4 bytes = 8 atoms: BS_OW_CFG.SIZE_E 7, SURFACE_ADD = 8 surfaces
+  # (§1.4 [HW] MTX/GN: 3/x4 leaves surfaces unwritten).
+  atoms=8,
+  # One CBUF bank more than the feature needs: an int8 feature filling its banks exactly computes the last rows wrong
+  # (§6.C, GN cbuf-bank-slack [HW], seen at width 1, i.e. this matmul layout).
+  data_bank_slack=1,
+  # N (kernels per task) a multiple of 32 (§1.6: int8 N = 16 gives garbage [HW]); K a multiple of 32 (§1.6).
+  n_align=32, k_align=32,
+  # ⚠ ReLU on the int32 datapath: the BS stage's ReLU unit (ALU and MUL bypassed) on the integer accumulator. Inferred from
+  # the TRM field names and GN's integer X-stage sweeps (per-channel requant, int8 out); not measured with int32 output.
+  # max(acc, 0) is exact in any case, so a board that disagreed would show it in one test.
+  relu_in_bs=True,
+)
+# The int32 accumulator is exact while |sum| < 2^31 (CACC is 34 bits for int8, §1.7/§5.8; the writer is 32 bits). A task
+# holds at most one CBUF bank (32 KiB) of one kernel's int8 weights (§1.6), so K <= 32768 per task and
+# |sum| <= 32768 * 128 * 128 = 2^29: no int8 task can overflow. K beyond one task is refused, not split: partial sums
+# would need an integer EW add, and the EW ALU is float-only (§6.C, GN [HW]).
+MAX_ABS_SUM = MAX_KERNEL_BYTES * 128 * 128
+assert MAX_ABS_SUM < 2 ** 31
+PREC_INT8, PREC_INT32 = 0, 4                   # precision codes (§1.1)
 
 @dataclass(frozen=True)
 class EwOperand:
@@ -78,36 +114,41 @@ class MatmulTile:
   """One task: rows [m0, m0+M) of A times kernels [n0, n0+N) of B, all of K."""
   M: int       # rows given to the hardware (>= 4; rows past the real ones are zero and discarded)
   K: int       # padded to K_ALIGN
-  N: int       # padded to N_ALIGN
+  N: int       # padded to N_ALIGN (int8: INT8["n_align"])
+  precision: str = "fp16"   # "fp16" (fp32 out) or "int8" (int32 out)
 
   @property
-  def a(self) -> Feature: return Feature(self.K, self.M, 1, 2)
+  def ebytes(self) -> int: return 1 if self.precision == "int8" else 2
   @property
-  def b(self) -> Weights: return Weights(self.N, self.K, 1, 1, "float16")
+  def a(self) -> Feature: return Feature(self.K, self.M, 1, self.ebytes)
+  @property
+  def b(self) -> Weights: return Weights(self.N, self.K, 1, 1, "int8" if self.precision == "int8" else "float16")
   @property
   def c(self) -> Feature: return Feature(self.N, self.M, 1, 4)
   @property
-  def data_banks(self) -> int: return ceil_div(self.a.nbytes, CBUF_BANK_BYTES)
+  def data_banks(self) -> int:
+    return ceil_div(self.a.nbytes, CBUF_BANK_BYTES) + (INT8["data_bank_slack"] if self.precision == "int8" else 0)
   @property
-  def weight_banks(self) -> int: return ceil_div(self.b.elems * 2, CBUF_BANK_BYTES)
+  def weight_banks(self) -> int: return ceil_div(self.b.elems * self.ebytes, CBUF_BANK_BYTES)
 
-def plan_tiles(M:int, K:int, N:int, residual:bool=False) -> tuple[int, int]|str:
+def plan_tiles(M:int, K:int, N:int, residual:bool=False, precision:str="fp16") -> tuple[int, int]|str:
   """Rows per task and kernels per task so that one task's feature and weights fit the CBUF together, or why not.
   `residual`: every task carries n_t more K columns (the residual block), so K grows with the kernels per task.
   ⚠ Whether weights larger than the weight banks stream through them is disputed (§1.6: MTX yes, GN budgets
   feature + weight banks <= 12); we take GN's conservative budget."""
-  if 2 * align(K, K_ALIGN) > MAX_KERNEL_BYTES:
-    return f"K={K} needs {2*align(K, K_ALIGN)} weight bytes per kernel (max {MAX_KERNEL_BYTES}): K splitting not implemented"
-  for n_t in (align(N, N_ALIGN), 512, 256, 128, 64, 32, 16):
-    if n_t > align(N, N_ALIGN): continue
+  eb, n_align, slack = (1, INT8["n_align"], INT8["data_bank_slack"]) if precision == "int8" else (2, N_ALIGN, 0)
+  if eb * align(K, K_ALIGN) > MAX_KERNEL_BYTES:
+    return f"K={K} needs {eb*align(K, K_ALIGN)} weight bytes per kernel (max {MAX_KERNEL_BYTES}): K splitting not implemented"
+  for n_t in (align(N, n_align), 512, 256, 128, 64, 32, 16):
+    if n_t > align(N, n_align) or n_t % n_align: continue
     Kp = align(K + (n_t if residual else 0), K_ALIGN)
-    if 2 * Kp > MAX_KERNEL_BYTES: continue
-    wb = ceil_div(n_t * Kp * 2, CBUF_BANK_BYTES)
-    if wb >= CBUF_BANKS: continue
-    rows = (CBUF_BANKS - wb) * CBUF_BANK_BYTES // (Kp * 2)
+    if eb * Kp > MAX_KERNEL_BYTES: continue
+    wb = ceil_div(n_t * Kp * eb, CBUF_BANK_BYTES)
+    if wb + slack >= CBUF_BANKS: continue
+    rows = (CBUF_BANKS - wb - slack) * CBUF_BANK_BYTES // (Kp * eb)
     rows = min(rows, MAX_ROWS) // MIN_ROWS * MIN_ROWS
     if rows >= MIN_ROWS: return min(rows, align(max(M, MIN_ROWS), MIN_ROWS)), n_t
-  return f"K={K}: not even {MIN_ROWS} rows and {N_ALIGN} kernels fit the CBUF"
+  return f"K={K}: not even {MIN_ROWS} rows and {n_align} kernels fit the CBUF"
 
 def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_slot:int, c_off:int, relu:bool=False,
                 clip:float|None=None, bs:XStageOp|None=None, ew:EwOperand|None=None, out_fp16:bool=False) -> regs.Task:
@@ -121,10 +162,14 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
   assert bs is None or (not relu and clip is None), "relu/clip or bs, not both"
   bs = bs if bs is not None else XStageOp(relu=relu, clip=clip)
   M, K, N = t.M, t.K, t.N
+  i8 = t.precision == "int8"
+  assert not i8 or (ew is None and not out_fp16 and bs.mul is None and bs.add is None and bs.clip is None and
+                    (not bs.relu or INT8["relu_in_bs"]) and N % INT8["n_align"] == 0), "int8 tasks: int32 out, ReLU only"
+  prec, eb = (PREC_INT8, 1) if i8 else (PREC_FP16, 2)
   assert ew is None or M * 1 >= EW_MIN_PLANE_ATOMS, f"an EW task needs >= {EW_MIN_PLANE_ATOMS} output atoms per plane"
   w, addr = regs.write, regs.address
   plane = M * 1 * 16                                     # bytes of one output surface (W=1, H=M atoms)
-  atoms = ATOMS_FP16_OUT if out_fp16 else ATOMS_FP32_OUT
+  atoms = INT8["atoms"] if i8 else ATOMS_FP16_OUT if out_fp16 else ATOMS_FP32_OUT
   bs_regs = bs_fields(bs)
   ew_cfg = (dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1) if ew is None else  # 0x383
             dict(EW_DATA_MODE=1, EDATA_SIZE=EW_SIZE[ew.nbytes], EW_RELU_BYPASS=int(not ew.relu), EW_LUT_BYPASS=1, EW_OP_SRC=1,
@@ -145,18 +190,18 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
     w("DPU_RDMA", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
     # CNA: the feature (A) and weight (B) fetch
-    w("CNA", "CONV_CON1", PROC_PRECISION=PREC_FP16, IN_PRECISION=PREC_FP16, CONV_MODE=0),
+    w("CNA", "CONV_CON1", PROC_PRECISION=prec, IN_PRECISION=prec, CONV_MODE=0),
     w("CNA", "CONV_CON2", FEATURE_GRAINS=M + 1),
     w("CNA", "CONV_CON3", CONV_Y_STRIDE=1, CONV_X_STRIDE=1),
     w("CNA", "DATA_SIZE0", DATAIN_WIDTH=1, DATAIN_HEIGHT=M),
     w("CNA", "DATA_SIZE1", DATAIN_CHANNEL_REAL=K - 1, DATAIN_CHANNEL=K),
     w("CNA", "DATA_SIZE2", DATAOUT_WIDTH=1),
     w("CNA", "DATA_SIZE3", DATAOUT_ATOMICS=M),
-    w("CNA", "WEIGHT_SIZE0", WEIGHT_BYTES=2 * K * N),
-    w("CNA", "WEIGHT_SIZE1", WEIGHT_BYTES_PER_KERNEL=2 * K),
+    w("CNA", "WEIGHT_SIZE0", WEIGHT_BYTES=eb * K * N),
+    w("CNA", "WEIGHT_SIZE1", WEIGHT_BYTES_PER_KERNEL=eb * K),
     w("CNA", "WEIGHT_SIZE2", WEIGHT_WIDTH=1, WEIGHT_HEIGHT=1, WEIGHT_KERNELS=N),
     w("CNA", "CBUF_CON0", DATA_BANK=t.data_banks, WEIGHT_BANK=CBUF_BANKS - t.data_banks),
-    w("CNA", "CBUF_CON1", DATA_ENTRIES=ceil_div(K, 32)),   # fp16: ceil(W*C*2/64) (§1.5)
+    w("CNA", "CBUF_CON1", DATA_ENTRIES=ceil_div(K * eb, 64)),   # ceil(W*C*bytes/64) (§1.5)
     w("CNA", "CVT_CON0", DATA_SIGN=1, CVT_TYPE=1, CVT_BYPASS=1),
     *[w("CNA", f"CVT_CON{i}", **{f"CVT_SCALE{i-1}": ONE_SCALE}) for i in range(1, 5)],
     w("CNA", "DMA_CON0", WEIGHT_BURST_LEN=DMA_BURST_16, DATA_BURST_LEN=DMA_BURST_16),
@@ -169,13 +214,13 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     addr("CNA", "FEATURE_DATA_ADDR", a_slot, a_off),
     addr("CNA", "DCOMP_ADDR0", b_slot, b_off),
     # CORE: the MAC array
-    w("CORE", "MISC_CFG", PROC_PRECISION=PREC_FP16, QD_EN=1),
+    w("CORE", "MISC_CFG", PROC_PRECISION=prec, QD_EN=INT8["qd_en"] if i8 else 1),
     w("CORE", "DATAOUT_SIZE_0", DATAOUT_HEIGHT=M - 1, DATAOUT_WIDTH=0),
     w("CORE", "DATAOUT_SIZE_1", DATAOUT_CHANNEL=N - 1),
     w("CORE", "CLIP_TRUNCATE"), w("CORE", "UNDOC_3030"),
     # DPU: all stages bypassed, fp32 result to memory
     w("DPU", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, OUTPUT_MODE=OUTPUT_TO_MEMORY),
-    w("DPU", "DATA_FORMAT", OUT_PRECISION=PREC_FP16 if out_fp16 else PREC_FP32, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
+    w("DPU", "DATA_FORMAT", OUT_PRECISION=PREC_INT32 if i8 else PREC_FP16 if out_fp16 else PREC_FP32, IN_PRECISION=prec, PROC_PRECISION=prec),
     w("DPU", "OFFSET_PEND"),
     addr("DPU", "DST_BASE_ADDR", c_slot, c_off),
     w("DPU", "DST_SURF_STRIDE", DST_SURF_STRIDE=M * 1 * 16),

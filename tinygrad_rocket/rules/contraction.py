@@ -23,13 +23,20 @@ on the NPU: task j's DPU adds task j-1's fp32 partial (a 32-bit per-pixel EW ope
 the job: the affine one and the residual are K columns like any other (summed in whichever chunk holds them), ReLU
 and clip run in the last task's EW stage after the add (the BS stage's ReLU would act before it, on a partial sum).
 
+int8 contractions (both operands int8, products summed in int32 or int64, as tinygrad's `a.int8 @ b.int8`, int8
+conv2d and `matmul(dtype=int32)` emit) run as int8 matmul tiles with int32 accumulation and output (ops/matmul.py INT8):
+exact, since no task's sum can leave int32 (matmul.MAX_ABS_SUM); the result is cast to the kernel's output dtype when
+unpacking (numpy's wrapping integer casts = C's on tinygrad's CPU device). Fused: ReLU of the int32 sum. Not fused,
+with the reason: any other epilogue (a bias add in int32 wraps on the CPU where the DPU's adder saturates; float scales
+round), K beyond one task (no integer partial-sum add on the DPU), uint8 operands (the MAC array is signed int8).
+
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 are exact), fp32 accumulation and fp32 out,
 then one rounding to the output dtype; a split K adds one fp32 rounding per chunk boundary. An operand beyond fp16's
 range cannot be represented: that call takes the CPU path instead (checked when packing), never a wrong answer.
 """
 from __future__ import annotations
 import itertools, math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
@@ -41,7 +48,7 @@ from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, XStageOp, matmul_
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
 from tinygrad_rocket.rules.tables import full_line_table, pick_table, eval_expr, lut_tasks
 from tinygrad_rocket.rules.elementwise import compile_operand, emit_stages, stage_ops, TileLayout, LANES, FP16_MAX
-from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S
+from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S, INT8_OPERANDS, INT_RESULTS, INT_SUMS
 
 
 def _epilogue_loads(e) -> list[Load]:
@@ -70,6 +77,7 @@ class Contraction:
   clip: float|None = None     # with relu: results clamped to [0, clip] (tinygrad's relu6 is relu(x) - relu(x - 6))
   activation: tuple[object, bool]|None = None  # (LutTable g, multiply): the result is g(e) or e * g(e), e the epilogue
   prologue: list|None = None  # A is computed (`a` its expression): these elementwise stages write its fp16 tiles
+  precision: str = "fp16"     # "int8": int8 operands, int32 sums (no epilogue but ReLU)
 
 def _loads_of(e) -> list[Load]:
   return [x for x in walk(e) if isinstance(x, Load)]
@@ -124,7 +132,58 @@ def _activation_table(u, g):
   # whose u left the table's domain to the C code
   return full_line_table(fn, name) or pick_table(fn, name)
 
+# ***** int8 *****
+def _is_int8_contraction(nest:LoopNest) -> bool:
+  """Whether the kernel sums in an integer dtype (then the int8 rules decide, never the float path)."""
+  return any(isinstance(x, Reduce) and dtypes.is_int(x.dtype) for x in walk(nest.value))
+
+def _match_int8(nest:LoopNest) -> Contraction|NotApplicable:
+  """[CAST](REDUCE(ADD, a*b)) or [CAST](MAX(REDUCE, 0)) with int8 a, b (either may be an int8 constant), summed in int32
+  or int64: the sum is exact on the NPU (int32 out), so the cast to the output dtype is the CPU's."""
+  if nest.out_dtype not in INT_RESULTS: return NotApplicable(f"integer contraction with output dtype {nest.out_dtype}")
+  e = nest.value
+  if isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
+  relu = False
+  if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
+    relu, e = True, next(s for s in e.src if not is_zero(s))
+    while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in INT_SUMS: e = e.src[0]   # widening: max commutes with it
+  if isinstance(e, Alu) and e.op is Ops.CAST and isinstance(strip_cast(e), Reduce):
+    return NotApplicable(f"a chain of casts of the integer sum (to {e.dtype}, then {nest.out_dtype}): one cast is fused "
+                         "(the unpack converts once)")
+  if not isinstance(e, Reduce):
+    what = e.op.name if isinstance(e, Alu) else type(e).__name__
+    return NotApplicable(f"integer contraction with an epilogue ({what}): only ReLU of the int32 sum and one cast are fused "
+                         "(an int32 bias add wraps on the CPU where the DPU's adder saturates; float scales round)")
+  if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a contraction")
+  if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
+  body = strip_cast(e.src)
+  if isinstance(body, Load): body = Alu(Ops.MUL, (body, Const(1, body.dtype)), body.dtype)
+  if not (isinstance(body, Alu) and body.op is Ops.MUL): return NotApplicable("reduced value is not a product of two operands")
+  a, b = (strip_cast(s) for s in body.src)
+  if isinstance(a, Const): a, b = b, a
+  if not (isinstance(a, Load) and isinstance(b, (Load, Const))):
+    return NotApplicable("a product operand is computed, not loaded (prologue fusion not implemented yet)")
+  for ld in (a, b) if isinstance(b, Load) else (a,):
+    if ld.dtype == dtypes.uint8:
+      return NotApplicable("uint8 operands: the MAC array multiplies signed int8 (values above 127 do not fit; Mesa's shift "
+                           "by 128 needs a zero-point correction the exact int32 writer cannot apply)")
+    if ld.dtype not in INT8_OPERANDS: return NotApplicable(f"integer operand dtype {ld.dtype} (int8 only)")
+    if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
+    if ld.size < 0: return NotApplicable("operand buffer of unknown size")
+  if e.dtype not in INT_SUMS: return NotApplicable(f"integer products summed in {e.dtype} (int32/int64 only)")
+  if isinstance(b, Const) and not (float(b.value).is_integer() and -128 <= b.value <= 127):
+    return NotApplicable(f"constant operand {b.value} is not an int8 value")
+  ua, ub = uses(a), uses(b) if isinstance(b, Load) else set()
+  outs = nest.output_ranges
+  m = [r for r in outs if r in ua and r not in ub]
+  n = [r for r in outs if r in ub and r not in ua]
+  batch = [r for r in outs if r not in m and r not in n]
+  size = lambda rs: math.prod(nest.ranges[r] for r in rs)
+  if size(m) < size(n) and isinstance(b, Load): a, b, m, n = b, a, n, m
+  return Contraction(a, b, m, n, batch, list(e.ranges), relu=relu, precision="int8")
+
 def match(nest:LoopNest) -> Contraction|NotApplicable:
+  if _is_int8_contraction(nest): return _match_int8(nest)
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
   e, relu, clip = strip_cast(nest.value), False, None
   if (rc := relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
@@ -211,6 +270,12 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation,
                      None if isinstance(a, Load) else stages)
 
+def _int8_copy(g:Grid, ld:Load|Const, dst:int, index:Lin) -> Copy:
+  """An int8 operand tile: the loaded int8 values (or the int8 constant) at the valid points, 0 in the padding. Grid.copy
+  names only float dtypes, so the copy is built as a float one and retyped (the gather itself is dtype-blind)."""
+  if isinstance(ld, Const): return replace(g.copy(None, dst, index, fill=0.0, value=("intercept", ("const", float(ld.value)))), dst_dtype="int8")
+  return replace(g.copy(replace(ld, dtype=dtypes.float32), dst, index), src_dtype="int8", dst_dtype="int8")
+
 # Planning a K split: the modeled NPU time of rules/conv.py (the emulator's cost model, emu/cost.py, at mainline's clock)
 KC_MAX = MAX_KERNEL_BYTES // 2   # fp16 K columns of one kernel within one CBUF bank (rocket_fp16_ew_ppu.md §1.6)
 
@@ -262,10 +327,15 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
     icpt = float(eval_pexpr(Grid((1,), sz, {}).pexpr(c.epilogue), None, 0.0))
   K_r = K + (c.epilogue is not None and c.prologue is None)
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
-  plan = plan_tiles(M, K_r, N, residual=c.residual is not None)
+  i8 = c.precision == "int8"
+  plan = plan_tiles(M, K_r, N, residual=c.residual is not None, precision=c.precision)
+  if i8 and isinstance(plan, str):
+    return NotApplicable(f"int8 {plan}: the int32 partial sums of a split K would need an integer EW add, and the DPU's EW "
+                         "ALU is float-only (rocket_fp16_ew_ppu.md §6.C)")
   # K does not fit one task, or its tiles are too small to stay within MAX_TASKS (rows and kernels shrink as K grows):
   # chunks of kc columns, partial sums accumulated on the NPU
   if isinstance(plan, str) or len(batches) * ceil_div(M, plan[0]) * ceil_div(N, plan[1]) > MAX_TASKS:
+    if i8: return NotApplicable(f"{len(batches) * ceil_div(M, plan[0]) * ceil_div(N, plan[1])} int8 tasks (max {MAX_TASKS})")
     split = plan_k_split(M, K_r, N, c.residual is not None, len(batches))
     if isinstance(split, str): return NotApplicable(split)
     rows, n_t, kc = split
@@ -281,10 +351,11 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   m_tiles, n_tiles = -(-M // rows), -(-N // n_t)
   tiles = len(batches) * m_tiles * n_tiles
   if (ntasks := tiles * n_k) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
-  tile = MatmulTile(rows, kc, n_t)   # one task: one chunk of K
-  a_f, c_f = Feature(Kp, rows, 1, 2), tile.c
-  b_w = Weights(n_t, Kp, 1, 1, "float16")
-  a_sz, b_sz, c_sz = a_f.nbytes, b_w.elems * 2, c_f.nbytes
+  tile = MatmulTile(rows, kc, n_t, c.precision)   # one task: one chunk of K
+  eb = tile.ebytes
+  a_f, c_f = Feature(Kp, rows, 1, eb), tile.c
+  b_w = Weights(n_t, Kp, 1, 1, "int8" if i8 else "float16")
+  a_sz, b_sz, c_sz = a_f.nbytes, b_w.elems * eb, c_f.nbytes
   # scratch: A tiles (per batch, m tile, and n tile when a residual fills columns per n tile), B tiles (per batch, n
   # tile), C tiles (per batch, m tile, n tile; with a K split a second set for the partials, ping-pong)
   a_per_n = n_tiles if c.residual is not None else 1
@@ -308,6 +379,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
     fixed = dict(zip(c.batch_dims, bvals))
     def operand(ld:Load|Const, side:str, g:Grid, dst:int, index:Lin) -> Copy:
       """The main copy of one tile; scaled by the epilogue's slope when the epilogue lives on this side."""
+      if i8: return _int8_copy(g, ld, dst, index)
       if isinstance(ld, Const):  # the constant at every valid point, 0 in the padding
         v = ("const", float(ld.value))
         if c.epilogue is None or c.epilogue_side != side: return g.copy(None, dst, index, fill=0.0, value=("intercept", v))
@@ -375,14 +447,14 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       for j in range(n_k if c.activation is None else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
-        tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * 2, C, dst(j),
+        tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * eb, C, dst(j),
                                  bs=XStageOp(add=icpt if j == 0 else None, relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None), ew=ew))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
-      r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(n_k - 1), "float32")
+      r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(n_k - 1), "int32" if i8 else "float32")
       g = Grid((r_f.c1, rows, r_f.c2), sz, fixed)
       g.linear((r_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
       cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
-      unpack.append(Copy(C, r_dt, nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars,
+      unpack.append(Copy(C, r_dt, nest.out_slot, INT_RESULTS[nest.out_dtype] if i8 else FLOATS[nest.out_dtype], cp.grid, cp.vars,
                          Lin((rows * r_f.c2, r_f.c2, 1), r_off // r_f.elem_bytes), cp.dst_index, cp.bounds, fill=None))
   if c.prologue is not None:   # the computed A's stages run first, each tile's last stage writing its A tile in fp16
     pro = _prologue(c, sz, a_tiles, rows, K, M, (SCRATCH + 3, SCRATCH + 4, SCRATCH + 5))
@@ -397,7 +469,8 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                                   (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
-  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} fp16 matmul task(s) of {rows}x{kc}x{n_t}{split}"
+  kind = "int8 matmul task(s) (int32 sums, exact)" if i8 else "fp16 matmul task(s)"
+  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} {kind} of {rows}x{kc}x{n_t}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack) + (tuple(pro.pack) if c.prologue else ()),
                     tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job)
 

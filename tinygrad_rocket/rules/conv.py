@@ -22,6 +22,14 @@ is a matmul: taken here only when the input has two or more output loops of its 
 several images); matmuls and a conv1d 1x1 of one image are left to the contraction rule, as is anything else that does
 not fit, with the reason.
 
+int8 convolutions (int8 input and weights summed in int32, as tinygrad writes int8 conv2d) run on the same datapath as
+int8 conv tasks writing the int32 accumulator raw (ops/matmul.py INT8: exact, |sum| <= 2^29 per task), cast to the
+kernel's output dtype when unpacking; ReLU of the int32 sum is fused. The depthwise datapath cannot write int32 (64
+channels x 4 bytes per group need 16 atoms, more than SIZE_E holds: GN saw outputs at twice the stride,
+rocket_fp16_ew_ppu.md §1.4), so an int8 depthwise convolution runs as a direct one whose weights are block-diagonal
+(kernel c has tap weights at channel c only, zero elsewhere): the same sums, 32 x the MACs of the depthwise datapath
+but one task where matmul tiles take one per channel.
+
 Work that does not fit the CBUF is split into output-row bands (ops.conv.row_split) and, when the weights are large,
 into chunks of kernels; each image of a batch is its own set of tasks.
 """
@@ -32,11 +40,11 @@ from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Bound as Bound_
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
-from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES
+from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES, INT8
 from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes
 from tinygrad_rocket.ops.program import entries, rebase, field_max
 
@@ -54,6 +62,43 @@ DW_GROUP = DW_GROUPS[PRECISION]                          # depthwise: channels p
 # several 64-channel groups and the emulator accepts; GN's validated fp16 tiling used one 32-channel chunk per task
 # (rocket_fp16_ew_ppu.md §2.2). Not yet run on a board.
 IN_BYTES, OUT_BYTES = ELEMENT_BYTES[PRECISION], ELEMENT_BYTES[OUT_PRECISION]
+
+# int8 contractions (here and in rules/contraction.py): int8 operands; the REDUCE's dtype, in which the exact sum fits
+# (|sum| < 2^31, ops/matmul.py MAX_ABS_SUM); the dtypes the int32 sum may be cast to when unpacking (numpy's astype from
+# int32 is C's conversion on tinygrad's CPU device: wrapping for narrower integers, round to nearest for float32)
+INT8_OPERANDS = {dtypes.int8}
+INT_SUMS = {dtypes.int32, dtypes.int64}
+INT_RESULTS = {dtypes.int8: "int8", dtypes.int16: "int16", dtypes.int32: "int32", dtypes.int64: "int64", dtypes.uint8: "uint8",
+               dtypes.uint16: "uint16", dtypes.uint32: "uint32", dtypes.uint64: "uint64", dtypes.float32: "float32"}
+
+@dataclass(frozen=True)
+class Prec:
+  """One datapath's numbers: CNA precision, DPU output precision, the numpy dtypes of the packed operands and of the
+  output cube, kernel / channel / depthwise groups (§1.3) and element bytes."""
+  name: str
+  out: str
+  np_in: str
+  np_out: str
+  @property
+  def kernel_group(self) -> int: return WEIGHT_GROUPS[self.name][0]
+  @property
+  def channel_group(self) -> int: return WEIGHT_GROUPS[self.name][1]
+  @property
+  def dw_group(self) -> int: return DW_GROUPS[self.name]
+  @property
+  def in_bytes(self) -> int: return ELEMENT_BYTES[self.name]
+  @property
+  def out_bytes(self) -> int: return ELEMENT_BYTES[self.out]
+  @property
+  def weights_dtype(self) -> str: return "int8" if self.name == "int8" else "float16"
+
+FP16_PREC = Prec(PRECISION, OUT_PRECISION, "float16", "float32")
+INT8_PREC = Prec("int8", INT8["out"], "int8", "int32")   # int8 x int8 -> raw int32 (ops/matmul.py INT8)
+
+def _np(dt) -> str:
+  """numpy dtype name of a kernel buffer's dtype."""
+  return FLOATS.get(dt) or INT_RESULTS[dt]
+
 # Choosing a layout: each candidate's tasks are timed with the emulator's first-order cost model (emu/cost.py; the
 # rule keeps its own copy of the numbers, tests/test_conv_rule.py checks they agree): a task takes
 # max(MAC-array cycles / clock, DMA bytes / bandwidth), every task after a job's first adds the per-task overhead.
@@ -133,6 +178,11 @@ class Conv:
   rest: tuple[Bound_, ...] # padding predicates over several axes, channels or images (linear in the cube's positions)
   depthwise: bool
   relu: bool
+  prec: Prec = FP16_PREC
+  @property
+  def diagonal(self) -> bool:
+    """A depthwise convolution run as a direct one with block-diagonal weights (int8: no int32 depthwise writer)."""
+    return self.depthwise and self.prec.name == "int8"
 
 def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
   A, B = (x.index.coeff(r) if r is not None else 0 for r in (out, tap))
@@ -163,7 +213,7 @@ def _roles(nest:LoopNest, x:Load, w:Load) -> tuple[list[int], int|None, bool]|st
   if len(w_only) > 1: return "several kernel loops"
   return x_only, (shared or w_only or [None])[0], bool(shared)
 
-def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
+def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
   """Every assignment of loops to window axes that fits, with its tie-break key and a lower bound of its modeled NPU
   time; why others do not."""
   roles = _roles(nest, x, w)
@@ -195,19 +245,19 @@ def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool) -> tuple[list[tuple[tu
     C = sz[kernel] if dw else math.prod(sz[r] for r in channels)
     n_img = math.prod(sz[r] for r in images)
     # ties in NPU time (`npu_seconds`) go to the smaller packed input: the CPU gathers it on every call
-    cube = n_img * align(C, DW_GROUP if dw else CHANNEL_GROUP) * max(ay.extent(sz), MIN_ROWS) * ax.extent(sz) * IN_BYTES
+    cube = n_img * align(C, pr.dw_group if dw else pr.channel_group) * max(ay.extent(sz), MIN_ROWS) * ax.extent(sz) * pr.in_bytes
     # a lower bound of npu_seconds, to skip planning candidates that cannot win: its sum of per-task maxima is at
     # least the max of the sums; the weights are read at least once, every cube row at least once per image; a task
     # holds at most CBUF_BANKS - 1 banks of weights (one is the input's) and as many of input rows
     K = sz[kernel] if kernel is not None else 1
-    Cp, Kp = (align(C, DW_GROUP),) * 2 if dw else (align(C, CHANNEL_GROUP), align(K, KERNEL_GROUP))
+    Cp, Kp = (align(C, pr.dw_group),) * 2 if dw else (align(C, pr.channel_group), align(K, pr.kernel_group))
     pixels, taps = n_img * ay.n_out(sz) * ax.n_out(sz), ay.n_tap(sz) * ax.n_tap(sz)
-    cycles = pixels * taps * (Cp // DW_GROUP if dw else Cp // CHANNEL_GROUP * Kp // KERNEL_GROUP)
-    wbytes = taps * Cp * (1 if dw else Kp) * IN_BYTES
-    nbytes = cube + wbytes + pixels * ceil_div(Kp, c2(OUT_BYTES)) * ATOM_BYTES
+    cycles = pixels * taps * (Cp // pr.dw_group if dw else Cp // pr.channel_group * Kp // pr.kernel_group)
+    wbytes = taps * Cp * (1 if dw else Kp) * pr.in_bytes
+    nbytes = cube + wbytes + pixels * ceil_div(Kp, c2(pr.out_bytes)) * ATOM_BYTES
     tasks = n_img * max(1, ceil_div(max(wbytes, cube // n_img), (CBUF_BANKS - 1) * CBUF_BANK_BYTES))
     bound = max(cycles / LAYOUT_CLOCK_HZ, nbytes / DMA_BYTES_PER_S) + (tasks - 1) * PER_TASK_OVERHEAD_S
-    found.append(((cube, n_img, abs(ax.step)), bound, Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu)))
+    found.append(((cube, n_img, abs(ax.step)), bound, Conv(x, w, images, kernel, channels, ay, ax, *spans, rest, dw, relu, pr)))
   if not found and not why:
     why.append("no overlapping kernel windows and one output loop of the input: a matmul (the contraction rule's)")
   return found, why
@@ -224,19 +274,21 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   """The tasks of candidate `c`, or why its cube or weights do not fit the CNA's fields and the CBUF."""
   K = sz[c.kernel] if c.kernel is not None else 1
   C = K if c.depthwise else math.prod(sz[r] for r in c.channels)
-  Cp = align(C, DW_GROUP if c.depthwise else CHANNEL_GROUP)
+  pr = c.prec
+  dw = c.depthwise and not c.diagonal   # the depthwise datapath
+  Cp = align(C, pr.dw_group if dw else pr.channel_group)
   KH, KW = c.ay.n_tap(sz), c.ax.n_tap(sz)
   He, We = c.ay.extent(sz), c.ax.extent(sz)
   OW = c.ax.n_out(sz)
   if max(KH, KW) > MAX_TAPS: return f"kernel {KH}x{KW} (max {MAX_TAPS} taps per axis)"
   if We > MAX_IN_WIDTH: return f"input rows of {We} (max {MAX_IN_WIDTH}: width splitting not implemented)"
   if OW > MAX_OUT_WIDTH: return f"output rows of {OW} (max {MAX_OUT_WIDTH})"
-  if not c.depthwise and KH * KW * Cp * IN_BYTES > MAX_KERNEL_BYTES:
-    return (f"{KH * KW * Cp * IN_BYTES} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
+  if not dw and KH * KW * Cp * pr.in_bytes > MAX_KERNEL_BYTES:
+    return (f"{KH * KW * Cp * pr.in_bytes} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
             "channel splitting not implemented")
   # the cube gets MIN_ROWS spare zero rows for the bands' planning; the packed cube keeps what the last band reads
-  base = ConvSpec(PRECISION, Cp, He + MIN_ROWS, We, Cp if c.depthwise else align(K, KERNEL_GROUP), KH, KW,
-                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), c.depthwise, OUT_PRECISION,
+  base = ConvSpec(pr.name, Cp, He + MIN_ROWS, We, Cp if dw else align(K, pr.kernel_group), KH, KW,
+                  (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), dw, pr.out,
                   out_hw=(c.ay.n_out(sz), OW), channels_real=C)
   kpt = plan(base)
   if isinstance(kpt, str): return kpt
@@ -252,19 +304,38 @@ def npu_seconds(l:Layout) -> float:
   overhead. The regcmd fetch (under 2 KiB a task) is left out."""
   busy, n = 0.0, 0
   for _, s in kernel_chunks(l.spec, l.kernels_per_task):
-    groups = ceil_div(s.C, DW_GROUP) if s.depthwise else ceil_div(s.C, CHANNEL_GROUP) * ceil_div(s.kernels, KERNEL_GROUP)
+    groups = ceil_div(s.C, s.group) if s.depthwise else ceil_div(s.C, WEIGHT_GROUPS[s.precision][1]) * ceil_div(s.kernels, s.group)
     for o0, o1 in row_split(s):
       top, bottom = in_rows(s, o0, o1)
       cycles = (o1 - o0) * s.OW * s.kh * s.kw * groups
-      nbytes = (bottom - top) * row_bytes(s) + s.weight_bytes + (o1 - o0) * s.OW * ceil_div(s.OC, c2(OUT_BYTES)) * ATOM_BYTES
+      nbytes = (bottom - top) * row_bytes(s) + s.weight_bytes + (o1 - o0) * s.OW * ceil_div(s.OC, c2(s.out_bytes)) * ATOM_BYTES
       busy += max(cycles / LAYOUT_CLOCK_HZ, nbytes / DMA_BYTES_PER_S)
       n += 1
   return l.images * busy + (l.images * n - 1) * PER_TASK_OVERHEAD_S
 
+def _int8_value(nest:LoopNest) -> tuple[Reduce, bool]|NotApplicable:
+  """(the REDUCE, relu) of [CAST](REDUCE) or [CAST](MAX(REDUCE, 0)) summing in int32/int64 (rules/contraction.py: the
+  same forms; a cast inside the MAX narrows before the ReLU and is not fused)."""
+  if nest.out_dtype not in INT_RESULTS: return NotApplicable(f"integer convolution with output dtype {nest.out_dtype}")
+  e = nest.value
+  if isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
+  relu = False
+  if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
+    relu, e = True, next(s for s in e.src if not is_zero(s))
+    while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in INT_SUMS: e = e.src[0]
+  if not isinstance(e, Reduce): return NotApplicable("an integer epilogue other than ReLU and one cast (the contraction rule says why)")
+  if e.dtype not in INT_SUMS: return NotApplicable(f"integer products summed in {e.dtype} (int32/int64 only)")
+  return e, relu
+
 def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
-  if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-  e, relu = strip_cast(nest.value), False
-  if isinstance(e, Alu) and e.op is Ops.MAX and any(isinstance(s, Const) and s.value == 0 for s in e.src):
+  pr = INT8_PREC if any(isinstance(x, Reduce) and dtypes.is_int(x.dtype) for x in walk(nest.value)) else FP16_PREC
+  if pr is INT8_PREC:
+    if isinstance(iv := _int8_value(nest), NotApplicable): return iv
+    e, relu = iv
+  else:
+    if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
+    e, relu = strip_cast(nest.value), False
+  if pr is FP16_PREC and isinstance(e, Alu) and e.op is Ops.MAX and any(isinstance(s, Const) and s.value == 0 for s in e.src):
     relu, e = True, strip_cast(next(s for s in e.src if not (isinstance(s, Const) and s.value == 0)))
   if not isinstance(e, Reduce):
     return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction "
@@ -276,7 +347,9 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
     return NotApplicable("the reduced value is not a product of two loaded operands")
   a, b = (strip_cast(s) for s in body.src)
   for ld in (a, b):
-    if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
+    if pr is INT8_PREC:
+      if ld.dtype not in INT8_OPERANDS: return NotApplicable(f"integer operand dtype {ld.dtype} (int8 only)")
+    elif ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
     if ld.dtype == dtypes.float32 and nest.precision == "fp32":
       return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16")
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
@@ -284,7 +357,7 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   found, why = [], []   # why: the reasons of orientations whose loops have a convolution's roles first
   for x, w in ((a, b), (b, a)):
     if w.valid: why.append((2, "the weights are padded")); continue
-    f, reasons = _candidates(nest, x, w, relu)
+    f, reasons = _candidates(nest, x, w, relu, pr)
     found += f
     why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
   if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
@@ -344,19 +417,34 @@ def pack_input(c:Conv, sz:dict[int, int], cube:Feature, fixed:dict[int, int], ds
   bounds = [Bound(lin({ch: 1}, 0), None, C), Bound(lin({1: 1}, 0), *c.span_y), Bound(lin({2: 1}, 0), *c.span_x)]
   bounds += [Bound(with_axes(b.expr, c.ay.scale(b.expr), c.ax.scale(b.expr)), b.lo, b.hi) for b in c.rest]
   bounds.append(Bound(src, 0, c.x.size))  # never read outside the buffer (a guard, not a semantic)
-  return Copy(c.x.slot, FLOATS[c.x.dtype], dst, "float16", pts.grid, tuple(pts.vars), src, Lin(cube.grid_strides(), base),
+  return Copy(c.x.slot, _np(c.x.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(cube.grid_strides(), base),
               tuple(bounds), 0.0)
 
-def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> Copy:
+def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> list[Copy]:
   """W into kernel groups (direct: Weights grid (K1, C1, KH, KW, 16, 32)) or channel groups (depthwise:
-  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels."""
+  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels. Diagonal (int8 depthwise as a
+  direct convolution): the whole kernel-group block zeroed, then kernel c's taps at channel c (NG = KG, so kernel c and
+  channel c share their group and lane: element ((c1*(C1 + 1)*KH + kh)*KW + kw)*NG*KG + c2*(KG + 1))."""
+  if c.diagonal:
+    wt = Weights(align(C, c.prec.kernel_group), C, KH, KW, c.prec.weights_dtype)
+    ng, kg = wt.group
+    assert ng == kg
+    zero = Copy(None, "float64", dst, c.prec.np_in, (wt.elems,), (), Lin((0,)), Lin((1,)), (), 0.0)
+    c1n = wt.ic_padded // kg
+    pts = Points((c1n, KH, KW, kg))
+    ch = pts.var((kg, 0, 0, 1))
+    src = lin(*affine_terms(c.w.index, {c.kernel: ch, **{r: i for r, i in {c.ay.tap: 1, c.ax.tap: 2}.items() if r is not None}}, {}, set()))
+    diag = Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src,
+                Lin(((c1n + 1) * KH * KW * ng * kg, KW * ng * kg, ng * kg, kg + 1), 0),
+                (Bound(lin({ch: 1}, 0), None, C), Bound(src, 0, c.w.size)), fill=None)
+    return [zero, diag]
   if c.depthwise:
-    wt = DepthwiseWeights(C, KH, KW, PRECISION)
+    wt = DepthwiseWeights(C, KH, KW, c.prec.name)
     pts = Points(wt.grid())
     pos = {c.kernel: pts.var((wt.group, 0, 0, 1))}
     taps, bounds = {c.ay.tap: 1, c.ax.tap: 2}, [Bound(lin({pos[c.kernel]: 1}, 0), None, C)]
   else:
-    wt = Weights(align(K, KERNEL_GROUP), C, KH, KW, "float16")
+    wt = Weights(align(K, c.prec.kernel_group), C, KH, KW, c.prec.weights_dtype)
     pts = Points(wt.grid())
     ng, kg = wt.group
     oc, ic_lin = pts.var((ng, 0, 0, 0, 1, 0)), (0, kg, 0, 0, 0, 1)
@@ -366,8 +454,8 @@ def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:in
   pos |= {r: i for r, i in taps.items() if r is not None}
   src = lin(*affine_terms(c.w.index, pos, {}, set()))
   bounds.append(Bound(src, 0, c.w.size))
-  return Copy(c.w.slot, FLOATS[c.w.dtype], dst, "float16", pts.grid, tuple(pts.vars), src, Lin(wt.grid_strides(), 0),
-              tuple(bounds), 0.0)
+  return [Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(wt.grid_strides(), 0),
+               tuple(bounds), 0.0)]
 
 def unpack_output(c:Conv, nest:LoopNest, cube:Feature, fixed:dict[int, int], src:int, base:int, K:int) -> Copy:
   """The fp32 output cube (K1, OH, OW, 4) of image `fixed` at element `base` into the kernel's output (real kernels
@@ -376,7 +464,7 @@ def unpack_output(c:Conv, nest:LoopNest, cube:Feature, fixed:dict[int, int], src
   k = pts.var((cube.c2, 0, 0, 1))
   pos = {r: i for r, i in ((c.kernel, k), (c.ay.out, 1), (c.ax.out, 2)) if r is not None}
   dst = lin(*affine_terms(nest.out_index, pos, fixed, set()))
-  return Copy(src, "float32", nest.out_slot, FLOATS[nest.out_dtype], pts.grid, tuple(pts.vars), Lin(cube.grid_strides(), base),
+  return Copy(src, c.prec.np_out, nest.out_slot, _np(nest.out_dtype), pts.grid, tuple(pts.vars), Lin(cube.grid_strides(), base),
               dst, (Bound(lin({k: 1}, 0), None, K),), fill=None)
 
 def plan(s:ConvSpec) -> int|None|str:
@@ -385,9 +473,9 @@ def plan(s:ConvSpec) -> int|None|str:
   why = overflow(s, row_split(s))
   best: tuple[int, int|None]|None = (len(row_split(s)), None) if why is None else None   # (tasks, kernels per task)
   if s.depthwise: return why if best is None else None
-  for n in range(2, s.kernels // KERNEL_GROUP + 1):   # n kernel chunks
+  for n in range(2, s.kernels // s.group + 1):   # n kernel chunks
     if best is not None and n >= best[0]: break
-    chunks = kernel_chunks(s, kpt := align(ceil_div(s.kernels, n), KERNEL_GROUP))
+    chunks = kernel_chunks(s, kpt := align(ceil_div(s.kernels, n), s.group))
     if any(overflow(sub, row_split(sub)) for _, sub in chunks): continue
     tasks = sum(len(row_split(sub)) for _, sub in chunks)
     if best is None or tasks < best[0]: best = (tasks, kpt)
@@ -403,22 +491,23 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   C, Cp = spec.channels_real, spec.C
   KH, KW, (OH, OW), He, We = spec.kh, spec.kw, spec.out_hw, c.ay.extent(sz), spec.W
   images = list(itertools.product(*(range(sz[r]) for r in c.images)))
-  cube_in, cube_out = Feature(Cp, spec.H, We, IN_BYTES), Feature(spec.OC, OH, OW, OUT_BYTES)
+  pr = c.prec
+  cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, pr.out_bytes)
   WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
   slots = dict(input=IN, weights=WT, output=OUT)
   try: progs = conv_programs(spec, slots, kernels_per_task=kpt, relu=c.relu)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
-  tasks, pack, unpack = [], [pack_weights(c, sz, K, C, KH, KW, WT)], []
+  tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
   for i, vals in enumerate(images):
     fixed = dict(zip(c.images, vals))
     pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
     unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
     tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes})), regs.MESA_CONV_ENABLE) for prg in progs]
-  wbytes = (DepthwiseWeights(C, KH, KW, PRECISION).elems if c.depthwise else Weights(spec.kernels, Cp, KH, KW, "float16").elems) * IN_BYTES
-  kind = "depthwise" if c.depthwise else "direct"
+  wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, Cp, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
+  kind = "depthwise as direct, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
-             f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){' +relu' if c.relu else ''} as {len(tasks)} fp16 "
+             f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){' +relu' if c.relu else ''} as {len(tasks)} {pr.name} "
              f"conv task(s) ({len(progs) // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
   macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
   return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)),
