@@ -40,6 +40,10 @@ def _overlaps(reads:list[tuple], write:tuple) -> bool:
   """Whether any byte of the strided read blocks is also written."""
   wb, wshape, wstrides, winner = write
   if not int(np.prod(wshape)) or not winner: return False
+  wend = wb + layouts._extent(wshape, wstrides, winner)
+  # reads whose whole extent lies outside the write's extent cannot overlap it (the usual case: other BOs)
+  reads = [r for r in reads if r[3] and r[0] < wend and r[0] + layouts._extent(r[1], r[2], r[3]) > wb]
+  if not reads: return False
   ws = np.sort(layouts.atom_addresses(wb, wshape, wstrides))
   wlo, whi = int(ws[0]), int(ws[-1]) + winner
   for base, shape, strides, inner in reads:
@@ -57,12 +61,8 @@ def execute(core, block_mask:int, mem:IovaSpace) -> None:
   if block_mask & PPU_ONLY and not block_mask & ~PPU_ONLY & OP_ENABLE_KNOWN and not block_mask & ~OP_ENABLE_KNOWN:
     return _execute_ppu(core, block_mask, mem)
   has_conv, rdma_on = _check_mask(block_mask)
-  F = Fields(core.regs)
-  conv = decode_conv(F) if has_conv else None
-  dpu = decode_dpu(F)
-  rdma = decode_rdma(F) if rdma_on else None
-  if rdma is not None and not rdma.erdma_disable: erdma_checks(F)
-  plan = dpu_mod.prepare(dpu, rdma, rdma_on, conv, conv_qd_en(F) if conv is not None else 0, mem)
+  conv, dpu, rdma, qd_en = _decoded(core.regs, ("conv", has_conv, rdma_on), _decode_conv_task)
+  plan = dpu_mod.prepare(dpu, rdma, rdma_on, conv, qd_en, mem)
 
   stats = TaskStats(kind="dpu" if conv is None else ("depthwise" if conv.depthwise else "conv"),
                     precision=(conv.precision if conv is not None else dpu.proc_prec))
@@ -92,7 +92,7 @@ def _execute_ppu(core, block_mask:int, mem:IovaSpace) -> None:
   if block_mask != PPU_ONLY:
     if block_mask == OpEnable.PPU_RDMA: raise HangError("PPU_RDMA started without the PPU: nothing drains its reads")
     raise UnsupportedConfig("the PPU fed by anything but PPU_RDMA (DPU on the fly) is not emulated")
-  d = ppu_mod.decode_ppu(Fields(core.regs))
+  d = _decoded(core.regs, ("ppu",), lambda F, _: ppu_mod.decode_ppu(F))
   res = ppu_mod.run(d, mem, core.cbuf)
   sc = res.scatter
   if _overlaps([res.read_range], (sc.base, sc.shape, sc.strides, sc.inner)):
@@ -102,6 +102,30 @@ def _execute_ppu(core, block_mask:int, mem:IovaSpace) -> None:
                     dma_write={"PPU WDMA": sc.nbytes})
   stats.compute_cycles = d.out_w * d.out_h * d.kw * d.kh * (d.channels // 8)   # [inf] one atom per window tap per cycle
   _record(core, stats)
+
+def _decode_conv_task(F:Fields, kind:tuple) -> tuple:
+  _, has_conv, rdma_on = kind
+  conv = decode_conv(F) if has_conv else None
+  dpu = decode_dpu(F)
+  rdma = decode_rdma(F) if rdma_on else None
+  if rdma is not None and not rdma.erdma_disable: erdma_checks(F)
+  return conv, dpu, rdma, conv_qd_en(F) if conv is not None else 0
+
+# Emulator speed, not semantics: the descriptions decoded from a register file are a function of its contents (and of
+# the blocks the mask starts), so they are kept per file (core.RegisterFile.decoded) keyed by the contents and reused
+# when a task finds the same registers (every call of a program). A decode that raises is not kept (it raises again).
+# The descriptions are frozen; a LUT description refers to the file's own LUT RAM, read when the task computes.
+DECODED_ENTRIES = 256
+
+def _decoded(regs, kind:tuple, decode):
+  cache = getattr(regs, "decoded", None)
+  if cache is None: return decode(Fields(regs), kind)      # a plain dict (tests): no cache
+  key = (kind, frozenset(regs.items()))
+  if (hit := cache.get(key)) is not None: return hit
+  out = decode(Fields(regs), kind)
+  if len(cache) >= DECODED_ENTRIES: cache.pop(next(iter(cache)))   # oldest first
+  cache[key] = out
+  return out
 
 def _cbuf(core) -> dict:
   """The core's CBUF contents that outlive a task (weights, for WEIGHT_REUSE); a core reset clears them."""

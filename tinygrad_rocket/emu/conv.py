@@ -59,16 +59,16 @@ GEMM_PARALLEL_MACS = 8 << 20     # below this a product runs on the calling thre
 def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(GEMM_PARTS - 1, thread_name_prefix="rocket-emu-gemm")
 
-def _matmul(a:np.ndarray, b:np.ndarray) -> np.ndarray:
-  """a @ b in float64, row blocks on GEMM_PARTS threads when large."""
-  M = a.shape[0]
-  if GEMM_PARTS < 2 or M < 2 * GEMM_PARTS or M * a.shape[1] * b.shape[1] < GEMM_PARALLEL_MACS: return a @ b
-  out = np.empty((M, b.shape[1]), np.result_type(a, b))
-  cuts = [M * i // GEMM_PARTS for i in range(GEMM_PARTS + 1)]
-  futs = [_gemm_pool().submit(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
-  np.matmul(a[:cuts[1]], b, out=out[:cuts[1]])
+def _matmul_into(a:np.ndarray, b:np.ndarray, out:np.ndarray) -> None:
+  """out[...] = a @ b in float64 (each element one dot product), column blocks on GEMM_PARTS threads when large."""
+  N = b.shape[1]
+  if GEMM_PARTS < 2 or N < 2 * GEMM_PARTS or a.shape[0] * a.shape[1] * N < GEMM_PARALLEL_MACS:
+    np.matmul(a, b, out=out)
+    return
+  cuts = [N * i // GEMM_PARTS for i in range(GEMM_PARTS + 1)]
+  futs = [_gemm_pool().submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
+  np.matmul(a, b[:, :cuts[1]], out=out[:, :cuts[1]])
   for f in futs: f.result()
-  return out
 
 @dataclass
 class ConvResult:
@@ -104,18 +104,30 @@ def pad_values(d:ConvDesc) -> np.ndarray:
 def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple, np.ndarray]:
   """The input cube (height, width, channels) as float64 values (channels innermost: im2col then copies whole pixel
   runs), the bytes the CNA fetched, the DMA range, and the raw bytes fetched (the key of the window memo)."""
+  raw, nbytes, rng = fetch_feature(d, mem)
+  return feature_f64(d, raw), nbytes, rng, raw
+
+def fetch_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
+  """The bytes the CNA fetches: pixel rows (H, W) or atoms (S, H, W, 16); their count; the DMA range."""
   if d.pixel:
     rows = layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
-    x = _pixel_convert(d, rows)
-    cube = np.zeros((d.height, d.width, d.channels), np.float64)
-    cube[:, :, 0] = x
-    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width), rows
+    return rows, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
   S = d.surfaces
   atoms = layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA")
-  atoms = atoms.reshape(S, d.height, d.width, layouts.ATOM)
-  el = atoms.view(_element_dtype(d.precision))                        # (S, H, W, C2)
-  raw = el.transpose(1, 2, 0, 3).reshape(d.height, d.width, -1)[:, :, :d.channels]
-  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM), atoms
+  return atoms.reshape(S, d.height, d.width, layouts.ATOM), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM)
+
+def feature_f64(d:ConvDesc, raw:np.ndarray) -> np.ndarray:
+  """fetch_feature's bytes as the (H, W, C) float64 values the MAC array sees."""
+  if d.pixel:
+    cube = np.zeros((d.height, d.width, d.channels), np.float64)
+    cube[:, :, 0] = _pixel_convert(d, raw)
+    return cube
+  # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then one contiguous cast
+  hws = np.ascontiguousarray(raw.view(ATOM_ITEM)[..., 0].transpose(1, 2, 0))
+  el = hws.view(_element_dtype(d.precision)).reshape(d.height, d.width, -1)   # (H, W, S*C2)
+  return _to_f64(el[:, :, :d.channels], d.precision)
+
+ATOM_ITEM = np.dtype((np.void, layouts.ATOM))   # one feature atom as a numpy item (copied as bytes)
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -142,12 +154,14 @@ def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]
                               f"(holds {'nothing' if held is None else f'{held.size} bytes'}): contents undefined")
     raw8, fetched = held, 0
   else:
-    raw8 = np.array(mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight"))
-    cbuf["weights"] = raw8
+    raw8 = mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight")   # read-only view (copied below)
     fetched = d.weight_bytes
   key = (d.precision, d.depthwise, d.kernels, d.channels, d.kh, d.kw, d.weight_base)
   memo = _weight_memo.__dict__.setdefault("entries", {})
-  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8): return hit[1], fetched
+  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8):
+    if fetched: cbuf["weights"] = hit[0]        # the same bytes, already copied
+    return hit[1], fetched
+  if fetched: raw8 = cbuf["weights"] = np.array(raw8)
   el = raw8.view(_element_dtype(d.precision))
   if d.depthwise: idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
   else: idx = _weight_matrix_index(d.kernels, d.channels, d.kh, d.kw, *WEIGHT_GROUPS[d.precision])
@@ -194,27 +208,28 @@ def _windows(d:ConvDesc, xp:np.ndarray) -> np.ndarray:
 # of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not trusted.
 _window_memo = threading.local()
 
-def _im2col(d:ConvDesc, x:np.ndarray, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
-  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost."""
+def _im2col(d:ConvDesc, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
+  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost. The fetched
+  bytes are converted only when the memo does not already hold their rows."""
   key = (d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y, d.stride_x,
          d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
   memo = getattr(_window_memo, "entry", None)
   if memo is not None and memo[0] == key and memo[1].shape == raw.shape and np.array_equal(memo[1], raw): return memo[2]
-  win = _windows(d, _padded(d, x))[r0:r1]                   # (rows, out_w, C, kh, kw)
+  win = _windows(d, _padded(d, feature_f64(d, raw)))[r0:r1]   # (rows, out_w, C, kh, kw)
   cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
   _window_memo.entry = (key, raw.copy(), cols) if cols.nbytes <= IM2COL_CHUNK_BYTES else None
   return cols
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
   _pin_blas_threads()
-  x, fbytes, frange, raw = read_feature(d, mem)             # x: (H, W, C)
+  raw, fbytes, frange = fetch_feature(d, mem)
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
   oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
   acc64 = np.zeros((d.out_c, oh, ow), np.float64)
   S = None
   if d.depthwise:
-    win = _windows(d, _padded(d, x))                        # (oh, ow, C, kh, kw)
+    win = _windows(d, _padded(d, feature_f64(d, raw)))      # (oh, ow, C, kh, kw)
     n = min(d.channels, d.out_c)
     acc = np.zeros((oh, ow, n), np.float64)
     for i in range(d.kh):
@@ -228,10 +243,12 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
     K = d.kernels
     rows_per_chunk = max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8))
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
+    wT = w.T                                                # (kernels, taps*channels)
     for r0 in range(0, oh, rows_per_chunk):
       r1 = min(oh, r0 + rows_per_chunk)
-      cols = _im2col(d, x, raw, r0, r1)
-      acc64[:K, r0:r1] = _matmul(cols, w).T.reshape(K, r1 - r0, ow)
+      cols = _im2col(d, raw, r0, r1)
+      # out^T = w^T cols^T: the products land in the (kernel, pixel) order of the accumulator, no transposing copy
+      _matmul_into(wT, cols.T, acc64[:K].reshape(K, oh * ow)[:, r0 * ow:r1 * ow])
       if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
   if d.precision == "int8":
     acc = acc64.astype(np.int64)

@@ -584,7 +584,7 @@ def compute(res:DpuResult, d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDe
 
   # ---- datapath ----
   if flying: v = _read_mrdma_main(d, r, mem, res)
-  elif float_mode: v = acc.astype(np.float32)
+  elif float_mode: v = acc.astype(np.float32, copy=False)   # (the stages below make new arrays: acc is not modified)
   else: v = acc.astype(np.int64)
   if not float_mode:
     cpend = None
