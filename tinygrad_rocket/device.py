@@ -458,6 +458,8 @@ class RocketDevice(Compiled):
     if self.emulated and not _notice_printed:
       print(f"ROCKET: running on the NPU emulator ({self.backend_note})", file=sys.stderr)
       _notice_printed = True
+    # the runner waits for each emulated job right after submitting it: the waiting thread runs it (emu/kernel.py)
+    if self.emulated and WAIT_EMULATED_JOBS: file.run_on_wait = True
     arch = {'amd64':'x86_64', 'aarch64':'arm64'}.get(m:=platform.machine().lower(), m) + ",native"  # ClangCompiler wants "<arch>,<cpu>"
     renderers = [RocketFP32Renderer, RocketRenderer] if config.precision() == "fp32" else [RocketRenderer, RocketFP32Renderer]
     self.layout_stats = LayoutStats()
