@@ -14,7 +14,7 @@ Block execution (CNA/CORE/DPU/PPU with numpy) is NOT here: it is the pluggable e
 by default `tinygrad_rocket.emu.blocks.execute(core, block_mask, mem)`, imported lazily.
 """
 from __future__ import annotations
-import importlib, threading
+import importlib, sys, threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 import numpy as np
@@ -163,10 +163,12 @@ Executor = Callable[["Core", int, IovaSpace], None]
 
 def default_executor(core:Core, block_mask:int, mem:IovaSpace) -> None:
   """Run the enabled blocks with tinygrad_rocket/emu/blocks.py (written separately): `execute(core, block_mask, mem)`."""
-  try: blocks = importlib.import_module("tinygrad_rocket.emu.blocks")
-  except ModuleNotFoundError as e:
-    if e.name != "tinygrad_rocket.emu.blocks": raise
-    raise BlockExecutionNotImplemented(block_mask) from None
+  blocks = sys.modules.get("tinygrad_rocket.emu.blocks")   # (imported once; import_module per task costs ~40 us)
+  if blocks is None:
+    try: blocks = importlib.import_module("tinygrad_rocket.emu.blocks")
+    except ModuleNotFoundError as e:
+      if e.name != "tinygrad_rocket.emu.blocks": raise
+      raise BlockExecutionNotImplemented(block_mask) from None
   execute = getattr(blocks, "execute", None)
   if execute is None: raise BlockExecutionNotImplemented(block_mask, "tinygrad_rocket.emu.blocks has no execute()")
   execute(core, block_mask, mem)
