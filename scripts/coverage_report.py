@@ -88,6 +88,11 @@ def configs():
   yield "conv2d + bias + silu (YOLO)", lambda: E(1, 16, 20, 20).conv2d(E(32, 16, 3, 3), E(32), padding=1).silu()
   yield "softmax(-1)", lambda: E(8, 64).softmax(-1)
   yield "layernorm", lambda: E(8, 64).layernorm()
+  yield "attention softmax(q k^T / sqrt(d)) v, 2 heads of 16x32", lambda: E(1, 2, 16, 32).scaled_dot_product_attention(E(1, 2, 16, 32), E(1, 2, 16, 32))
+  yield "relu(x) @ w (a computed operand)", lambda: E(32, 64).relu() @ E(64, 16)
+  yield "relu(x).conv2d(w) (a computed conv input)", lambda: E(1, 8, 10, 10).relu().conv2d(E(16, 8, 3, 3), padding=1)
+  yield "(2x + 1).conv2d(w, padding=1) (padded affine prologue)", lambda: (E(1, 8, 10, 10) * 2 + 1).conv2d(E(16, 8, 3, 3), padding=1)
+  yield "sum((x - mean)^2) (variance)", lambda: ((E(8, 64) - E(8, 1)) ** 2).sum(-1)
   yield "copy of a permuted view", lambda: E(16, 32).permute(1, 0).contiguous()
 
 def verdicts(make):
