@@ -24,6 +24,16 @@ IN_LO, IN_HI = LO * (1 + 2 * GUARD_MARGIN), HI * (1 - 2 * GUARD_MARGIN)
 def npu_records() -> list:
   return [r for r in report.records() if r.engine == "npu"]
 
+def assert_on_npu_within(n:Node, arrays:list, dtype:str, depth:int) -> None:
+  """Node n's kernel on the NPU (strict run by `run`) within its derived bound (+ the fp16 output rounding) and the
+  CPU's own (`depth` roundings)."""
+  report.reset()
+  r, c = run(n, arrays, dtype)
+  assert npu_records(), report.records()
+  bound = n.e + (U16 * np.abs(n.v) + ETA16 if dtype == "float16" else 0) + cpu_bound(n, dtype, depth)
+  err = np.abs(r.astype(np.float64) - c.astype(np.float64))
+  assert (err <= bound).all(), f"err {err.max():.3g}, bound at worst {bound.ravel()[np.argmax(err - bound)]:.3g}"
+
 def test_newton_error_recurrence():
   """The measured error of each step is within the a-priori recurrence of rules/tables.py from the previous step's
   measured error: eps' <= eps^2 + eps u16 (1 + eps) + 3 u32 + u32^2; the seed is inside (0, 2/x); the result is within
@@ -70,12 +80,7 @@ def test_rmsnorm_final_kernel(rows, cols, seed, dtype):
   xn, mn = leaf(0, x, dtype), leaf(1, ms, dtype)
   arg = add(mn, Node(lambda ts: 1e-5, np.float64(1e-5), 0.0, np.float64(1e-5), True))
   n = mul(xn, rsqrt_node(arg, nt.rel_error))
-  report.reset()
-  r, c = run(n, [x, ms], dtype)
-  assert npu_records(), report.records()
-  bound = n.e + (U16 * np.abs(n.v) + ETA16 if dtype == "float16" else 0) + cpu_bound(n, dtype, 4)
-  err = np.abs(r.astype(np.float64) - c.astype(np.float64))
-  assert (err <= bound).all(), f"err {err.max():.3g}, bound at worst {bound.ravel()[np.argmax(err - bound)]:.3g}"
+  assert_on_npu_within(n, [x, ms], dtype, 4)
 
 def test_every_fp16_input_of_the_domain():
   """1/x on the emulated NPU for every fp16 x of the domain equals the model of rules/tables.py bit for bit (the same
@@ -101,12 +106,7 @@ def test_division_by_a_loaded_row_value(rows, cols, seed, dtype, edge):
   s = s.astype(dtype)
   xn, sn = leaf(0, x, dtype), leaf(1, s, dtype)
   n = mul(xn, recip(sn, NR.rel_error))
-  report.reset()
-  r, c = run(n, [x, s], dtype)
-  assert npu_records(), report.records()
-  bound = n.e + (U16 * np.abs(n.v) + ETA16 if dtype == "float16" else 0) + cpu_bound(n, dtype, 3)
-  err = np.abs(r.astype(np.float64) - c.astype(np.float64))
-  assert (err <= bound).all(), f"err {err.max():.3g}, bound at worst {bound.ravel()[np.argmax(err - bound)]:.3g}"
+  assert_on_npu_within(n, [x, s], dtype, 3)
 
 @pytest.mark.parametrize("s", [LO * 0.9, HI * 1.5, HI * (1 + GUARD_MARGIN / 4), 1e-6, 3e-8, -2.0, 0.0, 1e5, np.inf, -np.inf, np.nan])
 def test_outside_the_domain_gives_the_cpu_answer(s):

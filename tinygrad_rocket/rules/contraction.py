@@ -48,7 +48,7 @@ from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, XStageOp, matmul_
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
 from tinygrad_rocket.rules.tables import full_line_table, pick_table, eval_expr, lut_tasks
 from tinygrad_rocket.rules.elementwise import compile_operand, emit_stages, stage_ops, TileLayout, LANES, FP16_MAX
-from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S, INT8_OPERANDS, INT_RESULTS, INT_SUMS
+from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S, INT8_OPERANDS, INT_RESULTS, int8_sum
 
 
 def _epilogue_loads(e) -> list[Load]:
@@ -140,20 +140,8 @@ def _is_int8_contraction(nest:LoopNest) -> bool:
 def _match_int8(nest:LoopNest) -> Contraction|NotApplicable:
   """[CAST](REDUCE(ADD, a*b)) or [CAST](MAX(REDUCE, 0)) with int8 a, b (either may be an int8 constant), summed in int32
   or int64: the sum is exact on the NPU (int32 out), so the cast to the output dtype is the CPU's."""
-  if nest.out_dtype not in INT_RESULTS: return NotApplicable(f"integer contraction with output dtype {nest.out_dtype}")
-  e = nest.value
-  if isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
-  relu = False
-  if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
-    relu, e = True, next(s for s in e.src if not is_zero(s))
-    while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in INT_SUMS: e = e.src[0]   # widening: max commutes with it
-  if isinstance(e, Alu) and e.op is Ops.CAST and isinstance(strip_cast(e), Reduce):
-    return NotApplicable(f"a chain of casts of the integer sum (to {e.dtype}, then {nest.out_dtype}): one cast is fused "
-                         "(the unpack converts once)")
-  if not isinstance(e, Reduce):
-    what = e.op.name if isinstance(e, Alu) else type(e).__name__
-    return NotApplicable(f"integer contraction with an epilogue ({what}): only ReLU of the int32 sum and one cast are fused "
-                         "(an int32 bias add wraps on the CPU where the DPU's adder saturates; float scales round)")
+  if isinstance(res := int8_sum(nest), NotApplicable): return res
+  e, relu = res
   if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a contraction")
   if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
   body = strip_cast(e.src)
@@ -170,7 +158,6 @@ def _match_int8(nest:LoopNest) -> Contraction|NotApplicable:
     if ld.dtype not in INT8_OPERANDS: return NotApplicable(f"integer operand dtype {ld.dtype} (int8 only)")
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
-  if e.dtype not in INT_SUMS: return NotApplicable(f"integer products summed in {e.dtype} (int32/int64 only)")
   if isinstance(b, Const) and not (float(b.value).is_integer() and -128 <= b.value <= 127):
     return NotApplicable(f"constant operand {b.value} is not an int8 value")
   ua, ub = uses(a), uses(b) if isinstance(b, Load) else set()

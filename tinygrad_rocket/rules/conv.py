@@ -313,24 +313,31 @@ def npu_seconds(l:Layout) -> float:
       n += 1
   return l.images * busy + (l.images * n - 1) * PER_TASK_OVERHEAD_S
 
-def _int8_value(nest:LoopNest) -> tuple[Reduce, bool]|NotApplicable:
-  """(the REDUCE, relu) of [CAST](REDUCE) or [CAST](MAX(REDUCE, 0)) summing in int32/int64 (rules/contraction.py: the
-  same forms; a cast inside the MAX narrows before the ReLU and is not fused)."""
-  if nest.out_dtype not in INT_RESULTS: return NotApplicable(f"integer convolution with output dtype {nest.out_dtype}")
+def int8_sum(nest:LoopNest) -> tuple[Reduce, bool]|NotApplicable:
+  """(the REDUCE, relu) of [CAST](REDUCE(ADD)) or [CAST](MAX(REDUCE, 0)) summing in int32/int64: the forms both rules
+  fuse for int8 operands (the sum is exact on the NPU, int32 out, so the cast to the output dtype is the CPU's; a cast
+  inside the MAX narrows before the ReLU and is not fused)."""
+  if nest.out_dtype not in INT_RESULTS: return NotApplicable(f"integer contraction with output dtype {nest.out_dtype}")
   e = nest.value
   if isinstance(e, Alu) and e.op is Ops.CAST: e = e.src[0]
   relu = False
   if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
     relu, e = True, next(s for s in e.src if not is_zero(s))
-    while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in INT_SUMS: e = e.src[0]
-  if not isinstance(e, Reduce): return NotApplicable("an integer epilogue other than ReLU and one cast (the contraction rule says why)")
+    while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in INT_SUMS: e = e.src[0]   # widening: max commutes with it
+  if isinstance(e, Alu) and e.op is Ops.CAST and isinstance(strip_cast(e), Reduce):
+    return NotApplicable(f"a chain of casts of the integer sum (to {e.dtype}, then {nest.out_dtype}): one cast is fused "
+                         "(the unpack converts once)")
+  if not isinstance(e, Reduce):
+    what = e.op.name if isinstance(e, Alu) else type(e).__name__
+    return NotApplicable(f"integer contraction with an epilogue ({what}): only ReLU of the int32 sum and one cast are fused "
+                         "(an int32 bias add wraps on the CPU where the DPU's adder saturates; float scales round)")
   if e.dtype not in INT_SUMS: return NotApplicable(f"integer products summed in {e.dtype} (int32/int64 only)")
   return e, relu
 
 def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   pr = INT8_PREC if any(isinstance(x, Reduce) and dtypes.is_int(x.dtype) for x in walk(nest.value)) else FP16_PREC
   if pr is INT8_PREC:
-    if isinstance(iv := _int8_value(nest), NotApplicable): return iv
+    if isinstance(iv := int8_sum(nest), NotApplicable): return iv
     e, relu = iv
   else:
     if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
