@@ -217,9 +217,11 @@ def input_height(s:ConvSpec, kernels_per_task:int|None=None) -> int:
   """Rows of the input cube the tasks of `conv_programs` read (a band may read past the window, MIN_ROWS)."""
   return max(in_rows(sub, *band)[1] for _, sub in kernel_chunks(s, kernels_per_task) for band in row_split(sub))
 
-def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, **kw) -> list[Program]:
+def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, diagonal:bool=False, **kw) -> list[Program]:
   """The whole convolution as tasks: one per row band of `row_split` and, with `kernels_per_task` (a multiple of the
-  kernel group), per chunk of kernels (weights at the chunk's first kernel group, output at its first surface)."""
+  kernel group), per chunk of kernels (weights at the chunk's first kernel group, output at its first surface).
+  `diagonal`: chunk k reads only its own s.C input channels (a depthwise convolution run as direct ones with
+  block-diagonal weights: the input at the chunk's first channel surface, the cube's surface pitch unchanged)."""
   chunks = kernel_chunks(s, kernels_per_task)
   if len(chunks) == 1: return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
   out, c2o = [], 16 // s.out_bytes
@@ -228,6 +230,8 @@ def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None
     for band in row_split(sub):
       prog = conv_program(sub, slots, rows=band, **kw)
       ch = {("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", slots["weights"], k0 * bpk),
+            **({("CNA", "FEATURE_DATA_ADDR"): regs.address("CNA", "FEATURE_DATA_ADDR", slots["input"], in_rows(sub, *band)[0] * s.W * 16
+                                                           + (k0 // (16 // s.ebytes)) * s.H * s.W * 16)} if diagonal else {}),
             ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", slots["output"],
                                                    band[0] * s.OW * 16 + (k0 // c2o) * s.OH * s.OW * 16)}
       if "bias" in slots and kw.get("bias"): ch[("DPU_RDMA", "BS_BASE_ADDR")] = regs.address("DPU_RDMA", "BS_BASE_ADDR", slots["bias"], 4 * k0)

@@ -26,9 +26,10 @@ int8 convolutions (int8 input and weights summed in int32, as tinygrad writes in
 int8 conv tasks writing the int32 accumulator raw (ops/matmul.py INT8: exact, |sum| <= 2^29 per task), cast to the
 kernel's output dtype when unpacking; ReLU of the int32 sum is fused. The depthwise datapath cannot write int32 (64
 channels x 4 bytes per group need 16 atoms, more than SIZE_E holds: GN saw outputs at twice the stride,
-rocket_fp16_ew_ppu.md §1.4), so an int8 depthwise convolution runs as a direct one whose weights are block-diagonal
-(kernel c has tap weights at channel c only, zero elsewhere): the same sums, 32 x the MACs of the depthwise datapath
-but one task where matmul tiles take one per channel.
+rocket_fp16_ew_ppu.md §1.4), so an int8 depthwise convolution runs as direct ones, one per 32-channel group, each
+reading its group's channels with block-diagonal weights (kernel c has tap weights at channel c only): the same sums,
+one MAC-array step per pixel and tap like the depthwise datapath's, and one task per group and band where matmul
+tiles take one per channel.
 
 Work that does not fit the CBUF is split into output-row bands (ops.conv.row_split) and, when the weights are large,
 into chunks of kernels; each image of a batch is its own set of tasks.
@@ -181,7 +182,8 @@ class Conv:
   prec: Prec = FP16_PREC
   @property
   def diagonal(self) -> bool:
-    """A depthwise convolution run as a direct one with block-diagonal weights (int8: no int32 depthwise writer)."""
+    """A depthwise convolution run as direct ones per channel group with block-diagonal weights (int8: the DPU has no
+    int32 depthwise writer)."""
     return self.depthwise and self.prec.name == "int8"
 
 def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
@@ -277,6 +279,7 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   pr = c.prec
   dw = c.depthwise and not c.diagonal   # the depthwise datapath
   Cp = align(C, pr.dw_group if dw else pr.channel_group)
+  if c.diagonal: C, Cp = min(C, pr.channel_group), pr.channel_group   # each task: one group's channels (conv_programs)
   KH, KW = c.ay.n_tap(sz), c.ax.n_tap(sz)
   He, We = c.ay.extent(sz), c.ax.extent(sz)
   OW = c.ax.n_out(sz)
@@ -287,10 +290,12 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
     return (f"{KH * KW * Cp * pr.in_bytes} weight bytes per kernel (max {MAX_KERNEL_BYTES}, one CBUF bank): "
             "channel splitting not implemented")
   # the cube gets MIN_ROWS spare zero rows for the bands' planning; the packed cube keeps what the last band reads
+  assert not c.diagonal or pr.channel_group == pr.kernel_group
   base = ConvSpec(pr.name, Cp, He + MIN_ROWS, We, Cp if dw else align(K, pr.kernel_group), KH, KW,
                   (c.ay.stride, c.ax.stride), (0, 0), (c.ay.dilation, c.ax.dilation), dw, pr.out,
                   out_hw=(c.ay.n_out(sz), OW), channels_real=C)
-  kpt = plan(base)
+  kpt = plan(base) if not c.diagonal else pr.kernel_group if base.kernels > pr.kernel_group else None
+  if c.diagonal and (why := next((w for _, sub in kernel_chunks(base, kpt) if (w := overflow(sub, row_split(sub)))), None)): return why
   if isinstance(kpt, str): return kpt
   n_img = math.prod(sz[r] for r in c.images)
   if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt))) > MAX_TASKS:
@@ -429,20 +434,19 @@ def pack_input(c:Conv, sz:dict[int, int], cube:Feature, fixed:dict[int, int], ds
 
 def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> list[Copy]:
   """W into kernel groups (direct: Weights grid (K1, C1, KH, KW, 16, 32)) or channel groups (depthwise:
-  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels. Diagonal (int8 depthwise as a
-  direct convolution): the whole kernel-group block zeroed, then kernel c's taps at channel c (NG = KG, so kernel c and
-  channel c share their group and lane: element ((c1*(C1 + 1)*KH + kh)*KW + kw)*NG*KG + c2*(KG + 1))."""
+  DepthwiseWeights grid (C1, KH, KW, 32)), zero in the padding kernels and channels. Diagonal (int8 depthwise as direct
+  convolutions per 32-channel group): per group a 32-kernel x 32-channel block (Weights grid (C1, 1, KH, KW, 32, 32)),
+  zeroed, then kernel c's taps at its own lane c2 = c % 32: element ((c1*KH + kh)*KW + kw)*32*32 + c2*33."""
   if c.diagonal:
-    wt = Weights(align(C, c.prec.kernel_group), C, KH, KW, c.prec.weights_dtype)
-    ng, kg = wt.group
+    ng, kg = WEIGHT_GROUPS[c.prec.name]
     assert ng == kg
+    wt = Weights(align(C, ng), kg, KH, KW, c.prec.weights_dtype)
     zero = Copy(None, "float64", dst, c.prec.np_in, (wt.elems,), (), Lin((0,)), Lin((1,)), (), 0.0)
-    c1n = wt.ic_padded // kg
-    pts = Points((c1n, KH, KW, kg))
+    pts = Points((wt.oc_padded // ng, KH, KW, kg))
     ch = pts.var((kg, 0, 0, 1))
     src = lin(*affine_terms(c.w.index, {c.kernel: ch, **{r: i for r, i in {c.ay.tap: 1, c.ax.tap: 2}.items() if r is not None}}, {}, set()))
     diag = Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src,
-                Lin(((c1n + 1) * KH * KW * ng * kg, KW * ng * kg, ng * kg, kg + 1), 0),
+                Lin((KH * KW * ng * kg, KW * ng * kg, ng * kg, kg + 1), 0),
                 (Bound(lin({ch: 1}, 0), None, C), Bound(src, 0, c.w.size)), fill=None)
     return [zero, diag]
   if c.depthwise:
@@ -495,14 +499,14 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   sz = nest.ranges
   spec, kpt = lay.spec, lay.kernels_per_task
   K = sz[c.kernel] if c.kernel is not None else 1
-  C, Cp = spec.channels_real, spec.C
+  C, Cp = (K, align(K, spec.C)) if c.diagonal else (spec.channels_real, spec.C)   # diagonal: spec.C is one group's
   KH, KW, (OH, OW), He, We = spec.kh, spec.kw, spec.out_hw, c.ay.extent(sz), spec.W
   images = list(itertools.product(*(range(sz[r]) for r in c.images)))
   pr = c.prec
   cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, pr.out_bytes)
   WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
   slots = dict(input=IN, weights=WT, output=OUT)
-  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, relu=c.relu)
+  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, relu=c.relu)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
   tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
   for i, vals in enumerate(images):
@@ -510,8 +514,8 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
     pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
     unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
     tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes})), regs.MESA_CONV_ENABLE) for prg in progs]
-  wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, Cp, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
-  kind = "depthwise as direct, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
+  wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, spec.C, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
+  kind = "depthwise as direct per 32-channel group, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){' +relu' if c.relu else ''} as {len(tasks)} {pr.name} "
