@@ -374,7 +374,8 @@ class NpuRunner:
       self.dev.to_cpu(bank.regcmd)
       self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items() if s >= SCRATCH}, bank.regcmd.dma_addr, out=bank.words)
       bank.bound = iovas
-    for b in (*operands, *bank.scratch.values(), bank.regcmd): self.dev.to_device(b)
+    job_bos = (*operands, *bank.scratch.values(), bank.regcmd)
+    for b in job_bos: self.dev.to_device(b)
     in_handles = [bank.regcmd.domain.bo.handle] + [b.domain.bo.handle for b in operands]
     tasks, split = self.prg.tasks.task_addresses(bank.regcmd.dma_addr), self.prg.split or len(self.prg.tasks.tasks)
     self.dev.driver.submit([Job(tasks[:split], in_handles, bank.out_handles)])
@@ -385,7 +386,7 @@ class NpuRunner:
       if (failed := self._failed_guard(self.after, slot)) is not None:
         return failed(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
     if split < len(tasks):   # (the checks read the BOs on the CPU: hand them back to the device first)
-      for b in (*operands, *bank.scratch.values(), bank.regcmd): self.dev.to_device(b)
+      for b in job_bos: self.dev.to_device(b)
       self.dev.driver.submit([Job(tasks[split:], in_handles, bank.out_handles)])
       bank.busy = True
     report.kernel_ran(self.name, "npu", self.prg.summary)

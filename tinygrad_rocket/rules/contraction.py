@@ -2,7 +2,9 @@
 
 Any kernel whose value is REDUCE(ADD) of a product of two loads is one: matmul, batched matmul, linear layers,
 conv1d/conv2d of any stride, padding, dilation and groups (packing gathers the im2col rows), and the weight and input
-gradients of all of these. Which output loops are M (rows, only in A), N (kernels, only in B) or batch (in both) is
+gradients of all of these. So is a sum of a computed value, or of a computed value times a load (softmax's sum of
+exp(x - max), a variance, relu(x) @ w, attention's softmax @ V): A is then computed on the NPU by elementwise stages
+(rules/elementwise.py) whose last one writes it in fp16 straight into A's tiles (_prologue), ahead of the matmul tasks. Which output loops are M (rows, only in A), N (kernels, only in B) or batch (in both) is
 read off the affine index maps; the packing gathers A's rows and B's kernels into dense NPU tiles, so any affine
 view is fine and the padding predicates become zero fill.
 
@@ -449,15 +451,16 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
     tasks, scratch, guards = pro.tasks + tasks, scratch + pro.scratch, pro.guards + guards
   checked = any(g.after for g in guards) and late
   first_job, tasks = len(tasks) if checked else 0, tasks + late
+  n_pro = len(pro.tasks) if c.prologue is not None else 0
   pro_ops = stage_ops(c.prologue) if c.prologue is not None else ""
-  fused = "".join(x for x, on in ((f" +computed A ({len(c.prologue or ())} stage(s){': ' + pro_ops if pro_ops else ''})", c.prologue is not None),
+  fused = "".join(x for x, on in ((f" +computed A ({len(c.prologue or ())} stage(s) in {n_pro} task(s){': ' + pro_ops if pro_ops else ''})", c.prologue is not None),
                                   (" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
                                   (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
   kind = "int8 matmul task(s) (int32 sums, exact)" if i8 else "fp16 matmul task(s)"
-  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks)} {kind} of {rows}x{kc}x{n_t}{split}"
+  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks) - n_pro} {kind} of {rows}x{kc}x{n_t}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack) + (tuple(pro.pack) if c.prologue else ()),
                     tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job)
 
