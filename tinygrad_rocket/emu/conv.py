@@ -50,25 +50,16 @@ def _pin_blas_threads() -> str|None:
         return path
   return None
 
-# With one BLAS thread (above), a large product is split by rows over this many threads of our own (numpy releases the
-# GIL in matmul; a waiting thread blocks instead of spinning): each output element is still one float64 dot product.
+# With one BLAS thread (above), a large direct convolution is split by output rows into GEMM_PARTS chunks run on threads
+# of our own (numpy releases the GIL in its casts, copies and matmul; a waiting thread blocks instead of spinning): each
+# chunk converts the input rows its windows read, builds its im2col rows and multiplies them. Each output element is
+# still one float64 dot product over the same operands.
 GEMM_PARTS = min(os.cpu_count() or 1, 4)
-GEMM_PARALLEL_MACS = 8 << 20     # below this a product runs on the calling thread alone
+GEMM_PARALLEL_MACS = 4 << 20     # below this a task runs on the calling thread alone (a hand-off costs ~20-50 us)
 
 @functools.lru_cache(maxsize=None)
 def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(GEMM_PARTS - 1, thread_name_prefix="rocket-emu-gemm")
-
-def _matmul(a:np.ndarray, b:np.ndarray) -> np.ndarray:
-  """a @ b in float64, row blocks on GEMM_PARTS threads when large."""
-  M = a.shape[0]
-  if GEMM_PARTS < 2 or M < 2 * GEMM_PARTS or M * a.shape[1] * b.shape[1] < GEMM_PARALLEL_MACS: return a @ b
-  out = np.empty((M, b.shape[1]), np.result_type(a, b))
-  cuts = [M * i // GEMM_PARTS for i in range(GEMM_PARTS + 1)]
-  futs = [_gemm_pool().submit(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
-  np.matmul(a[:cuts[1]], b, out=out[:cuts[1]])
-  for f in futs: f.result()
-  return out
 
 @dataclass
 class ConvResult:
@@ -104,18 +95,36 @@ def pad_values(d:ConvDesc) -> np.ndarray:
 def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple, np.ndarray]:
   """The input cube (height, width, channels) as float64 values (channels innermost: im2col then copies whole pixel
   runs), the bytes the CNA fetched, the DMA range, and the raw bytes fetched (the key of the window memo)."""
+  raw, nbytes, rng = fetch_feature(d, mem)
+  return feature_f64(d, raw), nbytes, rng, raw
+
+def _owned(a:np.ndarray) -> np.ndarray:
+  """a, or a copy of it if it is a view (gather returns a view of the BO when the block is contiguous): the window
+  memo keeps the fetched bytes, which must not change with the BO."""
+  return a if a.flags.owndata else a.copy()
+
+def fetch_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
+  """The bytes the CNA fetches (a private copy): pixel rows (H, W) or atoms (S, H, W, 16); their count; the DMA range."""
   if d.pixel:
-    rows = layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
-    x = _pixel_convert(d, rows)
-    cube = np.zeros((d.height, d.width, d.channels), np.float64)
-    cube[:, :, 0] = x
-    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width), rows
+    rows = _owned(layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA"))   # (H, W) one byte per pixel
+    return rows, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
   S = d.surfaces
-  atoms = layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA")
-  atoms = atoms.reshape(S, d.height, d.width, layouts.ATOM)
-  el = atoms.view(_element_dtype(d.precision))                        # (S, H, W, C2)
-  raw = el.transpose(1, 2, 0, 3).reshape(d.height, d.width, -1)[:, :, :d.channels]
-  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM), atoms
+  atoms = _owned(layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA"))
+  return atoms.reshape(S, d.height, d.width, layouts.ATOM), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM)
+
+def feature_f64(d:ConvDesc, raw:np.ndarray, h0:int=0, h1:int|None=None) -> np.ndarray:
+  """Rows [h0, h1) of fetch_feature's bytes as the (rows, W, C) float64 values the MAC array sees."""
+  if d.pixel:
+    rows = raw[h0:h1]
+    cube = np.zeros((rows.shape[0], d.width, d.channels), np.float64)
+    cube[:, :, 0] = _pixel_convert(d, rows)
+    return cube
+  # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then one contiguous cast
+  hws = np.ascontiguousarray(raw[:, h0:h1].view(ATOM_ITEM)[..., 0].transpose(1, 2, 0))
+  el = hws.view(_element_dtype(d.precision)).reshape(hws.shape[0], d.width, -1)   # (rows, W, S*C2)
+  return _to_f64(el[:, :, :d.channels], d.precision)
+
+ATOM_ITEM = np.dtype((np.void, layouts.ATOM))   # one feature atom as a numpy item (copied as bytes)
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -142,12 +151,14 @@ def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]
                               f"(holds {'nothing' if held is None else f'{held.size} bytes'}): contents undefined")
     raw8, fetched = held, 0
   else:
-    raw8 = np.array(mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight"))
-    cbuf["weights"] = raw8
+    raw8 = mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight")   # read-only view (copied below)
     fetched = d.weight_bytes
   key = (d.precision, d.depthwise, d.kernels, d.channels, d.kh, d.kw, d.weight_base)
   memo = _weight_memo.__dict__.setdefault("entries", {})
-  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8): return hit[1], fetched
+  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8):
+    if fetched: cbuf["weights"] = hit[0]        # the same bytes, already copied
+    return hit[1], fetched
+  if fetched: raw8 = cbuf["weights"] = np.array(raw8)
   el = raw8.view(_element_dtype(d.precision))
   if d.depthwise: idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
   else: idx = _weight_matrix_index(d.kernels, d.channels, d.kh, d.kw, *WEIGHT_GROUPS[d.precision])
@@ -170,51 +181,72 @@ def _weight_matrix_index(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:i
   idx.flags.writeable = False
   return idx
 
-def _padded(d:ConvDesc, x:np.ndarray) -> np.ndarray:
-  """The input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many
-  after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it
-  unused."""
-  eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
-  need_h, need_w = (d.out_h - 1) * d.stride_y + eff_h, (d.out_w - 1) * d.stride_x + eff_w
-  if d.pad_top == 0 and d.pad_left == 0 and need_h <= d.height and need_w <= d.width: return x[:need_h, :need_w]
-  Hp, Wp = max(need_h, d.pad_top + d.height), max(need_w, d.pad_left + d.width)
-  xp = np.empty((Hp, Wp, d.channels), np.float64)
+def _padded_rows(d:ConvDesc, raw:np.ndarray, p0:int, p1:int) -> np.ndarray:
+  """Rows [p0, p1) of the input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns
+  before, and as many after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1);
+  extra input beyond it unused. Only the input rows inside [p0, p1) are converted."""
+  eff_w = (d.kw - 1) * d.dil_x + 1
+  need_w = (d.out_w - 1) * d.stride_x + eff_w
+  h0 = min(max(p0 - d.pad_top, 0), d.height)
+  h1 = max(min(p1 - d.pad_top, d.height), h0)
+  x = feature_f64(d, raw, h0, h1)
+  if p0 >= d.pad_top and p1 - d.pad_top <= d.height and d.pad_left == 0 and need_w <= d.width: return x[:, :need_w]
+  xp = np.empty((p1 - p0, max(need_w, d.pad_left + d.width), d.channels), np.float64)
   xp[:] = pad_values(d)
-  xp[d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
-  return xp[:need_h, :need_w]
+  xp[h0 + d.pad_top - p0:h1 + d.pad_top - p0, d.pad_left:d.pad_left + d.width] = x
+  return xp[:, :need_w]
 
 def _windows(d:ConvDesc, xp:np.ndarray) -> np.ndarray:
-  """View (out_h, out_w, channels, kh, kw) of every tap of every output."""
+  """View (out rows, out_w, channels, kh, kw) of every tap of every output whose windows start in xp's first row."""
   eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
   v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(0, 1))
   return v[::d.stride_y, ::d.stride_x, :, ::d.dil_y, ::d.dil_x][:d.out_h, :d.out_w]
 
-# The im2col rows of the last direct task per thread (one per emulated core), reused when the next task fetched the
-# same feature bytes with the same geometry (a layer split into kernel chunks reads one input cube per chunk): a cache
-# of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not trusted.
-_window_memo = threading.local()
+def _input_rows(d:ConvDesc, r0:int, r1:int) -> tuple[int, int]:
+  """The padded input rows [p0, p1) the windows of output rows [r0, r1) read."""
+  return r0 * d.stride_y, (r1 - 1) * d.stride_y + (d.kh - 1) * d.dil_y + 1
 
-def _im2col(d:ConvDesc, x:np.ndarray, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
-  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost."""
+# The im2col rows of the latest direct tasks per thread (one per emulated core and chunk), reused when a task fetched
+# the same feature bytes with the same geometry (a layer split into kernel chunks reads one input cube per chunk): a
+# cache of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not
+# trusted. At most WINDOW_MEMO_ENTRIES entries and IM2COL_CHUNK_BYTES of rows per thread.
+_window_memo = threading.local()
+WINDOW_MEMO_ENTRIES = 4
+
+def _im2col(d:ConvDesc, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
+  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost. The fetched
+  bytes are converted only when the memo does not already hold their rows."""
   key = (d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y, d.stride_x,
          d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
-  memo = getattr(_window_memo, "entry", None)
-  if memo is not None and memo[0] == key and memo[1].shape == raw.shape and np.array_equal(memo[1], raw): return memo[2]
-  win = _windows(d, _padded(d, x))[r0:r1]                   # (rows, out_w, C, kh, kw)
+  memo = _window_memo.__dict__.setdefault("entries", {})
+  if (hit := memo.get(key)) is not None and _same_bytes(hit[0], raw): return hit[1]
+  win = _windows(d, _padded_rows(d, raw, *_input_rows(d, r0, r1)))   # (rows, out_w, C, kh, kw)
   cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
-  _window_memo.entry = (key, raw.copy(), cols) if cols.nbytes <= IM2COL_CHUNK_BYTES else None
+  memo.pop(key, None)
+  while memo and (len(memo) >= WINDOW_MEMO_ENTRIES or sum(e[1].nbytes for e in memo.values()) + cols.nbytes > IM2COL_CHUNK_BYTES):
+    memo.pop(next(iter(memo)))   # oldest first
+  if cols.nbytes <= IM2COL_CHUNK_BYTES: memo[key] = (raw, cols)   # (fetch_feature's private copy: never written)
   return cols
+
+QUICK_COMPARE_STEP = 61   # bytes apart in the first pass of _same_bytes (prime: not in step with atoms or rows)
+
+def _same_bytes(a:np.ndarray, b:np.ndarray) -> bool:
+  """Whether two contiguous byte arrays are equal; a sparse sample first, so different fetches are told apart cheaply."""
+  if a.shape != b.shape: return False
+  fa, fb = a.reshape(-1), b.reshape(-1)
+  return np.array_equal(fa[::QUICK_COMPARE_STEP], fb[::QUICK_COMPARE_STEP]) and np.array_equal(fa, fb)
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
   _pin_blas_threads()
-  x, fbytes, frange, raw = read_feature(d, mem)             # x: (H, W, C)
+  raw, fbytes, frange = fetch_feature(d, mem)
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
   oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
-  acc64 = np.zeros((d.out_c, oh, ow), np.float64)
+  acc64 = np.empty((d.out_c, oh, ow), np.float64)
+  acc64[d.channels if d.depthwise else d.kernels:] = 0      # kernels past WEIGHT_KERNELS compute 0 (the rest is written)
   S = None
   if d.depthwise:
-    win = _windows(d, _padded(d, x))                        # (oh, ow, C, kh, kw)
+    win = _windows(d, _padded_rows(d, raw, *_input_rows(d, 0, oh)))   # (oh, ow, C, kh, kw)
     n = min(d.channels, d.out_c)
     acc = np.zeros((oh, ow, n), np.float64)
     for i in range(d.kh):
@@ -226,13 +258,23 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
       S[:n] = win[:, :, :n].sum(axis=(3, 4)).transpose(2, 0, 1)
   else:
     K = d.kernels
-    rows_per_chunk = max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8))
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
-    for r0 in range(0, oh, rows_per_chunk):
-      r1 = min(oh, r0 + rows_per_chunk)
-      cols = _im2col(d, x, raw, r0, r1)
-      acc64[:K, r0:r1] = _matmul(cols, w).T.reshape(K, r1 - r0, ow)
-      if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
+    wT = w.T                                                # (kernels, taps*channels)
+    out = acc64[:K].reshape(K, oh * ow)
+    def chunk(r0:int, r1:int) -> None:
+      cols = _im2col(d, raw, r0, r1)
+      # out^T = w^T cols^T: the products land in the (kernel, pixel) order of the accumulator, no transposing copy
+      np.matmul(wT, cols.T, out=out[:, r0 * ow:r1 * ow])
+      if S is not None: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
+    parts = GEMM_PARTS if GEMM_PARTS > 1 and oh >= GEMM_PARTS and oh * ow * taps * d.channels * K >= GEMM_PARALLEL_MACS else 1
+    rows = min(-(-oh // parts), max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8)))
+    chunks = [(r0, min(oh, r0 + rows)) for r0 in range(0, oh, rows)]
+    # chunk i on thread i % parts (0: this one): with the memo per thread, a repeated task finds its rows again
+    futs = [_gemm_pool().submit(chunk, *c) for i, c in enumerate(chunks) if i % parts]
+    try:
+      for c in chunks[::parts]: chunk(*c)
+    finally: concurrent.futures.wait(futs)    # no thread still writes the accumulator when this returns or raises
+    for f in futs: f.result()
   if d.precision == "int8":
     acc = acc64.astype(np.int64)
     window_sum = S.astype(np.int64) if S is not None else None

@@ -94,6 +94,17 @@ class Scatter:
       addr = self.base + sum(i * s for i, s in zip(idx, self.strides))
       self.mem.write(addr, data[idx].tobytes(), unit=self.unit)
 
+  def commit_cube(self, cube:np.ndarray) -> None:
+    """Writes a (C, H, W) cube as NC1HWC2 surfaces (C2 = 16 / itemsize, C a multiple of C2): cube_to_atoms and commit
+    in one transposing copy."""
+    if self.per_run or self.nbytes == 0: return self.commit(cube_to_atoms(cube, cube.dtype))
+    C, H, W = cube.shape
+    c2 = ATOM // cube.dtype.itemsize
+    assert C % c2 == 0 and self.shape == (C // c2, H) and self.inner == W * ATOM
+    dst = np.frombuffer(self.mem.view(self.base, _extent(self.shape, self.strides, self.inner), "write", self.unit), np.uint8)
+    v = np.lib.stride_tricks.as_strided(dst, shape=self.shape + (self.inner,), strides=tuple(self.strides) + (1,))
+    v.view(cube.dtype).reshape(C // c2, H, W, c2).transpose(0, 3, 1, 2)[...] = cube.reshape(C // c2, c2, H, W)
+
 def plan_scatter(mem:IovaSpace, base:int, shape:tuple[int, ...], strides:tuple[int, ...], inner:int, unit:str) -> Scatter:
   """Checks every destination run of a strided write (IommuFault if any lies outside the BOs); writes nothing."""
   assert all(s >= 0 for s in strides)
