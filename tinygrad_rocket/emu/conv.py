@@ -63,7 +63,8 @@ def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 @dataclass
 class ConvResult:
-  acc: np.ndarray          # (out_c, out_h, out_w): int64 (int8) or float32 (float paths), before CLIP_TRUNCATE
+  acc: np.ndarray          # (out_c, out_h, out_w): int64 (int8) or float32 (float paths), before CLIP_TRUNCATE; a view
+                           # of (out_h, out_w, out_c) memory (products land pixel-major; the WDMA moves whole atoms)
   window_sum: np.ndarray|None  # int8: S, (out_h, out_w) direct or (out_c, out_h, out_w) depthwise, for CPEND
   feature_bytes: int
   weight_bytes: int        # bytes fetched from memory (0 when WEIGHT_REUSE took them from CBUF)
@@ -98,33 +99,33 @@ def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple, np.
   raw, nbytes, rng = fetch_feature(d, mem)
   return feature_f64(d, raw), nbytes, rng, raw
 
-def _owned(a:np.ndarray) -> np.ndarray:
-  """a, or a copy of it if it is a view (gather returns a view of the BO when the block is contiguous): the window
-  memo keeps the fetched bytes, which must not change with the BO."""
-  return a if a.flags.owndata else a.copy()
-
 def fetch_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
-  """The bytes the CNA fetches (a private copy): pixel rows (H, W) or atoms (S, H, W, 16); their count; the DMA range."""
+  """The bytes the CNA fetches: pixel rows (H, W) or atoms (S, H, W, 16), a read-only view of the BO where one BO holds
+  them (valid until the task writes; copied by whoever keeps them); their count; the DMA range."""
   if d.pixel:
-    rows = _owned(layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA"))   # (H, W) one byte per pixel
+    rows = layouts.gather_view(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
     return rows, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
-  S = d.surfaces
-  atoms = _owned(layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA"))
-  return atoms.reshape(S, d.height, d.width, layouts.ATOM), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM)
+  S, row = d.surfaces, d.width * layouts.ATOM
+  atoms = layouts.gather_view(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), row, "CNA")
+  atoms = np.lib.stride_tricks.as_strided(atoms, (S, d.height, d.width, layouts.ATOM), atoms.strides[:2] + (layouts.ATOM, 1),
+                                          writeable=False)   # (the row split into its atoms: a view either way)
+  return atoms, S * d.height * row, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), row)
+
+def _feature_rows(d:ConvDesc, raw:np.ndarray, h0:int, h1:int) -> np.ndarray:
+  """The fetched bytes of input rows [h0, h1)."""
+  return raw[h0:h1] if d.pixel else raw[:, h0:h1]
 
 def feature_f64(d:ConvDesc, raw:np.ndarray, h0:int=0, h1:int|None=None) -> np.ndarray:
   """Rows [h0, h1) of fetch_feature's bytes as the (rows, W, C) float64 values the MAC array sees."""
   if d.pixel:
-    rows = raw[h0:h1]
+    rows = np.asarray(raw[h0:h1])
     cube = np.zeros((rows.shape[0], d.width, d.channels), np.float64)
     cube[:, :, 0] = _pixel_convert(d, rows)
     return cube
   # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then one contiguous cast
-  hws = np.ascontiguousarray(raw[:, h0:h1].view(ATOM_ITEM)[..., 0].transpose(1, 2, 0))
+  hws = np.ascontiguousarray(raw[:, h0:h1].view(layouts.ATOM_ITEM)[..., 0].transpose(1, 2, 0))
   el = hws.view(_element_dtype(d.precision)).reshape(hws.shape[0], d.width, -1)   # (rows, W, S*C2)
   return _to_f64(el[:, :, :d.channels], d.precision)
-
-ATOM_ITEM = np.dtype((np.void, layouts.ATOM))   # one feature atom as a numpy item (copied as bytes)
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -155,7 +156,7 @@ def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]
     fetched = d.weight_bytes
   key = (d.precision, d.depthwise, d.kernels, d.channels, d.kh, d.kw, d.weight_base)
   memo = _weight_memo.__dict__.setdefault("entries", {})
-  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8):
+  if (hit := memo.get(key)) is not None and _same_bytes(hit[0], raw8):
     if fetched: cbuf["weights"] = hit[0]        # the same bytes, already copied
     return hit[1], fetched
   if fetched: raw8 = cbuf["weights"] = np.array(raw8)
@@ -206,35 +207,40 @@ def _input_rows(d:ConvDesc, r0:int, r1:int) -> tuple[int, int]:
   """The padded input rows [p0, p1) the windows of output rows [r0, r1) read."""
   return r0 * d.stride_y, (r1 - 1) * d.stride_y + (d.kh - 1) * d.dil_y + 1
 
-# The im2col rows of the latest direct tasks per thread (one per emulated core and chunk), reused when a task fetched
-# the same feature bytes with the same geometry (a layer split into kernel chunks reads one input cube per chunk): a
-# cache of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not
-# trusted. At most WINDOW_MEMO_ENTRIES entries and IM2COL_CHUNK_BYTES of rows per thread.
+# The im2col rows of the latest direct tasks per thread (one per emulated core), per task address and chunk of output
+# rows, reused when a task fetched the same feature bytes with the same geometry (a layer split into kernel chunks reads
+# one input cube per chunk; each call of a layer or model with the same input): a cache of the emulator, not of the NPU
+# (the task still fetches and is still counted); the bytes each chunk reads are compared, not trusted. At most
+# WINDOW_MEMO_ENTRIES entries and IM2COL_CHUNK_BYTES of rows and bytes per thread, oldest dropped first.
 _window_memo = threading.local()
-WINDOW_MEMO_ENTRIES = 4
+WINDOW_MEMO_ENTRIES = 32
 
 def _im2col(d:ConvDesc, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
   """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost. The fetched
   bytes are converted only when the memo does not already hold their rows."""
-  key = (d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y, d.stride_x,
-         d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
+  p0, p1 = _input_rows(d, r0, r1)
+  h0, h1 = min(max(p0 - d.pad_top, 0), d.height), max(min(p1 - d.pad_top, d.height), 0)
+  read = _feature_rows(d, raw, h0, max(h0, h1))            # the bytes these rows' windows read
+  key = (d.base, d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y,
+         d.stride_x, d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
   memo = _window_memo.__dict__.setdefault("entries", {})
-  if (hit := memo.get(key)) is not None and _same_bytes(hit[0], raw): return hit[1]
-  win = _windows(d, _padded_rows(d, raw, *_input_rows(d, r0, r1)))   # (rows, out_w, C, kh, kw)
+  if (hit := memo.pop(key, None)) is not None and _same_bytes(hit[0], read):
+    memo[key] = hit                                         # (most recently used last)
+    return hit[1]
+  win = _windows(d, _padded_rows(d, raw, p0, p1))          # (rows, out_w, C, kh, kw)
   cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
-  memo.pop(key, None)
-  while memo and (len(memo) >= WINDOW_MEMO_ENTRIES or sum(e[1].nbytes for e in memo.values()) + cols.nbytes > IM2COL_CHUNK_BYTES):
+  size = cols.nbytes + read.size
+  while memo and (len(memo) >= WINDOW_MEMO_ENTRIES or sum(e[1].nbytes + e[0].size for e in memo.values()) + size > IM2COL_CHUNK_BYTES):
     memo.pop(next(iter(memo)))   # oldest first
-  if cols.nbytes <= IM2COL_CHUNK_BYTES: memo[key] = (raw, cols)   # (fetch_feature's private copy: never written)
+  if size <= IM2COL_CHUNK_BYTES: memo[key] = (np.array(read), cols)   # a copy: the view changes with the BO
   return cols
 
-QUICK_COMPARE_STEP = 61   # bytes apart in the first pass of _same_bytes (prime: not in step with atoms or rows)
-
-def _same_bytes(a:np.ndarray, b:np.ndarray) -> bool:
-  """Whether two contiguous byte arrays are equal; a sparse sample first, so different fetches are told apart cheaply."""
-  if a.shape != b.shape: return False
-  fa, fb = a.reshape(-1), b.reshape(-1)
-  return np.array_equal(fa[::QUICK_COMPARE_STEP], fb[::QUICK_COMPARE_STEP]) and np.array_equal(fa, fb)
+def _same_bytes(kept:np.ndarray, read:np.ndarray) -> bool:
+  """Whether the kept bytes equal the bytes read (same shape, any strides)."""
+  if kept.shape != read.shape: return False
+  if read.ndim and read.shape[-1] % 8 == 0 and read.strides[-1] == 1:   # whole atoms: compared as 64-bit words
+    return np.array_equal(kept.view(np.uint64), read.view(np.uint64))
+  return np.array_equal(kept, read)
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
   _pin_blas_threads()
@@ -242,8 +248,8 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
   oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
-  acc64 = np.empty((d.out_c, oh, ow), np.float64)
-  acc64[d.channels if d.depthwise else d.kernels:] = 0      # kernels past WEIGHT_KERNELS compute 0 (the rest is written)
+  acc64 = np.empty((oh, ow, d.out_c), np.float64)          # pixel-major: see ConvResult.acc
+  acc64[:, :, d.channels if d.depthwise else d.kernels:] = 0   # kernels past WEIGHT_KERNELS compute 0 (the rest is written)
   S = None
   if d.depthwise:
     win = _windows(d, _padded_rows(d, raw, *_input_rows(d, 0, oh)))   # (oh, ow, C, kh, kw)
@@ -252,19 +258,17 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
     for i in range(d.kh):
       for j in range(d.kw):
         acc += win[:, :, :n, i, j] * w[:n, i, j]
-    acc64[:n] = acc.transpose(2, 0, 1)
+    acc64[:, :, :n] = acc
     if need_window_sum:
       S = np.zeros((d.out_c, oh, ow), np.float64)
       S[:n] = win[:, :, :n].sum(axis=(3, 4)).transpose(2, 0, 1)
   else:
     K = d.kernels
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
-    wT = w.T                                                # (kernels, taps*channels)
-    out = acc64[:K].reshape(K, oh * ow)
+    out = acc64.reshape(oh * ow, d.out_c)[:, :K]
     def chunk(r0:int, r1:int) -> None:
       cols = _im2col(d, raw, r0, r1)
-      # out^T = w^T cols^T: the products land in the (kernel, pixel) order of the accumulator, no transposing copy
-      np.matmul(wT, cols.T, out=out[:, r0 * ow:r1 * ow])
+      np.matmul(cols, w, out=out[r0 * ow:r1 * ow])          # (pixels, kernels), straight into the accumulator
       if S is not None: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
     parts = GEMM_PARTS if GEMM_PARTS > 1 and oh >= GEMM_PARTS and oh * ow * taps * d.channels * K >= GEMM_PARALLEL_MACS else 1
     rows = min(-(-oh // parts), max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8)))
@@ -280,4 +284,4 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
     window_sum = S.astype(np.int64) if S is not None else None
   else:
     acc, window_sum = acc64.astype(np.float32), None
-  return ConvResult(acc, window_sum, fbytes, wbytes, ranges)
+  return ConvResult(acc.transpose(2, 0, 1), window_sum, fbytes, wbytes, ranges)

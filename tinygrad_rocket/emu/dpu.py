@@ -480,7 +480,7 @@ def _out_cvt(d:DpuDesc, v:np.ndarray) -> np.ndarray:
     else:   # GN dpu-lut-activation / out-cvt-converter: (v + OFFSET) * 2^-MINUS_EXP * SCALE, in fp32
       y = arith.f32(arith.f32(v + np.float32(o.offset)) * np.float32(2.0 ** -o.minus_exp))
       y = arith.f32(y * np.float32(scale))
-  return arith.to_fp16(y) if d.out_prec == "fp16" else y.astype(np.float32)
+  return arith.to_fp16(y) if d.out_prec == "fp16" else y.astype(np.float32, copy=False)
 
 # --------------------------------------------------------------------------------------------------------------
 # the whole DPU task
