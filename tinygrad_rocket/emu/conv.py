@@ -115,17 +115,20 @@ def _feature_rows(d:ConvDesc, raw:np.ndarray, h0:int, h1:int) -> np.ndarray:
   """The fetched bytes of input rows [h0, h1)."""
   return raw[h0:h1] if d.pixel else raw[:, h0:h1]
 
-def feature_f64(d:ConvDesc, raw:np.ndarray, h0:int=0, h1:int|None=None) -> np.ndarray:
-  """Rows [h0, h1) of fetch_feature's bytes as the (rows, W, C) float64 values the MAC array sees."""
+def feature_f64(d:ConvDesc, raw:np.ndarray, h0:int=0, h1:int|None=None, channels:int|None=None) -> np.ndarray:
+  """Rows [h0, h1) of fetch_feature's bytes as the (rows, W, C) float64 values the MAC array sees (the first
+  `channels` of them: all by default)."""
+  if channels is None: channels = d.channels
   if d.pixel:
     rows = np.asarray(raw[h0:h1])
-    cube = np.zeros((rows.shape[0], d.width, d.channels), np.float64)
+    cube = np.zeros((rows.shape[0], d.width, channels), np.float64)
     cube[:, :, 0] = _pixel_convert(d, rows)
     return cube
   # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then one contiguous cast
-  hws = np.ascontiguousarray(raw[:, h0:h1].view(layouts.ATOM_ITEM)[..., 0].transpose(1, 2, 0))
+  surfaces = layouts.ceil_div(channels, d.c2)
+  hws = np.ascontiguousarray(raw[:surfaces, h0:h1].view(layouts.ATOM_ITEM)[..., 0].transpose(1, 2, 0))
   el = hws.view(_element_dtype(d.precision)).reshape(hws.shape[0], d.width, -1)   # (rows, W, S*C2)
-  return _to_f64(el[:, :, :d.channels], d.precision)
+  return _to_f64(el[:, :, :channels], d.precision)
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -182,18 +185,19 @@ def _weight_matrix_index(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:i
   idx.flags.writeable = False
   return idx
 
-def _padded_rows(d:ConvDesc, raw:np.ndarray, p0:int, p1:int) -> np.ndarray:
+def _padded_rows(d:ConvDesc, raw:np.ndarray, p0:int, p1:int, channels:int|None=None) -> np.ndarray:
   """Rows [p0, p1) of the input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns
   before, and as many after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1);
-  extra input beyond it unused. Only the input rows inside [p0, p1) are converted."""
+  extra input beyond it unused. Only the input rows inside [p0, p1) (and the first `channels`) are converted."""
+  if channels is None: channels = d.channels
   eff_w = (d.kw - 1) * d.dil_x + 1
   need_w = (d.out_w - 1) * d.stride_x + eff_w
   h0 = min(max(p0 - d.pad_top, 0), d.height)
   h1 = max(min(p1 - d.pad_top, d.height), h0)
-  x = feature_f64(d, raw, h0, h1)
+  x = feature_f64(d, raw, h0, h1, channels)
   if p0 >= d.pad_top and p1 - d.pad_top <= d.height and d.pad_left == 0 and need_w <= d.width: return x[:, :need_w]
-  xp = np.empty((p1 - p0, max(need_w, d.pad_left + d.width), d.channels), np.float64)
-  xp[:] = pad_values(d)
+  xp = np.empty((p1 - p0, max(need_w, d.pad_left + d.width), channels), np.float64)
+  xp[:] = pad_values(d)[:channels]
   xp[h0 + d.pad_top - p0:h1 + d.pad_top - p0, d.pad_left:d.pad_left + d.width] = x
   return xp[:, :need_w]
 
@@ -215,20 +219,20 @@ def _input_rows(d:ConvDesc, r0:int, r1:int) -> tuple[int, int]:
 _window_memo = threading.local()
 WINDOW_MEMO_ENTRIES = 32
 
-def _im2col(d:ConvDesc, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
-  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost. The fetched
-  bytes are converted only when the memo does not already hold their rows."""
+def _im2col(d:ConvDesc, raw:np.ndarray, r0:int, r1:int, channels:int) -> np.ndarray:
+  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1) (the first `channels` input channels): tap-major,
+  channels innermost. The fetched bytes are converted only when the memo does not already hold their rows."""
   p0, p1 = _input_rows(d, r0, r1)
   h0, h1 = min(max(p0 - d.pad_top, 0), d.height), max(min(p1 - d.pad_top, d.height), 0)
   read = _feature_rows(d, raw, h0, max(h0, h1))            # the bytes these rows' windows read
   key = (d.base, d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y,
-         d.stride_x, d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
+         d.stride_x, d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1, channels)
   memo = _window_memo.__dict__.setdefault("entries", {})
   if (hit := memo.pop(key, None)) is not None and _same_bytes(hit[0], read):
     memo[key] = hit                                         # (most recently used last)
     return hit[1]
-  win = _windows(d, _padded_rows(d, raw, p0, p1))          # (rows, out_w, C, kh, kw)
-  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
+  win = _windows(d, _padded_rows(d, raw, p0, p1, channels))   # (rows, out_w, C, kh, kw)
+  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * channels)
   size = cols.nbytes + read.size
   while memo and (len(memo) >= WINDOW_MEMO_ENTRIES or sum(e[1].nbytes + e[0].size for e in memo.values()) + size > IM2COL_CHUNK_BYTES):
     memo.pop(next(iter(memo)))   # oldest first
@@ -241,6 +245,28 @@ def _same_bytes(kept:np.ndarray, read:np.ndarray) -> bool:
   if read.ndim and read.shape[-1] % 8 == 0 and read.strides[-1] == 1:   # whole atoms: compared as 64-bit words
     return np.array_equal(kept.view(np.uint64), read.view(np.uint64))
   return np.array_equal(kept, read)
+
+# Emulator speed, not semantics: a 1x1 direct convolution whose last input channels have only zero weights (channel
+# padding: e.g. ResNet-18's folded stem, 147 of 160) leaves them out of the products when every input value in them (and
+# the padding value) is finite: their products are then exact zeros, and an exact zero added last to a float64 (or
+# integer) sum leaves it unchanged (BLAS starts each sum at +0, so an all-zero sum stays +0), so every output is the
+# same. Not with the int8 window sum (CPEND counts every fetched channel) nor with several taps (the sums' term order).
+SKIP_ZERO_WEIGHT_CHANNELS = True
+
+def _channels_used(d:ConvDesc, raw:np.ndarray, w:np.ndarray) -> int:
+  """The input channels a 1x1 direct convolution's products need (see SKIP_ZERO_WEIGHT_CHANNELS)."""
+  if not SKIP_ZERO_WEIGHT_CHANNELS or d.pixel: return d.channels
+  nz = np.flatnonzero(w.any(axis=1))                        # channels with a nonzero (or NaN) weight for some kernel
+  c = int(nz[-1]) + 1 if len(nz) else d.channels
+  if c == d.channels or d.precision == "int8": return c     # (int8 values are always finite)
+  s0 = c // d.c2
+  items = np.ascontiguousarray(raw[s0:].view(layouts.ATOM_ITEM)[..., 0])              # (S', H, W) atoms
+  el = items.view(_element_dtype(d.precision)).reshape(items.shape + (d.c2,))           # (S', H, W, C2)
+  lanes = np.arange(s0 * d.c2, layouts.ceil_div(d.channels, d.c2) * d.c2).reshape(-1, d.c2)   # channel of each lane
+  skipped = _to_f64(el, d.precision)
+  mask = ((lanes >= c) & (lanes < d.channels))[:, None, None, :]
+  if not np.isfinite(np.where(mask, skipped, 0.0)).all() or not np.isfinite(pad_values(d)).all(): return d.channels
+  return c
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
   _pin_blas_threads()
@@ -265,10 +291,12 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
   else:
     K = d.kernels
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
+    C = d.channels if need_window_sum or taps != 1 else _channels_used(d, raw, w)
+    wC = w if C == d.channels else w[:C]                   # (taps == 1 when C < channels: rows are channels)
     out = acc64.reshape(oh * ow, d.out_c)[:, :K]
     def chunk(r0:int, r1:int) -> None:
-      cols = _im2col(d, raw, r0, r1)
-      np.matmul(cols, w, out=out[r0 * ow:r1 * ow])          # (pixels, kernels), straight into the accumulator
+      cols = _im2col(d, raw, r0, r1, C)
+      np.matmul(cols, wC, out=out[r0 * ow:r1 * ow])         # (pixels, kernels), straight into the accumulator
       if S is not None: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
     parts = GEMM_PARTS if GEMM_PARTS > 1 and oh >= GEMM_PARTS and oh * ow * taps * d.channels * K >= GEMM_PARALLEL_MACS else 1
     rows = min(-(-oh // parts), max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8)))
