@@ -54,7 +54,10 @@ def _pin_blas_threads() -> str|None:
 # of our own (numpy releases the GIL in its casts, copies and matmul; a waiting thread blocks instead of spinning): each
 # chunk converts the input rows its windows read, builds its im2col rows and multiplies them. Each output element is
 # still one float64 dot product over the same operands.
-GEMM_PARTS = min(os.cpu_count() or 1, 4)
+# ⚠ Default 1: on the 2-vCPU machine the benchmarks run on, two numpy matmuls on two threads take as long as one after
+# the other (measured 2026-11-21: wall = process CPU time, even idle), so the hand-offs only cost; on a host with real
+# spare cores set ROCKET_EMU_GEMM_THREADS (results are the same bytes for any value, tests/test_emu_speed_paths.py).
+GEMM_PARTS = max(1, min(int(os.environ.get("ROCKET_EMU_GEMM_THREADS", "1")), 8))
 GEMM_PARALLEL_MACS = 4 << 20     # below this a task runs on the calling thread alone (a hand-off costs ~20-50 us)
 
 @functools.lru_cache(maxsize=None)
