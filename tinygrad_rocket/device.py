@@ -195,6 +195,43 @@ class Resident:
 
 FP16_EXPONENT = 0x7C00  # all ones: inf or NaN
 
+Strided = tuple[int, tuple[int, ...], tuple[int, ...]]   # (first element, shape, strides in elements), outer to inner
+
+def strided_form(idx:np.ndarray) -> Strided|None:
+  """idx (flat element indices) as a strided block, if it is one: idx == first + sum(coord_k * strides_k) over the
+  shape in row-major order. Peeled from the innermost run outwards, each level checked exactly."""
+  if not len(idx): return None
+  shape: list[int] = []
+  strides: list[int] = []
+  rest = idx.astype(np.int64, copy=False)
+  while len(rest) > 1:
+    step = int(rest[1] - rest[0])
+    breaks = np.flatnonzero(np.diff(rest) != step)
+    run = len(rest) if not len(breaks) else int(breaks[0]) + 1
+    if len(rest) % run: return None
+    rows = rest.reshape(-1, run)
+    if not np.array_equal(rows - rows[:, :1], np.broadcast_to(np.arange(run, dtype=np.int64) * step, rows.shape)): return None
+    shape.insert(0, run); strides.insert(0, step)
+    rest = rows[:, 0]
+  return int(rest[0]), tuple(shape), tuple(strides)
+
+def common_form(a:Strided, b:Strided) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]|None:
+  """(shape, a's strides, b's strides) of one shape both strided blocks of the same element count fit, splitting
+  dimensions where one block's dimension is a multiple of the other's; None if they do not nest."""
+  A, B = list(zip(a[1], a[2])), list(zip(b[1], b[2]))
+  shape: list[int] = []
+  sa: list[int] = []
+  sb: list[int] = []
+  while A and B:
+    (la, xa), (lb, xb) = A.pop(), B.pop()   # innermost dimensions
+    n = min(la, lb)
+    if max(la, lb) % n: return None
+    if la > n: A.append((la // n, xa * n))
+    if lb > n: B.append((lb // n, xb * n))
+    shape.insert(0, n); sa.insert(0, xa); sb.insert(0, xb)
+  if A or B: return None
+  return tuple(shape), tuple(sa), tuple(sb)
+
 def _finite(vals:np.ndarray) -> bool:
   """Whether every value is finite (fp16 by its exponent bits: numpy's float16 arithmetic is slow)."""
   if vals.dtype == np.float16: return not ((vals.view(np.uint16) & FP16_EXPONENT) == FP16_EXPONENT).any()
@@ -308,6 +345,17 @@ class NpuRunner:
     if c.value is not None and (c.value[0] == "intercept" or c.src is None):  # a computed value: no source is read
       raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0) if c.value[0] == "intercept" else slope(c.value[1]), dst_idx.shape).astype(np.float64)
     elif c.src is None: raw = np.full(len(dst_idx), c.fill, np.float64)
+    elif not operand and valid is None and c.value is None and (view := self._strided_pair(src_idx, dst_idx)) is not None:
+      # a result that is a strided block of the cube going to a strided block of the buffer (the usual unpack): one
+      # converting copy between two views instead of a gather, a conversion and a scatter (same values)
+      self.dev.to_cpu(slot[c.src])
+      first_s, first_d, shape, ss, ds = view
+      src_arr, dst_arr = self._array(slot[c.src], c.src_dtype), self._array(dst, c.dst_dtype)
+      src_v = np.lib.stride_tricks.as_strided(src_arr[first_s:], shape, tuple(x * src_arr.itemsize for x in ss), writeable=False)
+      dst_v = np.lib.stride_tricks.as_strided(dst_arr[first_d:], shape, tuple(x * dst_arr.itemsize for x in ds))
+      with np.errstate(over="ignore"): np.copyto(dst_v, src_v, casting="unsafe")
+      if renew: dst.domain.written()
+      return True
     else:
       raw = self._native_values(c, src_idx, valid, slot[c.src]) if operand else None
       if operand: setattr(self.dev.layout_stats, k := "packed" if raw is None else "packed_native", getattr(self.dev.layout_stats, k) + 1)
@@ -321,6 +369,20 @@ class NpuRunner:
     self._array(dst, c.dst_dtype)[self._where(dst_idx)] = vals
     if renew: dst.domain.written()
     return True
+
+  def _strided_pair(self, src_idx:np.ndarray, dst_idx:np.ndarray) -> tuple|None:
+    """(src first, dst first, shape, src strides, dst strides) of a copy whose source and destination indices are
+    strided blocks of one common shape with non-negative strides and no repeated destination; None otherwise.
+    Computed once per index pair."""
+    key = (id(src_idx), id(dst_idx), "strided")
+    if (hit := self.index_forms.get(key)) is not None: return hit[2]
+    form = None
+    if (a := strided_form(src_idx)) is not None and (b := strided_form(dst_idx)) is not None and \
+       (c := common_form(a, b)) is not None and min(c[1] + c[2], default=0) >= 0 and \
+       len(np.unique(dst_idx)) == len(dst_idx):   # every destination element written once (a scatter's last write wins)
+      form = (a[0], b[0], *c)
+    self.index_forms[key] = (src_idx, dst_idx, form)   # (the arrays kept alive: their ids stay their own)
+    return form
 
   def _where(self, a:np.ndarray, invert:bool=False) -> np.ndarray|slice:
     """A prepared index array as the cheapest equivalent index, computed once per array: a slice for a contiguous
@@ -416,6 +478,8 @@ class RocketDevice(Compiled):
     if self.emulated and not _notice_printed:
       print(f"ROCKET: running on the NPU emulator ({self.backend_note})", file=sys.stderr)
       _notice_printed = True
+    # the runner waits for each emulated job right after submitting it: the waiting thread runs it (emu/kernel.py)
+    if self.emulated and WAIT_EMULATED_JOBS: file.run_on_wait = True
     arch = {'amd64':'x86_64', 'aarch64':'arm64'}.get(m:=platform.machine().lower(), m) + ",native"  # ClangCompiler wants "<arch>,<cpu>"
     renderers = [RocketFP32Renderer, RocketRenderer] if config.precision() == "fp32" else [RocketRenderer, RocketFP32Renderer]
     self.layout_stats = LayoutStats()

@@ -17,19 +17,23 @@ from tinygrad_rocket.regs.blocks import OpEnable, OP_ENABLE_KNOWN
 from tinygrad_rocket.emu.core import HangError
 from tinygrad_rocket.emu.memory import IovaSpace
 from tinygrad_rocket.emu import conv as conv_mod, dpu as dpu_mod, ppu as ppu_mod, layouts
-from tinygrad_rocket.emu.cost import TaskStats, conv_cycles
+from tinygrad_rocket.emu.cost import TaskStats, conv_cycles, MACS_PER_CYCLE
 from tinygrad_rocket.emu.descs import (Fields, UnsupportedConfig, decode_conv, decode_dpu, decode_rdma, erdma_checks,
                                        conv_qd_en, WEIGHT_GROUPS, DW_GROUPS)
 
 __all__ = ["execute", "UnsupportedConfig"]
 
+_CNA, _CORE, _DPU, _RDMA, _PPUS = (int(b) for b in (OpEnable.CNA, OpEnable.CORE, OpEnable.DPU, OpEnable.DPU_RDMA,
+                                                     OpEnable.PPU | OpEnable.PPU_RDMA))   # plain ints: IntFlag ops are slow
+_KNOWN = int(OP_ENABLE_KNOWN)
+
 def _check_mask(mask:int) -> tuple[bool, bool]:
   """(conv, rdma) for a CNA/CORE/DPU mask the emulator runs; HangError for masks that never raise the DPU interrupt the
   kernel waits for (rocket_hw.md §2.4: only DPU_0/DPU_1 complete a task). PPU masks: see `execute`."""
-  if mask & ~OP_ENABLE_KNOWN: raise UnsupportedConfig(f"op-enable mask {mask:#x} sets reserved bits")
-  if mask & (OpEnable.PPU | OpEnable.PPU_RDMA):
+  if mask & ~_KNOWN: raise UnsupportedConfig(f"op-enable mask {mask:#x} sets reserved bits")
+  if mask & _PPUS:
     raise UnsupportedConfig(f"op-enable mask {mask:#x}: the PPU together with other blocks (DPU -> PPU on the fly) is not emulated")
-  cna, core_, dpu, rdma = (bool(mask & b) for b in (OpEnable.CNA, OpEnable.CORE, OpEnable.DPU, OpEnable.DPU_RDMA))
+  cna, core_, dpu, rdma = bool(mask & _CNA), bool(mask & _CORE), bool(mask & _DPU), bool(mask & _RDMA)
   if not dpu: raise HangError(f"op-enable mask {mask:#x} does not start the DPU: no DPU interrupt ever completes the task")
   if cna != core_:
     raise HangError(f"op-enable mask {mask:#x} starts {'CNA' if cna else 'CORE'} without {'CORE' if cna else 'CNA'}: "
@@ -40,6 +44,10 @@ def _overlaps(reads:list[tuple], write:tuple) -> bool:
   """Whether any byte of the strided read blocks is also written."""
   wb, wshape, wstrides, winner = write
   if not int(np.prod(wshape)) or not winner: return False
+  wend = wb + layouts._extent(wshape, wstrides, winner)
+  # reads whose whole extent lies outside the write's extent cannot overlap it (the usual case: other BOs)
+  reads = [r for r in reads if r[3] and r[0] < wend and r[0] + layouts._extent(r[1], r[2], r[3]) > wb]
+  if not reads: return False
   ws = np.sort(layouts.atom_addresses(wb, wshape, wstrides))
   wlo, whi = int(ws[0]), int(ws[-1]) + winner
   for base, shape, strides, inner in reads:
@@ -51,18 +59,14 @@ def _overlaps(reads:list[tuple], write:tuple) -> bool:
     if np.any(ws[idx[ok]] + winner > rs[ok]): return True
   return False
 
-PPU_ONLY = OpEnable.PPU | OpEnable.PPU_RDMA
+PPU_ONLY = _PPUS
 
 def execute(core, block_mask:int, mem:IovaSpace) -> None:
-  if block_mask & PPU_ONLY and not block_mask & ~PPU_ONLY & OP_ENABLE_KNOWN and not block_mask & ~OP_ENABLE_KNOWN:
+  if block_mask & PPU_ONLY and not block_mask & ~PPU_ONLY & _KNOWN and not block_mask & ~_KNOWN:
     return _execute_ppu(core, block_mask, mem)
   has_conv, rdma_on = _check_mask(block_mask)
-  F = Fields(core.regs)
-  conv = decode_conv(F) if has_conv else None
-  dpu = decode_dpu(F)
-  rdma = decode_rdma(F) if rdma_on else None
-  if rdma is not None and not rdma.erdma_disable: erdma_checks(F)
-  plan = dpu_mod.prepare(dpu, rdma, rdma_on, conv, conv_qd_en(F) if conv is not None else 0, mem)
+  conv, dpu, rdma, qd_en, pl = _decoded(core.regs, ("conv", has_conv, rdma_on), _decode_conv_task)
+  plan = dpu_mod.prepare(dpu, rdma, rdma_on, conv, qd_en, mem, pl)
 
   stats = TaskStats(kind="dpu" if conv is None else ("depthwise" if conv.depthwise else "conv"),
                     precision=(conv.precision if conv is not None else dpu.proc_prec))
@@ -81,7 +85,7 @@ def execute(core, block_mask:int, mem:IovaSpace) -> None:
   if _overlaps(reads, (sc.base, sc.shape, sc.strides, sc.inner)):
     raise UnsupportedConfig("the task writes memory it reads (in place): the hardware corrupts in-place EW accumulation "
                             "(GN k-accumulation.md); other in-place forms are not documented")
-  sc.commit(plan.atoms)
+  sc.commit_cube(plan.cube)
   stats.dma_write["WDMA"] = sc.nbytes
   _account(stats, conv, dpu)
   _record(core, stats)
@@ -92,7 +96,7 @@ def _execute_ppu(core, block_mask:int, mem:IovaSpace) -> None:
   if block_mask != PPU_ONLY:
     if block_mask == OpEnable.PPU_RDMA: raise HangError("PPU_RDMA started without the PPU: nothing drains its reads")
     raise UnsupportedConfig("the PPU fed by anything but PPU_RDMA (DPU on the fly) is not emulated")
-  d = ppu_mod.decode_ppu(Fields(core.regs))
+  d = _decoded(core.regs, ("ppu",), lambda F, _: ppu_mod.decode_ppu(F))
   res = ppu_mod.run(d, mem, core.cbuf)
   sc = res.scatter
   if _overlaps([res.read_range], (sc.base, sc.shape, sc.strides, sc.inner)):
@@ -103,12 +107,36 @@ def _execute_ppu(core, block_mask:int, mem:IovaSpace) -> None:
   stats.compute_cycles = d.out_w * d.out_h * d.kw * d.kh * (d.channels // 8)   # [inf] one atom per window tap per cycle
   _record(core, stats)
 
+def _decode_conv_task(F:Fields, kind:tuple) -> tuple:
+  _, has_conv, rdma_on = kind
+  conv = decode_conv(F) if has_conv else None
+  dpu = decode_dpu(F)
+  rdma = decode_rdma(F) if rdma_on else None
+  if rdma is not None and not rdma.erdma_disable: erdma_checks(F)
+  qd_en = conv_qd_en(F) if conv is not None else 0
+  return conv, dpu, rdma, qd_en, dpu_mod.plan(dpu, rdma, rdma_on, conv, qd_en)
+
+# Emulator speed, not semantics: the descriptions decoded from a register file are a function of its contents (and of
+# the blocks the mask starts), so they are kept per file (core.RegisterFile.decoded) keyed by the contents and reused
+# when a task finds the same registers (every call of a program). A decode that raises is not kept (it raises again).
+# The descriptions are frozen; a LUT description refers to the file's own LUT RAM, read when the task computes.
+DECODED_ENTRIES = 256
+
+def _decoded(regs, kind:tuple, decode):
+  cache = getattr(regs, "decoded", None)
+  if cache is None: return decode(Fields(regs), kind)      # a plain dict (tests): no cache
+  key = (kind, frozenset(regs.items()))
+  if (hit := cache.get(key)) is not None: return hit
+  out = decode(Fields(regs), kind)
+  if len(cache) >= DECODED_ENTRIES: cache.pop(next(iter(cache)))   # oldest first
+  cache[key] = out
+  return out
+
 def _cbuf(core) -> dict:
   """The core's CBUF contents that outlive a task (weights, for WEIGHT_REUSE); a core reset clears them."""
   return core.cbuf
 
 def _account(stats:TaskStats, conv, dpu) -> None:
-  from tinygrad_rocket.emu.cost import MACS_PER_CYCLE
   if conv is None:
     surfaces = layouts.ceil_div(dpu.channels * dpu.out_bytes, 16)
     stats.compute_cycles = dpu.width * dpu.height * max(1, surfaces)

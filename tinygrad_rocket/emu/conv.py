@@ -50,29 +50,24 @@ def _pin_blas_threads() -> str|None:
         return path
   return None
 
-# With one BLAS thread (above), a large product is split by rows over this many threads of our own (numpy releases the
-# GIL in matmul; a waiting thread blocks instead of spinning): each output element is still one float64 dot product.
-GEMM_PARTS = min(os.cpu_count() or 1, 4)
-GEMM_PARALLEL_MACS = 8 << 20     # below this a product runs on the calling thread alone
+# With one BLAS thread (above), a large direct convolution is split by output rows into GEMM_PARTS chunks run on threads
+# of our own (numpy releases the GIL in its casts, copies and matmul; a waiting thread blocks instead of spinning): each
+# chunk converts the input rows its windows read, builds its im2col rows and multiplies them. Each output element is
+# still one float64 dot product over the same operands.
+# ⚠ Default 1: on the 2-vCPU machine the benchmarks run on, two numpy matmuls on two threads take as long as one after
+# the other (measured 2026-11-21: wall = process CPU time, even idle), so the hand-offs only cost; on a host with real
+# spare cores set ROCKET_EMU_GEMM_THREADS (results are the same bytes for any value, tests/test_emu_speed_paths.py).
+GEMM_PARTS = max(1, min(int(os.environ.get("ROCKET_EMU_GEMM_THREADS", "1")), 8))
+GEMM_PARALLEL_MACS = 4 << 20     # below this a task runs on the calling thread alone (a hand-off costs ~20-50 us)
 
 @functools.lru_cache(maxsize=None)
 def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(GEMM_PARTS - 1, thread_name_prefix="rocket-emu-gemm")
 
-def _matmul(a:np.ndarray, b:np.ndarray) -> np.ndarray:
-  """a @ b in float64, row blocks on GEMM_PARTS threads when large."""
-  M = a.shape[0]
-  if GEMM_PARTS < 2 or M < 2 * GEMM_PARTS or M * a.shape[1] * b.shape[1] < GEMM_PARALLEL_MACS: return a @ b
-  out = np.empty((M, b.shape[1]), np.result_type(a, b))
-  cuts = [M * i // GEMM_PARTS for i in range(GEMM_PARTS + 1)]
-  futs = [_gemm_pool().submit(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(cuts[1:-1], cuts[2:])]
-  np.matmul(a[:cuts[1]], b, out=out[:cuts[1]])
-  for f in futs: f.result()
-  return out
-
 @dataclass
 class ConvResult:
-  acc: np.ndarray          # (out_c, out_h, out_w): int64 (int8) or float32 (float paths), before CLIP_TRUNCATE
+  acc: np.ndarray          # (out_c, out_h, out_w): int64 (int8) or float32 (float paths), before CLIP_TRUNCATE; a view
+                           # of (out_h, out_w, out_c) memory (products land pixel-major; the WDMA moves whole atoms)
   window_sum: np.ndarray|None  # int8: S, (out_h, out_w) direct or (out_c, out_h, out_w) depthwise, for CPEND
   feature_bytes: int
   weight_bytes: int        # bytes fetched from memory (0 when WEIGHT_REUSE took them from CBUF)
@@ -104,18 +99,39 @@ def pad_values(d:ConvDesc) -> np.ndarray:
 def read_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple, np.ndarray]:
   """The input cube (height, width, channels) as float64 values (channels innermost: im2col then copies whole pixel
   runs), the bytes the CNA fetched, the DMA range, and the raw bytes fetched (the key of the window memo)."""
+  raw, nbytes, rng = fetch_feature(d, mem)
+  return feature_f64(d, raw), nbytes, rng, raw
+
+def fetch_feature(d:ConvDesc, mem:IovaSpace) -> tuple[np.ndarray, int, tuple]:
+  """The bytes the CNA fetches: pixel rows (H, W) or atoms (S, H, W, 16), a read-only view of the BO where one BO holds
+  them (valid until the task writes; copied by whoever keeps them); their count; the DMA range."""
   if d.pixel:
-    rows = layouts.gather(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
-    x = _pixel_convert(d, rows)
-    cube = np.zeros((d.height, d.width, d.channels), np.float64)
-    cube[:, :, 0] = x
-    return cube, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width), rows
-  S = d.surfaces
-  atoms = layouts.gather(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM, "CNA")
-  atoms = atoms.reshape(S, d.height, d.width, layouts.ATOM)
-  el = atoms.view(_element_dtype(d.precision))                        # (S, H, W, C2)
-  raw = el.transpose(1, 2, 0, 3).reshape(d.height, d.width, -1)[:, :, :d.channels]
-  return _to_f64(raw, d.precision), atoms.nbytes, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), d.width * layouts.ATOM), atoms
+    rows = layouts.gather_view(mem, d.base, (d.height,), (d.row_pitch,), d.width, "CNA")   # (H, W) one byte per pixel
+    return rows, d.height * d.width, (d.base, (d.height,), (d.row_pitch,), d.width)
+  S, row = d.surfaces, d.width * layouts.ATOM
+  atoms = layouts.gather_view(mem, d.base, (S, d.height), (d.surf_pitch, d.row_pitch), row, "CNA")
+  atoms = np.lib.stride_tricks.as_strided(atoms, (S, d.height, d.width, layouts.ATOM), atoms.strides[:2] + (layouts.ATOM, 1),
+                                          writeable=False)   # (the row split into its atoms: a view either way)
+  return atoms, S * d.height * row, (d.base, (S, d.height), (d.surf_pitch, d.row_pitch), row)
+
+def _feature_rows(d:ConvDesc, raw:np.ndarray, h0:int, h1:int) -> np.ndarray:
+  """The fetched bytes of input rows [h0, h1)."""
+  return raw[h0:h1] if d.pixel else raw[:, h0:h1]
+
+def feature_f64(d:ConvDesc, raw:np.ndarray, h0:int=0, h1:int|None=None, channels:int|None=None) -> np.ndarray:
+  """Rows [h0, h1) of fetch_feature's bytes as the (rows, W, C) float64 values the MAC array sees (the first
+  `channels` of them: all by default)."""
+  if channels is None: channels = d.channels
+  if d.pixel:
+    rows = np.asarray(raw[h0:h1])
+    cube = np.zeros((rows.shape[0], d.width, channels), np.float64)
+    cube[:, :, 0] = _pixel_convert(d, rows)
+    return cube
+  # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then one contiguous cast
+  surfaces = layouts.ceil_div(channels, d.c2)
+  hws = np.ascontiguousarray(raw[:surfaces, h0:h1].view(layouts.ATOM_ITEM)[..., 0].transpose(1, 2, 0))
+  el = hws.view(_element_dtype(d.precision)).reshape(hws.shape[0], d.width, -1)   # (rows, W, S*C2)
+  return _to_f64(el[:, :, :channels], d.precision)
 
 def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   """CNA input converter of the 1-channel pixel path (channel 0 uses CVT_SCALE0/CVT_OFFSET0/CVT_TRUNCATE_0).
@@ -142,12 +158,14 @@ def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]
                               f"(holds {'nothing' if held is None else f'{held.size} bytes'}): contents undefined")
     raw8, fetched = held, 0
   else:
-    raw8 = np.array(mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight"))
-    cbuf["weights"] = raw8
+    raw8 = mem.ndarray(d.weight_base, np.uint8, d.weight_bytes, unit="CNA weight")   # read-only view (copied below)
     fetched = d.weight_bytes
   key = (d.precision, d.depthwise, d.kernels, d.channels, d.kh, d.kw, d.weight_base)
   memo = _weight_memo.__dict__.setdefault("entries", {})
-  if (hit := memo.get(key)) is not None and np.array_equal(hit[0], raw8): return hit[1], fetched
+  if (hit := memo.get(key)) is not None and _same_bytes(hit[0], raw8):
+    if fetched: cbuf["weights"] = hit[0]        # the same bytes, already copied
+    return hit[1], fetched
+  if fetched: raw8 = cbuf["weights"] = np.array(raw8)
   el = raw8.view(_element_dtype(d.precision))
   if d.depthwise: idx = layouts.weight_index_depthwise(d.channels, d.kh, d.kw, DW_GROUPS[d.precision])
   else: idx = _weight_matrix_index(d.kernels, d.channels, d.kh, d.kw, *WEIGHT_GROUPS[d.precision])
@@ -170,72 +188,131 @@ def _weight_matrix_index(kernels:int, channels:int, kh:int, kw:int, ng:int, kg:i
   idx.flags.writeable = False
   return idx
 
-def _padded(d:ConvDesc, x:np.ndarray) -> np.ndarray:
-  """The input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns before, and as many
-  after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1); extra input beyond it
-  unused."""
-  eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
-  need_h, need_w = (d.out_h - 1) * d.stride_y + eff_h, (d.out_w - 1) * d.stride_x + eff_w
-  if d.pad_top == 0 and d.pad_left == 0 and need_h <= d.height and need_w <= d.width: return x[:need_h, :need_w]
-  Hp, Wp = max(need_h, d.pad_top + d.height), max(need_w, d.pad_left + d.width)
-  xp = np.empty((Hp, Wp, d.channels), np.float64)
-  xp[:] = pad_values(d)
-  xp[d.pad_top:d.pad_top + d.height, d.pad_left:d.pad_left + d.width] = x
-  return xp[:need_h, :need_w]
+def _padded_rows(d:ConvDesc, raw:np.ndarray, p0:int, p1:int, channels:int|None=None) -> np.ndarray:
+  """Rows [p0, p1) of the input (H, W, C) with the padding the output size implies: PAD_TOP/PAD_LEFT rows/columns
+  before, and as many after as the last output's window needs (bottom/right padding is implied, rocket_hw.md §4.1);
+  extra input beyond it unused. Only the input rows inside [p0, p1) (and the first `channels`) are converted."""
+  if channels is None: channels = d.channels
+  eff_w = (d.kw - 1) * d.dil_x + 1
+  need_w = (d.out_w - 1) * d.stride_x + eff_w
+  h0 = min(max(p0 - d.pad_top, 0), d.height)
+  h1 = max(min(p1 - d.pad_top, d.height), h0)
+  x = feature_f64(d, raw, h0, h1, channels)
+  if p0 >= d.pad_top and p1 - d.pad_top <= d.height and d.pad_left == 0 and need_w <= d.width: return x[:, :need_w]
+  xp = np.empty((p1 - p0, max(need_w, d.pad_left + d.width), channels), np.float64)
+  xp[:] = pad_values(d)[:channels]
+  xp[h0 + d.pad_top - p0:h1 + d.pad_top - p0, d.pad_left:d.pad_left + d.width] = x
+  return xp[:, :need_w]
 
 def _windows(d:ConvDesc, xp:np.ndarray) -> np.ndarray:
-  """View (out_h, out_w, channels, kh, kw) of every tap of every output."""
+  """View (out rows, out_w, channels, kh, kw) of every tap of every output whose windows start in xp's first row."""
   eff_h, eff_w = (d.kh - 1) * d.dil_y + 1, (d.kw - 1) * d.dil_x + 1
   v = np.lib.stride_tricks.sliding_window_view(xp, (eff_h, eff_w), axis=(0, 1))
   return v[::d.stride_y, ::d.stride_x, :, ::d.dil_y, ::d.dil_x][:d.out_h, :d.out_w]
 
-# The im2col rows of the last direct task per thread (one per emulated core), reused when the next task fetched the
-# same feature bytes with the same geometry (a layer split into kernel chunks reads one input cube per chunk): a cache
-# of the emulator, not of the NPU (the task still fetches and is still counted); the bytes are compared, not trusted.
-_window_memo = threading.local()
+def _input_rows(d:ConvDesc, r0:int, r1:int) -> tuple[int, int]:
+  """The padded input rows [p0, p1) the windows of output rows [r0, r1) read."""
+  return r0 * d.stride_y, (r1 - 1) * d.stride_y + (d.kh - 1) * d.dil_y + 1
 
-def _im2col(d:ConvDesc, x:np.ndarray, raw:np.ndarray, r0:int, r1:int) -> np.ndarray:
-  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1): tap-major, channels innermost."""
-  key = (d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y, d.stride_x,
-         d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1)
-  memo = getattr(_window_memo, "entry", None)
-  if memo is not None and memo[0] == key and memo[1].shape == raw.shape and np.array_equal(memo[1], raw): return memo[2]
-  win = _windows(d, _padded(d, x))[r0:r1]                   # (rows, out_w, C, kh, kw)
-  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * d.channels)
-  _window_memo.entry = (key, raw.copy(), cols) if cols.nbytes <= IM2COL_CHUNK_BYTES else None
+# The im2col rows of the latest direct tasks per thread (one per emulated core), per task address and chunk of output
+# rows, reused when a task fetched the same feature bytes with the same geometry (a layer split into kernel chunks reads
+# one input cube per chunk; each call of a layer or model with the same input): a cache of the emulator, not of the NPU
+# (the task still fetches and is still counted); the bytes each chunk reads are compared, not trusted. At most
+# WINDOW_MEMO_ENTRIES entries and IM2COL_CHUNK_BYTES of rows and bytes per thread, oldest dropped first.
+_window_memo = threading.local()
+WINDOW_MEMO_ENTRIES = 32
+
+def _im2col(d:ConvDesc, raw:np.ndarray, r0:int, r1:int, channels:int) -> np.ndarray:
+  """Rows (r1-r0)*out_w x (kh*kw*channels) of the output rows [r0, r1) (the first `channels` input channels): tap-major,
+  channels innermost. The fetched bytes are converted only when the memo does not already hold their rows."""
+  p0, p1 = _input_rows(d, r0, r1)
+  h0, h1 = min(max(p0 - d.pad_top, 0), d.height), max(min(p1 - d.pad_top, d.height), 0)
+  read = _feature_rows(d, raw, h0, max(h0, h1))            # the bytes these rows' windows read
+  key = (d.base, d.precision, d.pixel, d.channels, d.height, d.width, d.pad_top, d.pad_left, d.pad_raw, d.stride_y,
+         d.stride_x, d.dil_y, d.dil_x, d.kh, d.kw, d.out_h, d.out_w, d.cvt, r0, r1, channels)
+  memo = _window_memo.__dict__.setdefault("entries", {})
+  if (hit := memo.pop(key, None)) is not None and _same_bytes(hit[0], read):
+    memo[key] = hit                                         # (most recently used last)
+    return hit[1]
+  win = _windows(d, _padded_rows(d, raw, p0, p1, channels))   # (rows, out_w, C, kh, kw)
+  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * channels)
+  size = cols.nbytes + read.size
+  while memo and (len(memo) >= WINDOW_MEMO_ENTRIES or sum(e[1].nbytes + e[0].size for e in memo.values()) + size > IM2COL_CHUNK_BYTES):
+    memo.pop(next(iter(memo)))   # oldest first
+  if size <= IM2COL_CHUNK_BYTES: memo[key] = (np.array(read), cols)   # a copy: the view changes with the BO
   return cols
+
+def _same_bytes(kept:np.ndarray, read:np.ndarray) -> bool:
+  """Whether the kept bytes equal the bytes read (same shape, any strides)."""
+  if kept.shape != read.shape: return False
+  if read.ndim and read.shape[-1] % 8 == 0 and read.strides[-1] == 1:   # whole atoms: compared as 64-bit words
+    return np.array_equal(kept.view(np.uint64), read.view(np.uint64))
+  return np.array_equal(kept, read)
+
+# Emulator speed, not semantics: a 1x1 direct convolution whose last input channels have only zero weights (channel
+# padding: e.g. ResNet-18's folded stem, 147 of 160) leaves them out of the products when every input value in them (and
+# the padding value) is finite: their products are then exact zeros, and an exact zero added last to a float64 (or
+# integer) sum leaves it unchanged (BLAS starts each sum at +0, so an all-zero sum stays +0), so every output is the
+# same. Not with the int8 window sum (CPEND counts every fetched channel) nor with several taps (the sums' term order).
+SKIP_ZERO_WEIGHT_CHANNELS = True
+
+def _channels_used(d:ConvDesc, raw:np.ndarray, w:np.ndarray) -> int:
+  """The input channels a 1x1 direct convolution's products need (see SKIP_ZERO_WEIGHT_CHANNELS)."""
+  if not SKIP_ZERO_WEIGHT_CHANNELS or d.pixel: return d.channels
+  nz = np.flatnonzero(w.any(axis=1))                        # channels with a nonzero (or NaN) weight for some kernel
+  c = int(nz[-1]) + 1 if len(nz) else d.channels
+  if c == d.channels or d.precision == "int8": return c     # (int8 values are always finite)
+  s0 = c // d.c2
+  items = np.ascontiguousarray(raw[s0:].view(layouts.ATOM_ITEM)[..., 0])              # (S', H, W) atoms
+  el = items.view(_element_dtype(d.precision)).reshape(items.shape + (d.c2,))           # (S', H, W, C2)
+  lanes = np.arange(s0 * d.c2, layouts.ceil_div(d.channels, d.c2) * d.c2).reshape(-1, d.c2)   # channel of each lane
+  skipped = _to_f64(el, d.precision)
+  mask = ((lanes >= c) & (lanes < d.channels))[:, None, None, :]
+  if not np.isfinite(np.where(mask, skipped, 0.0)).all() or not np.isfinite(pad_values(d)).all(): return d.channels
+  return c
 
 def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResult:
   _pin_blas_threads()
-  x, fbytes, frange, raw = read_feature(d, mem)             # x: (H, W, C)
+  raw, fbytes, frange = fetch_feature(d, mem)
   w, wbytes = read_weights(d, mem, cbuf)
   ranges = [frange] + ([(d.weight_base, (), (), d.weight_bytes)] if wbytes else [])
   oh, ow, taps = d.out_h, d.out_w, d.kh * d.kw
-  acc64 = np.zeros((d.out_c, oh, ow), np.float64)
+  acc64 = np.empty((oh, ow, d.out_c), np.float64)          # pixel-major: see ConvResult.acc
+  acc64[:, :, d.channels if d.depthwise else d.kernels:] = 0   # kernels past WEIGHT_KERNELS compute 0 (the rest is written)
   S = None
   if d.depthwise:
-    win = _windows(d, _padded(d, x))                        # (oh, ow, C, kh, kw)
+    win = _windows(d, _padded_rows(d, raw, *_input_rows(d, 0, oh)))   # (oh, ow, C, kh, kw)
     n = min(d.channels, d.out_c)
     acc = np.zeros((oh, ow, n), np.float64)
     for i in range(d.kh):
       for j in range(d.kw):
         acc += win[:, :, :n, i, j] * w[:n, i, j]
-    acc64[:n] = acc.transpose(2, 0, 1)
+    acc64[:, :, :n] = acc
     if need_window_sum:
       S = np.zeros((d.out_c, oh, ow), np.float64)
       S[:n] = win[:, :, :n].sum(axis=(3, 4)).transpose(2, 0, 1)
   else:
     K = d.kernels
-    rows_per_chunk = max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8))
     if need_window_sum: S = np.zeros((oh, ow), np.float64)
-    for r0 in range(0, oh, rows_per_chunk):
-      r1 = min(oh, r0 + rows_per_chunk)
-      cols = _im2col(d, x, raw, r0, r1)
-      acc64[:K, r0:r1] = _matmul(cols, w).T.reshape(K, r1 - r0, ow)
-      if need_window_sum: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
+    C = d.channels if need_window_sum or taps != 1 else _channels_used(d, raw, w)
+    wC = w if C == d.channels else w[:C]                   # (taps == 1 when C < channels: rows are channels)
+    out = acc64.reshape(oh * ow, d.out_c)[:, :K]
+    def chunk(r0:int, r1:int) -> None:
+      cols = _im2col(d, raw, r0, r1, C)
+      np.matmul(cols, wC, out=out[r0 * ow:r1 * ow])         # (pixels, kernels), straight into the accumulator
+      if S is not None: S[r0:r1] = cols.sum(axis=1).reshape(r1 - r0, ow)
+    parts = GEMM_PARTS if GEMM_PARTS > 1 and oh >= GEMM_PARTS and oh * ow * taps * d.channels * K >= GEMM_PARALLEL_MACS else 1
+    rows = min(-(-oh // parts), max(1, IM2COL_CHUNK_BYTES // max(1, ow * taps * d.channels * 8)))
+    chunks = [(r0, min(oh, r0 + rows)) for r0 in range(0, oh, rows)]
+    # chunk i on thread i % parts (0: this one): with the memo per thread, a repeated task finds its rows again
+    futs = [_gemm_pool().submit(chunk, *c) for i, c in enumerate(chunks) if i % parts]
+    try:
+      for c in chunks[::parts]: chunk(*c)
+    finally: concurrent.futures.wait(futs)    # no thread still writes the accumulator when this returns or raises
+    for f in futs: f.result()
   if d.precision == "int8":
     acc = acc64.astype(np.int64)
     window_sum = S.astype(np.int64) if S is not None else None
   else:
     acc, window_sum = acc64.astype(np.float32), None
-  return ConvResult(acc, window_sum, fbytes, wbytes, ranges)
+  return ConvResult(acc.transpose(2, 0, 1), window_sum, fbytes, wbytes, ranges)

@@ -14,7 +14,7 @@ Block execution (CNA/CORE/DPU/PPU with numpy) is NOT here: it is the pluggable e
 by default `tinygrad_rocket.emu.blocks.execute(core, block_mask, mem)`, imported lazily.
 """
 from __future__ import annotations
-import importlib, threading
+import importlib, sys, threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 import numpy as np
@@ -91,6 +91,9 @@ class RegisterFile(dict):
   def __init__(self) -> None:
     super().__init__()
     self.lut = LutStorage()
+    # Emulator speed: task descriptions decoded from this file's contents, keyed by the contents (blocks.py); the
+    # registers are the decoder's only input (the LUT RAM is referenced, not copied, by a decoded LUT description)
+    self.decoded: dict = {}
 
 class HangError(Exception):
   """The task would hang the core (malformed list, no op-enable, ...): the real kernel times the job out after
@@ -131,14 +134,41 @@ def decode_regcmd(words:Sequence[int]) -> list[Entry]:
       raise HangError(f"entry {i} ({int(words[i]):#018x}): unknown target {e.target:#06x}")
   return entries[:n]
 
+# Emulator speed, not semantics: a regcmd list (its bytes) validated and split into runs of register writes between its
+# op-enable entries, kept for lists fetched again (every call of a program fetches the same lists). The bytes are the key,
+# so the steps are exactly what decode_regcmd makes of them; a list that fails validation is not kept (it fails again).
+REGCMD_CACHE_ENTRIES = 4096
+_regcmd_cache: dict[bytes, tuple] = {}
+_LUT_PORT = (LUT_ACCESS_CFG, LUT_ACCESS_DATA)
+
+def _compiled_regcmd(raw:bytes) -> tuple:
+  """Steps of a fetched list: (offsets, values, touches the LUT port) per run of writes, an int block mask per op-enable."""
+  if (hit := _regcmd_cache.get(raw)) is not None: return hit
+  steps: list = []
+  offs: list[int] = []
+  vals: list[int] = []
+  for e in decode_regcmd(np.frombuffer(raw, dtype="<u8").tolist()):
+    if e.target in BLOCK_WINDOWS: offs.append(e.offset); vals.append(e.value)
+    elif e.target == TARGET_OP_ENABLE:
+      if offs: steps.append((tuple(offs), tuple(vals), any(o in _LUT_PORT for o in offs)))
+      offs, vals = [], []
+      steps.append(e.value)
+    # the marker and zero entries have no effect of their own
+  if offs: steps.append((tuple(offs), tuple(vals), any(o in _LUT_PORT for o in offs)))
+  if len(_regcmd_cache) >= REGCMD_CACHE_ENTRIES: _regcmd_cache.pop(next(iter(_regcmd_cache)))   # oldest first
+  _regcmd_cache[raw] = out = tuple(steps)
+  return out
+
 Executor = Callable[["Core", int, IovaSpace], None]
 
 def default_executor(core:Core, block_mask:int, mem:IovaSpace) -> None:
   """Run the enabled blocks with tinygrad_rocket/emu/blocks.py (written separately): `execute(core, block_mask, mem)`."""
-  try: blocks = importlib.import_module("tinygrad_rocket.emu.blocks")
-  except ModuleNotFoundError as e:
-    if e.name != "tinygrad_rocket.emu.blocks": raise
-    raise BlockExecutionNotImplemented(block_mask) from None
+  blocks = sys.modules.get("tinygrad_rocket.emu.blocks")   # (imported once; import_module per task costs ~40 us)
+  if blocks is None:
+    try: blocks = importlib.import_module("tinygrad_rocket.emu.blocks")
+    except ModuleNotFoundError as e:
+      if e.name != "tinygrad_rocket.emu.blocks": raise
+      raise BlockExecutionNotImplemented(block_mask) from None
   execute = getattr(blocks, "execute", None)
   if execute is None: raise BlockExecutionNotImplemented(block_mask, "tinygrad_rocket.emu.blocks has no execute()")
   execute(core, block_mask, mem)
@@ -184,13 +214,13 @@ class Core:
     count = (self.regs.get(PC_REGISTER_AMOUNTS, 0) + 1) * (PC_BEAT_BYTES // ENTRY_BYTES)
     raw = self.mem.read(base, count * ENTRY_BYTES, unit="PC")
     self.fetch_bytes = count * ENTRY_BYTES   # for the task's DMA counters (blocks.py): the tail may rewrite REGISTER_AMOUNTS
-    words = np.frombuffer(raw, dtype="<u8").tolist()
     # The whole list is validated before any of it takes effect, so a malformed list changes nothing. Entries then
     # apply in order; an op-enable before the last one (each needs its marker) runs the blocks to completion first.
-    for e in decode_regcmd(words):
-      if e.target in BLOCK_WINDOWS: self._write_reg(e.offset, e.value)
-      elif e.target == TARGET_OP_ENABLE: self._execute(e.value)
-      # the marker and zero entries have no effect of their own
+    for step in _compiled_regcmd(raw):
+      if isinstance(step, int): self._execute(step)
+      elif step[2]:                            # a run touching the LUT port: every write in order, with its side effect
+        for off, val in zip(step[0], step[1]): self._write_reg(off, val)
+      else: self.regs.update(zip(step[0], step[1]))   # in order: a register written twice keeps its last value
 
   def _execute(self, block_mask:int) -> None:
     assert self.mem is not None

@@ -43,7 +43,7 @@ ERDMA_SIZE_BYTES = {1: 1, 2: 2, 3: 4}     # ERDMA_DATA_SIZE / EDATA_SIZE: 0 4-bi
 @dataclass
 class DpuResult:
   scatter: layouts.Scatter
-  atoms: np.ndarray                          # what the WDMA writes, (surfaces, H, W, 16) uint8
+  cube: np.ndarray                           # what the WDMA writes, (C, H, W) output elements (Scatter.commit_cube)
   read_bytes: dict[str, int] = field(default_factory=dict)
   read_ranges: list[tuple] = field(default_factory=list)
   brdma_use: int = 0
@@ -480,7 +480,7 @@ def _out_cvt(d:DpuDesc, v:np.ndarray) -> np.ndarray:
     else:   # GN dpu-lut-activation / out-cvt-converter: (v + OFFSET) * 2^-MINUS_EXP * SCALE, in fp32
       y = arith.f32(arith.f32(v + np.float32(o.offset)) * np.float32(2.0 ** -o.minus_exp))
       y = arith.f32(y * np.float32(scale))
-  return arith.to_fp16(y) if d.out_prec == "fp16" else y.astype(np.float32)
+  return arith.to_fp16(y) if d.out_prec == "fp16" else y.astype(np.float32, copy=False)
 
 # --------------------------------------------------------------------------------------------------------------
 # the whole DPU task
@@ -496,9 +496,24 @@ def _read_mrdma_main(d:DpuDesc, r:RdmaDesc, mem:IovaSpace, res:DpuResult) -> np.
   cube = layouts.atoms_to_cube(atoms.reshape(1, H, W, layouts.ATOM), dt, c2)
   return cube.astype(np.float32) if r.in_prec == "fp16" else cube.astype(np.int64)
 
-def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:int, mem:IovaSpace) -> DpuResult:
+@dataclass(frozen=True)
+class DpuPlan:
+  """What prepare derives from the descriptions alone: the WDMA block and the operand plans."""
+  dst_base: int; shape: tuple[int, int]; strides: tuple[int, int]; row: int
+  brdma_use: int; ew: "EwPlan|None"
+
+def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:int, mem:IovaSpace,
+            pl:DpuPlan|None=None) -> DpuResult:
   """Every check of the DPU/DPU_RDMA programming (hangs, unsupported combinations) and the write plan (the whole
-  destination checked against the IOVA map). Reads nothing."""
+  destination checked against the IOVA map). Reads nothing. pl: plan(...) of the same descriptions, if already made."""
+  if pl is None: pl = plan(d, r, rdma_on, conv, qd_en)
+  if d.lut is not None: _check_lut(d)     # the LUT RAM's state is not in the registers: checked every task
+  res = DpuResult(None, None, brdma_use=pl.brdma_use, ew=pl.ew)  # type: ignore[arg-type]
+  res.scatter = layouts.plan_scatter(mem, pl.dst_base, pl.shape, pl.strides, pl.row, "WDMA")
+  return res
+
+def plan(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:int) -> DpuPlan:
+  """prepare's checks and geometry that depend on the descriptions only (a function of the registers)."""
   flying = conv is None
   if flying:
     if not d.flying: raise HangError("DPU started without CNA/CORE and without FLYING_MODE: it waits for convolution data forever")
@@ -546,7 +561,6 @@ def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:
     c2 = 16 // ELEMENT_BYTES[r.in_prec]
     _need(d.channels == c2, f"flying input of {d.channels} channels: only one full atom per pixel ({c2} channels) is "
           "validated; the MRDMA surface pitch is not documented")
-  res = DpuResult(None, None)  # type: ignore[arg-type]
   # ---- output geometry (validated before any computation) ----
   in_bytes = ELEMENT_BYTES[r.in_prec] if flying else ELEMENT_BYTES[conv.precision]
   g_out = out_group(d, conv, in_bytes)
@@ -566,16 +580,15 @@ def prepare(d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, qd_en:
   if n_surf > 1:
     _need(d.dst_surf_stride >= plane, f"DST_SURF_STRIDE {d.dst_surf_stride} < one {plane}-byte surface: surfaces overlap")
   row = d.width * layouts.ATOM
-  res.scatter = layouts.plan_scatter(mem, d.dst_base, (n_surf, d.height), (d.dst_surf_stride, row), row, "WDMA")
   if float_mode: _need(not (rdma_on and r and r.brdma_use), "BRDMA in float mode: element format not documented")
-  res.brdma_use = _brdma_use(d, r, rdma_on)
-  if ew_active(d): res.ew = _ew_plan(d, r, flying)
+  brdma_use = _brdma_use(d, r, rdma_on)
+  ew = _ew_plan(d, r, flying) if ew_active(d) else None
   if not d.od_bypass and not float_mode: _need(not flying, "CPEND (OD_BYPASS = 0) on a flying op: no window sum")
-  return res
+  return DpuPlan(d.dst_base, (n_surf, d.height), (d.dst_surf_stride, row), row, brdma_use, ew)
 
 def compute(res:DpuResult, d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDesc|None, acc:np.ndarray|None,
             window_sum:np.ndarray|None, mem:IovaSpace) -> None:
-  """Reads the DPU_RDMA operands and runs the datapath; leaves the WDMA bytes in res.atoms (written by the caller
+  """Reads the DPU_RDMA operands and runs the datapath; leaves the WDMA's elements in res.cube (written by the caller
   after every DMA read of the task succeeded)."""
   flying, float_mode = conv is None, d.float_mode
   # ---- operands ----
@@ -584,7 +597,7 @@ def compute(res:DpuResult, d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDe
 
   # ---- datapath ----
   if flying: v = _read_mrdma_main(d, r, mem, res)
-  elif float_mode: v = acc.astype(np.float32)
+  elif float_mode: v = acc.astype(np.float32, copy=False)   # (the stages below make new arrays: acc is not modified)
   else: v = acc.astype(np.int64)
   if not float_mode:
     cpend = None
@@ -614,5 +627,5 @@ def compute(res:DpuResult, d:DpuDesc, r:RdmaDesc|None, rdma_on:bool, conv:ConvDe
       v = _ew_relu(v, d.ew, True)
   out = _out_cvt(d, v)
   if qzero is not None and qzero.any(): out = np.where(qzero, out.dtype.type(LUT_QZERO_OUTPUT), out)   # QUIRK 4
-  res.atoms = layouts.cube_to_atoms(out, out.dtype)
+  res.cube = out
   return res

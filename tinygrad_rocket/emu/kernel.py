@@ -127,6 +127,14 @@ class EmuFile:
     self._queue: collections.deque[EmuJob] = collections.deque()
     self._worker: threading.Thread|None = None
     self._held, self._closing, self.closed = 0, False, False
+    self._running = False                   # a job of this file is executing (on the worker or on a waiter, _run_queued)
+    self._worker_blocked = False            # the worker waits for that job to end (then it is notified)
+    self._last_submit = 0.0                 # time.monotonic() of the latest SUBMIT
+    # Emulator speed, not semantics: with run_on_wait, SUBMIT does not wake the worker: the jobs run when a PREP_BO
+    # waits for them forever (_run_queued, on the waiting thread), and otherwise when the worker next wakes, within
+    # WORKER_LINGER_S. Waking a worker the waiter would only wait for costs two thread hand-offs per job, each up to a
+    # scheduler time slice on a busy machine. The device sets it when it waits for every job right after submitting.
+    self.run_on_wait = False
     self._handlers: dict[int, Callable[[Any], None]] = {
       uapi.DRM_IOCTL_VERSION: self._version, uapi.DRM_IOCTL_GEM_CLOSE: self._gem_close,
       uapi.DRM_IOCTL_ROCKET_CREATE_BO: self._create_bo, uapi.DRM_IOCTL_ROCKET_SUBMIT: self._submit,
@@ -247,6 +255,7 @@ class EmuFile:
     fence = bo.write_fence
     if fence is not None and not fence.signaled():
       if poll: raise _err(errno.EBUSY)
+      if a.timeout_ns >= uapi.INT64_MAX: self._run_queued(fence)
       while not fence.signaled():  # loop: never report ETIMEDOUT before the deadline has really passed
         remaining_s = (a.timeout_ns - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
         if remaining_s <= 0: raise _err(errno.ETIMEDOUT)
@@ -286,7 +295,8 @@ class EmuFile:
         for bo in job.out_bos: bo.write_fence = job.fence  # the job's finished fence, usage WRITE
     with self._cv:
       self._queue.extend(jobs)
-      self._cv.notify_all()  # a lingering worker takes them
+      self._last_submit = time.monotonic()
+      if not self.run_on_wait: self._cv.notify_all()  # a lingering worker takes them
       if self._worker is None:
         self._worker = threading.Thread(target=self._work, name=f"rocket-emu-core{self.core.index}", daemon=True)
         self._worker.start()
@@ -298,14 +308,38 @@ class EmuFile:
         lingered = False
         while True:
           if self._held and not self._closing: self._cv.wait()
-          elif self._queue: break
-          elif self._closing or lingered:
+          elif self._running:                   # a waiter runs a job on its own thread (_run_queued): jobs stay in order
+            self._worker_blocked = True
+            self._cv.wait()
+            self._worker_blocked = False
+          elif self._queue and (lingered or self._closing or not self.run_on_wait): break
+          elif self._closing or (lingered and time.monotonic() - self._last_submit >= WORKER_LINGER_S):
             self._worker = None  # exit when idle, so an unclosed file leaves no thread behind
             self._cv.notify_all()
             return
           else: lingered = not self._cv.wait(WORKER_LINGER_S)  # the next job often follows at once: no new thread
         job = self._queue.popleft()
-      self._run(job)
+        self._running = True
+      self._run_one(job)
+
+  def _run_one(self, job:EmuJob) -> None:
+    try: self._run(job)
+    finally:
+      with self._cv:
+        self._running = False
+        if self._worker_blocked: self._cv.notify_all()
+
+  def _run_queued(self, fence:Fence) -> None:
+    """Emulator speed, not semantics: a PREP_BO that would wait forever for a job runs the queued jobs itself, in
+    order, one at a time, while no job is running and the queue is not held; the worker thread runs them the same way.
+    A waiter would sleep until the worker finished them anyway: this saves two thread hand-offs per job (each a whole
+    scheduler time slice on a busy machine). A running job is waited for as before."""
+    while not fence.signaled():
+      with self._cv:
+        if self._held or self._running or not self._queue: return
+        job = self._queue.popleft()
+        self._running = True
+      self._run_one(job)
 
   def _run(self, job:EmuJob) -> None:
     error, done, core = None, 0, self.core

@@ -21,6 +21,7 @@ import numpy as np
 from tinygrad_rocket.emu.memory import IovaSpace, IommuFault
 
 ATOM = 16  # bytes per feature atom, every precision
+ATOM_ITEM = np.dtype((np.void, ATOM))   # one atom as a numpy item (copied as bytes)
 
 def ceil_div(a:int, b:int) -> int: return -(-a // b)
 
@@ -48,6 +49,11 @@ def _extent(shape:tuple[int, ...], strides:tuple[int, ...], inner:int) -> int:
 def gather(mem:IovaSpace, base:int, shape:tuple[int, ...], strides:tuple[int, ...], inner:int, unit:str) -> np.ndarray:
   """uint8 array of shape + (inner,): the `inner`-byte runs at base + sum(i_k * strides_k). Non-negative strides.
   Faults exactly when one of the runs (not the holes between them) lies outside the file's BOs."""
+  return np.ascontiguousarray(gather_view(mem, base, shape, strides, inner, unit))
+
+def gather_view(mem:IovaSpace, base:int, shape:tuple[int, ...], strides:tuple[int, ...], inner:int, unit:str) -> np.ndarray:
+  """gather without the copy: a read-only strided view of the BO when one BO holds the whole block (it changes with the
+  BO: read it before the task writes), else the gathered copy. Same faults as gather."""
   assert all(s >= 0 for s in strides)
   ext = _extent(shape, strides, inner)
   out_shape = tuple(shape) + (inner,)
@@ -56,8 +62,7 @@ def gather(mem:IovaSpace, base:int, shape:tuple[int, ...], strides:tuple[int, ..
     flat = mem.ndarray(base, np.uint8, ext, unit=unit)
   except IommuFault:
     return _gather_rows(mem, base, shape, strides, inner, unit)
-  v = np.lib.stride_tricks.as_strided(flat, shape=out_shape, strides=tuple(strides) + (1,), writeable=False)
-  return np.ascontiguousarray(v)
+  return np.lib.stride_tricks.as_strided(flat, shape=out_shape, strides=tuple(strides) + (1,), writeable=False)
 
 def _gather_rows(mem:IovaSpace, base:int, shape, strides, inner:int, unit:str) -> np.ndarray:
   """Slow path for a block whose extent crosses unmapped holes: every run is checked (and read) on its own."""
@@ -93,6 +98,20 @@ class Scatter:
     for idx in np.ndindex(*self.shape):
       addr = self.base + sum(i * s for i, s in zip(idx, self.strides))
       self.mem.write(addr, data[idx].tobytes(), unit=self.unit)
+
+  def commit_cube(self, cube:np.ndarray) -> None:
+    """Writes a (C, H, W) cube as NC1HWC2 surfaces (C2 = 16 / itemsize, C a multiple of C2): cube_to_atoms and commit
+    in one transposing copy."""
+    if self.per_run or self.nbytes == 0: return self.commit(cube_to_atoms(cube, cube.dtype))
+    C, H, W = cube.shape
+    c2 = ATOM // cube.dtype.itemsize
+    assert C % c2 == 0 and self.shape == (C // c2, H) and self.inner == W * ATOM
+    dst = np.frombuffer(self.mem.view(self.base, _extent(self.shape, self.strides, self.inner), "write", self.unit), np.uint8)
+    # (surface, row, pixel, byte) views of the destination: written in place, never a copy
+    v = np.lib.stride_tricks.as_strided(dst, shape=(C // c2, H, W, ATOM), strides=tuple(self.strides) + (ATOM, 1))
+    if (hwc := cube.transpose(1, 2, 0)).flags.c_contiguous:   # pixel-major memory: whole atoms move (16-byte items)
+      v.view(ATOM_ITEM)[..., 0] = hwc.view(ATOM_ITEM).transpose(2, 0, 1)
+    else: v.view(cube.dtype).transpose(0, 3, 1, 2)[...] = cube.reshape(C // c2, c2, H, W)
 
 def plan_scatter(mem:IovaSpace, base:int, shape:tuple[int, ...], strides:tuple[int, ...], inner:int, unit:str) -> Scatter:
   """Checks every destination run of a strided write (IommuFault if any lies outside the BOs); writes nothing."""
