@@ -625,7 +625,8 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
   fused = "".join(x for x, on in ((" +scale (weights)", epi is not None and not epi.unit),
                                   (" +shift (BS add)", epi is not None and epi.shift is not None),
-                                  (" +per-pixel operand (EW add)", ew is not None),
+                                  (f" +{'residual' if epi and any(uses(ld) - {c.kernel} for ld in epi.loads) else 'per-channel shift'}"
+                                   " (fp16 EW operand)", ew is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){fused} as {len(tasks)} {pr.name} "
