@@ -1,11 +1,29 @@
 """Convolutions on the NPU's convolution datapath: conv1d/conv2d, direct (groups 1) or depthwise (one output channel
-per input channel), any batch, stride, dilation and zero padding, ReLU fused; no im2col.
+per input channel), any batch, stride, dilation and zero padding, with their epilogues fused; no im2col.
 
-Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact), fp32 accumulation, fp32 out (DPU OUT
-fp32), then one rounding to the output dtype by the CPU. An operand beyond fp16's range takes the C path (the runner
+Epilogues: those the contraction rule fuses but activations, s*acc + t then [ReLU | ReLU6 = clip(0, c)], found by its
+analysis (rules/contraction.py _affine_degree, _sum_terms; `Epilogue` here): a bias, BatchNorm in eval form, a residual
+add (any tensor indexed by the output's loops) and their combinations. In the conv's own tasks:
+  - s (the terms holding the sum; per output channel only) multiplies each kernel's weights when packing, rounded to
+    fp16 once (as the contraction rule and weight converters fold BatchNorm);
+  - t constant: the BS stage's fp32 add (register operand), ReLU/ReLUX after it in the same stage;
+  - t varying (a per-channel shift, a residual, both): evaluated in float64 from its operands when packing (the
+    epilogue at acc = 0), rounded to fp16 once into a cube shaped like each task's output, which the EW stage adds
+    (DPU_RDMA MRDMA+ERDMA, the conv-fed add GN validated, rocket_fp16_ew_ppu.md §2.3; ops/matmul.py ew_fields,
+    ew_rdma), then the EW ReLU/ReLUX. Per-channel operands from BRDMA would keep t in fp32 without the per-pixel
+    DMA, but their element format in float mode is not documented (the emulator refuses BRDMA in float mode), and
+    the EW operand is at most 16 bits (landscape.md), so t + r is one fp16 rounding: the precision of the
+    contraction rule's intercept and residual columns. An output plane under 12 pixels per task (the EW stage's
+    floor, §6.C), a padded operand, a scale varying with more than the channel: the contraction rule's, with the reason.
+int8 convolutions keep ReLU only (below).
+
+Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact; weights scaled by s are rounded after
+the multiply, t + r rounded to fp16), fp32 accumulation and fp32 epilogue arithmetic in the DPU, fp32 out (DPU OUT
+fp32), then one rounding to the output dtype by the CPU: a sum of n + 1 fp16 products (t + r times 1), as
+tests/test_conv_epilogue.py bounds it. An operand beyond fp16's range (x, w*s, t + r) takes the C path (the runner
 checks when packing). Programs: ops/conv.py (GN's hardware-validated fp16 conv program, rocket_fp16_ew_ppu.md §2.2).
 
-Matching reads the conv off the affine index maps (analysis.py). The kernel is [ReLU](REDUCE(ADD, X * W)):
+Matching reads the conv off the affine index maps (analysis.py). The kernel is [ReLU](epilogue(REDUCE(ADD, X * W))):
   - output loops only X reads are window rows/columns or images; the one only W reads is the kernel (direct); the
     one both read is the channel (depthwise); reduce loops are taps or input channels;
   - a window axis pairs an output loop o with a tap loop k: X's index moves by A per o and B per k, so along that axis
