@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Contractions on ROCKET next to tinygrad's CPU device, in one run: a matmul sweep and the conv layers of ResNet-18
-and MobileNetV2 (batch 1).
+(also with their eval-mode BatchNorm, skip connection and ReLU fused) and MobileNetV2 (batch 1). "runs on" names the
+rule(s) whose NPU programs ran (conv: the convolution datapath; contraction: im2col matmul tiles).
 
 Per case: where the kernel ran, NPU tasks, MACs issued vs useful, bytes packed by the CPU, the emulator's modeled
 NPU time (1 GHz TRM clock and 200 MHz stock mainline clock), and wall time per call of ROCKET (on the emulator: the

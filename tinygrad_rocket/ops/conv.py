@@ -9,6 +9,10 @@ not fit the CBUF next to its weights is split into row bands (`row_split`, Mesa'
 int8 with int32 output (the exact path, ops/matmul.py INT8) takes that table's QD_EN and one CBUF bank of input slack;
 its SIZE_E / SURFACE_ADD follow from the output group (8 atoms).
 
+Epilogues (conv_program's bs / ew): the BS stage's constant fp32 add, ReLU and ReLUX clip (ops/matmul.py bs_fields), and
+a per-pixel EW operand each task reads as a plain cube of its own output's shape (`ew_tiles`: the GN conv-fed add,
+rocket_fp16_ew_ppu.md §2.3, programmed by ops/matmul.py ew_fields / ew_rdma as for matmul tiles).
+
 Layouts (ops/layout.py): the input is an NC1HWC2 cube (W the contiguous axis), the weights kernel groups (direct) or
 channel groups (depthwise), the output an NC1HWC2 cube of the output precision.
 """
