@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Contractions on ROCKET next to tinygrad's CPU device, in one run: a matmul sweep and the conv layers of ResNet-18
-and MobileNetV2 (batch 1).
+(also with their eval-mode BatchNorm, skip connection and ReLU fused) and MobileNetV2 (batch 1). "runs on" names the
+rule(s) whose NPU programs ran (conv: the convolution datapath; contraction: im2col matmul tiles).
 
 Per case: where the kernel ran, NPU tasks, MACs issued vs useful, bytes packed by the CPU, the emulator's modeled
 NPU time (1 GHz TRM clock and 200 MHz stock mainline clock), and wall time per call of ROCKET (on the emulator: the
@@ -27,6 +28,16 @@ def cases(quick:bool):
   for name, ci, co, hw, k, s, p in resnet:
     o = (hw + 2*p - k) // s + 1
     yield f"resnet18 {name}", [(1, ci, hw, hw), (co, ci, k, k)], (lambda s, p: lambda x, w: x.conv2d(w, stride=s, padding=p))(s, p), co*ci*k*k*o*o
+  # the same layers with their eval-mode BatchNorm (per-channel scale s, shift t), ReLU / ReLU6 and ResNet's skip
+  # connection fused after the conv: (conv(x)*s + t [+ r]).relu()
+  bn = [("l1 3x3 64->64 @56 +BN+ReLU", 64, 64, 56, 3, 1, 1, False), ("l1 3x3 64->64 @56 +BN+skip+ReLU", 64, 64, 56, 3, 1, 1, True),
+        ("l2 3x3/2 64->128 @56 +BN+ReLU", 64, 128, 56, 3, 2, 1, False), ("l4 3x3 512->512 @7 +BN+skip+ReLU", 512, 512, 7, 3, 1, 1, True)]
+  if quick: bn = bn[:1]
+  for name, ci, co, hw, k, s, p, skip in bn:
+    o = (hw + 2*p - k) // s + 1
+    shapes = [(1, ci, hw, hw), (co, ci, k, k), (co,), (co,)] + ([(1, co, o, o)] if skip else [])
+    yield f"resnet18 {name}", shapes, (lambda s, p: lambda x, w, sc, sh, *r: (x.conv2d(w, stride=s, padding=p) * sc.reshape(1, -1, 1, 1)
+                                       + sh.reshape(1, -1, 1, 1) + (r[0] if r else 0)).relu())(s, p), co*ci*k*k*o*o
   mobilenet = [("stem 3x3/2 3->32 @224", 3, 32, 224, 3, 2, 1, 1), ("dw 3x3 32 @112", 32, 32, 112, 3, 1, 1, 32),
                ("pw 1x1 32->16 @112", 32, 16, 112, 1, 1, 0, 1), ("pw 1x1 16->96 @112", 16, 96, 112, 1, 1, 0, 1),
                ("dw 3x3/2 96 @112", 96, 96, 112, 3, 2, 1, 96), ("pw 1x1 96->24 @56", 96, 24, 56, 1, 1, 0, 1),
@@ -72,6 +83,8 @@ def main():
     t_rk, out = timed("ROCKET", fn, arrays, args.reps, args.rounds)
     engines = {r.engine for r in report.records()}
     where = "npu" if engines == {"npu"} else "fallback" if engines == {"fallback"} else "mixed"
+    rules = sorted({r.reason.split()[0] for r in report.records() if r.engine == "npu"})   # summaries start with the rule's kind
+    where_rule = f"{where} ({', '.join(rules)})" if rules else where
     why = next((r.reason for r in report.records() if r.engine == "fallback"), "")
     if stats and before:
       calls = args.reps * args.rounds + 1
@@ -81,8 +94,8 @@ def main():
     else: tasks = issued = m1g = m200 = 0
     useful = useful_macs if where == "npu" else 0
     err = float(np.abs(out - ref).max() / (np.abs(ref).max() + 1e-30))
-    rows.append((name, where, tasks, useful / issued if issued else 0.0, m1g, m200, t_rk, t_cpu, err, why))
-    print(f"{name:34s} {where:8s} tasks {tasks:6.0f}  useful/issued {rows[-1][3]:5.2f}  model {m1g*1e3:8.3f} ms@1GHz {m200*1e3:8.3f} ms@200MHz"
+    rows.append((name, where_rule, tasks, useful / issued if issued else 0.0, m1g, m200, t_rk, t_cpu, err, why))
+    print(f"{name:34s} {where_rule:8s} tasks {tasks:6.0f}  useful/issued {rows[-1][3]:5.2f}  model {m1g*1e3:8.3f} ms@1GHz {m200*1e3:8.3f} ms@200MHz"
           f"  rocket {t_rk*1e3:8.1f} ms  cpu {t_cpu*1e3:8.1f} ms  ratio {t_rk/t_cpu:6.2f}  maxrel {err:.1e}" + (f"  [{why}]" if why else ""), flush=True)
   if args.md:
     print(f"\n{run_line(dev.emulated)}\n")

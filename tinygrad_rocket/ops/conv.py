@@ -9,6 +9,10 @@ not fit the CBUF next to its weights is split into row bands (`row_split`, Mesa'
 int8 with int32 output (the exact path, ops/matmul.py INT8) takes that table's QD_EN and one CBUF bank of input slack;
 its SIZE_E / SURFACE_ADD follow from the output group (8 atoms).
 
+Epilogues (conv_program's bs / ew): the BS stage's constant fp32 add, ReLU and ReLUX clip (ops/matmul.py bs_fields), and
+a per-pixel EW operand each task reads as a plain cube of its own output's shape (`ew_tiles`: the GN conv-fed add,
+rocket_fp16_ew_ppu.md §2.3, programmed by ops/matmul.py ew_fields / ew_rdma as for matmul tiles).
+
 Layouts (ops/layout.py): the input is an NC1HWC2 cube (W the contiguous axis), the weights kernel groups (direct) or
 channel groups (depthwise), the output an NC1HWC2 cube of the output precision.
 """
@@ -17,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 from tinygrad_rocket import regs
 from tinygrad_rocket.ops.layout import ceil_div, ELEMENT_BYTES, WEIGHT_GROUPS, DW_GROUPS
-from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES, MIN_ROWS, INT8
+from tinygrad_rocket.ops.matmul import CBUF_BANKS, CBUF_BANK_BYTES, MIN_ROWS, INT8, EwOperand, XStageOp, bs_fields, ew_fields, ew_rdma
 from tinygrad_rocket.ops.program import Program, PREC, override, field_max
 
 @dataclass
@@ -107,12 +111,16 @@ def overflow(s:ConvSpec, bands:list[tuple[int, int]]) -> str|None:
   return None
 
 def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool=False, out_cvt:tuple[int, int, int]=(1, 0, 0),
-                 ow_op:int|None=None, rows:tuple[int, int]|None=None) -> Program:
+                 ow_op:int|None=None, rows:tuple[int, int]|None=None, bs:XStageOp|None=None, ew:EwOperand|None=None) -> Program:
   """The validated convolution program (GN fp16 conv/matmul; Mesa int8 values where the precision is int8).
   slots: buffer slot of 'input', 'weights', 'output' (+ 'bias' for int8 bias from BRDMA).
   out_cvt: (scale, shift, offset) of OUT_CVT. ow_op: BS_OW_OP (CPEND on when given, int8).
   rows: compute only output rows [o0, o1) (one task of a row split; Mesa's split addressing: the input/output base
-  moves by whole rows, the surface strides stay those of the whole tensors)."""
+  moves by whole rows, the surface strides stay those of the whole tensors).
+  bs: the BS stage (ops/matmul.py XStageOp: a constant fp32 add, ReLU, ReLUX clip) instead of `relu`. ew: a per-pixel
+  operand cube of this task's output (its channels x rows [o0, o1) x width, surfaces one plane apart) the EW stage
+  combines with the result, as the GN conv-fed add (rocket_fp16_ew_ppu.md §2.3; ops/matmul.py ew_fields, ew_rdma)."""
+  assert bs is None or not (bias or relu), "relu/bias or bs, not both"
   p = PREC[s.precision]
   c2 = 16 // s.ebytes
   OH_full, OW, OC = s.OH, s.OW, s.OC
@@ -170,10 +178,9 @@ def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool
     ("DPU", "DATA_CUBE_HEIGHT"): dict(HEIGHT=OH - 1),
     ("DPU", "DATA_CUBE_NOTCH_ADDR"): {},
     ("DPU", "DATA_CUBE_CHANNEL"): dict(ORIG_CHANNEL=OC - 1, CHANNEL=OC - 1),
-    ("DPU", "BS_CFG"): (dict(BS_ALU_ALGO=2, BS_ALU_SRC=1, BS_RELU_BYPASS=0 if relu else 1, BS_MUL_BYPASS=1) if bias else
-                        dict(BS_ALU_BYPASS=1, BS_MUL_BYPASS=1) if relu else
-                        dict(BS_RELU_BYPASS=1, BS_MUL_BYPASS=1, BS_ALU_BYPASS=1, BS_BYPASS=1)),
-    ("DPU", "BS_ALU_CFG"): {}, ("DPU", "BS_MUL_CFG"): {}, ("DPU", "BS_RELUX_CMP_VALUE"): {},
+    **({("DPU", "BS_CFG"): dict(BS_ALU_ALGO=2, BS_ALU_SRC=1, BS_RELU_BYPASS=0 if relu else 1, BS_MUL_BYPASS=1),
+        ("DPU", "BS_ALU_CFG"): {}, ("DPU", "BS_MUL_CFG"): {}, ("DPU", "BS_RELUX_CMP_VALUE"): {}} if bias else
+       {("DPU", k): v for k, v in bs_fields(bs if bs is not None else XStageOp(relu=relu)).items()}),
     ("DPU", "BS_OW_CFG"): dict(SIZE_E_2=s.atoms_per_group - 1, SIZE_E_1=s.atoms_per_group - 1, SIZE_E_0=s.atoms_per_group - 1,
                                OD_BYPASS=0 if ow_op is not None else 1),
     ("DPU", "BS_OW_OP"): dict(OW_OP=ow_op or 0),
@@ -204,6 +211,9 @@ def conv_program(s:ConvSpec, slots:Mapping[str, int], bias:bool=False, relu:bool
     ("DPU_RDMA", "WEIGHT"): dict(E_WEIGHT=1, N_WEIGHT=1, B_WEIGHT=1, M_WEIGHT=1),
     ("DPU_RDMA", "EW_SURF_NOTCH"): {},
   }
+  if ew is not None:
+    prog |= {("DPU", k): v for k, v in ew_fields(ew).items()}
+    prog |= {("DPU_RDMA", k): v for k, v in ew_rdma(ew, OH * OW * 16, 3 if dw else 0).items()}
   return prog
 
 def kernel_chunks(s:ConvSpec, kernels_per_task:int|None=None) -> list[tuple[int, ConvSpec]]:
@@ -217,18 +227,37 @@ def input_height(s:ConvSpec, kernels_per_task:int|None=None) -> int:
   """Rows of the input cube the tasks of `conv_programs` read (a band may read past the window, MIN_ROWS)."""
   return max(in_rows(sub, *band)[1] for _, sub in kernel_chunks(s, kernels_per_task) for band in row_split(sub))
 
-def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, diagonal:bool=False, **kw) -> list[Program]:
+def ew_tiles(s:ConvSpec, kernels_per_task:int|None, nbytes:int) -> list[tuple[int, ConvSpec, tuple[int, int], int]]:
+  """(first kernel, spec, row band, byte offset) of each task's per-pixel EW operand, in `conv_programs`' task order:
+  each task's cube (its channels x band rows x width, `nbytes` per element) packed whole, one after the other (a task
+  reads a plain cube whose surfaces are one plane apart, the geometry GN validated, rocket_fp16_ew_ppu.md §2.3)."""
+  out, off = [], 0
+  for k0, sub in kernel_chunks(s, kernels_per_task):
+    for o0, o1 in row_split(sub):
+      out.append((k0, sub, (o0, o1), off))
+      off += ceil_div(sub.OC, 16 // nbytes) * (o1 - o0) * sub.OW * 16
+  return out
+
+def ew_bytes(s:ConvSpec, kernels_per_task:int|None, nbytes:int) -> int:
+  """Bytes of all of one image's EW operand cubes (`ew_tiles`)."""
+  *_, (k0, sub, (o0, o1), off) = ew_tiles(s, kernels_per_task, nbytes)
+  return off + ceil_div(sub.OC, 16 // nbytes) * (o1 - o0) * sub.OW * 16
+
+def conv_programs(s:ConvSpec, slots:Mapping[str, int], kernels_per_task:int|None=None, diagonal:bool=False,
+                  ew:EwOperand|None=None, **kw) -> list[Program]:
   """The whole convolution as tasks: one per row band of `row_split` and, with `kernels_per_task` (a multiple of the
   kernel group), per chunk of kernels (weights at the chunk's first kernel group, output at its first surface).
   `diagonal`: chunk k reads only its own s.C input channels (a depthwise convolution run as direct ones with
-  block-diagonal weights: the input at the chunk's first channel surface, the cube's surface pitch unchanged)."""
+  block-diagonal weights: the input at the chunk's first channel surface, the cube's surface pitch unchanged).
+  `ew`: a per-pixel EW operand whose task cubes start at ew.off (`ew_tiles`)."""
   chunks = kernel_chunks(s, kernels_per_task)
-  if len(chunks) == 1: return [conv_program(s, slots, rows=band, **kw) for band in row_split(s)]
+  ews = iter([replace(ew, off=ew.off + off) for *_, off in ew_tiles(s, kernels_per_task, ew.nbytes)] if ew is not None else [])
+  if len(chunks) == 1: return [conv_program(s, slots, rows=band, ew=next(ews, None), **kw) for band in row_split(s)]
   out, c2o = [], 16 // s.out_bytes
   bpk = s.kh * s.kw * s.C * s.ebytes
   for k0, sub in chunks:
     for band in row_split(sub):
-      prog = conv_program(sub, slots, rows=band, **kw)
+      prog = conv_program(sub, slots, rows=band, ew=next(ews, None), **kw)
       ch = {("CNA", "DCOMP_ADDR0"): regs.address("CNA", "DCOMP_ADDR0", slots["weights"], k0 * bpk),
             **({("CNA", "FEATURE_DATA_ADDR"): regs.address("CNA", "FEATURE_DATA_ADDR", slots["input"], in_rows(sub, *band)[0] * s.W * 16
                                                            + (k0 // (16 // s.ebytes)) * s.H * s.W * 16)} if diagonal else {}),

@@ -109,6 +109,31 @@ def bs_fields(x:XStageOp) -> dict[str, dict[str, int]]:
               BS_MUL_CFG=dict(BS_MUL_OPERAND=fp16_bits(x.mul)) if x.mul is not None else {},
               BS_RELUX_CMP_VALUE=dict(BS_RELUX_CMP_DAT=0 if x.clip is None else fp32_bits(x.clip)))
 
+EW_BYPASS = dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1)  # = 0x383 (§2.1)
+
+def ew_fields(ew:EwOperand|None) -> dict[str, dict[str, int]]:
+  """The EW stage's DPU registers for ew (bypassed without an operand)."""
+  if ew is None: return dict(EW_CFG=EW_BYPASS, EW_RELUX_CMP_VALUE={})
+  assert ew.clip is None or ew.relu, "the EW ReLUX clamps after the EW ReLU"
+  return dict(EW_CFG=dict(EW_DATA_MODE=1, EDATA_SIZE=EW_SIZE[ew.nbytes], EW_RELU_BYPASS=int(not ew.relu), EW_LUT_BYPASS=1,
+                          EW_OP_SRC=1, EW_RELUX_EN=int(ew.clip is not None), **EW_OPS[ew.op]),
+              EW_RELUX_CMP_VALUE={} if ew.clip is None else dict(EW_RELUX_CMP_DAT=fp32_bits(ew.clip)))
+
+def ew_rdma(ew:EwOperand|None, plane:int, conv_mode:int=0) -> dict[str, dict[str, int]|regs.AddressWrite]:
+  """DPU_RDMA's registers for ew; `plane`: bytes of one output surface (W*H atoms). Without an operand nothing is fed
+  (MRDMA and ERDMA disabled: leaving MRDMA armed hangs, §6.B, the MRDMA trap); with one, MRDMA and ERDMA share it
+  (COMB_USE 5): surfaces at the operand base, ERDMA one surface further, both stepping two surfaces (notch = one
+  plane), EW_SURF_STRIDE one plane (the emulator's _ew_plan, §2.3). conv_mode: CONV_MODE of the conv feeding the DPU."""
+  mode = dict(BURST_LEN=DMA_BURST_16, **({"CONV_MODE": conv_mode} if conv_mode else {}))
+  if ew is None:
+    return dict(FEATURE_MODE_CFG=dict(mode, MRDMA_DISABLE=1), ERDMA_CFG=dict(ERDMA_DISABLE=1), SRC_BASE_ADDR={}, EW_BASE_ADDR={},
+                EW_SURF_STRIDE={}, SURF_NOTCH={}, EW_SURF_NOTCH={})
+  return dict(FEATURE_MODE_CFG=dict(mode, COMB_USE=EW_COMB_USE, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
+              ERDMA_CFG=dict(ERDMA_DATA_MODE=1, ERDMA_DATA_SIZE=EW_SIZE[ew.nbytes]),
+              SRC_BASE_ADDR=regs.address("DPU_RDMA", "SRC_BASE_ADDR", ew.slot, ew.off),
+              EW_BASE_ADDR=regs.address("DPU_RDMA", "EW_BASE_ADDR", ew.slot, ew.off + plane),
+              EW_SURF_STRIDE=dict(EW_SURF_STRIDE=plane), SURF_NOTCH=dict(SURF_NOTCH_ADDR=plane), EW_SURF_NOTCH=dict(EW_SURF_NOTCH=plane))
+
 @dataclass(frozen=True)
 class MatmulTile:
   """One task: rows [m0, m0+M) of A times kernels [n0, n0+N) of B, all of K."""
@@ -170,22 +195,8 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
   w, addr = regs.write, regs.address
   plane = M * 1 * 16                                     # bytes of one output surface (W=1, H=M atoms)
   atoms = INT8["atoms"] if i8 else ATOMS_FP16_OUT if out_fp16 else ATOMS_FP32_OUT
-  bs_regs = bs_fields(bs)
-  ew_cfg = (dict(EW_RELU_BYPASS=1, EW_OP_CVT_BYPASS=1, EW_LUT_BYPASS=1, EW_OP_BYPASS=1, EW_BYPASS=1) if ew is None else  # 0x383
-            dict(EW_DATA_MODE=1, EDATA_SIZE=EW_SIZE[ew.nbytes], EW_RELU_BYPASS=int(not ew.relu), EW_LUT_BYPASS=1, EW_OP_SRC=1,
-                 EW_RELUX_EN=int(ew.clip is not None), **EW_OPS[ew.op]))
-  assert ew is None or ew.clip is None or ew.relu, "the EW ReLUX clamps after the EW ReLU"
-  # DPU_RDMA: not fed without an EW operand (MRDMA and ERDMA disabled: leaving MRDMA armed hangs, §6.B, the MRDMA
-  # trap); with one, MRDMA and ERDMA share it (COMB_USE 5): surfaces at the operand base, ERDMA one surface further,
-  # both stepping two surfaces (notch = one plane), EW_SURF_STRIDE one plane (the emulator's _ew_plan, §2.3)
-  rdma = [w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, MRDMA_DISABLE=1), w("DPU_RDMA", "ERDMA_CFG", ERDMA_DISABLE=1),
-          w("DPU_RDMA", "SRC_BASE_ADDR"), w("DPU_RDMA", "EW_BASE_ADDR"), w("DPU_RDMA", "EW_SURF_STRIDE"),
-          w("DPU_RDMA", "SURF_NOTCH"), w("DPU_RDMA", "EW_SURF_NOTCH")] if ew is None else [
-          w("DPU_RDMA", "FEATURE_MODE_CFG", BURST_LEN=DMA_BURST_16, COMB_USE=EW_COMB_USE, IN_PRECISION=PREC_FP16, PROC_PRECISION=PREC_FP16),
-          w("DPU_RDMA", "ERDMA_CFG", ERDMA_DATA_MODE=1, ERDMA_DATA_SIZE=EW_SIZE[ew.nbytes]),
-          addr("DPU_RDMA", "SRC_BASE_ADDR", ew.slot, ew.off), addr("DPU_RDMA", "EW_BASE_ADDR", ew.slot, ew.off + plane),
-          w("DPU_RDMA", "EW_SURF_STRIDE", EW_SURF_STRIDE=plane), w("DPU_RDMA", "SURF_NOTCH", SURF_NOTCH_ADDR=plane),
-          w("DPU_RDMA", "EW_SURF_NOTCH", EW_SURF_NOTCH=plane)]
+  bs_regs, ew_regs = bs_fields(bs), ew_fields(ew)
+  rdma = [v if isinstance(v, regs.AddressWrite) else w("DPU_RDMA", k, **v) for k, v in ew_rdma(ew, plane).items()]
   e: list = [
     w("DPU", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
     w("DPU_RDMA", "S_POINTER", POINTER_PP_EN=1, EXECUTER_PP_EN=1, POINTER_PP_MODE=1),
@@ -235,8 +246,8 @@ def matmul_task(t:MatmulTile, a_slot:int, a_off:int, b_slot:int, b_off:int, c_sl
     w("DPU", "WDMA_SIZE_1", HEIGHT_WDMA=M - 1, WIDTH_WDMA=0),
     w("DPU", "BN_CFG", **{k.replace("BS_", "BN_"): x for k, x in BS_BN_BYPASS.items()}),
     w("DPU", "BN_ALU_CFG"), w("DPU", "BN_MUL_CFG"), w("DPU", "BN_RELUX_CMP_VALUE"),
-    w("DPU", "EW_CFG", **ew_cfg),
-    w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE", **({} if ew is None or ew.clip is None else dict(EW_RELUX_CMP_DAT=fp32_bits(ew.clip)))),
+    w("DPU", "EW_CFG", **ew_regs["EW_CFG"]),
+    w("DPU", "EW_CVT_OFFSET_VALUE"), w("DPU", "EW_CVT_SCALE_VALUE", EW_OP_CVT_SCALE=ONE_SCALE), w("DPU", "EW_RELUX_CMP_VALUE", **ew_regs["EW_RELUX_CMP_VALUE"]),
     w("DPU", "OUT_CVT_OFFSET"), w("DPU", "OUT_CVT_SCALE", FP32TOFP16_EN=int(out_fp16), OUT_CVT_SCALE=ONE_SCALE), w("DPU", "OUT_CVT_SHIFT"),
     w("DPU", "SURFACE_ADD", SURF_ADD=M * 1 * 16 * atoms),
     w("DPU", "UNDOC_40C4"),

@@ -1,6 +1,7 @@
 """What every lowering rule shares: the float dtypes the NPU paths take, the task budget, expression helpers (walking,
 ReLU / ReLU6 forms) and the Grid that turns loop-nest accesses into Copy gathers."""
 from __future__ import annotations
+from typing import Callable
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import Load, Alu, Const, Reduce, Affine
 from tinygrad_rocket.program import Copy, Var, Lin, Bound, PExpr
@@ -45,6 +46,13 @@ def relu_clip(e) -> tuple[object, float]|None:
         if isinstance(b, Const) and b.value < 0 and strip_cast(a) == strip_cast(x): return x, -float(b.value)
   return None
 
+def pexpr(e, index:Callable[[Affine], Lin]) -> PExpr:
+  """An epilogue expression as a PExpr, each operand load at index(its affine index) over some Copy's values."""
+  if isinstance(e, Reduce): return ("acc",)
+  if isinstance(e, Const): return ("const", float(e.value))
+  if isinstance(e, Load): return ("load", e.slot, FLOATS[e.dtype], index(e.index))
+  return (e.op.name, FLOATS.get(e.dtype, "float64"), *(pexpr(s, index) for s in e.src))
+
 class Grid:
   """The values a Copy computes per grid point: the grid coordinates, then linear positions (e.g. k = 8*k1 + k2) and
   the digits that recover each kernel loop index from them."""
@@ -81,10 +89,7 @@ class Grid:
 
   def pexpr(self, e) -> PExpr:
     """An epilogue expression as a PExpr over this grid's values (its operand loads indexed through the digits)."""
-    if isinstance(e, Reduce): return ("acc",)
-    if isinstance(e, Const): return ("const", float(e.value))
-    if isinstance(e, Load): return ("load", e.slot, FLOATS[e.dtype], self.lin(e.index))
-    return (e.op.name, FLOATS.get(e.dtype, "float64"), *(self.pexpr(s) for s in e.src))
+    return pexpr(e, self.lin)
 
   def copy(self, src:Load|None, dst:int, dst_index:Lin, fill:float|None=0.0, value:PExpr|None=None, params:tuple[int, ...]=()) -> Copy:
     pad = lambda l: Lin(l.coeffs + (0,) * (self.nvals - len(l.coeffs)), l.const)

@@ -1,11 +1,29 @@
 """Convolutions on the NPU's convolution datapath: conv1d/conv2d, direct (groups 1) or depthwise (one output channel
-per input channel), any batch, stride, dilation and zero padding, ReLU fused; no im2col.
+per input channel), any batch, stride, dilation and zero padding, with their epilogues fused; no im2col.
 
-Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact), fp32 accumulation, fp32 out (DPU OUT
-fp32), then one rounding to the output dtype by the CPU. An operand beyond fp16's range takes the C path (the runner
+Epilogues: those the contraction rule fuses but activations, s*acc + t then [ReLU | ReLU6 = clip(0, c)], found by its
+analysis (rules/contraction.py _affine_degree, _sum_terms; `Epilogue` here): a bias, BatchNorm in eval form, a residual
+add (any tensor indexed by the output's loops) and their combinations. In the conv's own tasks:
+  - s (the terms holding the sum; per output channel only) multiplies each kernel's weights when packing, rounded to
+    fp16 once (as the contraction rule and weight converters fold BatchNorm);
+  - t constant: the BS stage's fp32 add (register operand), ReLU/ReLUX after it in the same stage;
+  - t varying (a per-channel shift, a residual, both): evaluated in float64 from its operands when packing (the
+    epilogue at acc = 0), rounded to fp16 once into a cube shaped like each task's output, which the EW stage adds
+    (DPU_RDMA MRDMA+ERDMA, the conv-fed add GN validated, rocket_fp16_ew_ppu.md §2.3; ops/matmul.py ew_fields,
+    ew_rdma), then the EW ReLU/ReLUX. Per-channel operands from BRDMA would keep t in fp32 without the per-pixel
+    DMA, but their element format in float mode is not documented (the emulator refuses BRDMA in float mode), and
+    the EW operand is at most 16 bits (landscape.md), so t + r is one fp16 rounding: the precision of the
+    contraction rule's intercept and residual columns. An output plane under 12 pixels per task (the EW stage's
+    floor, §6.C), a padded operand, a scale varying with more than the channel: the contraction rule's, with the reason.
+int8 convolutions keep ReLU only (below).
+
+Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact; weights scaled by s are rounded after
+the multiply, t + r rounded to fp16), fp32 accumulation and fp32 epilogue arithmetic in the DPU, fp32 out (DPU OUT
+fp32), then one rounding to the output dtype by the CPU: a sum of n + 1 fp16 products (t + r times 1), as
+tests/test_conv_epilogue.py bounds it. An operand beyond fp16's range (x, w*s, t + r) takes the C path (the runner
 checks when packing). Programs: ops/conv.py (GN's hardware-validated fp16 conv program, rocket_fp16_ew_ppu.md §2.2).
 
-Matching reads the conv off the affine index maps (analysis.py). The kernel is [ReLU](REDUCE(ADD, X * W)):
+Matching reads the conv off the affine index maps (analysis.py). The kernel is [ReLU](epilogue(REDUCE(ADD, X * W))):
   - output loops only X reads are window rows/columns or images; the one only W reads is the kernel (direct); the
     one both read is the channel (depthwise); reduce loops are taps or input channels;
   - a window axis pairs an output loop o with a tap loop k: X's index moves by A per o and B per k, so along that axis
@@ -41,12 +59,13 @@ from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Bound as Bound_
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, pexpr, Grid
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
-from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES, INT8
-from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes
+from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES, INT8, EW_MIN_PLANE_ATOMS, EwOperand, XStageOp
+from tinygrad_rocket.ops.conv import (ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes,
+                                      ew_tiles, ew_bytes)
 from tinygrad_rocket.ops.program import entries, rebase, field_max
 
 PRECISION, OUT_PRECISION = "fp16", "fp32"
@@ -180,11 +199,68 @@ class Conv:
   depthwise: bool
   relu: bool
   prec: Prec = FP16_PREC
+  clip: float|None = None      # with relu: results clamped to [0, clip] (ReLU6)
+  epi: Epilogue|None = None    # an affine epilogue s*acc + t (fp16 path)
   @property
   def diagonal(self) -> bool:
     """A depthwise convolution run as direct ones per channel group with block-diagonal weights (int8: the DPU has no
     int32 depthwise writer)."""
     return self.depthwise and self.prec.name == "int8"
+
+# ***** epilogues *****
+# The per-pixel epilogue operand (t: a bias, BatchNorm's shift, a residual, summed on the CPU in float64) is read as
+# fp16 (EDATA_SIZE 16-bit): the conv-fed EW add GN validated bit-exact (rocket_fp16_ew_ppu.md §2.3), within the
+# "EW operand DMA <= 16-bit" of landscape.md; the 32-bit reads of the K-split partials (§7.3) would keep t in fp32 at
+# twice the operand DMA. So t + r is rounded to fp16 once, as the contraction rule's intercept and residual columns are.
+EPILOGUE_OPERAND_BYTES = 2
+EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer
+
+@dataclass(frozen=True)
+class Epilogue:
+  """An epilogue affine in the sum, s*acc + t (rules/contraction.py's analysis: _affine_degree, _sum_terms; a
+  residual is one more term of t). s, from the terms holding the sum (`scaled`), must vary with the kernels only: it
+  multiplies each kernel's weights when packing (rounded to fp16 once, as the contraction rule folds it). t is a
+  constant (`shift`: the BS stage's fp32 add; None with `operand` False: t = 0) or varies per output element
+  (`operand`: an fp16 cube per task, evaluated from the epilogue's operands when packing, that the EW stage adds)."""
+  expr: object         # the whole epilogue, the Reduce in it
+  scaled: object       # its sum terms holding the Reduce: s = scaled(acc=1) - scaled(acc=0)
+  unit: bool           # s is 1: the weights are packed as they are
+  shift: float|None
+  operand: bool
+  loads: tuple[Load, ...]        # the epilogue's operands (not the sum's)
+  scale_loads: tuple[Load, ...]  # those of `scaled`
+
+def _vanishes(e, red:Reduce) -> bool:
+  """Whether e is 0 at acc = 0 whatever its operands (conv * s: no shift)."""
+  if e == red: return True
+  if isinstance(e, Const): return e.value == 0
+  if not isinstance(e, Alu): return False
+  if e.op is Ops.MUL: return any(_vanishes(x, red) for x in e.src)
+  if e.op in (Ops.ADD, Ops.CAST): return all(_vanishes(x, red) for x in e.src)
+  return False
+
+def _epilogue(e, red:Reduce, nest:LoopNest) -> Epilogue|NotApplicable:
+  """The affine epilogue e of the sum `red`, or why the conv datapath does not take it."""
+  from tinygrad_rocket.rules import contraction as ct   # here: contraction.py imports this module's cost model
+  if isinstance(deg := ct._affine_degree(e, red), str): return NotApplicable(deg)
+  if deg != 1: return NotApplicable("the epilogue does not depend on the sum")
+  terms = ct._sum_terms(e)
+  held = [t for t in terms if ct._affine_degree(t, red) == 1]
+  rest = [t for t in terms if ct._affine_degree(t, red) != 1]
+  scaled = held[0]
+  for t in held[1:]: scaled = Alu(Ops.ADD, (scaled, t), nest.out_dtype)
+  loads = ct._epilogue_loads(e)
+  for ld in loads:
+    if ld.dtype not in FLOATS: return NotApplicable(f"epilogue operand dtype {ld.dtype} (float32/float16 only)")
+    if ld.valid: return NotApplicable("a padded epilogue operand (the contraction rule gathers it with its predicate)")
+    if not uses(ld) <= set(nest.output_ranges): return NotApplicable("an epilogue operand varies with a reduce loop")
+  operand = any(ct._epilogue_loads(t) for t in rest) or (bool(ct._epilogue_loads(scaled)) and not _vanishes(scaled, red))
+  shift = None
+  if not operand:   # t is a constant: the terms without the sum, and the scaled part at acc = 0 (0 if it has operands)
+    t = sum(float(eval_pexpr(pexpr(x, lambda a: None), None, 0.0)) for x in rest)
+    if not ct._epilogue_loads(scaled): t += float(eval_pexpr(pexpr(scaled, lambda a: None), None, 0.0))
+    shift = t if t != 0 else None
+  return Epilogue(e, scaled, strip_cast(scaled) == red, shift, operand, tuple(loads), tuple(ct._epilogue_loads(scaled)))
 
 def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
   A, B = (x.index.coeff(r) if r is not None else 0 for r in (out, tap))
@@ -271,6 +347,7 @@ class Layout:
   spec: ConvSpec
   kernels_per_task: int|None
   images: int
+  ew_nbytes: int = 0     # bytes per element of a per-pixel EW operand each task reads (0: none)
 
 def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   """The tasks of candidate `c`, or why its cube or weights do not fit the CNA's fields and the CBUF."""
@@ -300,13 +377,18 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   n_img = math.prod(sz[r] for r in c.images)
   if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt))) > MAX_TASKS:
     return f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine"
-  return Layout(replace(base, H=max(He, input_height(base, kpt))), kpt, n_img)
+  spec = replace(base, H=max(He, input_height(base, kpt)))
+  if c.epi is None or not c.epi.operand: return Layout(spec, kpt, n_img)
+  if (small := min((o1 - o0) * sub.OW for _, sub, (o0, o1), _ in ew_tiles(spec, kpt, EPILOGUE_OPERAND_BYTES))) < EW_MIN_PLANE_ATOMS:
+    return (f"a task's output plane of {small} pixels: the EW stage's per-pixel operand needs >= {EW_MIN_PLANE_ATOMS} "
+            "(rocket_fp16_ew_ppu.md §2.3, §6.C)")
+  return Layout(spec, kpt, n_img, EPILOGUE_OPERAND_BYTES)
 
 def npu_seconds(l:Layout) -> float:
   """Modeled NPU time of a layout's tasks at LAYOUT_CLOCK_HZ, as the emulator's cost model (emu/cost.py) times them:
   MAC-array cycles (one kernel group x channel group, or one depthwise channel group, per output pixel and tap,
-  rocket_fp16_ew_ppu.md §1.3) against the task's DMA (its input rows, its weights, its fp32 output), plus the per-task
-  overhead. The regcmd fetch (under 2 KiB a task) is left out."""
+  rocket_fp16_ew_ppu.md §1.3) against the task's DMA (its input rows, its weights, its fp32 output, an epilogue's
+  per-pixel operand), plus the per-task overhead. The regcmd fetch (under 2 KiB a task) is left out."""
   busy, n = 0.0, 0
   for _, s in kernel_chunks(l.spec, l.kernels_per_task):
     groups = ceil_div(s.C, s.group) if s.depthwise else ceil_div(s.C, WEIGHT_GROUPS[s.precision][1]) * ceil_div(s.kernels, s.group)
@@ -314,6 +396,7 @@ def npu_seconds(l:Layout) -> float:
       top, bottom = in_rows(s, o0, o1)
       cycles = (o1 - o0) * s.OW * s.kh * s.kw * groups
       nbytes = (bottom - top) * row_bytes(s) + s.weight_bytes + (o1 - o0) * s.OW * ceil_div(s.OC, c2(s.out_bytes)) * ATOM_BYTES
+      if l.ew_nbytes: nbytes += (o1 - o0) * s.OW * ceil_div(s.OC, c2(l.ew_nbytes)) * ATOM_BYTES
       busy += max(cycles / LAYOUT_CLOCK_HZ, nbytes / DMA_BYTES_PER_S)
       n += 1
   return l.images * busy + (l.images * n - 1) * PER_TASK_OVERHEAD_S
@@ -344,14 +427,19 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   if pr is INT8_PREC:
     if isinstance(iv := int8_sum(nest), NotApplicable): return iv
     e, relu = iv
-  else:
+  clip, epi = None, None
+  if pr is FP16_PREC:   # [ReLU | ReLU6](affine epilogue(REDUCE)), the forms the contraction rule fuses (but activations)
     if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
     e, relu = strip_cast(nest.value), False
-  if pr is FP16_PREC and isinstance(e, Alu) and e.op is Ops.MAX and any(isinstance(s, Const) and s.value == 0 for s in e.src):
-    relu, e = True, strip_cast(next(s for s in e.src if not (isinstance(s, Const) and s.value == 0)))
-  if not isinstance(e, Reduce):
-    return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction "
-                         "(only ReLU is fused here; the contraction rule fuses bias and affine epilogues)")
+    if (rc := relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
+    elif isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
+      relu, e = True, strip_cast(next(s for s in e.src if not is_zero(s)))
+    if not isinstance(e, Reduce):
+      reds = list(dict.fromkeys(x for x in walk(e) if isinstance(x, Reduce)))
+      if len(reds) != 1: return NotApplicable(f"{len(reds)} reductions in the kernel (a convolution has one)")
+      if isinstance(epi := _epilogue(e, reds[0], nest), NotApplicable): return epi
+      e = reds[0]
+  if not isinstance(e, Reduce): return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction")
   if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a convolution")
   if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
   body = strip_cast(e.src)
@@ -377,6 +465,10 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   best, unfit = None, []
   for key, bound, c in sorted(found, key=lambda t: (t[1], t[0])):
     if best is not None and bound > best[0][0]: break
+    c = replace(c, clip=clip, epi=epi)
+    if epi is not None and not all(uses(ld) <= {c.kernel} - {None} for ld in epi.scale_loads):
+      unfit.append("the epilogue's scale varies with more than the output channel (only per-kernel scales fold into the weights)")
+      continue
     l = layout(c, nest.ranges)
     if isinstance(l, str): unfit.append(l); continue
     score = (npu_seconds(l), *key)
@@ -466,7 +558,31 @@ def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:in
   src = lin(*affine_terms(c.w.index, pos, {}, set()))
   bounds.append(Bound(src, 0, c.w.size))
   return [Copy(c.w.slot, _np(c.w.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(wt.grid_strides(), 0),
-               tuple(bounds), 0.0)]
+               tuple(bounds), 0.0, **_scaled(c, pos))]
+
+def _scaled(c:Conv, pos:dict[int, int]) -> dict:
+  """The weight Copy's arguments that multiply each kernel's weights by the epilogue's slope s (before the rounding
+  to fp16, as the contraction rule folds it); none when s is 1."""
+  if c.epi is None or c.epi.unit: return {}
+  return dict(value=("slope", pexpr(c.epi.scaled, lambda a: lin(*affine_terms(a, pos, {}, set())))),
+              params=tuple(sorted({ld.slot for ld in c.epi.scale_loads})))
+
+def pack_operand(c:Conv, sz:dict[int, int], spec:ConvSpec, kpt:int|None, fixed:dict[int, int], base:int, K:int) -> list[Copy]:
+  """Image `fixed`'s per-pixel epilogue operand t = the epilogue at acc = 0 (a bias, BatchNorm's shift, a residual:
+  evaluated in float64 from its operands when packing, rounded to fp16 once) into each task's cube (ops.conv.ew_tiles)
+  from byte `base` of EW_SLOT; 0 in the padding channels."""
+  assert c.epi is not None and EPILOGUE_OPERAND_BYTES == 2, "Grid.copy writes fp16"
+  params, ch = tuple(sorted({ld.slot for ld in c.epi.loads})), c2(EPILOGUE_OPERAND_BYTES)
+  out = []
+  for k0, sub, (o0, o1), off in ew_tiles(spec, kpt, EPILOGUE_OPERAND_BYTES):
+    H, W = o1 - o0, sub.OW
+    g = Grid((ceil_div(sub.OC, ch), H, W, ch), sz, fixed)
+    for coeffs, const, r, n in (((ch, 0, 0, 1), k0, c.kernel, K), ((0, 1, 0, 0), o0, c.ay.out, c.ay.n_out(sz)),
+                                ((0, 0, 1, 0), 0, c.ax.out, c.ax.n_out(sz))):
+      g.linear(coeffs, const, [r] if r is not None else [], n)
+    out.append(g.copy(None, EW_SLOT, Lin((H * W * ch, W * ch, ch, 1), (base + off) // EPILOGUE_OPERAND_BYTES), fill=0.0,
+                      value=("intercept", g.pexpr(c.epi.expr)), params=params))
+  return out
 
 def unpack_output(c:Conv, nest:LoopNest, cube:Feature, fixed:dict[int, int], src:int, base:int, K:int) -> Copy:
   """The fp32 output cube (K1, OH, OW, 4) of image `fixed` at element `base` into the kernel's output (real kernels
@@ -506,20 +622,33 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, pr.out_bytes)
   WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
   slots = dict(input=IN, weights=WT, output=OUT)
-  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, relu=c.relu)
+  # the epilogue: s in the weights; t the BS stage's fp32 add (a constant) or the EW stage's add of a per-pixel operand,
+  # ReLU / clip after it in the same stage
+  epi, ew_img = c.epi, ew_bytes(spec, kpt, lay.ew_nbytes) if lay.ew_nbytes else 0
+  ew = EwOperand("add", EW_SLOT, 0, lay.ew_nbytes, relu=c.relu, clip=c.clip) if ew_img else None
+  stages = (dict(relu=c.relu) if pr is INT8_PREC else
+            dict(bs=XStageOp(add=epi.shift if epi is not None else None, relu=c.relu and ew is None, clip=c.clip if ew is None else None), ew=ew))
+  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, **stages)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
   tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
   for i, vals in enumerate(images):
     fixed = dict(zip(c.images, vals))
     pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
+    if ew is not None: pack += pack_operand(c, sz, spec, kpt, fixed, i * ew_img, K)
     unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
-    tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes})), regs.MESA_CONV_ENABLE) for prg in progs]
+    tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes, EW_SLOT: i * ew_img})), regs.MESA_CONV_ENABLE)
+              for prg in progs]
   wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, spec.C, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
   kind = "depthwise as direct per 32-channel group, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
+  fused = "".join(x for x, on in ((" +scale (weights)", epi is not None and not epi.unit),
+                                  (" +shift (BS add)", epi is not None and epi.shift is not None),
+                                  (f" +{'residual' if epi and any(uses(ld) - {c.kernel} for ld in epi.loads) else 'per-channel shift'}"
+                                   " (fp16 EW operand)", ew is not None),
+                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
-             f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){' +relu' if c.relu else ''} as {len(tasks)} {pr.name} "
+             f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){fused} as {len(tasks)} {pr.name} "
              f"conv task(s) ({len(progs) // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
   macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
-  return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)),
-                    regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+  return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
+                    ((ew_img * len(images),) if ew is not None else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
