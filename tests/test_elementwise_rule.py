@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Callable
 import numpy as np
 import pytest
-from hypothesis import given, assume, strategies as st
+from hypothesis import given, assume, reject, strategies as st
 from tinygrad import Tensor
 import tinygrad_rocket  # noqa: F401
-from tinygrad_rocket import report
+from tinygrad_rocket import report, FallbackError
 from helpers import env
 
 U16, ETA16 = 2.0 ** -11, 2.0 ** -25     # fp16 unit roundoff, half the fp16 subnormal spacing
@@ -112,9 +112,15 @@ def spine(draw, dtype:str):
     else: v = shift(v, draw(CONSTS))
   return xs, v, len(ops) + 4
 
-def run(n:Node, xs, dtype:str):
+COPY_REASON = "a copy or cast: exact as the C code"   # rules/elementwise.py's refusal of movement kernels
+
+def run(n:Node, xs, dtype:str, copies_ok:bool=False):
   with env(ROCKET_FALLBACK="0"):
-    r = n.build([Tensor(x, device="ROCKET") for x in xs]).numpy()
+    try: r = n.build([Tensor(x, device="ROCKET") for x in xs]).numpy()
+    except FallbackError as e:
+      # tinygrad folded the chain into a plain copy of an input (e.g. min(a, a) broadcast): nothing for the rule to do
+      if copies_ok and COPY_REASON in e.reason: reject()
+      raise
   c = n.build([Tensor(x, device="CPU") for x in xs]).numpy()
   return r, c
 
@@ -123,7 +129,7 @@ def run(n:Node, xs, dtype:str):
 def test_chains_within_bound(dtype, data):
   xs, n, depth = data.draw(spine(dtype))
   report.reset()
-  r, c = run(n, xs, dtype)
+  r, c = run(n, xs, dtype, copies_ok=True)
   bound = n.e + (U16 * np.abs(n.v) + ETA16 if dtype == "float16" else 0) + cpu_bound(n, dtype, depth)
   assert r.dtype == c.dtype and r.shape == c.shape
   assume(np.isfinite(c).all())   # a float16 result beyond 65504 is inf on both sides: not a bound question

@@ -25,6 +25,8 @@ def find_c_compiler() -> str|None:
 _check_tinygrad()
 if "CC" not in os.environ and (_cc:=find_c_compiler()) is not None: os.environ["CC"] = _cc
 
+from tinygrad_rocket import cpu_loader  # noqa: E402
+cpu_loader.install()   # before any kernel loads: see cpu_loader.py
 from tinygrad_rocket import device  # noqa: E402
 from tinygrad_rocket.device import RocketDevice  # noqa: E402,F401
 from tinygrad_rocket.config import FallbackError  # noqa: E402,F401
