@@ -35,6 +35,7 @@ def _slope(t, u) -> float|None:
   """k when t is k*u (or u*k, or u itself: k = 1) for a float constant k, else None."""
   t = strip_cast(t)
   if t == u: return 1.0
+  if is_zero(t): return 0.0     # tinygrad folds 0*u to 0
   if not (isinstance(t, Alu) and t.op is Ops.MUL): return None
   for k, x in (t.src, t.src[::-1]):
     k = strip_cast(k)

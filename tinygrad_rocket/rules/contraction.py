@@ -198,7 +198,8 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   activation, leaky = None, None
   if not relu and (lk := leaky_arg(e)) is not None and any(isinstance(x, Reduce) for x in walk(lk[0])):
     if not abs(lk[1]) <= FP16_MAX: return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
-    e, leaky = strip_cast(lk[0]), (lk[1] if lk[1] != 1 else None)
+    e, leaky = strip_cast(lk[0]), (lk[1] if lk[1] not in (0, 1) else None)
+    relu = lk[1] == 0     # max(u, 0*u): the BS stage's ReLU
   if not relu and isinstance(act := _activation(e), str): return NotApplicable(act)
   if not relu and act is not None:
     u, g, multiply = act
