@@ -63,7 +63,7 @@ def assert_npu(recs, what:str, kind:str):
   assert any(kind in r.reason for r in recs) and not any("lut(" in r.reason for r in recs), (what, recs)
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-@pytest.mark.parametrize("a", [0.0, 0.01, 0.1, 1 / 3, -0.5, 3.0])
+@pytest.mark.parametrize("a", [0.0, 0.1, -0.5, 3.0])
 def test_every_fp16_input(a, dtype):
   """x.leaky_relu(a) over every finite fp16 x (and -0): one stage max(fp16(a) x, x) (min for a > 1). The product of two
   fp16 values is exact in fp32, so for float16 tensors (slope already fp16 on the CPU, one rounding to half on both
@@ -118,7 +118,7 @@ def values(kind:str, shape, dtype:str, rng, top:float) -> np.ndarray:
 def test_elementwise_forms_within_bound(dtype, data):
   name = data.draw(st.sampled_from(list(FORMS)))
   form, depth = FORMS[name]
-  a = data.draw(st.sampled_from(SLOPES))
+  a = data.draw(st.sampled_from([a for a in SLOPES if a != 1]))   # leaky_relu(1) is x itself: a copy, the C code's
   shape = data.draw(st.sampled_from([(7,), (3, 5), (2, 3, 9), (1, 300)]))
   rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
   top = PRODUCT_MAX if "*y" in name else 2.0 ** 14
@@ -171,9 +171,15 @@ def contraction_case(kind:str, dtype:str, rng):
          float(np.abs(x64).max() + np.abs(w64).max()), np.abs(b.astype(np.float64))
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("kind", ["linear", "matmul", "conv"])
+@pytest.mark.parametrize("kind", ["linear", "matmul"])
 @given(a=st.sampled_from(SLOPES))
-def test_contraction_epilogue(kind, dtype, a):
+def test_contraction_epilogue(kind, dtype, a): check_contraction(kind, dtype, a)
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("a", [0.1, 3.0])
+def test_conv_epilogue(dtype, a): check_contraction("conv", dtype, a)   # ~1 s per conv on the emulator: two slopes
+
+def check_contraction(kind:str, dtype:str, a:float):
   """conv2d / linear / matmul (+ bias) + leaky: the affine result u within the contraction's bound e_u (numerics.bound_dot
   with the bias as one more fp16-rounded product), then leaky_bound."""
   fn, arrays, u, S, n, amax, bias = contraction_case(kind, dtype, np.random.default_rng(7))

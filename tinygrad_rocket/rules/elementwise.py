@@ -218,8 +218,8 @@ class Compiler:
     any two computed values do (Compiler.meet narrows one)."""
     if not math.isfinite(a): raise Unsupported(f"a leaky ReLU of slope {a}")
     if a == 1: return u
-    if isinstance(u, Linear) and u.terms and u.plain_load is None: u = self.materialize(u)
     au = self.mul(u, Linear(const=a))
+    if isinstance(u, Linear) and u.terms and u.plain_load is None: u = self.materialize(u)
     return self.max(au, u) if a < 1 else self.neg(self.max(self.neg(au), self.neg(u)))
 
   def value(self, e) -> Value:
