@@ -258,3 +258,10 @@ def test_where_epilogue_takes_no_table_of_one_sign():
   reason = fallback_reason(fn, a, w)
   assert "no lookup table covers" in reason and reason != AFTER_GUARD_REASON, reason
   assert len(report.records()) == 1
+
+def test_greater_than_orientation():
+  """(x > 0).where(x, a*x), the other way of writing it (where(0 < u, u, a*u)), is the same max: bit-exact in float16."""
+  x = np.concatenate([all_fp16()[::7], np.float16([-0.0])])
+  r, c, recs = strict(lambda t: (t > 0).where(t, 0.2 * t), x)
+  assert_npu(recs, "gt", "1 stage(s)")
+  assert np.array_equal(r, c)

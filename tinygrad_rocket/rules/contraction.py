@@ -16,7 +16,14 @@ column (ones on the other side), so the MAC array adds it in fp32 like the produ
 from the parameters when packing, once per version of those buffers. A residual add (a tensor varying with rows and
 kernels, ResNet's skip connection) rides on the MAC array too: each tile's A gets the residual's n_t columns and B an
 n_t x n_t identity block, so the sum gains exactly R[m, n] (R rounded to fp16 like any operand). ReLU runs in the
-DPU's BS stage. Any other epilogue (a non-affine function of the sum) is rejected with its reason, never dropped.
+DPU's BS stage. Leaky ReLU / PReLU with a constant slope a, where(u < 0, a*u, u) of the affine u (tinygrad's
+leaky_relu: YOLO's conv + BN + leaky(0.1)), is max(u, a*u) (min for a > 1) exactly (rules/elementwise.py LEAKY_AS_MAX):
+each tile computes u in fp32, then recomputes it with the BS stage's MUL by fp16(a) and the EW stage's max with that u
+(_leaky_tasks). Bound: the contraction's bound e_u on u, and on the negative branch |fp16(a)| e_u + |fp16(a) - a| |u|
++ u32 |a u| (the slope's fp16 rounding, none for float16 tensors, and one fp32 rounding); no lookup table, no guard.
+Other activations (sigmoid, SiLU, GELU, ...) are lookup tables of u (_activation_table): exact on every input, or on an
+interval u predictably stays in. Any other epilogue (a non-affine function of the sum) is rejected with its reason,
+never dropped.
 
 K that does not fit one task (fp16 weights of one kernel beyond a 32 KiB CBUF bank, or no room for 4 rows and 16
 kernels next to each other) is split: K in chunks, one task per chunk (plan_k_split), and the partial sums accumulate

@@ -14,6 +14,8 @@ offsets after a non-linear op cost no task:
   l + (s*m + d)      = s * (m + (l + d)/s)
   l * (s*m)          = s * (l * m)
   max(l, s*m + d)    = s * max((l - d)/s, m) + d      (min when s < 0)
+Leaky ReLU with a constant slope, where(u < 0, a*u, u), is max(a*u, u) (min for a > 1; LEAKY_AS_MAX): for a linear u
+one stage (a*u through the CORE, u the EW operand) or two (u computed first when it is not a plain load).
 Two computed values meet in one stage (x * y, x + y, max(x, y)) by narrowing one of them to fp16 (the CORE reads only
 fp16 operands): its stage writes fp16 straight into the A block of the one stage that reads it as a main term
 (emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
