@@ -32,6 +32,32 @@ def relu_arg(e):
   if isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src): return next(s for s in e.src if not is_zero(s))
   return None
 
+def _slope(t, u) -> float|None:
+  """k when t is k*u (or u*k, or u itself: k = 1) for a float constant k, else None."""
+  t = strip_cast(t)
+  if t == u: return 1.0
+  if is_zero(t): return 0.0     # tinygrad folds 0*u to 0
+  if not (isinstance(t, Alu) and t.op is Ops.MUL): return None
+  for k, x in (t.src, t.src[::-1]):
+    k = strip_cast(k)
+    if isinstance(k, Const) and not isinstance(k.value, bool) and isinstance(k.value, (int, float)) and strip_cast(x) == u:
+      return float(k.value)
+  return None
+
+def leaky_arg(e) -> tuple[object, float]|None:
+  """(u, a) for where(u < 0, a*u, u) (tinygrad's leaky_relu) or where(0 < u, u, a*u), a a float constant, else None.
+  Both are max(u, a*u) for a <= 1 and min(u, a*u) for a >= 1 on finite u (rules/elementwise.py LEAKY_AS_MAX)."""
+  e = strip_cast(e)
+  if not (isinstance(e, Alu) and e.op is Ops.WHERE): return None
+  cond, p, q = strip_cast(e.src[0]), e.src[1], e.src[2]
+  if not (isinstance(cond, Alu) and cond.op is Ops.CMPLT): return None
+  l, r = (strip_cast(s) for s in cond.src)
+  if is_zero(r): u, neg, pos = l, p, q      # u < 0: the first branch is the negative one
+  elif is_zero(l): u, neg, pos = r, q, p    # 0 < u: the second
+  else: return None
+  if _slope(pos, u) != 1.0 or (a := _slope(neg, u)) is None: return None
+  return u, a
+
 def relu_clip(e) -> tuple[object, float]|None:
   """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""
   if not (isinstance(e, Alu) and e.op is Ops.ADD): return None

@@ -16,7 +16,14 @@ column (ones on the other side), so the MAC array adds it in fp32 like the produ
 from the parameters when packing, once per version of those buffers. A residual add (a tensor varying with rows and
 kernels, ResNet's skip connection) rides on the MAC array too: each tile's A gets the residual's n_t columns and B an
 n_t x n_t identity block, so the sum gains exactly R[m, n] (R rounded to fp16 like any operand). ReLU runs in the
-DPU's BS stage. Any other epilogue (a non-affine function of the sum) is rejected with its reason, never dropped.
+DPU's BS stage. Leaky ReLU / PReLU with a constant slope a, where(u < 0, a*u, u) of the affine u (tinygrad's
+leaky_relu: YOLO's conv + BN + leaky(0.1)), is max(u, a*u) (min for a > 1) exactly (rules/elementwise.py LEAKY_AS_MAX):
+each tile computes u in fp32, then recomputes it with the BS stage's MUL by fp16(a) and the EW stage's max with that u
+(_leaky_tasks). Bound: the contraction's bound e_u on u, and on the negative branch |fp16(a)| e_u + |fp16(a) - a| |u|
++ u32 |a u| (the slope's fp16 rounding, none for float16 tensors, and one fp32 rounding); no lookup table, no guard.
+Other activations (sigmoid, SiLU, GELU, ...) are lookup tables of u (_activation_table): exact on every input, or on an
+interval u predictably stays in. Any other epilogue (a non-affine function of the sum) is rejected with its reason,
+never dropped.
 
 K that does not fit one task (fp16 weights of one kernel beyond a 32 KiB CBUF bank, or no room for 4 rows and 16
 kernels next to each other) is split: K in chunks, one task per chunk (plan_k_split), and the partial sums accumulate
@@ -38,17 +45,19 @@ range cannot be represented: that call takes the CPU path instead (checked when 
 """
 from __future__ import annotations
 import itertools, math
+import numpy as np
 from dataclasses import dataclass, field, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, leaky_arg, Grid
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
 from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, XStageOp, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
 from tinygrad_rocket.rules.tables import full_line_table, pick_table, eval_expr, lut_tasks
+from tinygrad_rocket.ops.lut import all_fp16
 from tinygrad_rocket.rules.elementwise import compile_operand, emit_stages, stage_ops, TileLayout, LANES, FP16_MAX
 from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S, INT8_OPERANDS, INT_RESULTS, int8_sum
 
@@ -80,6 +89,7 @@ class Contraction:
   activation: tuple[object, bool]|None = None  # (LutTable g, multiply): the result is g(e) or e * g(e), e the epilogue
   prologue: list|None = None  # A is computed (`a` its expression): these elementwise stages write its fp16 tiles
   precision: str = "fp16"     # "int8": int8 operands, int32 sums (no epilogue but ReLU)
+  leaky: float|None = None    # the result is where(e < 0, leaky*e, e) = max(e, leaky*e) (min for leaky > 1), e the epilogue
 
 def _loads_of(e) -> list[Load]:
   return [x for x in walk(e) if isinstance(x, Load)]
@@ -132,7 +142,21 @@ def _activation_table(u, g):
   fn, name = (lambda v: eval_expr(g, x, v)), g.op.name.lower() if isinstance(g, Alu) else "gate"
   # exact on every input, else on an interval (sqrt, 1/x, log of a statistic): then a check after the job sends a call
   # whose u left the table's domain to the C code
-  return full_line_table(fn, name) or pick_table(fn, name)
+  if (t := full_line_table(fn, name)) is not None: return t
+  t = pick_table(fn, name)
+  return t if t is not None and _domain_predictable(fn, t.domain) else None
+
+def _domain_predictable(fn, domain:tuple[float, float]) -> bool:
+  """Whether a guarded table's domain is one the epilogue's u can be expected to stay in: it holds 0 (u of either sign
+  near 0: exp on [-16, 16]), or fn itself is undefined (not finite) at some fp16 value outside it (sqrt, log, 1/x: u is
+  then a statistic of one sign). A function finite on the whole line but tabulated on one side of 0 (a WHERE's branch,
+  a kink at 0 on (0.25, 32)) would fail its after-job check on any u of the other sign: a wasted job and the C code on
+  every call, so no table."""
+  lo, hi = domain
+  if lo <= 0.0 <= hi: return True
+  xs = all_fp16().astype(np.float64)
+  xs = xs[(xs < lo) | (xs > hi)]
+  with np.errstate(all="ignore"): return not bool(np.isfinite(fn(xs)).all())
 
 # ***** int8 *****
 def _is_int8_contraction(nest:LoopNest) -> bool:
@@ -178,7 +202,11 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   if (rc := relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
   elif isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
     relu, e = True, strip_cast(next(s for s in e.src if not is_zero(s)))
-  activation = None
+  activation, leaky = None, None
+  if not relu and (lk := leaky_arg(e)) is not None and any(isinstance(x, Reduce) for x in walk(lk[0])):
+    if not abs(lk[1]) <= FP16_MAX: return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
+    e, leaky = strip_cast(lk[0]), (lk[1] if lk[1] not in (0, 1) else None)
+    relu = lk[1] == 0     # max(u, 0*u): the BS stage's ReLU
   if not relu and isinstance(act := _activation(e), str): return NotApplicable(act)
   if not relu and act is not None:
     u, g, multiply = act
@@ -257,7 +285,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if params and side == "a": return NotApplicable("an epilogue varying with the rows of a computed operand (its slope "
                                                     "cannot be folded into the packing)")
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation,
-                     None if isinstance(a, Load) else stages)
+                     None if isinstance(a, Load) else stages, leaky=leaky)
 
 def _int8_copy(g:Grid, ld:Load|Const, dst:int, index:Lin) -> Copy:
   """An int8 operand tile: the loaded int8 values (or the int8 constant) at the valid points, 0 in the padding. Grid.copy
@@ -331,7 +359,12 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   else: (rows, n_t), kc = plan, None
   if c.activation is not None:
     if kc is not None: return NotApplicable("an activation epilogue with K split over tasks (not implemented)")
-  if c.activation is not None or c.prologue is not None:
+  if c.leaky is not None:
+    if kc is not None: return NotApplicable("a leaky ReLU epilogue with K split over tasks (not implemented: the last "
+                                            "chunk's EW stage adds the partial sum)")
+    if icpt is not None: return NotApplicable("a leaky ReLU epilogue after a computed operand with a constant intercept "
+                                              "(the BS stage's MUL/ALU order is unconfirmed, rocket_fp16_ew_ppu.md §3.4)")
+  if c.activation is not None or c.prologue is not None or c.leaky is not None:
     rows = max(rows, EW_MIN_PLANE_ATOMS)   # the result's EW multiply / the stages' EW ops (rocket_fp16_ew_ppu.md §2.3)
   K_eff = K_r + (n_t if c.residual is not None else 0)
   kc = kc or align(K_eff, K_ALIGN)
@@ -350,7 +383,8 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   a_per_n = n_tiles if c.residual is not None else 1
   # with an activation a tile's C region also holds u in fp16 (the table's input) and g(u) (fp16, the table's output)
   u_f = Feature(n_t, rows, 1, 2)
-  per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else 0)
+  # with a leaky ReLU it holds u in fp32 (the EW operand of the task that recomputes the tile)
+  per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else c_sz if c.leaky is not None else 0)
   scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, per_c * tiles * (2 if n_k > 1 else 1))
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
@@ -433,7 +467,9 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                            f"the argument of lut({table.name}) in its domain {table.domain}", after=True,
                            lanes=min(LANES, N - nt * n_t - gi * LANES)) for gi in range(ceil_div(min(n_t, N - nt * n_t), LANES))]
         if multiply: late.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), bs=XStageOp(add=icpt), ew=EwOperand("mul", C, g_off, 2)))
-      for j in range(n_k if c.activation is None else 0):
+      if c.leaky is not None:   # u in fp32, then the tile recomputed: max(a*u, u) (min for a > 1), _leaky_tasks
+        tasks += _leaky_tasks(tile, c.leaky, icpt, (A, a_off), (B, b_off), (C, ci * per_c + c_sz), (C, dst(0)))
+      for j in range(n_k if c.activation is None and c.leaky is None else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
         tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * eb, C, dst(j),
@@ -456,6 +492,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   fused = "".join(x for x, on in ((f" +computed A ({len(c.prologue or ())} stage(s) in {n_pro} task(s){': ' + pro_ops if pro_ops else ''})", c.prologue is not None),
                                   (" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
+                                  (f" +leaky({'max' if c.leaky < 1 else 'min'}(u, {c.leaky:g}*u))" if c.leaky is not None else "", c.leaky is not None),
                                   (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
@@ -463,6 +500,22 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks) - n_pro} {kind} of {rows}x{kc}x{n_t}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack) + (tuple(pro.pack) if c.prologue else ()),
                     tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job)
+
+def _leaky_tasks(tile:MatmulTile, a:float, icpt:float|None, A:tuple[int, int], B:tuple[int, int], U:tuple[int, int],
+                 out:tuple[int, int]) -> list[regs.Task]:
+  """where(u < 0, a*u, u) of a tile's u (the affine epilogue of the sum) in two tasks: the tile computes u in fp32 into U,
+  then recomputes it (the same fp16 operands and fp32 sums: the same u) with the BS stage's MUL by a (an fp16
+  multiplier, rocket_fp16_ew_ppu.md §3.4 "scale / negate" recipe: fl32(fp16(a) * u)) and its EW stage takes the max
+  (min for a > 1) with u (a 32-bit per-pixel operand, §2.3/§7.3), writing the result to `out`. GN's PReLU is this EW
+  max (bit-exact, §3.4 "PReLU / LeakyReLU"); MUL_PRELU is not used (untested, §6.F). By LEAKY_AS_MAX
+  (rules/elementwise.py) the max is the WHERE exactly, for the slope fp16(a):
+    |result - leaky_a(u_exact)| <= max(e_u, |fp16(a)| e_u + |fp16(a) - a| |u| + u32 |fp16(a) u|)
+  (max is 1-Lipschitz in each argument), e_u the contraction's bound on u: beyond it only the slope's fp16 rounding
+  (<= u16 |a|, none for a float16 tensor's slope, which tinygrad already rounds to half) and one fp32 rounding of a*u,
+  on the negative branch. No narrowing of u: the brief's fp16 a*u operand would add u16 |a u|."""
+  ops = EwOperand("max" if a < 1 else "min", *U, 4)
+  return [matmul_task(tile, *A, *B, *U, bs=XStageOp(add=icpt)),
+          matmul_task(tile, *A, *B, *out, bs=XStageOp(mul=a), ew=ops)]
 
 @dataclass
 class Prologue:

@@ -14,6 +14,8 @@ offsets after a non-linear op cost no task:
   l + (s*m + d)      = s * (m + (l + d)/s)
   l * (s*m)          = s * (l * m)
   max(l, s*m + d)    = s * max((l - d)/s, m) + d      (min when s < 0)
+Leaky ReLU with a constant slope, where(u < 0, a*u, u), is max(a*u, u) (min for a > 1; LEAKY_AS_MAX): for a linear u
+one stage (a*u through the CORE, u the EW operand) or two (u computed first when it is not a plain load).
 Two computed values meet in one stage (x * y, x + y, max(x, y)) by narrowing one of them to fp16 (the CORE reads only
 fp16 operands): its stage writes fp16 straight into the A block of the one stage that reads it as a main term
 (emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
@@ -33,7 +35,7 @@ from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
 from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton
@@ -44,6 +46,17 @@ UNARY_TABULABLE = (Ops.EXP2, Ops.LOG2, Ops.SQRT, Ops.RECIPROCAL, Ops.SIN)
 LANES = 16             # elements per output pixel: one 16-kernel group (fp16 N alignment, rocket_fp16_ew_ppu.md §1.6)
 FP16_MAX = 65504.0     # a coefficient beyond it is inf in the fp16 weights
 NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy writes its fill everywhere
+
+# LEAKY_AS_MAX: tinygrad's leaky ReLU where(x < 0, a*x, x) equals max(x, a*x) for a <= 1 and min(x, a*x) for a >= 1 on
+# every finite x, in IEEE arithmetic too, for any rounding fl that is monotonic and leaves representable values alone
+# (round to nearest, in fp16 or fp32):
+#   x < 0, a <= 1: a*x >= x exactly, so fl(a*x) >= fl(x) = x and max(x, fl(a*x)) = fl(a*x), the WHERE's value;
+#   x >= 0, a <= 1: a*x <= x, so fl(a*x) <= x and max(x, fl(a*x)) = x, the WHERE's value;
+#   a >= 1: the same with the inequalities reversed, min. (x = -0 or +0: max/min may return the other zero, equal in
+#   value; tests/test_leaky.py checks every fp16 x in fp16 and fp32 arithmetic.)
+# Non-finite x differ (a = 0, x = +-inf: a*x is NaN; NaN: max may drop it), and never reach the NPU: a call with a
+# non-finite operand runs the C code (device.py NONFINITE_OPERAND_REASON); stage results are finite (a bounded or
+# guarded fp16 narrowing, fp32 sums of finite fp16 products).
 
 class Unsupported(Exception):
   """The expression is outside what these stages compute; the message says why."""
@@ -169,6 +182,7 @@ class Compiler:
     if isinstance(x, Computed) and isinstance(y, Computed): x, y = self.meet(x, y)
     l, m = (x, y) if isinstance(x, Linear) else (y, x)
     assert isinstance(l, Linear) and isinstance(m, Computed)
+    if not l.terms: return replace(m, shift=m.shift + l.const)   # a constant offset: pending, no stage
     return Computed(self.stage(Stage(l.shifted(m.shift).scaled(1 / m.scale), ew_op="add", operand=m.stage)).stage, m.scale)
 
   def mul(self, x:Value, y:Value) -> Value:
@@ -199,6 +213,17 @@ class Compiler:
     # max(l, a*o + b) = a * max((l - b)/a, o) + b, a min when a < 0
     return Computed(self.stage(Stage(x.shifted(-b).scaled(1 / a), ew_op="max" if a > 0 else "min", operand=src)).stage, a, b)
 
+  def leaky(self, u:Value, a:float) -> Value:
+    """where(u < 0, a*u, u): max(u, a*u) for a <= 1, min(u, a*u) for a >= 1 (LEAKY_AS_MAX). The EW operand is u itself
+    (a load, or u computed by its own stage when it is any other linear form: no pending map to apply after the max),
+    the main term a*u (the CORE's product of fp16 a and the fp16 operands, exact in fp32); a computed u meets a*u as
+    any two computed values do (Compiler.meet narrows one)."""
+    if not math.isfinite(a): raise Unsupported(f"a leaky ReLU of slope {a}")
+    if a == 1: return u
+    au = self.mul(u, Linear(const=a))
+    if isinstance(u, Linear) and u.terms and u.plain_load is None: u = self.materialize(u)
+    return self.max(au, u) if a < 1 else self.neg(self.max(self.neg(au), self.neg(u)))
+
   def value(self, e) -> Value:
     e = strip_cast(e)
     if isinstance(e, Const):
@@ -219,7 +244,8 @@ class Compiler:
       p, q = strip_cast(src[1]), strip_cast(src[2])
       if (p, q) == (v, u): return self.max(self.value(u), self.value(v))
       if (p, q) == (u, v): return self.neg(self.max(self.neg(self.value(u)), self.neg(self.value(v))))
-      raise Unsupported("a WHERE that is not a max or min")
+      if (lk := leaky_arg(e)) is not None: return self.leaky(self.value(lk[0]), lk[1])
+      raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU with a constant slope)")
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
     if op is Ops.SUB: return self.add(self.value(src[0]), self.neg(self.value(src[1])))

@@ -1,0 +1,267 @@
+"""Leaky ReLU / PReLU with a constant slope, where(u < 0, a*u, u) as tinygrad writes it, on the NPU: as elementwise
+stages (rules/elementwise.py Compiler.leaky) and as a contraction's epilogue (rules/contraction.py _leaky_tasks), in
+strict mode against tinygrad's CPU device.
+
+Both rest on LEAKY_AS_MAX (rules/elementwise.py): for finite u the WHERE is max(u, a*u) (a <= 1) or min(u, a*u)
+(a >= 1) exactly, in IEEE arithmetic too; test_leaky_as_max_over_all_fp16 checks it for every fp16 u in fp16 and fp32
+arithmetic and shows where non-finite u differ (those calls run the C code: test_nonfinite_operands_take_the_c_code).
+
+Bounds. max and min are 1-Lipschitz in each argument: |max(p', q') - max(p, q)| <= max(|p' - p|, |q' - q|). The NPU's
+branches are u' (within e_u of u) and a' u'' (a' = fp16(a), the CORE's coefficient or the BS multiplier; u'' = u' or
+an fp16 narrowing of it), so the result is within max(e_u, |a'| e_u'' + |a' - a| |u|) of leaky_a(u), plus the fp32
+roundings of the stage. For a float16 tensor tinygrad's slope is already fp16(a), so a' = a there."""
+from __future__ import annotations
+import numpy as np
+import pytest
+from hypothesis import given, assume, strategies as st
+from tinygrad import Tensor, nn
+import numerics as nm
+from helpers import env
+from test_elementwise_rule import Node, leaf, charge, mul, scale, shift, cpu_bound
+from test_contraction_activation import conv_parts
+from test_blocks import bn_params
+from tinygrad_rocket import report
+from tinygrad_rocket.device import NONFINITE_OPERAND_REASON, AFTER_GUARD_REASON
+from tinygrad_rocket.ops.lut import all_fp16
+
+U16, U32, ETA16 = nm.U16, nm.U32, nm.ETA16
+SLOPES = [0.0, 0.01, 0.1, 0.2, 1 / 3, 1.0, -0.5, 1.5, 3.0]
+
+def every_fp16() -> np.ndarray:
+  """All 65536 fp16 bit patterns: +-0, subnormals, normals, +-inf, NaNs."""
+  return np.arange(0x10000, dtype=np.uint32).astype(np.uint16).view(np.float16)
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("a", SLOPES)
+def test_leaky_as_max_over_all_fp16(a, dtype):
+  """LEAKY_AS_MAX in numpy's IEEE arithmetic (round to nearest) for every fp16 x, in fp16 and in fp32 (fp32 also for
+  random fp32 bit patterns: a contraction's u is fp32): equal in value on every finite x; on non-finite x the two may
+  differ (0 * inf is NaN, max drops or keeps NaN), which is why such operands never reach the NPU."""
+  rng = np.random.default_rng(0)
+  xs = [every_fp16().astype(dtype)]
+  if dtype == np.float32: xs.append(rng.integers(0, 2 ** 32, 1 << 16, dtype=np.uint64).astype(np.uint32).view(np.float32))
+  for x in xs:
+    with np.errstate(invalid="ignore", over="ignore"):
+      ax = dtype(a) * x
+      where, mm = np.where(x < 0, ax, x), np.maximum(x, ax) if a <= 1 else np.minimum(x, ax)
+    finite = np.isfinite(x)
+    assert np.array_equal(where[finite], mm[finite])
+    differ = ~((where == mm) | (np.isnan(where) & np.isnan(mm)))
+    assert not differ[finite].any()
+    if a == 0: assert differ[x == np.inf].all()     # where gives inf, max(inf, 0 * inf = NaN) is NaN
+
+def strict(fn, *arrays):
+  """fn on ROCKET in strict mode (inputs realized first) and on the CPU; the ROCKET kernels' report records."""
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = fn(*[Tensor(a, device="ROCKET").realize() for a in arrays]).numpy()
+  recs = report.records()
+  return r, fn(*[Tensor(a, device="CPU") for a in arrays]).numpy(), recs
+
+def assert_npu(recs, what:str, kind:str):
+  """Every kernel ran on the NPU, none after a wasted job (a fallback record) and none through a lookup table."""
+  assert recs and all(r.engine == "npu" for r in recs), recs
+  assert any(kind in r.reason for r in recs) and not any("lut(" in r.reason for r in recs), (what, recs)
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("a", [0.0, 0.1, -0.5, 3.0])
+def test_every_fp16_input(a, dtype):
+  """x.leaky_relu(a) over every finite fp16 x (and -0): one stage max(fp16(a) x, x) (min for a > 1). The product of two
+  fp16 values is exact in fp32, so for float16 tensors (slope already fp16 on the CPU, one rounding to half on both
+  sides) the result equals the CPU's exactly; for float32 the only difference is the slope's rounding,
+  |fp16(a) - fp32(a)| |x| on the negative branch, and the CPU's fp32 product."""
+  x = np.concatenate([all_fp16(), np.float16([-0.0])]).astype(dtype)
+  r, c, recs = strict(lambda t: t.leaky_relu(a), x)
+  assert_npu(recs, "leaky", "1 stage(s)")
+  if dtype == "float16": assert np.array_equal(r, c)    # both may overflow to the same inf for a > 1
+  else:
+    x64 = x.astype(np.float64)
+    nm.assert_within(r, c, abs(float(np.float16(a)) - float(np.float32(a))) * np.abs(x64) + U32 * abs(a) * np.abs(x64), "leaky")
+
+def select(v, a:float, e_u, e_au):
+  """The error of max(u', (a u)') (min for a > 1) against leaky_a(u), the branches within e_u and e_au: where they are
+  further apart than e_u + e_au the computed ones are ordered alike and the true branch is selected (a u for u < 0);
+  elsewhere max is 1-Lipschitz in each argument: max(e_u, e_au)."""
+  apart = np.abs((1 - a) * v) > e_u + e_au
+  return np.where(apart, np.where(v < 0, e_au, e_u), np.maximum(e_u, e_au))
+
+def leaky(n:Node, a:float) -> Node:
+  """n.leaky_relu(a): max(n, a n) (min for a > 1). The branch a n is computed with a's fp16 rounding (u16 |a n|) from
+  the same operands, so its error is |a| n.e + that; a computed n meets a n with one of them narrowed to fp16 (u16 of
+  the larger magnitude, rules/elementwise.py Compiler.meet); the max then charges its fp32 roundings (charge)."""
+  k = max(1.0, abs(a))
+  narrow = 0.0 if n.linear else k * U16 * n.mag + ETA16
+  e = select(n.v, a, n.e + narrow, abs(a) * n.e + abs(a) * (U16 * n.mag + ETA16) + narrow)
+  return charge(Node(lambda ts: n.build(ts).leaky_relu(a), np.where(n.v < 0, a * n.v, n.v), e, k * n.mag, False))
+
+FORMS = {   # name: builds the Node of the expression from the leaves (x, y); nodes for tinygrad's CPU rounding count
+  "x": (lambda x, y, a: leaky(x, a), 2),
+  "2x+1": (lambda x, y, a: leaky(shift(scale(x, 2.0), 1.0), a), 4),
+  "x*y": (lambda x, y, a: leaky(mul(x, y), a), 3),
+  "x*y+1": (lambda x, y, a: leaky(shift(mul(x, y), 1.0), a), 4),
+  "leaky(x)*y-3": (lambda x, y, a: shift(mul(leaky(x, a), y), -3.0), 4),
+  "leaky(leaky(x))": (lambda x, y, a: leaky(leaky(x, a), 0.2), 4),
+}
+
+VALUES = st.sampled_from(["normal", "large", "subnormal", "zeros", "tiny32"])
+PRODUCT_MAX = 200.0   # |x|, |y| of a product form's "large" operands: |x y| < 65504, so its fp16 narrowing passes its guard
+
+def values(kind:str, shape, dtype:str, rng, top:float) -> np.ndarray:
+  """Operands of one kind: standard normal; large (up to `top`: 2^14, where 3 (2x + 1) still fits fp32 and a float16
+  overflow is inf on both sides, or PRODUCT_MAX); fp16 subnormals; +-0; float32 values below fp16's range."""
+  g = rng.standard_normal(shape)
+  v = {"normal": g * 4, "large": np.clip(g * top / 2, -top, top), "subnormal": g * 2.0 ** -18,
+       "zeros": np.where(g < 0, -0.0, 0.0), "tiny32": g * 1e-30}[kind]
+  return v.astype(dtype)
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@given(data=st.data())
+def test_elementwise_forms_within_bound(dtype, data):
+  name = data.draw(st.sampled_from(list(FORMS)))
+  form, depth = FORMS[name]
+  a = data.draw(st.sampled_from([a for a in SLOPES if a != 1]))   # leaky_relu(1) is x itself: a copy, the C code's
+  shape = data.draw(st.sampled_from([(7,), (3, 5), (2, 3, 9), (1, 300)]))
+  rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+  top = PRODUCT_MAX if "*y" in name else 2.0 ** 14
+  xs = [values(data.draw(VALUES), shape, dtype, rng, top) for _ in range(2)]
+  n = form(leaf(0, xs[0], dtype), leaf(1, xs[1], dtype), a)
+  r, c, recs = strict(lambda *ts: n.build(ts), *xs)
+  assert_npu(recs, name, "elementwise")
+  assume(np.isfinite(c).all())   # a float16 result beyond 65504 is inf (or NaN after 0 * inf) on the CPU: no bound question
+  out = U16 * np.abs(n.v) + ETA16 if dtype == "float16" else 0.0
+  nm.assert_within(r, c, n.e + out + cpu_bound(n, dtype, depth), f"{name} a={a:g} {dtype}")
+
+def test_bound_is_not_vacuous():
+  """The derived bound is of the order of fp16 rounding: a slope off by 2^-8 relative fails it."""
+  x = np.linspace(-100, 100, 301).astype(np.float32)
+  n = leaky(leaf(0, x, "float32"), 0.1)
+  r, c, _ = strict(lambda t: n.build([t]), x)
+  bound = n.e + cpu_bound(n, "float32", 2)
+  nm.assert_within(r, c, bound, "leaky")
+  with pytest.raises(AssertionError): nm.assert_within(np.where(x < 0, 0.1 * (1 + 2 ** -8) * x, x), c, bound, "a wrong slope")
+
+# ---- contraction epilogues ------------------------------------------------------------------------------------------
+def leaky_bound(u, e_u, a:float, dtype:str):
+  """The NPU's max(fp16(a) u', u') against leaky_a(u) (module docstring; rules/contraction.py _leaky_tasks): the BS
+  multiply by fp16(a) rounds once in fp32; a float16 result is rounded once more."""
+  a16 = float(np.float16(a))
+  a_cpu = float(np.float16(a) if dtype == "float16" else np.float32(a))
+  e = select(u, a, e_u, abs(a16) * e_u + abs(a16 - a_cpu) * np.abs(u) + U32 * abs(a16) * (np.abs(u) + e_u))
+  y = np.abs(np.where(u < 0, a * u, u))
+  return e + (U16 * (y + e) + ETA16 if dtype == "float16" else 0.0)
+
+def cpu_leaky_bound(e_c, u, a:float, dtype:str):
+  """tinygrad's CPU: u within e_c, its sign test on that u, a*u rounded in the dtype."""
+  uc, eta = (U16, ETA16) if dtype == "float16" else (U32, 0.0)
+  return select(u, a, e_c, abs(a) * e_c + uc * abs(a) * np.abs(u) + eta)
+
+def contraction_case(kind:str, dtype:str, rng):
+  """(fn, arrays, u, S, n, amax, |bias|) for a linear / matmul / conv2d with bias; u, S = sum |x||w| in float64."""
+  if kind == "conv":
+    x, w, b = rng.standard_normal((2, 5, 9, 11)), rng.standard_normal((19, 5, 3, 3)) * 0.3, rng.standard_normal(19)
+    x, w, b = (v.astype(dtype) for v in (x, w, b))
+    u, S, n = conv_parts(x, w, b)
+    return (lambda x, w, b, a: x.conv2d(w, b, padding=1).leaky_relu(a)), (x, w, b), u, S, n + 1, \
+           float(np.abs(x).max() + np.abs(w).max()), np.abs(b.astype(np.float64)).reshape(-1, 1, 1)
+  x, w, b = rng.standard_normal((37, 48)), rng.standard_normal((48, 29)) * 0.3, rng.standard_normal(29)
+  if kind == "matmul": b = np.zeros(29)
+  x, w, b = (v.astype(dtype) for v in (x, w, b))
+  x64, w64 = x.astype(np.float64), w.astype(np.float64)
+  fn = (lambda x, w, b, a: (x @ w).leaky_relu(a)) if kind == "matmul" else (lambda x, w, b, a: x.linear(w, b).leaky_relu(a))
+  return fn, (x, w, b), x64 @ w64 + b, np.abs(x64) @ np.abs(w64), 48 + (kind != "matmul"), \
+         float(np.abs(x64).max() + np.abs(w64).max()), np.abs(b.astype(np.float64))
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kind", ["linear", "matmul"])
+@given(a=st.sampled_from(SLOPES))
+def test_contraction_epilogue(kind, dtype, a): check_contraction(kind, dtype, a)
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("a", [0.1, 3.0])
+def test_conv_epilogue(dtype, a): check_contraction("conv", dtype, a)   # ~1 s per conv on the emulator: two slopes
+
+def check_contraction(kind:str, dtype:str, a:float):
+  """conv2d / linear / matmul (+ bias) + leaky: the affine result u within the contraction's bound e_u (numerics.bound_dot
+  with the bias as one more fp16-rounded product), then leaky_bound."""
+  fn, arrays, u, S, n, amax, bias = contraction_case(kind, dtype, np.random.default_rng(7))
+  r, c, recs = strict(lambda x, w, b: fn(x, w, b, a), *arrays)
+  if a != 1: assert_npu(recs, kind, "+relu" if a == 0 else "*u))")
+  p = nm.rocket(dtype)
+  e_u = nm.bound_dot(p, S + bias, n, amax + bias.max())
+  e_c = nm.bound_dot(nm.cpu(dtype), S + bias, n, amax + bias.max()) + (U16 * (np.abs(u) + bias) + ETA16 if dtype == "float16" else U32 * np.abs(u))
+  nm.assert_within(r, c, leaky_bound(u, e_u, a, dtype) + cpu_leaky_bound(e_c, u, a, dtype), f"{kind}+leaky({a:g}) {dtype}")
+
+def yolo_block(device:str, x, w, bn, a:float=0.1):
+  """YOLO's conv block: conv2d (no bias) + BatchNorm (eval) + leaky_relu(0.1)."""
+  m = nn.BatchNorm(w.shape[0])
+  m.weight, m.bias = Tensor(bn["gamma"], device=device), Tensor(bn["beta"], device=device)
+  m.running_mean, m.running_var = Tensor(bn["mean"], device=device), Tensor(bn["var"], device=device)
+  return m(Tensor(x, device=device).realize().conv2d(Tensor(w, device=device).realize(), padding=1)).leaky_relu(a).numpy()
+
+def test_yolo_conv_bn_leaky_block():
+  """One fused kernel: the BatchNorm slope s folded into the weights (fp16(s w): an operand rounding, u_in = u16 on
+  both sides) and its intercept t as one more K column, then leaky(0.1) as two tasks (tests/test_blocks.py derives the
+  conv + BN bound the same way)."""
+  rng = np.random.default_rng(3)
+  x = rng.uniform(-1, 1, (1, 8, 12, 12)).astype(np.float32)
+  w = rng.uniform(-0.3, 0.3, (16, 8, 3, 3)).astype(np.float32)
+  bn = bn_params(rng, 16)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): r = yolo_block("ROCKET", x, w, bn)
+  recs = report.records()
+  assert_npu(recs, "yolo", "+affine epilogue +leaky(max(u, 0.1*u))")
+  c = yolo_block("CPU", x, w, bn)
+  s = bn["gamma"].astype(np.float64) / np.sqrt(bn["var"].astype(np.float64) + 1e-5)
+  t = bn["beta"].astype(np.float64) - bn["mean"] * s
+  u, S, n = conv_parts(x, w * s[:, None, None, None], t)
+  _, acc, _ = conv_parts(x, w, np.zeros(16))
+  col = lambda v: np.abs(v).reshape(-1, 1, 1)
+  e_u = nm.bound_dot(nm.rocket("float32"), S + col(t), n + 1, float(np.abs(x).max() + np.abs(w * s[:, None, None, None]).max() + np.abs(t).max()))
+  # CPU: an fp32 conv of n terms, then (acc - mean) * gamma * rsqrt(var + eps) + beta in fp32: 6 roundings (as
+  # tests/test_blocks.py check_layer)
+  e_c = nm.gamma(n, U32) * acc * col(s) + 6 * U32 * ((acc + col(bn["mean"])) * col(s) + col(bn["beta"]))
+  nm.assert_within(r, c, leaky_bound(u, e_u, 0.1, "float32") + cpu_leaky_bound(e_c, u, 0.1, "float32"), "conv+bn+leaky")
+
+# ---- what stays on the C path, with its reason ------------------------------------------------------------------------
+def test_nonfinite_operands_take_the_c_code():
+  """inf and NaN (where LEAKY_AS_MAX does not hold) and float32 values beyond fp16: the C code, its answer exactly."""
+  x = np.array([1.0, -np.inf, np.inf, np.nan, -7e4, -3.0, -0.0], np.float32)
+  for a in (0.0, 0.1, 3.0):
+    report.reset()
+    r = Tensor(x, device="ROCKET").realize().leaky_relu(a).numpy()
+    np.testing.assert_array_equal(r, Tensor(x, device="CPU").leaky_relu(a).numpy())
+    assert report.records()[-1].engine == "fallback" and report.records()[-1].reason == NONFINITE_OPERAND_REASON, report.records()
+
+def fallback_reason(fn, *arrays) -> str:
+  report.reset()
+  r = fn(*[Tensor(a, device="ROCKET").realize() for a in arrays]).numpy()
+  np.testing.assert_allclose(r, fn(*[Tensor(a, device="CPU") for a in arrays]).numpy(), rtol=1e-6)   # the C code: CPU's own
+  rec = report.records()[-1]
+  assert rec.engine == "fallback", report.records()
+  return rec.reason
+
+def test_unsupported_cases_fall_back_with_reason():
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((4, 40)).astype(np.float32)
+  assert "slope 100000" in fallback_reason(lambda t: (t @ t.T).leaky_relu(1e5), x)
+  assert "coefficient 100000 is not finite in fp16" in fallback_reason(lambda t: t.leaky_relu(1e5), x)
+  big = rng.standard_normal((4, 20000)).astype(np.float32)
+  assert "leaky ReLU epilogue with K split" in fallback_reason(lambda t: (t @ t.T).leaky_relu(0.1), big)
+
+def test_where_epilogue_takes_no_table_of_one_sign():
+  """where(u < 0, 0.1 u, 2 u) is no max/min of u and a*u: before, the contraction took a guarded table of it on
+  (0.25, 32) whose after-job check failed on any negative u (a wasted job, then the C code); now no table is chosen."""
+  rng = np.random.default_rng(6)
+  a, w = rng.standard_normal((37, 48)).astype(np.float32), rng.standard_normal((48, 29)).astype(np.float32)
+  def fn(a, w):
+    u = a @ w
+    return (u < 0).where(0.1 * u, 2 * u)
+  reason = fallback_reason(fn, a, w)
+  assert "no lookup table covers" in reason and reason != AFTER_GUARD_REASON, reason
+  assert len(report.records()) == 1
+
+def test_greater_than_orientation():
+  """(x > 0).where(x, a*x), the other way of writing it (where(0 < u, u, a*u)), is the same max: bit-exact in float16."""
+  x = np.concatenate([all_fp16()[::7], np.float16([-0.0])])
+  r, c, recs = strict(lambda t: (t > 0).where(t, 0.2 * t), x)
+  assert_npu(recs, "gt", "1 stage(s)")
+  assert np.array_equal(r, c)
