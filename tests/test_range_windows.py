@@ -125,3 +125,16 @@ def test_softmax_row_sums_beyond_every_window_take_the_c_code():
   rec = final_kernel_record()
   assert rec.engine == "fallback" and "outside the table's domain" in rec.reason, rec
   np.testing.assert_array_equal(r, ((Tensor(x, device="CPU") - m.to("CPU")).exp() / s.to("CPU")).numpy())
+
+def test_a_guard_every_window_shares_reports_its_reason():
+  """exp's argument beyond its table (x - m > 0: m below the row max) fails a guard every alternative has: after the last
+  one the call runs the C code (the CPU's answer exactly), reported once, with exp's guard as the reason."""
+  x = np.random.default_rng(6).standard_normal((4, 16)).astype(np.float32)
+  X = Tensor(x, device="ROCKET").realize()
+  m = (X.max(-1, keepdim=True) - 1).realize()
+  s = (X - m).exp().sum(-1, keepdim=True).realize()   # <= 16 e: window 0 of 1/x
+  report.reset()
+  r = ((X - m).exp() / s).numpy()
+  rec = final_kernel_record()
+  assert rec.engine == "fallback" and "lut(exp2" in rec.reason, rec
+  np.testing.assert_array_equal(r, ((Tensor(x, device="CPU") - m.to("CPU")).exp() / s.to("CPU")).numpy())

@@ -267,9 +267,8 @@ class Compiler:
     for k in range(nt.steps):
       c = nt.seed_scale if k == 0 else 1.0
       k_p = -1.0 / (c if kind == "reciprocal" else c * c)
-      if not all(_scales16(w, k_p) for _, w in arg.terms): raise Unsupported(f"{kind} seed scale {c:g}: a coefficient leaves fp16's normal range")
-      p_main = arg.scaled(k_p)
-      p = self.stage(Stage(p_main, ew_op="mul", operand=y.stage))
+      if c != 1 and not all(_scales16(w, k_p) for _, w in arg.terms): raise Unsupported(f"{kind} seed scale {c:g}: a coefficient leaves fp16's normal range")
+      p = self.stage(Stage(arg.scaled(k_p), ew_op="mul", operand=y.stage))
       if kind == "reciprocal":
         d = self.stage(Stage(Linear(const=1.0), ew_op="add", operand=p.stage, out16=True, bound=1.0))
         y = self.stage(Stage(Linear(((d.stage, 1.0 / c),), 1.0 / c), ew_op="mul", operand=y.stage, bound=top * (1 + nt.errors[k + 1])))
