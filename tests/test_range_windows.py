@@ -138,3 +138,16 @@ def test_a_guard_every_window_shares_reports_its_reason():
   rec = final_kernel_record()
   assert rec.engine == "fallback" and "lut(exp2" in rec.reason, rec
   np.testing.assert_array_equal(r, ((Tensor(x, device="CPU") - m.to("CPU")).exp() / s.to("CPU")).numpy())
+
+def test_table_memo_tells_functions_apart():
+  """Lowering once per window asks for the same tables again (rules/tables.py _make_table memoizes make_table by fn's
+  values at the points it evaluates): two functions under one name and interval get their own tables, each equal to
+  make_table's, and asking again gives the memoized one."""
+  from tinygrad_rocket.ops.lut import make_table
+  from tinygrad_rocket.rules.tables import _make_table
+  f, g = (lambda x: np.exp2(x * 0.5)), (lambda x: np.exp2(x * 0.5) + 2.0 ** -12 * (x > 3))   # g: f but one step near 3
+  for fn in (f, g, f):
+    t = _make_table(fn, -8.0, 8.0, "memo_probe")
+    assert t == make_table(fn, -8.0, 8.0, name="memo_probe")
+  assert _make_table(f, -8.0, 8.0, "memo_probe") is _make_table(f, -8.0, 8.0, "memo_probe")
+  assert _make_table(f, -8.0, 8.0, "memo_probe") != _make_table(g, -8.0, 8.0, "memo_probe")

@@ -75,6 +75,7 @@ def _power_function(fn) -> bool:
 # kernels of the same function: per (name, interval), the points of the last call and the answers by digest of fn there.
 _TABLE_MEMO: dict[tuple[str, float, float], tuple[np.ndarray, dict[bytes, LutTable|str]]] = {}
 TABLE_MEMO_MAX = 256   # answers kept per interval (a process lowers a few distinct functions of one argument)
+TABLE_MEMO_KEYS = 64   # (name, interval)s kept, the oldest dropped first: their points are ~0.4 MB each (measured)
 
 def _digest(fn, xs:np.ndarray) -> bytes:
   with np.errstate(all="ignore"): return hashlib.sha256(np.broadcast_to(np.asarray(fn(xs), np.float64), xs.shape).tobytes()).digest()
@@ -89,7 +90,9 @@ def _make_table(fn, lo:float, hi:float, name:str) -> LutTable|str:
     return fn(x)
   with np.errstate(all="ignore"): t = make_table(recording, lo, hi, name=name)
   xs = np.concatenate(points) if points else np.zeros(0)
-  if memo is None or not np.array_equal(memo[0], xs): memo = _TABLE_MEMO[key] = (xs, {})
+  if memo is None or not np.array_equal(memo[0], xs):
+    if key not in _TABLE_MEMO and len(_TABLE_MEMO) >= TABLE_MEMO_KEYS: del _TABLE_MEMO[next(iter(_TABLE_MEMO))]
+    memo = _TABLE_MEMO[key] = (xs, {})
   if len(memo[1]) < TABLE_MEMO_MAX: memo[1][_digest(fn, xs)] = t
   return t
 
