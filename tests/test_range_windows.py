@@ -13,10 +13,24 @@ from tinygrad_rocket.program import GUARD_MARGIN
 from tinygrad_rocket.rules.tables import (newton, newton_model, NEWTON_FUNCTIONS, RECIP_MAX_REL_ERROR, RANGE_WINDOWS, TABLE_SCALES,
                                           LUT_MAX_ERROR, range_window, pick_table)
 from test_blocks_on_npu import all_npu, softmax_bound, table_error, assert_layernorm_within, table_of_window
+from test_elementwise_rule import leaf, mul, recip
+from test_reciprocal import assert_on_npu_within, rsqrt_node
 
 U16, U32 = nm.U16, nm.U32
 WINDOWS = [(kind, w) for kind, (_, ws) in NEWTON_FUNCTIONS.items() for w in range(len(ws))]
 RHO = max(newton(kind, w).rel_error for kind, w in WINDOWS)   # the largest measured error of any window
+
+@pytest.mark.parametrize("kind, window", WINDOWS)
+def test_scaled_by_a_row_value_in_each_window(kind, window):
+  """x * recip(s) and x * rsqrt(s) for a per-row s spanning window `window` (both edges inside the guard's margin, so
+  no earlier window holds them all): on the NPU in strict mode, within the per-node bound of tests/test_reciprocal.py
+  with the largest window error, and the window's program is the one that ran."""
+  lo, hi = NEWTON_FUNCTIONS[kind][1][window]
+  s = np.geomspace(lo * (1 + 2 * GUARD_MARGIN), hi * (1 - 2 * GUARD_MARGIN), 12)[:, None].astype(np.float32)
+  x = (np.random.default_rng(window).standard_normal((12, 16)) * 3).astype(np.float32)
+  xn, sn = leaf(0, x, "float32"), leaf(1, s, "float32")
+  assert_on_npu_within(mul(xn, recip(sn, RHO) if kind == "reciprocal" else rsqrt_node(sn, RHO)), [x, s], "float32", 3)
+  assert f"{kind}(seed on {(lo, hi)}" in report.records()[-1].reason
 
 def test_window_lists_fit_the_constant():
   assert all(len(ws) <= RANGE_WINDOWS for _, ws in NEWTON_FUNCTIONS.values()) and len(TABLE_SCALES) <= RANGE_WINDOWS
