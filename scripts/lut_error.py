@@ -39,18 +39,20 @@ def rows() -> list[str]:
   return out
 
 def recip_rows() -> list[str]:
-  """The reciprocal and rsqrt seeds over each of their intervals and the measured error after each Newton step."""
-  out = ["| function | seed interval | ratio | seed (step 0) | step 1 | step 2 | step 3 | used |", "|---|---|---|---|---|---|---|---|"]
-  for kind, (fn, intervals) in T.NEWTON_FUNCTIONS.items():
-    nt = T.newton(kind)
-    for lo, hi in intervals:
-      t = L.make_table(fn, lo, hi, name=f"{kind}_seed")
+  """The reciprocal and rsqrt seeds over each of their windows (scaled to window 0's outputs, rules/tables.py Newton) and
+  the measured error after each Newton step."""
+  out = ["| function | window | ratio | seed scale | seed (step 0) | step 1 | step 2 | step 3 | used |", "|---|---|---|---|---|---|---|---|---|"]
+  for kind, (fn, windows) in T.NEWTON_FUNCTIONS.items():
+    for w, (lo, hi) in enumerate(windows):
+      s = T.seed_scale(kind, lo)
+      t = L.make_table(lambda x: s * fn(x), lo, hi, name=f"{kind}_seed")
       if isinstance(t, str):
-        out.append(f"| {kind} | [{lo:g}, {hi:g}] | {hi / lo:g} | refused: {t} | | | | |")
+        out.append(f"| {kind} | [{lo:g}, {hi:g}] | {hi / lo:g} | {s:g} | refused: {t} | | | | |")
         continue
-      errs = T.newton_errors(kind, t, T.NEWTON_MAX_STEPS, lo, hi)
-      used = f"yes, {nt.steps} steps" if nt is not None and nt.domain == (lo, hi) else ""
-      out.append(f"| {kind} | [{lo:g}, {hi:g}] | {hi / lo:g} | " + " | ".join(f"{e:.3g} (2^{np.log2(e):.1f})" for e in errs) + f" | {used} |")
+      errs = T.newton_errors(kind, t, T.NEWTON_MAX_STEPS, lo, hi, s)
+      nt = T.newton_window(kind, w)
+      used = f"window {w}, {nt.steps} steps" if nt is not None else ""
+      out.append(f"| {kind} | [{lo:g}, {hi:g}] | {hi / lo:g} | {s:g} | " + " | ".join(f"{e:.3g} (2^{np.log2(e):.1f})" for e in errs) + f" | {used} |")
   return out
 
 def check() -> None:
@@ -150,26 +152,34 @@ exp 3.7e-4 vs float64 where GN reports 5.5e-4 with an unstated reference).
 1/x is needed accurately (softmax's `1/sum`, layernorm's `1/std`, any division by a loaded value) and neither a uniform
 grid (above: 1.3% at the low end) nor the unvalidated EW DIV (rocket_fp16_ew_ppu.md §3.2, atol 0.1) gives it. The rule
 (`rules/elementwise.py` `Compiler.reciprocal`, `rules/tables.py` `newton_reciprocal`) tabulates a seed y0 on an interval
-(the guard sends calls whose argument leaves it to the C code) and refines it with Newton steps as conv-fed stages:
+(the guard sends calls whose argument leaves it to the next window's program, then to the C code) and refines it with
+Newton steps as conv-fed stages:
 `p = -x y` (fp32; exact while y is fp16), `e = 1 + p` (exact, then narrowed to fp16: a small correction, its rounding
 costs u16 |e|), `y' = (1 + e) y` (fp32). Each step maps the relative error eps = 1 - x y to at most
-`eps^2 + eps u16 (1 + eps) + 3 u32`. The table below is measured over every fp16 x of each interval through exactly
-those fp16/fp32 roundings (the emulator gives the same bits, `tests/test_reciprocal.py`): max |1 - y_k / f(x)|. A uniform
-grid's seed error grows with the square of the interval's ratio (its interpolation near the low end), so wider intervals
-need more steps (3 stages each); the rule takes the first interval that reaches `RECIP_MAX_REL_ERROR` = 2^-12 (half an
-fp16 rounding) within `NEWTON_MAX_STEPS` = 3.
+`eps^2 + eps u16 (1 + eps) + 3 u32`. The table below is measured over every fp16 x of each window through exactly
+those fp16/fp32 roundings (the emulator gives the same bits, `tests/test_reciprocal.py`, `tests/test_range_windows.py`):
+max |1 - y_k / f(x)|. A uniform grid's seed error grows with the square of the window's ratio (its interpolation near
+the low end), so a ratio of 1024 is the most 3 steps (3 stages each) bring within `RECIP_MAX_REL_ERROR` = 2^-12 (half an
+fp16 rounding); a window is used only if it does, within `NEWTON_MAX_STEPS` = 3.
 
 {recip}
 
-The domain [2^-4, 2^6] covers softmax denominators (a row sum of exp(x - max), in [1, row length]) for rows up to 64
-elements (longer rows when their sum stays below 64) and layernorm's std (sqrt(var + eps)) for activations with std in
-[0.0625, 64]; calls outside take the C code with the guard's reason.
+Range windows (`RANGE_WINDOWS` = 5, `rules/tables.py`): a kernel with such a seed (or a guarded table of another power
+function, sqrt: `TABLE_SCALES`) is lowered once per window, each program guarding its own, and the runner tries them in
+order: a call whose argument lies in any one window runs on the NPU. The seed of every window holds `seed scale` times
+the function, so its outputs are window 0's (a LUT's output quantum is at least 2^-15, too coarse for 1/x near 2^-14
+unscaled: [2^4, 2^14] would start at 0.553); the first step's CORE coefficients divide the scale out exactly, so a window
+at a power-of-2 multiple of window 0 (rsqrt: of 4) has window 0's errors exactly. 1/x's windows: [2^-4, 2^6] (layernorm's
+std, softmax rows up to 63 elements), [63/64, 1008] (every softmax row of up to 1006 elements, a confident row's sum of 1
+included), [2^4, 2^14], [2^-12, 2^-2] (the lowest: the table's fp16 index scale is at most 65504 over 16384 index units,
+so a narrower window uses fewer segments), [2^6, 65504]. Calls outside every window take the C code with the guard's
+reason.
 
 1/sqrt(x) (`Ops.RECIPROCAL` of `Ops.SQRT`: tinygrad's rsqrt, layernorm's and RMSNorm's `rsqrt(var + eps)`) takes the same
 route with y' = (1 + e/2) y, e = 1 - x y^2 (4 stages per step: y is an fp16 main term of `q = y * (-x y)`, so the
 steps before the last narrow y, which the next step squares away); each step maps eps to at most
-`3/2 eps^2 + 1/2 eps^3 + (1 + eps)(2 eps + eps^2) u16/2 + 4 u32`. Its domain [2^-6, 2^4] is var + eps for std in
-[1/8, 4].
+`3/2 eps^2 + 1/2 eps^3 + (1 + eps)(2 eps + eps^2) u16/2 + 4 u32`. Its windows are var + eps for std in [1/8, 4], [4, 128],
+[2^-6, 1/2], [2^-5, 1] and [8, 256].
 """
 
 def main() -> None:

@@ -13,7 +13,8 @@ from tinygrad import Tensor
 import numerics as nm
 from helpers import env
 from tinygrad_rocket import report
-from tinygrad_rocket.rules.tables import newton_reciprocal, pick_table
+from tinygrad_rocket.ops.lut import LutTable
+from tinygrad_rocket.rules.tables import newton_reciprocal, pick_table, range_window, RANGE_WINDOWS
 
 U16, U32, ETA16 = nm.U16, nm.U32, nm.ETA16
 RHO = newton_reciprocal().rel_error
@@ -29,7 +30,7 @@ def table_error(name:str, summaries:list[str]) -> float:
   """A table's measured error as the program states it (tests check the statement against an a-priori ceiling)."""
   return max(float(s.split(f"lut({name}, error ")[1].split(")")[0]) for s in summaries if f"lut({name}, error " in s)
 
-def softmax_bound(x, T:float):
+def softmax_bound(x, T:float, rho:float=RHO):
   """(p, bound) for the NPU's softmax over the last axis of x (float64, the values it reads). exp's argument from fp16
   operands narrowed to fp16, the table's error T and its fp16 output (e_exp); the sum kernel adds the e_exp of its
   terms and an fp32 sum (E_s); the final kernel's reciprocal sees the sum rounded to fp16 and Newton's measured error."""
@@ -41,7 +42,7 @@ def softmax_bound(x, T:float):
   e_exp = e * arg_err * 1.01 + T + U16 * e
   n = x.shape[-1]
   E_s = e_exp.sum(-1, keepdims=True) + nm.gamma(n - 1, U32) * (e + e_exp).sum(-1, keepdims=True) + U32 * s
-  eps_r = (E_s / s + U16 + ETA16 / s + RHO) / (1 - E_s / s - U16)
+  eps_r = (E_s / s + U16 + ETA16 / s + rho) / (1 - E_s / s - U16)
   p = e / s
   return p, e_exp / s * (1 + eps_r) + p * eps_r + 8 * U32 * p
 
@@ -54,15 +55,28 @@ def test_softmax(shape, scale):
   p, b = softmax_bound(x.astype(np.float64), table_error("exp2", summaries))
   nm.assert_within(r, c, b + 8 * U32 * p + nm.gamma(shape[-1] + 8, U32) * p, "softmax")
 
+def window_table(fn, name:str, summaries:list[str]) -> LutTable:
+  """The window's table of a power function (rules/tables.py TABLE_SCALES) whose error the program states."""
+  err = f"lut({name}, error {table_error(name, summaries):.2g})"
+  tables = [t for w in range(RANGE_WINDOWS) for t in [table_of_window(fn, name, w)] if f"lut({name}, error {t.max_abs_error:.2g})" == err]
+  assert len(tables) == 1, (err, tables)
+  return tables[0]
+
+def table_of_window(fn, name:str, window:int) -> LutTable:
+  with range_window(window): return pick_table(fn, name)
+
 @pytest.mark.parametrize("shape, scale, shift", [((4, 64), 1.0, 0.0), ((6, 128), 2.0, 1.0)])
 def test_layernorm(shape, scale, shift):
-  """y = (x - mu) / sigma, sigma = sqrt(var + eps). mu: a sum of fp16-rounded x (numerics.bound_sum, mean);
-  var: (x - mu~)^2 from fp16 operands in fp32, narrowed to fp16, summed (its dot bound), /n; sigma: var + eps narrowed
-  to fp16, the sqrt table's error plus its slope (<= 1/(2 sqrt(lo)) on its domain [lo, hi]); the final kernel: x and
-  mu~ rounded to fp16, sigma~ rounded to fp16 and Newton's error. First order in each: |dy| <= |dmu|/sigma +
-  |x - mu| |dsigma| / sigma^2 + the final kernel's own error."""
   rng = np.random.default_rng(1)
-  x = (rng.standard_normal(shape) * scale + shift).astype(np.float32)
+  assert_layernorm_within((rng.standard_normal(shape) * scale + shift).astype(np.float32), RHO)
+
+def assert_layernorm_within(x:np.ndarray, rho:float) -> None:
+  """y = (x - mu) / sigma, sigma = sqrt(var + eps), all-NPU. mu: a sum of fp16-rounded x (numerics.bound_sum, mean);
+  var: (x - mu~)^2 from fp16 operands in fp32, narrowed to fp16, summed (its dot bound), /n; sigma: var + eps narrowed
+  to fp16, the sqrt table's error plus its slope (<= 1/(2 sqrt(lo)) on its domain [lo, hi]: the window's table the
+  program states); the final kernel: x and mu~ rounded to fp16, sigma~ rounded to fp16 and Newton's error rho. First
+  order in each: |dy| <= |dmu|/sigma + |x - mu| |dsigma| / sigma^2 + the final kernel's own error."""
+  shape = x.shape
   X = Tensor(x, device="ROCKET").realize()
   r, summaries = all_npu(lambda: X.layernorm().numpy())
   c = Tensor(x, device="CPU").layernorm().numpy()
@@ -79,11 +93,11 @@ def test_layernorm(shape, scale, shift):
   u = var + 1e-5
   e_u = e_var + U32 * u
   e_u = e_u + U16 * (u + e_u) + ETA16
-  t = pick_table(np.sqrt, "sqrt")
+  t = window_table(np.sqrt, "sqrt", summaries)
   sigma = np.sqrt(u)
   e_sigma = table_error("sqrt", summaries) + e_u / (2 * np.sqrt(t.domain[0])) + U32 * sigma
   y = dd / sigma
-  e_final = (U16 * (np.abs(xd) + np.abs(mu)) + 2 * ETA16 + U32 * np.abs(dd)) / sigma + np.abs(y) * (U16 + RHO + 4 * U32)
+  e_final = (U16 * (np.abs(xd) + np.abs(mu)) + 2 * ETA16 + U32 * np.abs(dd)) / sigma + np.abs(y) * (U16 + rho + 4 * U32)
   bound = (e_mu / sigma + np.abs(dd) * e_sigma / sigma ** 2) * 1.01 + e_final * (1 + 2 * e_sigma / sigma)
   nm.assert_within(r, c, bound + nm.gamma(n + 8, U32) * (np.abs(y) + 1), "layernorm")
 

@@ -3,8 +3,9 @@
 tinygrad caches a compiled PROGRAM and hands only its BINARY (inside a TinyELF) to the device at run time, possibly
 compiled in another process. So the lowering decision travels inside the binary:
   FALLBACK: magic, u32 length, UTF-8 reason, then the ELF object of tinygrad's C code for the kernel
-  NPU:      magic, u32 length, the serialized NpuProgram, then the ELF object of the same kernel's C code (the other
-            path for a call the NPU cannot take, e.g. an operand beyond fp16's range)
+  NPU:      magic, u32 length, the serialized NpuProgram (with its alternatives for other windows of its tables'
+            arguments), then the ELF object of the same kernel's C code (the other path for a call the NPU cannot take,
+            e.g. an operand beyond fp16's range or beyond every window)
 """
 from __future__ import annotations
 import struct

@@ -4,7 +4,7 @@ tinygrad finds this class as `tinygrad.runtime.ops_rocket.RocketDevice` (see __i
 """
 from __future__ import annotations
 import sys, copy, ctypes, platform, time, itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import numpy as np
 from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
@@ -241,10 +241,12 @@ class NpuRunner:
   """Runs an NpuProgram: packs operands (on the CPU, from plain memory or from the result cube of the NPU job that wrote
   them; operands whose sources did not change stay packed), one SUBMIT with all its tasks, and leaves the results in
   the job's cube until a CPU access needs them in plain memory (DESIGN.md, NPU layout coherence). A call whose operands
-  the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback."""
+  the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback; one that fails a
+  guard runs the program's next alternative (another window of its tables), the C code after the last one."""
   def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
     self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
     self.guard_paths: dict[str, FallbackProgram] = {}
+    self.next: NpuRunner|None = None   # the runner of prg.alternatives[0], when a call first needs it
     self.before, self.after = [g for g in prg.guards if not g.after], [g for g in prg.guards if g.after]
     self.serial = next(_serials)
     # gather indices computed once per program; packs grouped by destination, in order (a later copy may write over
@@ -394,12 +396,19 @@ class NpuRunner:
     self.index_forms[(id(a), invert)] = (a, form)   # (the array kept alive: its id stays its own)
     return form
 
-  def _failed_guard(self, guards:list[Guard], slot:dict[int, RocketBuffer]) -> FallbackProgram|None:
-    """The C-code path of the first guard that does not hold (a lookup table's argument outside its domain: the table's
-    bound would not hold; a computed value beyond fp16), reported with that guard's reason; None if all hold."""
+  def _failed_guard(self, guards:list[Guard], slot:dict[int, RocketBuffer]) -> NpuRunner|FallbackProgram|None:
+    """None if every guard holds. Else the runner of the program's next alternative (the kernel for another window of
+    its tables' arguments, program.py), or after the last one the C-code path of the first guard that does not hold (a
+    lookup table's argument outside its domain: the table's bound would not hold; a computed value beyond fp16),
+    reported with that guard's reason."""
     for g in guards:
       self.dev.to_cpu(mem := slot[g.slot])
       if g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)): continue
+      if self.prg.alternatives:
+        if self.next is None:   # built on first need: most kernels' calls stay in their first window
+          nxt = self.prg.alternatives[0]
+          self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path)
+        return self.next
       if (guard_path := self.guard_paths.get(g.what)) is None:
         guard_path = self.guard_paths[g.what] = copy.copy(self.other_path)
         guard_path.reason = f"{GUARD_REASON if not g.after else AFTER_GUARD_REASON}: {g.what}"

@@ -12,6 +12,7 @@ from typing import Callable, TYPE_CHECKING
 from tinygrad_rocket._tg import UOp, Ops, compile_to_c, program_with_binary
 from tinygrad_rocket.blob import fallback_blob, npu_blob
 from tinygrad_rocket.analysis import analyze, NotAnalyzable, LoopNest
+from tinygrad_rocket.rules.tables import range_window, NoWindow, RANGE_WINDOWS
 if TYPE_CHECKING: from tinygrad_rocket.program import NpuProgram
 
 @dataclass(frozen=True)
@@ -31,10 +32,24 @@ def describe_kernel(ast:UOp) -> str:
   return f"{what} kernel with {stores} output{'s' if stores != 1 else ''}"
 
 def lower_kernel(ast:UOp, precision:str="default") -> NpuProgram | NotApplicable:
-  """`precision` (config.precision, carried by the renderer) travels on the loop nest to the rules."""
+  """`precision` (config.precision, carried by the renderer) travels on the loop nest to the rules. A program whose
+  guarded tables have windows (rules/tables.py range_window: 1/x, 1/sqrt(x), sqrt) carries the kernel lowered for each
+  further window as its alternatives, in window order."""
   try: nest = analyze(ast)
   except NotAnalyzable as e: return NotApplicable(f"{describe_kernel(ast)}: {e}")
   nest.precision = precision
+  with range_window(0) as windowed: res = _lower_nest(nest, ast)
+  if isinstance(res, NotApplicable) or not windowed: return res
+  alternatives = []
+  for w in range(1, RANGE_WINDOWS):
+    try:
+      with range_window(w): alt = _lower_nest(nest, ast)
+    except NoWindow: continue   # a table of the kernel has no such window
+    if not isinstance(alt, NotApplicable): alternatives.append(alt)
+  return dataclasses.replace(res, alternatives=tuple(alternatives))
+
+def _lower_nest(nest:LoopNest, ast:UOp) -> NpuProgram | NotApplicable:
+  """The first rule's program, or why none applies."""
   reasons = []
   for name, rule in RULES:
     if not isinstance(res:=rule(nest), NotApplicable): return res
@@ -52,7 +67,8 @@ def to_program(ast:UOp, renderer) -> UOp:
   if isinstance(res, NotApplicable): return program_with_binary(prg, fallback_blob(res.reason, elf))
   # the kernel's name as tinygrad shows it (the AST's KernelInfo name is assigned during codegen); its buffers come in
   # the order of the program's globals
-  return program_with_binary(prg, npu_blob(dataclasses.replace(res, name=prg.arg.function_name, globals=prg.arg.globals).to_bytes(), elf))
+  named = lambda p: dataclasses.replace(p, name=prg.arg.function_name, globals=prg.arg.globals)
+  return program_with_binary(prg, npu_blob(dataclasses.replace(named(res), alternatives=tuple(map(named, res.alternatives))).to_bytes(), elf))
 
 from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (rules import NotApplicable from here)
 RULES.append(("contraction", lower_contraction))

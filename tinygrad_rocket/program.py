@@ -169,11 +169,13 @@ class NpuProgram:
                                      # after-job guards hold on the first job's values (0: one job, guards after it)
   globals: tuple[int, ...] = ()      # the kernel's PARAM slots in the order tinygrad passes their buffers (its program's
                                      # globals: buffers its own simplification dropped are not passed); () = 0, 1, ...
+  alternatives: tuple[NpuProgram, ...] = ()   # the same kernel for other windows of its tables' arguments (rules/tables.py
+                                     # range_window), tried in order by a call that fails one of this program's guards
 
   def kernel_slots(self) -> set[int]:
-    """The kernel buffers (PARAM slots) the program reads or writes."""
+    """The kernel buffers (PARAM slots) the program or an alternative reads or writes."""
     return ({c.src for c in self.pack if c.src is not None and c.src < SCRATCH} | {p for c in self.pack + self.unpack for p in c.params} |
-            {c.dst for c in self.unpack if c.dst < SCRATCH})
+            {c.dst for c in self.unpack if c.dst < SCRATCH}).union(*(a.kernel_slots() for a in self.alternatives))
 
   def to_bytes(self) -> bytes: return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
   @staticmethod

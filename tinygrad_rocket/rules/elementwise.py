@@ -38,7 +38,7 @@ from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
-from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton
+from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton, window_newtons
 from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwOperand, XStageOp, K_ALIGN, MAX_ROWS,
                                         EW_MIN_PLANE_ATOMS)
 
@@ -280,7 +280,8 @@ class Compiler:
       rsqrt:      p = -l * y, q = y * p (y a main term: fp16, so the steps before the last narrow y'), e = 1 + q narrowed
                   to fp16, y' = (1 + e/2) * y.
     For l not a plain load, the seed reads l narrowed to fp16 while p reads l itself: the seed is off by one more fp16
-    rounding, which the steps square away."""
+    rounding, which the steps square away. The seed holds c y0 (c = the window's seed_scale, a power of 2): the first
+    step's coefficients divide c out (p: -l/c, rsqrt -l/c^2; y': 1/c), exactly, so its roundings are those of c = 1."""
     try: probe = Compiler().value(x)   # a scratch compiler: a non-linear argument must leave no stage behind
     except Unsupported: return None
     if not isinstance(probe, Linear) or not probe.over_loads or (nt := newton(kind)) is None: return None
@@ -290,14 +291,17 @@ class Compiler:
     top = 1 / nt.domain[0] if kind == "reciprocal" else 1 / math.sqrt(nt.domain[0])   # the largest result
     y = self.stage(Stage(Linear(), lut=(src, nt.table), guard=arg, bound=lut_bound(nt.table)))
     for k in range(nt.steps):
-      p = self.stage(Stage(arg.scaled(-1.0), ew_op="mul", operand=y.stage))
+      c = nt.seed_scale if k == 0 else 1.0
+      k_p = -1.0 / (c if kind == "reciprocal" else c * c)
+      if c != 1 and not all(_scales16(w, k_p) for _, w in arg.terms): raise Unsupported(f"{kind} seed scale {c:g}: a coefficient leaves fp16's normal range")
+      p = self.stage(Stage(arg.scaled(k_p), ew_op="mul", operand=y.stage))
       if kind == "reciprocal":
         d = self.stage(Stage(Linear(const=1.0), ew_op="add", operand=p.stage, out16=True, bound=1.0))
-        y = self.stage(Stage(Linear(((d.stage, 1.0),), 1.0), ew_op="mul", operand=y.stage, bound=top * (1 + nt.errors[k + 1])))
+        y = self.stage(Stage(Linear(((d.stage, 1.0 / c),), 1.0 / c), ew_op="mul", operand=y.stage, bound=top * (1 + nt.errors[k + 1])))
       else:
         q = self.stage(Stage(Linear(((y.stage, 1.0),)), ew_op="mul", operand=p.stage))
         d = self.stage(Stage(Linear(const=1.0), ew_op="add", operand=q.stage, out16=True, bound=1.0))
-        y = self.stage(Stage(Linear(((d.stage, 0.5),), 1.0), ew_op="mul", operand=y.stage, out16=k < nt.steps - 1,
+        y = self.stage(Stage(Linear(((d.stage, 0.5 / c),), 1.0 / c), ew_op="mul", operand=y.stage, out16=k < nt.steps - 1,
                              bound=top * (1 + nt.errors[k + 1])))
     return y
 
@@ -327,6 +331,12 @@ class Compiler:
     if t is None: return None
     return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),)),
                             bound=lut_bound(t)))
+
+def _scales16(w:float, k:float) -> bool:
+  """Whether the fp16 weight of coefficient w times the power of 2 k is the fp16 weight of w k (both normal): then the
+  CORE's product is the unscaled one times k, exactly."""
+  w16, wk16 = float(np.float16(w)), float(np.float16(w * k))
+  return w16 * k == wk16 and all(v == 0 or 2.0 ** -14 <= abs(v) <= FP16_MAX for v in (w16, wk16))
 
 def _loads(e) -> list[Load]:
   if isinstance(e, Load): return [e]
@@ -464,7 +474,7 @@ def _inside(lo:float, hi:float) -> float:
 
 def stage_ops(stages:list[Stage]) -> str:
   """What the stages do, for a program's summary."""
-  nts = [nt for nt in (newton("reciprocal"), newton("rsqrt")) if nt is not None]
+  nts = window_newtons()
   named = lambda t: next((f"{nt.kind}(seed on {nt.domain} + {nt.steps} Newton steps, rel error {nt.rel_error:.2g})" for nt in nts if t == nt.table), None)
   ops = [named(s.lut[1]) or f"lut({s.lut[1].name}, error {s.lut[1].max_abs_error:.2g})" for s in stages if s.lut] + [f"{s.ew_op}" for s in stages if s.ew_op] + \
         [f"clip(0, {s.clip:g})" if s.clip is not None else "relu" for s in stages if s.relu]

@@ -5,7 +5,10 @@ them), the function evaluated from a kernel's expression tree, and the DPU-only 
 Used by rules/elementwise.py (a function of a load or of a linear argument) and rules/contraction.py (an activation
 applied to a contraction's result)."""
 from __future__ import annotations
-import functools, math
+import functools, hashlib, math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 from dataclasses import dataclass, replace
 import numpy as np
 from tinygrad_rocket import regs
@@ -29,11 +32,74 @@ LUT_MAX_ERROR = 2.0 ** -9
 class NotTabulable(Exception):
   """The expression holds an op the table's function cannot be evaluated through."""
 
-def _tables(fn, name:str):
-  """The tables over LUT_INTERVALS accurate to LUT_MAX_ERROR of fn's largest magnitude there, in interval order."""
-  for lo, hi in LUT_INTERVALS:
-    try:
-      with np.errstate(all="ignore"): t = make_table(fn, lo, hi, name=name)
+# ---- range windows: one program per window of a guarded table's argument (lower.py lowers, device.py chains) ---------
+# A rule asks for its tables without knowing of windows; lower.py lowers a kernel inside range_window(w) for w = 0, 1, ..
+# while the tables it asked for depend on w, and the guarded tables of power functions (1/x, 1/sqrt(x), sqrt) and the
+# Newton seeds answer for window w. A context variable, so that the rules (and what they call) need no parameter.
+_window: ContextVar[int] = ContextVar("range_window", default=0)
+_window_used: ContextVar[list[bool]|None] = ContextVar("range_window_used", default=None)
+
+class NoWindow(Exception):
+  """A table the kernel needs has no window of this index: the kernel has no program for it (lower.py stops there)."""
+
+@contextmanager
+def range_window(window:int) -> Iterator[list[bool]]:
+  """Tables asked for inside answer for `window`; the list yielded is non-empty once one depended on it."""
+  used: list[bool] = []
+  tw, tu = _window.set(window), _window_used.set(used)
+  try: yield used
+  finally: _window.reset(tw); _window_used.reset(tu)
+
+def _uses_window() -> None:
+  if (used := _window_used.get()) is not None: used.append(True)
+
+# The guarded table of a power function (f(4x) = 2^k f(x): sqrt, 1/x, 1/sqrt(x)) on window w is window 0's interval
+# scaled by TABLE_SCALES[w]: powers of 4, so the scaled table is window 0's exactly (index scale and outputs move by
+# powers of 2) while its index scale and output quantum stay in range (it is measured again, and used only if it meets
+# LUT_MAX_ERROR like window 0's). sqrt on [0.25, 32] (a layernorm's var) becomes [4, 512], [1/64, 2], [64, 8192],
+# [2^-10, 1/8] (its index scale capped at 65504: 255 segments, error 1.9e-4 within the bound's 6.9e-4): std 0.031 to 90.
+TABLE_SCALES = (1.0, 4.0 ** 2, 4.0 ** -2, 4.0 ** 4, 4.0 ** -4)
+POWER_PROBES = np.geomspace(0.5, 2.0, 7)   # where fn(4x) / fn(x) is checked to be one power of 2
+
+def _power_function(fn) -> bool:
+  """Whether fn(4x) = 2^k fn(x) for an integer k (checked at POWER_PROBES, exactly as float64 gives it)."""
+  with np.errstate(all="ignore"):
+    try: r = np.asarray(fn(4 * POWER_PROBES), np.float64) / np.asarray(fn(POWER_PROBES), np.float64)
+    except (NotTabulable, ValueError, FloatingPointError): return False
+  if not (np.isfinite(r).all() and r[0] > 0 and (r == r[0]).all()): return False
+  return float(r[0]) == 2.0 ** round(math.log2(float(r[0])))
+
+# make_table's answer depends on fn only through fn's values at the points it evaluates, and those only on the interval
+# and on earlier values: so fn's values at the points one call evaluated name the answer of any fn on that interval. A
+# kernel lowered once per window asks for its other tables again (softmax: exp's 7 candidates, ~8 ms each), and so do
+# kernels of the same function: per (name, interval), the points of the last call and the answers by digest of fn there.
+_TABLE_MEMO: dict[tuple[str, float, float], tuple[np.ndarray, dict[bytes, LutTable|str]]] = {}
+TABLE_MEMO_MAX = 256   # answers kept per interval (a process lowers a few distinct functions of one argument)
+TABLE_MEMO_KEYS = 64   # (name, interval)s kept, the oldest dropped first: their points are ~0.4 MB each (measured)
+
+def _digest(fn, xs:np.ndarray) -> bytes:
+  with np.errstate(all="ignore"): return hashlib.sha256(np.broadcast_to(np.asarray(fn(xs), np.float64), xs.shape).tobytes()).digest()
+
+def _make_table(fn, lo:float, hi:float, name:str) -> LutTable|str:
+  """make_table(fn, lo, hi), memoized (see _TABLE_MEMO)."""
+  memo = _TABLE_MEMO.get(key := (name, lo, hi))
+  if memo is not None and (t := memo[1].get(_digest(fn, memo[0]))) is not None: return t
+  points: list[np.ndarray] = []
+  def recording(x):
+    points.append(np.asarray(x, np.float64).ravel())
+    return fn(x)
+  with np.errstate(all="ignore"): t = make_table(recording, lo, hi, name=name)
+  xs = np.concatenate(points) if points else np.zeros(0)
+  if memo is None or not np.array_equal(memo[0], xs):
+    if key not in _TABLE_MEMO and len(_TABLE_MEMO) >= TABLE_MEMO_KEYS: del _TABLE_MEMO[next(iter(_TABLE_MEMO))]
+    memo = _TABLE_MEMO[key] = (xs, {})
+  if len(memo[1]) < TABLE_MEMO_MAX: memo[1][_digest(fn, xs)] = t
+  return t
+
+def _tables(fn, name:str, intervals:tuple[tuple[float, float], ...]=LUT_INTERVALS):
+  """The tables over `intervals` accurate to LUT_MAX_ERROR of fn's largest magnitude there, in interval order."""
+  for lo, hi in intervals:
+    try: t = _make_table(fn, lo, hi, name)
     except (NotTabulable, ValueError, FloatingPointError): continue
     if not isinstance(t, LutTable): continue
     with np.errstate(all="ignore"): peak = float(np.nanmax(np.abs(fn(np.linspace(lo, hi, 4097)))))
@@ -45,9 +111,18 @@ def full_line_table(fn, name:str) -> LutTable|None:
 
 def pick_table(fn, name:str) -> LutTable|None:
   """A table exact on every input if there is one, else the one with the least absolute error (a wide interval of exp
-  is accurate relative to its peak and useless below 1); the caller guards its domain."""
+  is accurate relative to its peak and useless below 1); the caller guards its domain. For a power function, the one
+  of the window being lowered (range_window, TABLE_SCALES)."""
   good = list(_tables(fn, name))
-  return next((t for t in good if t.domain == (-math.inf, math.inf)), None) or min(good, key=lambda t: t.max_abs_error, default=None)
+  if (t := next((t for t in good if t.domain == (-math.inf, math.inf)), None)) is not None or not good: return t
+  t = min(good, key=lambda t: t.max_abs_error)
+  if not _power_function(fn): return t
+  _uses_window()
+  if (w := _window.get()) == 0: return t
+  if w >= len(TABLE_SCALES): raise NoWindow(f"{len(TABLE_SCALES)} table windows")
+  c = TABLE_SCALES[w]
+  if (tw := next(_tables(fn, name, ((t.lo * c, t.hi * c),)), None)) is None: raise NoWindow(f"{name} on window {w} misses LUT_MAX_ERROR")
+  return tw
 
 _NP_UNARY = {Ops.EXP2: np.exp2, Ops.LOG2: np.log2, Ops.SQRT: np.sqrt, Ops.SIN: np.sin, Ops.RECIPROCAL: lambda x: 1.0 / x,
              Ops.NEG: np.negative, Ops.TRUNC: np.trunc}
@@ -92,11 +167,17 @@ def lut_tasks(n:int, table:LutTable, x_slot:int, x_off:int, y_slot:int, y_off:in
 # the roundings add is u16 times the shrinking eps, not u16 times the result. The measured bound (every fp16 x of the
 # domain through exactly these fp16/fp32 roundings) is what the rule states; the a-priori recurrence above is checked
 # against it in tests/test_reciprocal.py.
-# Intervals tried, widest first: the softmax denominator (a row sum of exp(x - max), in [1, row length]) and layernorm's
-# std (sqrt(var + eps) of activations) both lie in [2^-4, 2^6] for rows up to 64 elements and typical activations; the
-# seed's error grows with the square of the interval's ratio (interpolation near the low end), so a wider interval needs
-# more steps: [2^-4, 2^6] has e0 = 0.33 and needs 3 (3 stages each), [2^-4, 2^4] 2. Calls outside take the C code.
-RECIP_INTERVALS = ((2.0 ** -4, 2.0 ** 6), (2.0 ** -4, 2.0 ** 4), (1.0, 64.0))
+# Windows of the argument, tried in this order by the runner (device.py: one program per window, each guarding its own;
+# a call whose argument leaves every window runs the C code). The seed's error grows with the square of a window's ratio
+# (interpolation near its low end), so 3 steps (3 stages each) hold RECIP_MAX_REL_ERROR on a ratio of 1024 and no more
+# (e0 = 0.33 -> 1.6e-4, against 2^-12 = 2.4e-4). Window 0 is the one used before windows existed (layernorm's std in
+# [1/16, 64], softmax rows up to 63 elements); [63/64, 1008] holds every softmax row sum (>= 1: the max's own term) of
+# rows up to 1006 elements (the guard pulls the window in by GUARD_MARGIN: placed at [1, 1024], a confident row's sum of
+# 1.0 would fail it); then large sums and stds, small stds, and sums up to fp16's largest value (every result and
+# intermediate fp16-normal, since the seed is scaled, Newton). The lowest window: the table's index scale is an fp16
+# (<= 65504) spread over 16384 index units (rocket_fp16_ew_ppu.md §4.3), so a window narrower than 16384/65504 = 0.25
+# uses fewer of the 512 segments and its seed misses the bound ([2^-14, 2^-4] has 128: e0 > 1/2).
+RECIP_WINDOWS = ((2.0 ** -4, 2.0 ** 6), (63 / 64, 1008.0), (2.0 ** 4, 2.0 ** 14), (2.0 ** -12, 2.0 ** -2), (2.0 ** 6, 65504.0))
 NEWTON_MAX_STEPS = 3
 # The refined reciprocal is used only when its measured relative error is within half an fp16 rounding (2^-12): then it
 # is as good as an fp16 operand, and the fp16 rounding of whatever consumes it dominates.
@@ -107,65 +188,105 @@ RECIP_MAX_REL_ERROR = 2.0 ** -12
 #   y' = (1 + e/2) y; with sqrt(x) y = 1 + d: x y^2 = (1 + d)^2, and sqrt(x) y' = 1 - 3/2 d^2 - 1/2 d^3 + rounding, so
 #   |eps'| <= 3/2 eps^2 + 1/2 eps^3 + (1 + eps) (2 eps + eps^2) u16 / 2 + 4 u32 (+ u16 (1 + eps') when y' is narrowed to
 #   fp16 for the next step: q needs y as a main term, and the step squares that rounding away).
-# 4 stages per step. Its argument's interval is the square of std's: [2^-6, 2^4] (std in [1/8, 4]) needs 3 steps.
-RSQRT_INTERVALS = ((2.0 ** -6, 2.0 ** 4), (2.0 ** -4, 2.0 ** 4))
+# 4 stages per step. Its argument's window is the square of std's: [2^-6, 2^4] (std in [1/8, 4], window 0 as before
+# windows existed) needs 3 steps; then std in [4, 128] (transformer residual streams), [2^-6, 1/2] (the lowest, as 1/x's),
+# [2^-5, 1] (a tensor mixing small and unit stds) and [8, 256]. Windows shifted by an even power of 2 are the same table
+# exactly.
+RSQRT_WINDOWS = ((2.0 ** -6, 2.0 ** 4), (2.0 ** 4, 2.0 ** 14), (2.0 ** -12, 2.0 ** -2), (2.0 ** -10, 2.0 ** 0), (2.0 ** 6, 65504.0))
+
+# How many windows a kernel with a guarded table of a power function gets (RECIP_WINDOWS, RSQRT_WINDOWS, TABLE_SCALES
+# have at most this many): each is one more program lowered (compile time) and, for a call outside the earlier windows,
+# one more packing and guard check before its job (run time); five cover fp16's positive normal range for 1/x and
+# 1/sqrt(x) and softmax rows up to 1006 elements whatever their confidence.
+RANGE_WINDOWS = 5
 
 @dataclass(frozen=True)
 class Newton:
   """A seed table for 1/x (kind "reciprocal") or 1/sqrt(x) ("rsqrt") and the Newton steps that bring it within
-  `rel_error` of the function on `domain` (every fp16 x)."""
+  `rel_error` of the function on `domain` (every fp16 x). The table holds `seed_scale` * f(x) (a power of 2): the seed of
+  every window has the outputs of window 0's (a LUT's output quantum is at least 2^-15, rocket_fp16_ew_ppu.md §4.4, too
+  coarse for 1/x near 2^-14), and the first step's coefficients divide the scale out exactly (Compiler.newton)."""
   kind: str
   table: LutTable
   steps: int
   domain: tuple[float, float]
   errors: tuple[float, ...]     # max |1 - y_k / f(x)| over every fp16 x in the domain, k = 0 (the seed) .. steps, measured
+  seed_scale: float = 1.0
   @property
   def rel_error(self) -> float: return self.errors[-1]
 
-NEWTON_FUNCTIONS = {"reciprocal": (lambda x: 1.0 / x, RECIP_INTERVALS), "rsqrt": (lambda x: 1.0 / np.sqrt(x), RSQRT_INTERVALS)}
+NEWTON_FUNCTIONS = {"reciprocal": (lambda x: 1.0 / x, RECIP_WINDOWS), "rsqrt": (lambda x: 1.0 / np.sqrt(x), RSQRT_WINDOWS)}
 
-def newton_model(kind:str, table:LutTable, steps:int, xs:np.ndarray) -> list[np.ndarray]:
-  """y_0 (the seed) .. y_steps for fp16 inputs xs, as float32, through the stages' exact roundings (see above)."""
+def seed_scale(kind:str, lo:float) -> float:
+  """The power of 2 that brings f on a window starting at lo to f on window 0 (the seed's outputs there)."""
+  fn, windows = NEWTON_FUNCTIONS[kind]
+  return 2.0 ** round(math.log2(fn(windows[0][0]) / fn(lo)))
+
+def newton_model(kind:str, table:LutTable, steps:int, xs:np.ndarray, scale:float=1.0) -> list[np.ndarray]:
+  """y_0 (the seed) .. y_steps for fp16 inputs xs, as float32, through the stages' exact roundings (see above). The
+  table holds scale * f: the first step's CORE scales x by -1/scale (rsqrt: -1/scale^2) and its update by 1/scale."""
   x32 = np.asarray(xs, np.float16).astype(np.float32)
-  ys = [table.model(xs).astype(np.float16).astype(np.float32)]   # the LUT task writes fp16
+  seed = table.model(xs).astype(np.float16).astype(np.float32)   # the LUT task writes fp16
+  ys = [seed / np.float32(scale)]                                # (exact: a power of 2, normal results)
   f32 = np.float32
   with np.errstate(all="ignore"):
+    y, s = seed, f32(scale)
     for k in range(steps):
-      y = ys[-1]
-      p = (x32 * -y).astype(f32)
       if kind == "reciprocal":
+        p = ((x32 * (f32(-1) / s)).astype(f32) * y).astype(f32)
         e = (p + f32(1)).astype(f32).astype(np.float16)
-        ys.append(((e.astype(f32) + f32(1)).astype(f32) * y).astype(f32))
+        y = ((e.astype(f32) * (f32(1) / s) + f32(1) / s).astype(f32) * y).astype(f32)
       else:
+        p = ((x32 * (f32(-1) / (s * s))).astype(f32) * y).astype(f32)
         e = ((y * p).astype(f32) + f32(1)).astype(f32).astype(np.float16)
-        y = ((e.astype(f32) * f32(0.5) + f32(1)).astype(f32) * y).astype(f32)
-        ys.append(y.astype(np.float16).astype(f32) if k < steps - 1 else y)   # narrowed: the next step's main term
+        y = ((e.astype(f32) * (f32(0.5) / s) + f32(1) / s).astype(f32) * y).astype(f32)
+        if k < steps - 1: y = y.astype(np.float16).astype(f32)   # narrowed: the next step's main term
+      ys.append(y)
+      s = f32(1)
   return ys
 
-def newton_errors(kind:str, table:LutTable, steps:int, lo:float, hi:float) -> list[float]:
+def newton_errors(kind:str, table:LutTable, steps:int, lo:float, hi:float, scale:float=1.0) -> list[float]:
   """max |1 - y_k / f(x)| over every fp16 x in [lo, hi], k = 0..steps."""
   xs = all_fp16()
   xs = xs[(xs >= lo) & (xs <= hi)]
   f = NEWTON_FUNCTIONS[kind][0](xs.astype(np.float64))
   with np.errstate(all="ignore"):
-    return [float(np.nan_to_num(np.abs(1 - y.astype(np.float64) / f), nan=np.inf).max()) for y in newton_model(kind, table, steps, xs)]
+    return [float(np.nan_to_num(np.abs(1 - y.astype(np.float64) / f), nan=np.inf).max()) for y in newton_model(kind, table, steps, xs, scale)]
 
 @functools.cache
-def newton(kind:str) -> Newton|None:
-  """The widest interval for `kind` whose seed reaches RECIP_MAX_REL_ERROR within NEWTON_MAX_STEPS, with the fewest steps."""
-  fn, intervals = NEWTON_FUNCTIONS[kind]
-  for lo, hi in intervals:
-    t = make_table(fn, lo, hi, name=f"{kind}_seed")
-    if not isinstance(t, LutTable) or not (t.domain[0] <= lo and hi <= t.domain[1]): continue
-    errs = newton_errors(kind, t, NEWTON_MAX_STEPS, lo, hi)
-    if errs[0] >= 0.5: continue      # the seed too far off: Newton's steps would not converge within their exact range
-    for k, err in enumerate(errs):
-      # the table's claim narrowed to the interval: the guard keeps the argument there (beyond it the seed's flat tail
-      # leaves Newton's basin)
-      if k and err <= RECIP_MAX_REL_ERROR: return Newton(kind, replace(t, domain=(lo, hi)), k, (lo, hi), tuple(errs[:k + 1]))
+def newton_window(kind:str, window:int) -> Newton|None:
+  """The seed on window `window` of `kind` and the fewest steps (<= NEWTON_MAX_STEPS) that reach RECIP_MAX_REL_ERROR on
+  every fp16 argument of it; None if none do."""
+  fn, windows = NEWTON_FUNCTIONS[kind]
+  lo, hi = windows[window]
+  s = seed_scale(kind, lo)
+  t = make_table(lambda x: s * fn(x), lo, hi, name=f"{kind}_seed")
+  if not isinstance(t, LutTable) or not (t.domain[0] <= lo and hi <= t.domain[1]): return None
+  errs = newton_errors(kind, t, NEWTON_MAX_STEPS, lo, hi, s)
+  if errs[0] >= 0.5: return None      # the seed too far off: Newton's steps would not converge within their exact range
+  for k, err in enumerate(errs):
+    # the table's claim narrowed to the window: the guard keeps the argument there (beyond it the seed's flat tail
+    # leaves Newton's basin)
+    if k and err <= RECIP_MAX_REL_ERROR: return Newton(kind, replace(t, domain=(lo, hi)), k, (lo, hi), tuple(errs[:k + 1]), s)
   return None
 
-def newton_reciprocal() -> Newton|None: return newton("reciprocal")
+def newton(kind:str, window:int|None=None) -> Newton|None:
+  """The Newton seed of `kind` for `window` (default: the window the lowering builds for, range_window). Window 0 may be
+  None (no program refines `kind`); a later window without a seed that meets the bound has no program (NoWindow)."""
+  if window is None:
+    window = _window.get()
+    _uses_window()
+  if window >= len(NEWTON_FUNCTIONS[kind][1]): raise NoWindow(f"{kind} has {len(NEWTON_FUNCTIONS[kind][1])} windows")
+  nt = newton_window(kind, window)
+  if nt is None and window > 0: raise NoWindow(f"{kind}'s window {window} does not reach RECIP_MAX_REL_ERROR")
+  return nt
+
+def window_newtons() -> list[Newton]:
+  """The Newton seeds of the window being lowered (to name them in a program's summary)."""
+  w = _window.get()
+  return [nt for kind, (_, ws) in NEWTON_FUNCTIONS.items() if w < len(ws) and (nt := newton_window(kind, w)) is not None]
+
+def newton_reciprocal() -> Newton|None: return newton("reciprocal", 0)
 def newton_reciprocal_model(table:LutTable, steps:int, xs:np.ndarray) -> list[np.ndarray]: return newton_model("reciprocal", table, steps, xs)
 def newton_reciprocal_errors(table:LutTable, steps:int, lo:float, hi:float) -> list[float]:
   return newton_errors("reciprocal", table, steps, lo, hi)

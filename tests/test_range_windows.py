@@ -1,0 +1,167 @@
+"""Range windows (rules/tables.py RANGE_WINDOWS; lower.py lowers a kernel once per window of its guarded tables, device.py
+NpuRunner tries the programs in order): a kernel whose 1/x, 1/sqrt(x) or sqrt argument lies in any one window runs on the
+NPU, within the bound of that window's measured error; beyond every window it runs the C code with the guard's reason."""
+from __future__ import annotations
+import numpy as np
+import pytest
+from tinygrad import Tensor
+import numerics as nm
+from helpers import env
+from tinygrad_rocket import report
+from tinygrad_rocket.ops.lut import all_fp16
+from tinygrad_rocket.program import GUARD_MARGIN
+from tinygrad_rocket.rules.tables import (newton, newton_model, NEWTON_FUNCTIONS, RECIP_MAX_REL_ERROR, RANGE_WINDOWS, TABLE_SCALES,
+                                          LUT_MAX_ERROR, range_window, pick_table)
+from test_blocks_on_npu import all_npu, softmax_bound, table_error, assert_layernorm_within, table_of_window
+from test_elementwise_rule import leaf, mul, recip
+from test_reciprocal import assert_on_npu_within, rsqrt_node
+
+U16, U32 = nm.U16, nm.U32
+WINDOWS = [(kind, w) for kind, (_, ws) in NEWTON_FUNCTIONS.items() for w in range(len(ws))]
+RHO = max(newton(kind, w).rel_error for kind, w in WINDOWS)   # the largest measured error of any window
+
+@pytest.mark.parametrize("kind, window", WINDOWS)
+def test_scaled_by_a_row_value_in_each_window(kind, window):
+  """x * recip(s) and x * rsqrt(s) for a per-row s spanning window `window` (both edges inside the guard's margin, so
+  no earlier window holds them all): on the NPU in strict mode, within the per-node bound of tests/test_reciprocal.py
+  with the largest window error, and the window's program is the one that ran."""
+  lo, hi = NEWTON_FUNCTIONS[kind][1][window]
+  s = np.geomspace(lo * (1 + 2 * GUARD_MARGIN), hi * (1 - 2 * GUARD_MARGIN), 12)[:, None].astype(np.float32)
+  x = (np.random.default_rng(window).standard_normal((12, 16)) * 3).astype(np.float32)
+  xn, sn = leaf(0, x, "float32"), leaf(1, s, "float32")
+  assert_on_npu_within(mul(xn, recip(sn, RHO) if kind == "reciprocal" else rsqrt_node(sn, RHO)), [x, s], "float32", 3)
+  assert f"{kind}(seed on {(lo, hi)}" in report.records()[-1].reason
+
+def test_window_lists_fit_the_constant():
+  assert all(len(ws) <= RANGE_WINDOWS for _, ws in NEWTON_FUNCTIONS.values()) and len(TABLE_SCALES) <= RANGE_WINDOWS
+
+@pytest.mark.parametrize("kind, window", WINDOWS)
+def test_window_error_recurrence(kind, window):
+  """Each window's seed and steps, measured over every fp16 argument of it (newton_errors), within the a-priori recurrence
+  of rules/tables.py from the previous step's measured error, and within RECIP_MAX_REL_ERROR."""
+  nt = newton(kind, window)
+  assert nt.domain == NEWTON_FUNCTIONS[kind][1][window] and nt.errors[0] < 0.5
+  for k, (e0, e1) in enumerate(zip(nt.errors, nt.errors[1:])):
+    if kind == "reciprocal": assert e1 <= e0 ** 2 + e0 * U16 * (1 + e0) + 3 * U32 + U32 ** 2, (k, e0, e1)
+    else:
+      narrowed = U16 * (1 + e1) if k < nt.steps - 1 else 0
+      assert e1 <= 1.5 * e0 ** 2 + 0.5 * e0 ** 3 + (1 + e0) * (2 * e0 + e0 ** 2) * U16 / 2 + 4 * U32 + narrowed, (k, e0, e1)
+  assert nt.rel_error <= RECIP_MAX_REL_ERROR
+
+@pytest.mark.parametrize("kind, window", [("reciprocal", 2), ("rsqrt", 1)])
+def test_scaled_window_is_window_0_exactly(kind, window):
+  """A window at a power-of-2 (rsqrt: 4) multiple of window 0 with its seed scaled back to window 0's outputs: every
+  rounding is window 0's scaled, so the measured errors are equal (the derivation of Newton.seed_scale)."""
+  assert newton(kind, window).errors == newton(kind, 0).errors
+
+def test_sqrt_table_windows():
+  """sqrt's guarded table on window w is window 0's interval times TABLE_SCALES[w] (powers of 4): within LUT_MAX_ERROR of
+  its peak, and where neither index scale nor output quantum is clamped, window 0's error times sqrt(scale) exactly."""
+  t0 = table_of_window(np.sqrt, "sqrt", 0)
+  for w, c in enumerate(TABLE_SCALES):
+    t = table_of_window(np.sqrt, "sqrt", w)
+    assert (t.lo, t.hi) == (t0.lo * c, t0.hi * c) and t.max_abs_error <= LUT_MAX_ERROR * np.sqrt(t.hi)
+    if t.scale == t0.scale / c: assert t.max_abs_error == t0.max_abs_error * np.sqrt(c), w
+
+def test_window_zero_needs_no_context():
+  """Outside lower.py's loop (no range_window), tables answer for window 0."""
+  assert pick_table(np.sqrt, "sqrt") == table_of_window(np.sqrt, "sqrt", 0)
+  with range_window(3): assert newton("reciprocal").domain == NEWTON_FUNCTIONS["reciprocal"][1][3]
+  assert newton("reciprocal").domain == NEWTON_FUNCTIONS["reciprocal"][1][0]
+
+@pytest.mark.parametrize("kind, window", [("reciprocal", 1), ("reciprocal", 3), ("rsqrt", 2)])
+def test_every_fp16_input_of_a_window(kind, window):
+  """1/x and 1/sqrt(x) of every fp16 argument of a window (inside the guard's margin) on the emulated NPU: the earlier
+  windows' guards fail (the inputs span this window), the window's program runs, and its result equals the model of
+  rules/tables.py bit for bit, the scaled seed included; so the measured error is the NPU's."""
+  nt = newton(kind, window)
+  xs = all_fp16()
+  xs = xs[(xs >= nt.domain[0] * (1 + 2 * GUARD_MARGIN)) & (xs <= nt.domain[1] * (1 - 2 * GUARD_MARGIN))]
+  report.reset()
+  with env(ROCKET_FALLBACK="0"):
+    t = Tensor(xs.astype(np.float32), device="ROCKET")
+    r = (t.reciprocal() if kind == "reciprocal" else t.rsqrt()).numpy()
+  recs = report.records()
+  assert [rec.engine for rec in recs] == ["npu"] and f"{kind}(seed on {nt.domain}" in recs[0].reason, recs
+  np.testing.assert_array_equal(r, newton_model(kind, nt.table, nt.steps, xs, nt.seed_scale)[-1])
+
+@pytest.mark.parametrize("n", [100, 197, 1000])
+def test_softmax_flat_and_peaked_rows(n):
+  """Rows of one tensor whose sums lie from 1 (a confident row: the other terms underflow) to n (flat logits): all-NPU in
+  strict mode, the final kernel on the window [63/64, 1008], within the composed bound of tests/test_blocks_on_npu.py
+  with the largest window error."""
+  rng = np.random.default_rng(n)
+  x = np.stack([rng.standard_normal(n) * 0.01, rng.standard_normal(n) * 3, np.r_[40.0, rng.standard_normal(n - 1)],
+                rng.standard_normal(n) * 0.1]).astype(np.float32)
+  X = Tensor(x, device="ROCKET").realize()
+  r, summaries = all_npu(lambda: X.softmax(-1).numpy())
+  assert any(f"seed on {NEWTON_FUNCTIONS['reciprocal'][1][1]}" in s for s in summaries), summaries
+  c = Tensor(x, device="CPU").softmax(-1).numpy()
+  p, b = softmax_bound(x.astype(np.float64), table_error("exp2", summaries), RHO)
+  nm.assert_within(r, c, b + 8 * U32 * p + nm.gamma(n + 8, U32) * p, "softmax")
+
+@pytest.mark.parametrize("std", [20.0, 0.05])
+def test_layernorm_std_outside_window_0(std):
+  """Rows of std 20 (var 400: sqrt on [4, 512]) and 0.05 (sqrt on [2^-10, 1/4], 1/x on [2^-12, 1/4]): all-NPU within the
+  layernorm bound of tests/test_blocks_on_npu.py, with the window's sqrt table and the largest Newton error."""
+  z = np.random.default_rng(5).standard_normal((4, 64))
+  z = (z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True)
+  assert_layernorm_within((z * std + 3 * std).astype(np.float32), RHO)
+
+def final_kernel_record() -> report.KernelRecord:
+  recs = report.records()
+  assert len(recs) == 1, recs   # one record per call: alternatives tried before it are not reported
+  return recs[0]
+
+def test_reciprocal_beyond_every_window_takes_the_c_code():
+  """1/1e-6 (below the lowest window, 2^-12) is the CPU's answer, with the last window's guard as the reason."""
+  x = np.linspace(-3, 3, 8, dtype=np.float32).reshape(2, 4)
+  s = np.array([[1e-6], [2e-6]], np.float32)
+  X, S = Tensor(x, device="ROCKET").realize(), Tensor(s, device="ROCKET").realize()
+  report.reset()
+  r = (X / S).numpy()
+  rec = final_kernel_record()
+  assert rec.engine == "fallback" and f"in its domain {NEWTON_FUNCTIONS['reciprocal'][1][-1]}" in rec.reason, rec
+  np.testing.assert_array_equal(r, x / s)
+
+def test_softmax_row_sums_beyond_every_window_take_the_c_code():
+  """A confident row (sum ~1: the exp table's floor, a quantum 2^-15 per term, adds 0.06) and a flat row of 2000 (sum
+  2000) in one call: no window of ratio 1024 holds both, so the final kernel runs the C code (the CPU's answer exactly),
+  reported once, as a fallback."""
+  x = np.zeros((2, 2000), np.float32)
+  x[0, 0] = 40.0
+  X = Tensor(x, device="ROCKET").realize()
+  m = X.max(-1, keepdim=True).realize()
+  s = (X - m).exp().sum(-1, keepdim=True).realize()
+  assert s.numpy()[0, 0] < 2 and s.numpy()[1, 0] > 1024
+  report.reset()
+  r = ((X - m).exp() / s).numpy()
+  rec = final_kernel_record()
+  assert rec.engine == "fallback" and "outside the table's domain" in rec.reason, rec
+  np.testing.assert_array_equal(r, ((Tensor(x, device="CPU") - m.to("CPU")).exp() / s.to("CPU")).numpy())
+
+def test_a_guard_every_window_shares_reports_its_reason():
+  """exp's argument beyond its table (x - m > 0: m below the row max) fails a guard every alternative has: after the last
+  one the call runs the C code (the CPU's answer exactly), reported once, with exp's guard as the reason."""
+  x = np.random.default_rng(6).standard_normal((4, 16)).astype(np.float32)
+  X = Tensor(x, device="ROCKET").realize()
+  m = (X.max(-1, keepdim=True) - 1).realize()
+  s = (X - m).exp().sum(-1, keepdim=True).realize()   # <= 16 e: window 0 of 1/x
+  report.reset()
+  r = ((X - m).exp() / s).numpy()
+  rec = final_kernel_record()
+  assert rec.engine == "fallback" and "lut(exp2" in rec.reason, rec
+  np.testing.assert_array_equal(r, ((Tensor(x, device="CPU") - m.to("CPU")).exp() / s.to("CPU")).numpy())
+
+def test_table_memo_tells_functions_apart():
+  """Lowering once per window asks for the same tables again (rules/tables.py _make_table memoizes make_table by fn's
+  values at the points it evaluates): two functions under one name and interval get their own tables, each equal to
+  make_table's, and asking again gives the memoized one."""
+  from tinygrad_rocket.ops.lut import make_table
+  from tinygrad_rocket.rules.tables import _make_table
+  f, g = (lambda x: np.exp2(x * 0.5)), (lambda x: np.exp2(x * 0.5) + 2.0 ** -12 * (x > 3))   # g: f but one step near 3
+  for fn in (f, g, f):
+    t = _make_table(fn, -8.0, 8.0, "memo_probe")
+    assert t == make_table(fn, -8.0, 8.0, name="memo_probe")
+  assert _make_table(f, -8.0, 8.0, "memo_probe") is _make_table(f, -8.0, 8.0, "memo_probe")
+  assert _make_table(f, -8.0, 8.0, "memo_probe") != _make_table(g, -8.0, 8.0, "memo_probe")
