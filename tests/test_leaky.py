@@ -13,7 +13,7 @@ roundings of the stage. For a float16 tensor tinygrad's slope is already fp16(a)
 from __future__ import annotations
 import numpy as np
 import pytest
-from hypothesis import given, assume, settings, strategies as st
+from hypothesis import given, assume, strategies as st
 from tinygrad import Tensor, nn
 import numerics as nm
 from helpers import env
@@ -64,7 +64,7 @@ def assert_npu(recs, what:str, kind:str):
   assert recs and all(r.engine == "npu" for r in recs), recs
   assert any(kind in r.reason for r in recs) and not any("lut(" in r.reason for r in recs), (what, recs)
 
-@pytest.mark.parametrize("a, dtype", [(0.1, "float16"), (3.0, "float16"), (0.1, "float32")])
+@pytest.mark.parametrize("a, dtype", [(0.1, "float16"), (0.0, "float16"), (3.0, "float16"), (0.1, "float32"), (-0.5, "float32")])
 def test_every_fp16_input(a, dtype):
   """x.leaky_relu(a) over every finite fp16 x (and -0): one stage max(fp16(a) x, x) (min for a > 1). The product of two
   fp16 values is exact in fp32, so for float16 tensors (slope already fp16 on the CPU, one rounding to half on both
@@ -173,7 +173,6 @@ def contraction_case(kind:str, dtype:str, rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ["linear", "matmul"])
-@settings(max_examples=5)
 @given(a=st.sampled_from(SLOPES))
 def test_contraction_epilogue(kind, dtype, a): check_contraction(kind, dtype, a)
 
