@@ -72,6 +72,12 @@ def relu_clip(e) -> tuple[object, float]|None:
         if isinstance(b, Const) and b.value < 0 and strip_cast(a) == strip_cast(x): return x, -float(b.value)
   return None
 
+def relu_form(e) -> tuple[object, bool, float|None]:
+  """(x, relu, clip) for e = [ReLU | ReLU6 = clip(0, c)](x), casts stripped; (e, False, None) when it is neither."""
+  if (rc := relu_clip(e)) is not None: return strip_cast(rc[0]), True, rc[1]
+  if (x := relu_arg(e)) is not None: return strip_cast(x), True, None
+  return e, False, None
+
 def pexpr(e, index:Callable[[Affine], Lin]) -> PExpr:
   """An epilogue expression as a PExpr, each operand load at index(its affine index) over some Copy's values."""
   if isinstance(e, Reduce): return ("acc",)

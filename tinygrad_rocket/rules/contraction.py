@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, leaky_arg, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, relu_form, leaky_arg, Grid
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
@@ -198,10 +198,7 @@ def _match_int8(nest:LoopNest) -> Contraction|NotApplicable:
 def match(nest:LoopNest) -> Contraction|NotApplicable:
   if _is_int8_contraction(nest): return _match_int8(nest)
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-  e, relu, clip = strip_cast(nest.value), False, None
-  if (rc := relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
-  elif isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
-    relu, e = True, strip_cast(next(s for s in e.src if not is_zero(s)))
+  e, relu, clip = relu_form(strip_cast(nest.value))
   activation, leaky = None, None
   if not relu and (lk := leaky_arg(e)) is not None and any(isinstance(x, Reduce) for x in walk(lk[0])):
     if not abs(lk[1]) <= FP16_MAX: return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")

@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Bound as Bound_
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_clip, pexpr, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_form, pexpr, Grid
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
@@ -430,10 +430,7 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   clip, epi = None, None
   if pr is FP16_PREC:   # [ReLU | ReLU6](affine epilogue(REDUCE)), the forms the contraction rule fuses (but activations)
     if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
-    e, relu = strip_cast(nest.value), False
-    if (rc := relu_clip(e)) is not None: e, relu, clip = strip_cast(rc[0]), True, rc[1]
-    elif isinstance(e, Alu) and e.op is Ops.MAX and any(is_zero(s) for s in e.src):
-      relu, e = True, strip_cast(next(s for s in e.src if not is_zero(s)))
+    e, relu, clip = relu_form(strip_cast(nest.value))
     if not isinstance(e, Reduce):
       reds = list(dict.fromkeys(x for x in walk(e) if isinstance(x, Reduce)))
       if len(reds) != 1: return NotApplicable(f"{len(reds)} reductions in the kernel (a convolution has one)")
