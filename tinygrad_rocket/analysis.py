@@ -173,8 +173,10 @@ class LoopNest:
   def reduce_ranges(self) -> tuple[int, ...]: return tuple(r for r in self.ranges if r not in self.output_ranges)
 
 def _scalar(v) -> float|int|bool:
-  """A constant as a plain Python number (tinygrad wraps floats in ConstFloat, a float subclass)."""
-  return v if isinstance(v, (bool, int)) else float(v)
+  """A constant as a plain Python number (tinygrad wraps floats in ConstFloat, a float subclass). Anything else (the
+  Invalid of a gated index reached as a value) is not a number the NPU can use."""
+  if isinstance(v, (bool, int, float)): return v if isinstance(v, (bool, int)) else float(v)
+  raise NotAnalyzable(f"constant {v!r} is not a number")
 
 def _range_size(r:UOp) -> int:
   if r.src[0].op is not Ops.CONST: raise NotAnalyzable("symbolic range size")
