@@ -42,6 +42,13 @@ round), K beyond one task (no integer partial-sum add on the DPU), uint8 operand
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 are exact), fp32 accumulation and fp32 out,
 then one rounding to the output dtype; a split K adds one fp32 rounding per chunk boundary. An operand beyond fp16's
 range cannot be represented: that call takes the CPU path instead (checked when packing), never a wrong answer.
+
+ROCKET_PRECISION=fp32 (split precision, _split_tasks): every float32 value the tiles hold (operands, the folded
+epilogue's scaled weights and intercept, a residual) is packed as two fp16 halves, hi and 2^-11 lo, and each output
+tile is a chain of tasks: per chunk one task of 2*kc columns for the cross terms hi x lo + lo x hi (scaled back by the
+BS stage's multiply) and one of kc columns for hi x hi, ~3x the MACs. Operands carry 22 significant bits; the result's
+bound (tests/numerics.py bound_dot_split) is the CPU float32 one's fp32 accumulation term plus ~2^-21 of sum|x||y|.
+Activation and leaky epilogues and computed operands are not split: under fp32 precision they fall back with the reason.
 """
 from __future__ import annotations
 import itertools, math
