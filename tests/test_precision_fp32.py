@@ -195,3 +195,10 @@ def test_measured_error():
     errs.append((M, K, N, e, e_cpu, ratio))
     assert ratio < 1 / 20
   print("\nsplit precision, max |err| / sum|a||b| in 2^-24 (ROCKET, CPU float32), bound ratio vs default:", errs)
+
+def test_mean_constant_operand():
+  """A mean is a contraction with a constant operand whose slope 1/n is folded into it: 1/n is not an fp16 value, so
+  its lo half carries the rest (a default-precision mean rounds 1/n to fp16)."""
+  x, = _uniform(np.random.default_rng(11), [(7, 300)])
+  S = np.abs(x).astype(np.float64).sum(1) / 300
+  check("mean", lambda x: x.mean(1), [x], S, 300, float(np.abs(x).max()) + 1 / 300, nm.bound_sum(nm.cpu("float32"), S * 300, 300, mean=True))
