@@ -234,6 +234,11 @@ def _at_padding(e, pred:frozenset) -> float|str:
     pads[(ld.slot, ld.index)] = float(ld.pad) if ld.pad is not None else 0.0
   return float(eval_pexpr(pexpr(e, lambda a: a), lambda slot, _, index: pads[(slot, index)], 0.0))
 
+def _factors(e) -> list:
+  """The factors of a product (through casts): (x + c) * 4 * w -> [x + c, 4, w]."""
+  e = strip_cast(e)
+  return [f for s in e.src for f in _factors(s)] if isinstance(e, Alu) and e.op is Ops.MUL else [e]
+
 def _selects(e):
   """e with tinygrad's selects written as max: where(u < v, v, u) = max(u, v), where(u < v, u, v) = min(u, v) =
   -max(-u, -v) (clamp, clip, hardtanh), and the leaky ReLU where(u < 0, a*u, u) = max(u, a*u) for a <= 1, min for
@@ -521,14 +526,18 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   if not isinstance(e, Reduce): return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction")
   if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a convolution")
   if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
-  body = strip_cast(e.src)
-  if not (isinstance(body, Alu) and body.op is Ops.MUL): return NotApplicable("the reduced value is not a product of two operands")
-  a, b = (strip_cast(s) for s in body.src)
-  pro = None
-  if not (isinstance(a, Load) and isinstance(b, Load)):   # a computed input (the weights are a load): packed computed
+  factors = _factors(e.src)
+  if len(rest := [f for f in factors if not isinstance(f, Const)]) != 2:
+    return NotApplicable("the reduced value is not a product of two operands" if len(rest) < 2 else
+                         "a product of more than two operands (which factors are the weights is not told)")
+  a, b = rest
+  pro, consts = None, [f for f in factors if isinstance(f, Const)]
+  if not (isinstance(a, Load) and isinstance(b, Load)) or consts:   # a computed input (the weights are a load)
     if pr is INT8_PREC: return NotApplicable("an int8 operand is computed (only loaded int8 operands are exact)")
-    if isinstance(b, Load): a, b = b, a
+    if isinstance(b, Load) and not isinstance(a, Load): a, b = b, a
     if not isinstance(a, Load): return NotApplicable("both factors of the reduced product are computed (the weights must be loaded)")
+    if isinstance(b, Load): return NotApplicable("a constant factor in the product of two loaded operands")
+    for k in consts: b = Alu(Ops.MUL, (b, k), nest.out_dtype)   # (x + c)*4 * w as tinygrad folds (x + c)/0.25 * w
     if isinstance(comp := _computed_input(b, nest), str): return NotApplicable(comp)
     b, pro = comp
     if nest.precision == "fp32" and any(ld.dtype == dtypes.float32 for ld in pro.loads):
