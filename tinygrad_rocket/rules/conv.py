@@ -17,6 +17,13 @@ add (any tensor indexed by the output's loops) and their combinations. In the co
     floor, §6.C), a padded operand, a scale varying with more than the channel: the contraction rule's, with the reason.
 int8 convolutions keep ReLU only (below).
 
+Prologues: an op tinygrad fused into the input (an input normalization (x - mean)/std with per-channel tensors, x*a + b,
+ReLU, clip, leaky ReLU: any float expression of loads and constants the packing evaluates) is applied by the CPU while
+it gathers the input cube (`Prologue`): in float64 from its operands, rounded to fp16 once (the precision of a loaded
+float32 input), the padding holding the computed value's own padding (where(valid, f(x), 0): 0; x.pad(..) + 1: 1). The
+cube stays resident per version of every buffer the prologue reads. Other computed inputs are rejected with the reason
+(the contraction rule may still take them, computing A on the NPU).
+
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact; weights scaled by s are rounded after
 the multiply, t + r rounded to fp16), fp32 accumulation and fp32 epilogue arithmetic in the DPU, fp32 out (DPU OUT
 fp32), then one rounding to the output dtype by the CPU: a sum of n + 1 fp16 products (t + r times 1), as
