@@ -15,7 +15,9 @@ add (any tensor indexed by the output's loops) and their combinations. In the co
     the EW operand is at most 16 bits (landscape.md), so t + r is one fp16 rounding: the precision of the
     contraction rule's intercept and residual columns. An output plane under 12 pixels per task (the EW stage's
     floor, §6.C), a padded operand, a scale varying with more than the channel: the contraction rule's, with the reason.
-int8 convolutions keep ReLU only (below).
+Leaky ReLU with a constant slope after the conv (or a conv scaled per kernel) runs as two tasks per band (u, then the
+band recomputed with the BS MUL by fp16(a) and the EW max with u: LEAKY_OPERAND_BYTES); after a shift it is the
+contraction rule's, with the reason. int8 convolutions keep ReLU only (below).
 
 Prologues: an op tinygrad fused into the input (an input normalization (x - mean)/std with per-channel tensors, x*a + b,
 ReLU, clip, leaky ReLU: any float expression of loads and constants the packing evaluates) is applied by the CPU while
@@ -73,7 +75,7 @@ from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align
 from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES, INT8, EW_MIN_PLANE_ATOMS, EwOperand, XStageOp
 from tinygrad_rocket.ops.conv import (ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes,
                                       ew_tiles, ew_bytes)
-from tinygrad_rocket.ops.program import entries, rebase, field_max
+from tinygrad_rocket.ops.program import entries, rebase, field_max, override
 
 PRECISION, OUT_PRECISION = "fp16", "fp32"
 # CNA field limits (register map): strides 3 bits, dilation-1 5 bits, kernel taps 5 bits, input/output width 11 bits.
@@ -209,6 +211,7 @@ class Conv:
   clip: float|None = None      # with relu: results clamped to [0, clip] (ReLU6)
   epi: Epilogue|None = None    # an affine epilogue s*acc + t (fp16 path)
   pro: Prologue|None = None    # the input is computed from loads when packing (x is then its widest operand)
+  leaky: float|None = None     # the result is where(u < 0, leaky*u, u), u the conv (scaled weights at most)
   @property
   def diagonal(self) -> bool:
     """A depthwise convolution run as direct ones per channel group with block-diagonal weights (int8: the DPU has no
@@ -307,7 +310,15 @@ def _prologue_axes(c:Conv) -> str|None:
 # "EW operand DMA <= 16-bit" of landscape.md; the 32-bit reads of the K-split partials (§7.3) would keep t in fp32 at
 # twice the operand DMA. So t + r is rounded to fp16 once, as the contraction rule's intercept and residual columns are.
 EPILOGUE_OPERAND_BYTES = 2
-EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer
+EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer (a leaky ReLU's u cubes)
+# Leaky ReLU, where(u < 0, a*u, u) with a constant slope a (tinygrad's leaky_relu), as the contraction rule runs it
+# (rules/contraction.py _leaky_tasks; README "leaky ReLU / PReLU"): per band two tasks, the first writes u in fp32 as a
+# plain cube (the EW operand geometry, ew_tiles), the second recomputes the band (the same fp16 operands and fp32 sums:
+# the same u) with the BS stage's MUL by fp16(a) and its EW stage's max with u (min for a > 1; LEAKY_AS_MAX in
+# rules/elementwise.py), u read as a 32-bit operand (§2.3/§7.3). The DPU's MUL_PRELU is not used (untested on RK3588,
+# §6.F). A shift (bias, BatchNorm's shift, a residual) would need the BS add in both tasks, a*t in the second; not done:
+# such kernels are the contraction rule's (t a K column there).
+LEAKY_OPERAND_BYTES = 4
 
 @dataclass(frozen=True)
 class Epilogue:
@@ -469,14 +480,16 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   if c.diagonal and (why := next((w for _, sub in kernel_chunks(base, kpt) if (w := overflow(sub, row_split(sub)))), None)): return why
   if isinstance(kpt, str): return kpt
   n_img = math.prod(sz[r] for r in c.images)
-  if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt))) > MAX_TASKS:
+  if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt)) * (2 if c.leaky is not None else 1)) > MAX_TASKS:
     return f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine"
   spec = replace(base, H=max(He, input_height(base, kpt)))
-  if c.epi is None or not c.epi.operand: return Layout(spec, kpt, n_img)
-  if (small := min((o1 - o0) * sub.OW for _, sub, (o0, o1), _ in ew_tiles(spec, kpt, EPILOGUE_OPERAND_BYTES))) < EW_MIN_PLANE_ATOMS:
+  if c.leaky is not None: nbytes = LEAKY_OPERAND_BYTES
+  elif c.epi is None or not c.epi.operand: return Layout(spec, kpt, n_img)
+  else: nbytes = EPILOGUE_OPERAND_BYTES
+  if (small := min((o1 - o0) * sub.OW for _, sub, (o0, o1), _ in ew_tiles(spec, kpt, nbytes))) < EW_MIN_PLANE_ATOMS:
     return (f"a task's output plane of {small} pixels: the EW stage's per-pixel operand needs >= {EW_MIN_PLANE_ATOMS} "
             "(rocket_fp16_ew_ppu.md §2.3, §6.C)")
-  return Layout(spec, kpt, n_img, EPILOGUE_OPERAND_BYTES)
+  return Layout(spec, kpt, n_img, nbytes)
 
 def npu_seconds(l:Layout) -> float:
   """Modeled NPU time of a layout's tasks at LAYOUT_CLOCK_HZ, as the emulator's cost model (emu/cost.py) times them:
@@ -521,14 +534,20 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   if pr is INT8_PREC:
     if isinstance(iv := int8_sum(nest), NotApplicable): return iv
     e, relu = iv
-  clip, epi = None, None
+  clip, epi, leaky = None, None, None
   if pr is FP16_PREC:   # [ReLU | ReLU6](affine epilogue(REDUCE)), the forms the contraction rule fuses (but activations)
     if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
     e, relu, clip = relu_form(strip_cast(nest.value))
+    if not relu and (lk := leaky_arg(e)) is not None and any(isinstance(x, Reduce) for x in walk(lk[0])):
+      if not np.isfinite(np.float16(lk[1])): return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
+      e, relu, leaky = strip_cast(lk[0]), lk[1] == 0, (lk[1] if lk[1] not in (0, 1) else None)
     if not isinstance(e, Reduce):
       reds = list(dict.fromkeys(x for x in walk(e) if isinstance(x, Reduce)))
       if len(reds) != 1: return NotApplicable(f"{len(reds)} reductions in the kernel (a convolution has one)")
       if isinstance(epi := _epilogue(e, reds[0], nest), NotApplicable): return epi
+      if leaky is not None and (epi.shift is not None or epi.operand):
+        return NotApplicable("a leaky ReLU after a shifted epilogue (a bias, BatchNorm's shift, a residual): the EW stage "
+                             "is the max's, the shift would have no stage in the recomputing task")
       e = reds[0]
   if not isinstance(e, Reduce): return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction")
   if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a convolution")
@@ -569,7 +588,7 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   best, unfit = None, []
   for key, bound, c in sorted(found, key=lambda t: (t[1], t[0])):
     if best is not None and bound > best[0][0]: break
-    c = replace(c, clip=clip, epi=epi, pro=pro)
+    c = replace(c, clip=clip, epi=epi, pro=pro, leaky=leaky)
     if pro is not None and (why_pro := _prologue_axes(c)) is not None: unfit.append(why_pro); continue
     if epi is not None and not all(uses(ld) <= {c.kernel} - {None} for ld in epi.scale_loads):
       unfit.append("the epilogue's scale varies with more than the output channel (only per-kernel scales fold into the weights)")
@@ -734,10 +753,14 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   # the epilogue: s in the weights; t the BS stage's fp32 add (a constant) or the EW stage's add of a per-pixel operand,
   # ReLU / clip after it in the same stage
   epi, ew_img = c.epi, ew_bytes(spec, kpt, lay.ew_nbytes) if lay.ew_nbytes else 0
-  ew = EwOperand("add", EW_SLOT, 0, lay.ew_nbytes, relu=c.relu, clip=c.clip) if ew_img else None
+  ew = EwOperand("add", EW_SLOT, 0, lay.ew_nbytes, relu=c.relu, clip=c.clip) if ew_img and c.leaky is None else None
   stages = (dict(relu=c.relu) if pr is INT8_PREC else
+            dict(bs=XStageOp(mul=c.leaky), ew=EwOperand("max" if c.leaky < 1 else "min", EW_SLOT, 0, LEAKY_OPERAND_BYTES)) if c.leaky is not None else
             dict(bs=XStageOp(add=epi.shift if epi is not None else None, relu=c.relu and ew is None, clip=c.clip if ew is None else None), ew=ew))
-  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, **stages)
+  try:
+    progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, **stages)
+    bands = len(progs)
+    if c.leaky is not None: progs = _leaky_programs(spec, slots, kpt, c.diagonal, progs)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
   tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
   for i, vals in enumerate(images):
@@ -756,10 +779,25 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
                                   (" +shift (BS add)", epi is not None and epi.shift is not None),
                                   (f" +{'residual' if epi and any(uses(ld) - {c.kernel} for ld in epi.loads) else 'per-channel shift'}"
                                    " (fp16 EW operand)", ew is not None),
-                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
+                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
+                                  (f" +leaky({'max' if (c.leaky or 0) < 1 else 'min'}(u, {c.leaky:g}*u), two tasks per band)" if c.leaky is not None else "",
+                                   c.leaky is not None)) if on)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){fused} as {len(tasks)} {pr.name} "
-             f"conv task(s) ({len(progs) // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
+             f"conv task(s) ({bands // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
   macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
   return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
-                    ((ew_img * len(images),) if ew is not None else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+                    ((ew_img * len(images),) if ew_img else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+
+def _leaky_programs(spec:ConvSpec, slots:dict[str, int], kpt:int|None, diagonal:bool, progs:list) -> list:
+  """Before each band's task (`progs`: BS MUL by a, EW max/min with u) the task computing its u: the same band with
+  the stages bypassed, its fp32 output written as the plain cube the EW stage reads (ew_tiles: the band's surfaces
+  one plane apart at the task's offset in EW_SLOT)."""
+  u_progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=diagonal, bs=XStageOp())
+  out = []
+  for u, prg, (_, sub, (o0, o1), off) in zip(u_progs, progs, ew_tiles(spec, kpt, LEAKY_OPERAND_BYTES), strict=True):
+    plane = (o1 - o0) * sub.OW * ATOM_BYTES
+    out += [override(u, {("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", EW_SLOT, off),
+                         ("DPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=plane),
+                         ("DPU", "SURFACE_ADD"): dict(SURF_ADD=plane * sub.atoms_per_group)}), prg]
+  return out
