@@ -228,3 +228,61 @@ def test_npu_seconds_counts_the_operand(x_shape, w_shape, groups):
   # every task reads its operand cube once (MRDMA the even surfaces, ERDMA the odd ones)
   operand = sum(t.dma_read.get("MRDMA", 0) + t.dma_read.get("ERDMA", 0) for t in tasks)
   assert operand == conv_rule.ew_bytes(lay.spec, lay.kernels_per_task, lay.ew_nbytes) * lay.images > 0, operand
+
+# ***** leaky ReLU on the conv datapath *****
+
+def leaky_bounds(u_abs, e_u, e_c, a:float):
+  """ROCKET's + the CPU's bound of where(u < 0, a*u, u) given |u| <= u_abs and each side's bound on u (e_u: fp16
+  operands, fp32 sum; e_c: the CPU's fp32 conv). ROCKET (rules/conv.py, LEAKY_OPERAND_BYTES; rules/contraction.py
+  _leaky_tasks): u in fp32, then max/min(u, fl32(fp16(a) u)): |fp16(a)| e_u + |fp16(a) - a| |u| + u32 |fp16(a)| (|u| +
+  e_u) on the negative branch. The CPU: fl32(fl32(a) u), the same with a rounded to fp32. Both branches summed (sound
+  for either)."""
+  a16, a32 = float(np.float16(a)), float(np.float32(a))
+  rocket = e_u * (1 + abs(a16)) + abs(a16 - a) * u_abs + nm.U32 * abs(a16) * (u_abs + e_u)
+  cpu = e_c * (1 + abs(a32)) + abs(a32 - a) * u_abs + nm.U32 * abs(a32) * (u_abs + e_c)
+  return rocket + cpu
+
+@given(cin=st.integers(1, 12), cout=st.integers(1, 20), k=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 2),
+       extra=st.integers(0, 6), depthwise=st.booleans(), scaled=st.booleans(), slope=st.sampled_from([0.1, 0.01, 0.2, 0.3, 1.5, -0.25]),
+       seed=st.integers(0, 2**16))
+def test_conv_leaky_on_npu(cin, cout, k, stride, padding, extra, depthwise, scaled, slope, seed):
+  """x.conv2d(w).leaky_relu(a) (and with a per-kernel scale folded into the weights) as the conv rule's two tasks per band."""
+  groups, cout = (cin, cin) if depthwise else (1, cout)
+  size = max(4, padding + 1, k - 2 * padding) + extra
+  out = (size + 2 * padding - k) // stride + 1
+  n = cin // groups * k * k
+  assume(n > 1 and out * out >= 12 and not k < stride)
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-4, 4, (1, cin, size, size)).astype(np.float32)
+  w = rng.uniform(-2, 2, (cout, cin // groups, k, k)).astype(np.float32)
+  s = rng.uniform(-2, 2, cout).astype(np.float32)
+  def fn(x, w, s):
+    y = x.conv2d(w, groups=groups, stride=stride, padding=padding)
+    return (y * s.reshape(1, -1, 1, 1) if scaled else y).leaky_relu(slope)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): got = run(fn, (x, w, s), "ROCKET")
+  (reason,) = conv_records()
+  assert reason.startswith("conv (") and f"*u), two tasks per band)" in reason and (" +scale (weights)" in reason) == scaled, reason
+  ref = run(fn, (x, w, s), "CPU")
+  sc = np.abs(s.astype(np.float64)).reshape(1, -1, 1, 1) if scaled else 1.0
+  ws = w.astype(np.float64) * (s.astype(np.float64).reshape(-1, 1, 1, 1) if scaled else 1.0)
+  conv64 = lambda a, b: Tensor(np.abs(a).astype(np.float64), device="CPU").conv2d(Tensor(np.abs(b).astype(np.float64), device="CPU"),
+                                                                                   groups=groups, stride=stride, padding=padding).numpy()
+  S = conv64(x, ws)                                          # >= |u|, and the weights as packed: fl16(w*s)
+  amax = float(np.abs(x).max() + np.abs(ws).max())
+  e_u = nm.bound_dot(nm.Precision(nm.U16, nm.ETA16, nm.U32, 0.0, 0.0), S, n, amax)
+  e_c = nm.gamma(max(n - 1, 0), nm.U32) * conv64(x, w) * sc + (nm.U32 * S if scaled else 0)   # the fp32 conv, then * s
+  nm.assert_within(got, ref, leaky_bounds(S + e_u, e_u, e_c, slope), f"leaky({slope}) conv {x.shape} * {w.shape} s{stride} p{padding}")
+
+def test_leaky_after_a_shift_is_the_contraction_rules():
+  """conv + bias + leaky (YOLO's conv + BN + leaky): the shift has no stage in the conv rule's recomputing task, so the
+  conv rule says so and the contraction rule runs it on the NPU."""
+  rng = np.random.default_rng(5)
+  x, w, b = rng.standard_normal((1, 3, 8, 8)).astype(np.float32), rng.standard_normal((8, 3, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+  fn = lambda x, w, b: x.conv2d(w, b, padding=1).leaky_relu(0.1)
+  (m,) = conv_reasons(fn(*(Tensor.empty(*a.shape, device="ROCKET") for a in (x, w, b))))
+  assert isinstance(m, NotApplicable) and "a leaky ReLU after a shifted epilogue" in m.reason, m
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): run(fn, (x, w, b), "ROCKET")
+  (reason,) = conv_records()
+  assert reason.startswith("contraction") and "+leaky" in reason, reason

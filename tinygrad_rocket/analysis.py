@@ -154,7 +154,15 @@ class Alu:
   src: tuple["Expr", ...]
   dtype: DType
 
-Expr = Load | Const | Reduce | Alu
+@dataclass(frozen=True)
+class Valid:
+  """1 where every bound holds, else 0: a padding predicate as a value. tinygrad pads a computed value v (an op fused
+  into a padded input, `(x*2 + 1).conv2d(w, padding=1)`) as WHERE(valid, v, pad); when v at the loads' padding is not
+  `pad`, the predicate stays in the expression as Alu(WHERE, (Valid, v, Const(pad))) (rules that do not read it
+  reject the kernel with their reasons)."""
+  bounds: tuple[Bound, ...]
+
+Expr = Load | Const | Reduce | Alu | Valid
 
 @dataclass
 class LoopNest:
@@ -258,16 +266,18 @@ def _at_pad(e:Expr) -> float|None:
   return None
 
 def _padded_value(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr|None:
-  """WHERE(valid, f(padded loads), c) with f(padding) == c is f itself: tinygrad wraps an op fused into a padded input
-  (relu(x).conv2d(w, padding=1)) this way; the loads inside carry the same predicate on their indices."""
+  """WHERE(valid, f(padded loads), c): tinygrad wraps an op fused into a padded input (relu(x).conv2d(w, padding=1))
+  this way; the loads inside carry the same predicate on their indices. With f(padding) == c it is f itself; else the
+  predicate is kept as a Valid operand of the WHERE."""
   try: predicate(u.src[0])
   except NotAnalyzable: return None
   inner: list[Load] = []
   try: e = _expr(u.src[1], ranges, inner, sizes)
   except NotAnalyzable: return None
-  if not inner or _at_pad(e) != _scalar(u.src[2].arg): return None
+  if not inner: return None
   loads.extend(inner)
-  return e
+  if _at_pad(e) == _scalar(u.src[2].arg): return e
+  return Alu(Ops.WHERE, (Valid(tuple(predicate(u.src[0]))), e, _expr(u.src[2], ranges, loads, sizes)), u.dtype)
 
 def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr:
   u = _padded_load_form(u)

@@ -15,7 +15,16 @@ add (any tensor indexed by the output's loops) and their combinations. In the co
     the EW operand is at most 16 bits (landscape.md), so t + r is one fp16 rounding: the precision of the
     contraction rule's intercept and residual columns. An output plane under 12 pixels per task (the EW stage's
     floor, §6.C), a padded operand, a scale varying with more than the channel: the contraction rule's, with the reason.
-int8 convolutions keep ReLU only (below).
+Leaky ReLU with a constant slope after the conv (or a conv scaled per kernel) runs as two tasks per band (u, then the
+band recomputed with the BS MUL by fp16(a) and the EW max with u: LEAKY_OPERAND_BYTES); after a shift it is the
+contraction rule's, with the reason. int8 convolutions keep ReLU only (below).
+
+Prologues: an op tinygrad fused into the input (an input normalization (x - mean)/std with per-channel tensors, x*a + b,
+ReLU, clip, leaky ReLU: any float expression of loads and constants the packing evaluates) is applied by the CPU while
+it gathers the input cube (`Prologue`): in float64 from its operands, rounded to fp16 once (the precision of a loaded
+float32 input), the padding holding the computed value's own padding (where(valid, f(x), 0): 0; x.pad(..) + 1: 1). The
+cube stays resident per version of every buffer the prologue reads. Other computed inputs are rejected with the reason
+(the contraction rule may still take them, computing A on the NPU).
 
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 exact; weights scaled by s are rounded after
 the multiply, t + r rounded to fp16), fp32 accumulation and fp32 epilogue arithmetic in the DPU, fp32 out (DPU OUT
@@ -58,15 +67,15 @@ import numpy as np
 from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Bound as Bound_
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_form, pexpr, Grid
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Valid, Bound as Bound_
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_form, leaky_arg, pexpr, Grid
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH, eval_pexpr
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
 from tinygrad_rocket.ops.matmul import MAX_KERNEL_BYTES, MIN_ROWS, CBUF_BANKS, CBUF_BANK_BYTES, INT8, EW_MIN_PLANE_ATOMS, EwOperand, XStageOp
 from tinygrad_rocket.ops.conv import (ConvSpec, conv_programs, row_split, kernel_chunks, input_height, overflow, in_rows, row_bytes,
                                       ew_tiles, ew_bytes)
-from tinygrad_rocket.ops.program import entries, rebase, field_max
+from tinygrad_rocket.ops.program import entries, rebase, field_max, override
 
 PRECISION, OUT_PRECISION = "fp16", "fp32"
 # CNA field limits (register map): strides 3 bits, dilation-1 5 bits, kernel taps 5 bits, input/output width 11 bits.
@@ -201,11 +210,99 @@ class Conv:
   prec: Prec = FP16_PREC
   clip: float|None = None      # with relu: results clamped to [0, clip] (ReLU6)
   epi: Epilogue|None = None    # an affine epilogue s*acc + t (fp16 path)
+  pro: Prologue|None = None    # the input is computed from loads when packing (x is then its widest operand)
+  leaky: float|None = None     # the result is where(u < 0, leaky*u, u), u the conv (scaled weights at most)
   @property
   def diagonal(self) -> bool:
     """A depthwise convolution run as direct ones per channel group with block-diagonal weights (int8: the DPU has no
     int32 depthwise writer)."""
     return self.depthwise and self.prec.name == "int8"
+
+# ***** prologues *****
+# An op tinygrad fused into the conv's input (an input normalization (x - mean)/std, x*2 + 1, ReLU, a clip) is applied
+# by the CPU while it packs the input cube anyway: the value is evaluated in float64 from its operands (each read at
+# its own index: a per-channel mean at the cube's channel, x at the pixel) and rounded to fp16 once, exactly as a
+# loaded float32 input is. The cube's padding (where the padding predicate fails) holds the computed value's own
+# padding (tinygrad pads the computed value: where(valid, f(x), 0) is 0 there, x.pad(..) + 1 is 1); the channels
+# past the input's are that value too, which the zero weights of those channels cancel. Its operands' versions key
+# the packed cube like the input's (Copy.params: device.py repacks when mean or std change).
+
+@dataclass(frozen=True)
+class Prologue:
+  """The conv's input as an expression of loads and constants (`expr`: its value where the padding predicate holds),
+  with `fill` at the padding."""
+  expr: object
+  loads: tuple[Load, ...]
+  fill: float
+
+def _at_padding(e, pred:frozenset) -> float|str:
+  """e's value where the predicate fails, each padded load reading its padding (a gated load without one reads 0, as
+  tinygrad's code does), or why it is not a constant."""
+  pads: dict[tuple[int, Affine], float] = {}
+  for ld in (x for x in walk(e) if isinstance(x, Load)):
+    if frozenset(ld.valid) != pred: return "an operand of the computed input is not padded like the input"
+    pads[(ld.slot, ld.index)] = float(ld.pad) if ld.pad is not None else 0.0
+  return float(eval_pexpr(pexpr(e, lambda a: a), lambda slot, _, index: pads[(slot, index)], 0.0))
+
+def _factors(e) -> list:
+  """The factors of a product (through casts): (x + c) * 4 * w -> [x + c, 4, w]."""
+  e = strip_cast(e)
+  return [f for s in e.src for f in _factors(s)] if isinstance(e, Alu) and e.op is Ops.MUL else [e]
+
+def _selects(e):
+  """e with tinygrad's selects written as max: where(u < v, v, u) = max(u, v), where(u < v, u, v) = min(u, v) =
+  -max(-u, -v) (clamp, clip, hardtanh), and the leaky ReLU where(u < 0, a*u, u) = max(u, a*u) for a <= 1, min for
+  a >= 1 (rules/elementwise.py LEAKY_AS_MAX); equal on finite values, and a non-finite computed value sends the call to
+  the C code (the packing's check)."""
+  if not isinstance(e, Alu): return e
+  neg = lambda x: Alu(Ops.NEG, (x,), x.dtype if isinstance(x, Alu) else e.dtype)
+  mx = lambda u, v: Alu(Ops.MAX, (u, v), e.dtype)
+  if e.op is Ops.WHERE and isinstance(cond := strip_cast(e.src[0]), Alu) and cond.op is Ops.CMPLT:
+    u, v = (strip_cast(s) for s in cond.src)
+    p, q = strip_cast(e.src[1]), strip_cast(e.src[2])
+    if (p, q) == (v, u): return mx(_selects(u), _selects(v))
+    if (p, q) == (u, v): return neg(mx(neg(_selects(u)), neg(_selects(v))))
+    if (lk := leaky_arg(e)) is not None:
+      u, au = _selects(strip_cast(lk[0])), Alu(Ops.MUL, (_selects(strip_cast(lk[0])), Const(lk[1], e.dtype)), e.dtype)
+      return mx(u, au) if lk[1] <= 1 else neg(mx(neg(u), neg(au)))
+  return Alu(e.op, tuple(_selects(s) for s in e.src), e.dtype)
+
+def _computed_input(e, nest:LoopNest) -> tuple[Load, Prologue]|str:
+  """(a load standing for the input's geometry: its widest operand with the padding predicate, the prologue) of a
+  computed conv input, or why the packing cannot compute it."""
+  pred: frozenset|None = None
+  if isinstance(e, Alu) and e.op is Ops.WHERE and isinstance(e.src[0], Valid):   # where(valid, f, pad): f(padding) != pad
+    if not isinstance(c := strip_cast(e.src[2]), Const): return "the computed input's padding is not a constant"
+    pred, fill, e = frozenset(e.src[0].bounds), float(c.value), e.src[1]
+  e = _selects(e)
+  for x in walk(e):
+    if isinstance(x, (Reduce, Valid)): return "the conv's input is computed by a reduction or a nested padding"
+    if isinstance(x, Alu) and (x.op.name not in PEXPR_OPS or x.dtype not in FLOATS):
+      return f"the computed input uses {x.op.name} in {x.dtype} (the packing evaluates float ADD/MUL/MAX/reciprocal/sqrt/exp2/log2)"
+  loads = tuple(dict.fromkeys(x for x in walk(e) if isinstance(x, Load)))
+  if not loads: return "the conv's input is a constant"
+  for ld in loads:
+    if ld.dtype not in FLOATS: return f"the computed input reads {ld.dtype} (float32/float16 only)"
+    if ld.size < 0: return "an operand of the computed input has a buffer of unknown size"
+  padded = {frozenset(ld.valid) for ld in loads if ld.valid}
+  if pred is None:   # padded loads (f(padding) is the value there): all alike, the value a constant
+    if len(padded) > 1: return "the computed input's operands are padded differently"
+    pred = next(iter(padded), frozenset())
+    fill = 0.0
+    if pred and isinstance(fill := _at_padding(e, pred), str): return fill
+  elif padded - {pred}: return "an operand of the computed input is padded differently from the input"
+  wide = [ld for ld in loads if all(x.index.ranges() <= ld.index.ranges() | {r for b in pred for r in b.expr.ranges()} for x in loads)]
+  if not wide: return "no operand of the computed input varies with all of its loops"
+  if not math.isfinite(fill): return f"the computed input's padding is {fill} (not finite in fp16)"
+  return replace(wide[0], valid=tuple(dict.fromkeys(sorted(pred, key=repr))), pad=None), Prologue(e, loads, fill)
+
+def _prologue_axes(c:Conv) -> str|None:
+  """Why some operand of c's computed input cannot be read at the packed cube's positions, or None: along each window
+  axis its index must move as t * (o*stride + k*dilation) (x: t = step; a per-channel mean: t = 0)."""
+  assert c.pro is not None
+  if any(ax.scale(ld.index) is None for ld in c.pro.loads for ax in (c.ay, c.ax)):
+    return "an operand of the computed input does not follow the window's rows and columns"
+  return None
 
 # ***** epilogues *****
 # The per-pixel epilogue operand (t: a bias, BatchNorm's shift, a residual, summed on the CPU in float64) is read as
@@ -213,7 +310,15 @@ class Conv:
 # "EW operand DMA <= 16-bit" of landscape.md; the 32-bit reads of the K-split partials (§7.3) would keep t in fp32 at
 # twice the operand DMA. So t + r is rounded to fp16 once, as the contraction rule's intercept and residual columns are.
 EPILOGUE_OPERAND_BYTES = 2
-EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer
+EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer (a leaky ReLU's u cubes)
+# Leaky ReLU, where(u < 0, a*u, u) with a constant slope a (tinygrad's leaky_relu), as the contraction rule runs it
+# (rules/contraction.py _leaky_tasks; README "leaky ReLU / PReLU"): per band two tasks, the first writes u in fp32 as a
+# plain cube (the EW operand geometry, ew_tiles), the second recomputes the band (the same fp16 operands and fp32 sums:
+# the same u) with the BS stage's MUL by fp16(a) and its EW stage's max with u (min for a > 1; LEAKY_AS_MAX in
+# rules/elementwise.py), u read as a 32-bit operand (§2.3/§7.3). The DPU's MUL_PRELU is not used (untested on RK3588,
+# §6.F). A shift (bias, BatchNorm's shift, a residual) would need the BS add in both tasks, a*t in the second; not done:
+# such kernels are the contraction rule's (t a K column there).
+LEAKY_OPERAND_BYTES = 4
 
 @dataclass(frozen=True)
 class Epilogue:
@@ -375,14 +480,16 @@ def layout(c:Conv, sz:dict[int, int]) -> Layout|str:
   if c.diagonal and (why := next((w for _, sub in kernel_chunks(base, kpt) if (w := overflow(sub, row_split(sub)))), None)): return why
   if isinstance(kpt, str): return kpt
   n_img = math.prod(sz[r] for r in c.images)
-  if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt))) > MAX_TASKS:
+  if (ntasks := n_img * sum(len(row_split(sub)) for _, sub in kernel_chunks(base, kpt)) * (2 if c.leaky is not None else 1)) > MAX_TASKS:
     return f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine"
   spec = replace(base, H=max(He, input_height(base, kpt)))
-  if c.epi is None or not c.epi.operand: return Layout(spec, kpt, n_img)
-  if (small := min((o1 - o0) * sub.OW for _, sub, (o0, o1), _ in ew_tiles(spec, kpt, EPILOGUE_OPERAND_BYTES))) < EW_MIN_PLANE_ATOMS:
+  if c.leaky is not None: nbytes = LEAKY_OPERAND_BYTES
+  elif c.epi is None or not c.epi.operand: return Layout(spec, kpt, n_img)
+  else: nbytes = EPILOGUE_OPERAND_BYTES
+  if (small := min((o1 - o0) * sub.OW for _, sub, (o0, o1), _ in ew_tiles(spec, kpt, nbytes))) < EW_MIN_PLANE_ATOMS:
     return (f"a task's output plane of {small} pixels: the EW stage's per-pixel operand needs >= {EW_MIN_PLANE_ATOMS} "
             "(rocket_fp16_ew_ppu.md §2.3, §6.C)")
-  return Layout(spec, kpt, n_img, EPILOGUE_OPERAND_BYTES)
+  return Layout(spec, kpt, n_img, nbytes)
 
 def npu_seconds(l:Layout) -> float:
   """Modeled NPU time of a layout's tasks at LAYOUT_CLOCK_HZ, as the emulator's cost model (emu/cost.py) times them:
@@ -427,33 +534,52 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   if pr is INT8_PREC:
     if isinstance(iv := int8_sum(nest), NotApplicable): return iv
     e, relu = iv
-  clip, epi = None, None
+  clip, epi, leaky = None, None, None
   if pr is FP16_PREC:   # [ReLU | ReLU6](affine epilogue(REDUCE)), the forms the contraction rule fuses (but activations)
     if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
     e, relu, clip = relu_form(strip_cast(nest.value))
+    if not relu and (lk := leaky_arg(e)) is not None and any(isinstance(x, Reduce) for x in walk(lk[0])):
+      if not np.isfinite(np.float16(lk[1])): return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
+      e, relu, leaky = strip_cast(lk[0]), lk[1] == 0, (lk[1] if lk[1] not in (0, 1) else None)
     if not isinstance(e, Reduce):
       reds = list(dict.fromkeys(x for x in walk(e) if isinstance(x, Reduce)))
       if len(reds) != 1: return NotApplicable(f"{len(reds)} reductions in the kernel (a convolution has one)")
       if isinstance(epi := _epilogue(e, reds[0], nest), NotApplicable): return epi
+      if leaky is not None and (epi.shift is not None or epi.operand):
+        return NotApplicable("a leaky ReLU after a shifted epilogue (a bias, BatchNorm's shift, a residual): the EW stage "
+                             "is the max's, the shift would have no stage in the recomputing task")
       e = reds[0]
   if not isinstance(e, Reduce): return NotApplicable(f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) follows the reduction")
   if e.op is not Ops.ADD: return NotApplicable(f"REDUCE({e.op.name}) is not a convolution")
   if set(e.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
-  body = strip_cast(e.src)
-  if not (isinstance(body, Alu) and body.op is Ops.MUL and all(isinstance(strip_cast(s), Load) for s in body.src)):
-    return NotApplicable("the reduced value is not a product of two loaded operands")
-  a, b = (strip_cast(s) for s in body.src)
+  factors = _factors(e.src)
+  if len(rest := [f for f in factors if not isinstance(f, Const)]) != 2:
+    return NotApplicable("the reduced value is not a product of two operands" if len(rest) < 2 else
+                         "a product of more than two operands (which factors are the weights is not told)")
+  a, b = rest
+  pro, consts = None, [f for f in factors if isinstance(f, Const)]
+  if not (isinstance(a, Load) and isinstance(b, Load)) or consts:   # a computed input (the weights are a load)
+    if pr is INT8_PREC: return NotApplicable("an int8 operand is computed (only loaded int8 operands are exact)")
+    if isinstance(b, Load) and not isinstance(a, Load): a, b = b, a
+    if not isinstance(a, Load): return NotApplicable("both factors of the reduced product are computed (the weights must be loaded)")
+    if isinstance(b, Load): return NotApplicable("a constant factor in the product of two loaded operands")
+    for k in consts: b = Alu(Ops.MUL, (b, k), nest.out_dtype)   # (x + c)*4 * w as tinygrad folds (x + c)/0.25 * w
+    if isinstance(comp := _computed_input(b, nest), str): return NotApplicable(comp)
+    b, pro = comp
+    if nest.precision == "fp32" and any(ld.dtype == dtypes.float32 for ld in pro.loads):
+      return NotApplicable("ROCKET_PRECISION=fp32: the computed float32 input would be rounded to fp16")
   for ld in (a, b):
     if pr is INT8_PREC:
       if ld.dtype not in INT8_OPERANDS: return NotApplicable(f"integer operand dtype {ld.dtype} (int8 only)")
     elif ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
     if ld.dtype == dtypes.float32 and nest.precision == "fp32":
       return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16")
-    if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
+    if ld.valid and ld.pad not in (0, 0.0, None): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
   found, why = [], []   # why: the reasons of orientations whose loops have a convolution's roles first
   for x, w in ((a, b), (b, a)):
     if w.valid: why.append((2, "the weights are padded")); continue
+    if pro is not None and w is b: why.append((2, "the weights are computed (only the input may be)")); continue
     f, reasons = _candidates(nest, x, w, relu, pr)
     found += f
     why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
@@ -462,7 +588,8 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   best, unfit = None, []
   for key, bound, c in sorted(found, key=lambda t: (t[1], t[0])):
     if best is not None and bound > best[0][0]: break
-    c = replace(c, clip=clip, epi=epi)
+    c = replace(c, clip=clip, epi=epi, pro=pro, leaky=leaky)
+    if pro is not None and (why_pro := _prologue_axes(c)) is not None: unfit.append(why_pro); continue
     if epi is not None and not all(uses(ld) <= {c.kernel} - {None} for ld in epi.scale_loads):
       unfit.append("the epilogue's scale varies with more than the output channel (only per-kernel scales fold into the weights)")
       continue
@@ -514,12 +641,16 @@ def pack_input(c:Conv, sz:dict[int, int], cube:Feature, fixed:dict[int, int], ds
     terms, const = affine_terms(e, pos, fixed, axes)
     terms[1], terms[2] = terms.get(1, 0) + ty, terms.get(2, 0) + tx
     return lin(terms, const)
-  src = with_axes(c.x.index, c.ay.step, c.ax.step)
+  at = lambda e: with_axes(e, c.ay.scale(e), c.ax.scale(e))   # an index over the cube's positions (`_prologue_axes`)
   bounds = [Bound(lin({ch: 1}, 0), None, C), Bound(lin({1: 1}, 0), *c.span_y), Bound(lin({2: 1}, 0), *c.span_x)]
-  bounds += [Bound(with_axes(b.expr, c.ay.scale(b.expr), c.ax.scale(b.expr)), b.lo, b.hi) for b in c.rest]
-  bounds.append(Bound(src, 0, c.x.size))  # never read outside the buffer (a guard, not a semantic)
-  return Copy(c.x.slot, _np(c.x.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), src, Lin(cube.grid_strides(), base),
-              tuple(bounds), 0.0)
+  bounds += [Bound(at(b.expr), b.lo, b.hi) for b in c.rest]
+  # never read outside a buffer (a guard, not a semantic)
+  bounds += [Bound(at(ld.index), 0, ld.size) for ld in (c.pro.loads if c.pro is not None else (c.x,))]
+  dst_index = Lin(cube.grid_strides(), base)
+  if c.pro is not None:   # the computed input, from its operands (no source read), fill at the padding
+    return Copy(None, "float64", dst, c.prec.np_in, pts.grid, tuple(pts.vars), Lin((0,)), dst_index, tuple(bounds), c.pro.fill,
+                value=("intercept", pexpr(c.pro.expr, at)), params=tuple(sorted({ld.slot for ld in c.pro.loads})))
+  return Copy(c.x.slot, _np(c.x.dtype), dst, c.prec.np_in, pts.grid, tuple(pts.vars), at(c.x.index), dst_index, tuple(bounds), 0.0)
 
 def pack_weights(c:Conv, sz:dict[int, int], K:int, C:int, KH:int, KW:int, dst:int) -> list[Copy]:
   """W into kernel groups (direct: Weights grid (K1, C1, KH, KW, 16, 32)) or channel groups (depthwise:
@@ -622,10 +753,14 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   # the epilogue: s in the weights; t the BS stage's fp32 add (a constant) or the EW stage's add of a per-pixel operand,
   # ReLU / clip after it in the same stage
   epi, ew_img = c.epi, ew_bytes(spec, kpt, lay.ew_nbytes) if lay.ew_nbytes else 0
-  ew = EwOperand("add", EW_SLOT, 0, lay.ew_nbytes, relu=c.relu, clip=c.clip) if ew_img else None
+  ew = EwOperand("add", EW_SLOT, 0, lay.ew_nbytes, relu=c.relu, clip=c.clip) if ew_img and c.leaky is None else None
   stages = (dict(relu=c.relu) if pr is INT8_PREC else
+            dict(bs=XStageOp(mul=c.leaky), ew=EwOperand("max" if c.leaky < 1 else "min", EW_SLOT, 0, LEAKY_OPERAND_BYTES)) if c.leaky is not None else
             dict(bs=XStageOp(add=epi.shift if epi is not None else None, relu=c.relu and ew is None, clip=c.clip if ew is None else None), ew=ew))
-  try: progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, **stages)
+  try:
+    progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=c.diagonal, **stages)
+    bands = len(progs)
+    if c.leaky is not None: progs = _leaky_programs(spec, slots, kpt, c.diagonal, progs)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
   tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
   for i, vals in enumerate(images):
@@ -638,14 +773,31 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, spec.C, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
   kind = "depthwise as direct per 32-channel group, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)
-  fused = "".join(x for x, on in ((" +scale (weights)", epi is not None and not epi.unit),
+  pro_ops = sorted({x.op.name.lower() for x in walk(c.pro.expr) if isinstance(x, Alu) and x.op is not Ops.CAST}) if c.pro is not None else []
+  fused = "".join(x for x, on in ((f" +computed input (packed: {', '.join(pro_ops) or 'cast'}; padding {c.pro.fill:g})" if c.pro else "", c.pro is not None),
+                                  (" +scale (weights)", epi is not None and not epi.unit),
                                   (" +shift (BS add)", epi is not None and epi.shift is not None),
                                   (f" +{'residual' if epi and any(uses(ld) - {c.kernel} for ld in epi.loads) else 'per-channel shift'}"
                                    " (fp16 EW operand)", ew is not None),
-                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu)) if on)
+                                  (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
+                                  (f" +leaky({'max' if (c.leaky or 0) < 1 else 'min'}(u, {c.leaky:g}*u), two tasks per band)" if c.leaky is not None else "",
+                                   c.leaky is not None)) if on)
   summary = (f"conv ({kind}) {C}->{K} {KH}x{KW} stride {c.ay.stride}x{c.ax.stride} dilation {c.ay.dilation}x{c.ax.dilation} "
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){fused} as {len(tasks)} {pr.name} "
-             f"conv task(s) ({len(progs) // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
+             f"conv task(s) ({bands // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
   macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
   return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
-                    ((ew_img * len(images),) if ew is not None else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+                    ((ew_img * len(images),) if ew_img else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+
+def _leaky_programs(spec:ConvSpec, slots:dict[str, int], kpt:int|None, diagonal:bool, progs:list) -> list:
+  """Before each band's task (`progs`: BS MUL by a, EW max/min with u) the task computing its u: the same band with
+  the stages bypassed, its fp32 output written as the plain cube the EW stage reads (ew_tiles: the band's surfaces
+  one plane apart at the task's offset in EW_SLOT)."""
+  u_progs = conv_programs(spec, slots, kernels_per_task=kpt, diagonal=diagonal, bs=XStageOp())
+  out = []
+  for u, prg, (_, sub, (o0, o1), off) in zip(u_progs, progs, ew_tiles(spec, kpt, LEAKY_OPERAND_BYTES), strict=True):
+    plane = (o1 - o0) * sub.OW * ATOM_BYTES
+    out += [override(u, {("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", EW_SLOT, off),
+                         ("DPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=plane),
+                         ("DPU", "SURFACE_ADD"): dict(SURF_ADD=plane * sub.atoms_per_group)}), prg]
+  return out
