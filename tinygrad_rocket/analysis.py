@@ -300,8 +300,13 @@ def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) 
     rs = tuple(r.arg[0] for r in u.src[1:])
     for r in u.src[1:]: ranges[r.arg[0]] = _range_size(r)
     return Reduce(u.arg[0], rs, _expr(u.src[0], ranges, loads, sizes), u.dtype)
-  if u.op in (Ops.RANGE, Ops.PARAM, Ops.STORE, Ops.END): raise NotAnalyzable(f"{u.op.name} inside the value expression")
+  if u.op is Ops.RANGE: raise NotAnalyzable(POSITION_DEPENDENT_REASON)
+  if u.op in (Ops.PARAM, Ops.STORE, Ops.END): raise NotAnalyzable(f"{u.op.name} inside the value expression")
   return Alu(u.op, tuple(_expr(s, ranges, loads, sizes) for s in u.src), u.dtype)
+
+# a loop position used as a value: a where() on indices that is not the padding of one input
+POSITION_DEPENDENT_REASON = ("the value depends on the output position through a where() that is not an input's padding "
+                             "(a mask such as causal attention's, a concatenation, or an output padded with a constant)")
 
 # ***** range splitting *****
 
