@@ -192,3 +192,38 @@ def test_variances_beyond_one_window():
   _, e_npu = bn_bound(xd, w, b, U16, ETA16, cpu_rsqrt)
   nm.assert_within(r, c, e_npu + bn_bound(xd, w, b, 0.0, 0.0, cpu_rsqrt)[1], "batchnorm across windows")
   check_with_running_statistics(x, w, b, "batchnorm across windows with running statistics")
+
+# The one backward kernel no rule takes: the variance's gradient, sum(g w (x - mu)) * (-1/n) / (2 s^3) per channel,
+# a contraction whose A operand is computed and whose epilogue scales each output row by a loaded per-channel value
+# (rules/contraction.py cannot fold a per-row slope into a computed operand's packing).
+BACKWARD_FALLBACK = "contraction: an epilogue varying with the rows of a computed operand"
+
+def test_batchnorm_training_backward():
+  """The gradients of sum(y * g) for x, w, b through nn.BatchNorm2d in training: every kernel runs on the NPU but the
+  variance's gradient (BACKWARD_FALLBACK); b's gradient, sum(g) per channel (a contraction with ones), within
+  numerics.bound_sum of the NPU and the CPU."""
+  shape = (4, 16, 8, 8)
+  x, w, b = bn_params(shape, 11)
+  g = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
+  def grads(device:str):
+    X, W, B, G = (Tensor(a, device=device).realize() for a in (x, w, b, g))
+    for t in (X, W, B): t.requires_grad = True
+    bn = nn.BatchNorm2d(shape[1], track_running_stats=False)
+    bn.weight, bn.bias = W, B
+    def call():
+      with Context(TRAINING=1): gs = (bn(X) * G).sum().gradient(X, W, B)
+      Tensor.realize(*gs)
+      return [t.numpy() for t in gs]
+    return call
+  call = grads("ROCKET")
+  report.reset()
+  gx, gw, gb = call()
+  recs = report.records()
+  fallbacks = [rec for rec in recs if rec.engine == "fallback"]
+  assert len(fallbacks) == 1 and BACKWARD_FALLBACK in fallbacks[0].reason, recs
+  assert sum(rec.engine == "npu" for rec in recs) >= 4, recs
+  cx, cw, cb = grads("CPU")()
+  assert all(np.isfinite(a).all() for a in (gx, gw))
+  gd = g.astype(np.float64)
+  S, n = np.abs(gd).sum(AXES), g.size // shape[1]
+  nm.assert_within(gb, cb, nm.bound_sum(nm.rocket("float32"), S, n) + nm.bound_sum(nm.cpu("float32"), S, n), "grad b")
