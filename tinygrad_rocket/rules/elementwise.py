@@ -35,7 +35,7 @@ from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, prelu_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
 from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton, window_newtons
@@ -57,6 +57,18 @@ NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy wr
 # Non-finite x differ (a = 0, x = +-inf: a*x is NaN; NaN: max may drop it), and never reach the NPU: a call with a
 # non-finite operand runs the C code (device.py NONFINITE_OPERAND_REASON); stage results are finite (a bounded or
 # guarded fp16 narrowing, fp32 sums of finite fp16 products).
+
+# PRELU_SPLIT: PReLU with a slope tensor k (per channel, broadcast), where(u < 0, k*u, u), has a regime per element (a
+# slope in [0, 1] is a max, above 1 a min, a negative one neither), so it is not LEAKY_AS_MAX. Instead
+#   where(u < 0, k*u, u) = relu(u) + (-k) * relu(-u)
+# holds for every finite k and u in IEEE arithmetic, and on the NPU with no rounding but the output's for a plain load
+# u and k: relu(-u) is -u or 0 exactly (the BS ReLU of an exact fp32 value); (-k) * relu(-u) is a product of two fp16
+# values, exact in fp32 (11 + 11 significand bits), and k*u itself for u < 0, +-0 for u >= 0 (k finite); the final add
+# has one zero term (relu(u) = 0 for u < 0; the product is +-0 for u >= 0), so it is exact: k*u or u, as the WHERE
+# gives (u = +-0: a zero of either sign, equal in value). So the NPU's result is fp16(k) fp16(u) (or fp16(u)) rounded
+# once to the output dtype. Three stages: relu(-u) (CORE -u, BS ReLU), times -k (CORE -k, EW mul), relu(u) plus that
+# (CORE u, BS ReLU, EW add). Non-finite u or k never reach the NPU (device.py NONFINITE_OPERAND_REASON: k = inf, u = 0
+# would be NaN here). tests/test_leaky.py checks every fp16 u against the CPU.
 
 class Unsupported(Exception):
   """The expression is outside what these stages compute; the message says why."""
@@ -224,6 +236,15 @@ class Compiler:
     if isinstance(u, Linear) and u.terms and u.plain_load is None: u = self.materialize(u)
     return self.max(au, u) if a < 1 else self.neg(self.max(self.neg(au), self.neg(u)))
 
+  def prelu(self, u:Value, k:Value) -> Value:
+    """where(u < 0, k*u, u) for a varying slope k (PRELU_SPLIT): relu(u) + (-k) relu(-u), three stages. u and k linear
+    forms: each stage reads them through the CORE (no narrowing of a computed value, which would round k*u twice)."""
+    if not (isinstance(u, Linear) and u.terms and isinstance(k, Linear) and k.terms):
+      raise Unsupported("a PReLU whose input or slope is a computed value (PRELU_SPLIT takes linear forms of loads)")
+    neg = self.stage(Stage(u.scaled(-1.0), relu=True))                                  # relu(-u) = -min(u, 0)
+    kneg = self.stage(Stage(k.scaled(-1.0), ew_op="mul", operand=neg.stage))            # k min(u, 0)
+    return self.stage(Stage(u, relu=True, ew_op="add", operand=kneg.stage))             # relu(u) + k min(u, 0)
+
   def value(self, e) -> Value:
     e = strip_cast(e)
     if isinstance(e, Const):
@@ -245,7 +266,8 @@ class Compiler:
       if (p, q) == (v, u): return self.max(self.value(u), self.value(v))
       if (p, q) == (u, v): return self.neg(self.max(self.neg(self.value(u)), self.neg(self.value(v))))
       if (lk := leaky_arg(e)) is not None: return self.leaky(self.value(lk[0]), lk[1])
-      raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU with a constant slope)")
+      if (pk := prelu_arg(e)) is not None: return self.prelu(self.value(pk[0]), self.value(pk[1]))
+      raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU or PReLU of u)")
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
     if op is Ops.SUB: return self.add(self.value(src[0]), self.neg(self.value(src[1])))
