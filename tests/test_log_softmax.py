@@ -26,7 +26,7 @@ import numerics as nm
 from helpers import env
 from test_blocks_on_npu import all_npu, table_error, table_of_window
 from tinygrad_rocket import report
-from tinygrad_rocket.rules.tables import pick_table, RANGE_WINDOWS, NoWindow
+from tinygrad_rocket.rules.tables import pick_table, RANGE_WINDOWS, NoWindow, TABLE_SCALES, LUT_MAX_ERROR, _log_function, _power_function
 
 U16, U32, ETA16 = nm.U16, nm.U32, nm.ETA16
 LN2, LOG2E = 0.6931471805599453, 1.4426950408889634   # the constants tinygrad writes around LOG2 and EXP2
@@ -112,6 +112,8 @@ def test_log_softmax(shape, scale, dtype):
   0.5 have sums of ~300: the log's window [16, 1024] (the summary states which table ran)."""
   x = (np.random.default_rng(len(shape) * 100 + shape[-1]).standard_normal(shape) * scale).astype(dtype)
   summaries = check(x, f"log_softmax {shape} x{scale} {np.dtype(dtype).name}")
+  if shape[-1] == 1000:   # every row sum beyond window 0's table [1, 64]: the window [16, 1024] ran
+    assert (np.exp(x - x.max(-1, keepdims=True).astype(np.float16)).sum(-1) > 65).all()
   assert any("lut(mul" in s for s in summaries) and any("max pooling" in s for s in summaries)
 
 @pytest.mark.parametrize("n", [100, 1000])
@@ -169,3 +171,24 @@ def test_one_d_max_with_its_subtraction_takes_the_c_code():
   # m here is the exact max (the C code's), so the NPU's sum sees exact float32 differences: within the fl16-max bound
   b = npu_bound(xd[None], False, exp_table_error(summaries), log_table_error(summaries))[1][0]
   nm.assert_within(r, c, b + cpu_bound(xd[None], False)[0], "log_softmax 1-D")
+
+def test_log_is_windowed():
+  """rules/tables.py _log_function: ln and log2 (and tinygrad's log2(x) ln 2) shift by a constant under x -> 4x; powers,
+  exp and the identity do not."""
+  assert all(_log_function(f) for f in (np.log, np.log2, log_fn))
+  assert not any(_log_function(f) for f in (np.sqrt, np.exp, lambda v: v, lambda v: np.log(v) + 0.1 * v))
+  assert not _power_function(np.log)
+
+def test_log_windows():
+  """log's window w is window 0's interval times TABLE_SCALES[w], measured again: where its decode stays unsigned (log >= 0
+  on it, as on window 0's [1, 64]) it is a table within LUT_MAX_ERROR of its peak whose error is about window 0's (the
+  interpolation error h^2 / (8 x^2) is scale-free: within 10%); windows below 1 would need a signed decode: NoWindow."""
+  t0 = table_of_window(log_fn, "mul", 0)
+  assert t0.domain[0] == 1.0 and not t0.signed
+  for w, c in enumerate(TABLE_SCALES):
+    if c < 1:
+      with pytest.raises(NoWindow, match="signed decode"): table_of_window(log_fn, "mul", w)
+      continue
+    t = table_of_window(log_fn, "mul", w)
+    assert (t.lo, t.hi) == (t0.lo * c, t0.hi * c) and t.domain[0] == t.lo and not t.signed, (w, t.domain)
+    assert t.max_abs_error <= LUT_MAX_ERROR * np.log(t.hi) and abs(t.max_abs_error / t0.max_abs_error - 1) < 0.1, (w, t.max_abs_error)
