@@ -26,7 +26,8 @@ import numerics as nm
 from helpers import env
 from test_blocks_on_npu import all_npu, table_error, table_of_window
 from tinygrad_rocket import report
-from tinygrad_rocket.rules.tables import pick_table, RANGE_WINDOWS, NoWindow, TABLE_SCALES, LUT_MAX_ERROR, _log_function, _power_function
+from tinygrad_rocket.rules.tables import (pick_table, range_window, RANGE_WINDOWS, NoWindow, TABLE_SCALES, LUT_MAX_ERROR, _log_function,
+                                          _power_function)
 
 U16, U32, ETA16 = nm.U16, nm.U32, nm.ETA16
 LN2, LOG2E = 0.6931471805599453, 1.4426950408889634   # the constants tinygrad writes around LOG2 and EXP2
@@ -202,3 +203,33 @@ def test_log_windows():
     t = table_of_window(log_fn, "mul", w)
     assert (t.lo, t.hi) == (t0.lo * c, t0.hi * c) and t.domain[0] == t.lo and not t.signed, (w, t.domain)
     assert t.max_abs_error <= LUT_MAX_ERROR * np.log(t.hi) and abs(t.max_abs_error / t0.max_abs_error - 1) < 0.1, (w, t.max_abs_error)
+
+def log2_windows() -> list[tuple[float, float, float]]:
+  """(lo, hi, error) of the log2 table of each window, as the elementwise rule picks it for a plain load (its padding is
+  filled inside the domain, so a signed decode may serve: signed_ok)."""
+  out = []
+  for w in range(RANGE_WINDOWS):
+    with range_window(w): t = pick_table(np.log2, "log2", signed_ok=True)
+    out.append((*t.domain, t.max_abs_error))
+  return out
+
+@pytest.mark.parametrize("window", range(RANGE_WINDOWS))
+def test_elementwise_log_in_each_window(window):
+  """x.log() (LOG2(x) * ln 2: a table stage, then a multiply by fp16(ln 2)) over a geometric spread of one window's domain
+  (its guard's margin kept, and beyond window 0's): on the NPU in strict mode, within the window's measured table error
+  T (log2 units, for every real x as the NPU rounds it), the table's fp16 output, fp16(ln 2) and the fp32 product; the
+  CPU's software log within TRANSCENDENTAL_ULPS."""
+  wins = log2_windows()
+  lo, hi, T = wins[window]
+  x = np.geomspace(lo * 1.01, hi * 0.99, 200).astype(np.float32)
+  if window: x = x[(x < wins[0][0] * 0.99) | (x > wins[0][1] * 1.01)]   # not all inside window 0
+  X = Tensor(x, device="ROCKET").realize()
+  r, summaries = all_npu(lambda: X.log().numpy())
+  stated = [float(s.split("lut(log2, error ")[1].split(")")[0]) for s in summaries if "lut(log2, error " in s]
+  assert stated and f"{stated[0]:.2g}" == f"{T:.2g}", (summaries, T)
+  c = Tensor(x, device="CPU").log().numpy()
+  xd = x.astype(np.float64)
+  l2, ln = np.log2(xd), np.log(xd)
+  e_l2 = T + U16 * (np.abs(l2) + T) + ETA16
+  e = LN2 * e_l2 * (1 + U16) + U16 * np.abs(ln) + U32 * (np.abs(ln) + LN2 * e_l2) * (1 + U16)
+  nm.assert_within(r, c, e + TRANSCENDENTAL_ULPS * U32 * np.abs(ln) + U32 * np.abs(l2), f"log window {window}")

@@ -287,7 +287,8 @@ class Compiler:
     (the guard keeps it inside the table's domain, so it cannot overflow), then looked up."""
     arg = self.value(e.src[0])
     if not isinstance(arg, Linear) or not arg.over_loads: return None
-    t = pick_table(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower())
+    t = pick_table(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower(),
+                   signed_ok=arg.plain_load is not None)
     # an fp16 stage's padding elements hold its constant: only a table whose decode is unsigned (OUT_CVT_OFFSET >= 0)
     # takes any input; a signed one would meet the board's x ~ 0 spike there (rocket_fp16_ew_ppu.md §4.6)
     if t is None or (arg.plain_load is None and t.out_offset < 0): return None
@@ -349,7 +350,7 @@ class Compiler:
     if len(loads) != 1: return None
     ld = loads.pop()
     if ld.dtype not in FLOATS or ld.valid: return None
-    t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower())
+    t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower(), signed_ok=True)   # padding: a value inside (emit_stages)
     if t is None: return None
     return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),)),
                             bound=lut_bound(t)))

@@ -123,10 +123,12 @@ def full_line_table(fn, name:str) -> LutTable|None:
   """A table of fn exact on every input (its tails extrapolate within the bound): needs no guard."""
   return next((t for t in _tables(fn, name) if t.domain == (-math.inf, math.inf)), None)
 
-def pick_table(fn, name:str) -> LutTable|None:
+def pick_table(fn, name:str, signed_ok:bool=False) -> LutTable|None:
   """A table exact on every input if there is one, else the one with the least absolute error (a wide interval of exp
   is accurate relative to its peak and useless below 1); the caller guards its domain. For a power function or a
-  logarithm, the one of the window being lowered (range_window, TABLE_SCALES)."""
+  logarithm, the one of the window being lowered (range_window, TABLE_SCALES). signed_ok: the caller never feeds x ~ 0
+  to the table (its padding gets a value inside the domain), so a window may have a signed decode where window 0's is
+  unsigned."""
   good = list(_tables(fn, name))
   if (t := next((t for t in good if t.domain == (-math.inf, math.inf)), None)) is not None or not good: return t
   t = min(good, key=lambda t: t.max_abs_error)
@@ -138,7 +140,7 @@ def pick_table(fn, name:str) -> LutTable|None:
   if (tw := next(_tables(fn, name, ((t.lo * c, t.hi * c),)), None)) is None: raise NoWindow(f"{name} on window {w} misses LUT_MAX_ERROR")
   # a window stands in for window 0's table on the terms its caller accepted: a caller may feed x ~ 0 to an unsigned
   # table (a contraction epilogue's padding lanes), which a signed decode would meet with the spike (QUIRK 2, §4.6)
-  if tw.signed and not t.signed: raise NoWindow(f"{name} on window {w} needs a signed decode (window 0's is unsigned)")
+  if tw.signed and not t.signed and not signed_ok: raise NoWindow(f"{name} on window {w} needs a signed decode (window 0's is unsigned)")
   return tw
 
 _NP_UNARY = {Ops.EXP2: np.exp2, Ops.LOG2: np.log2, Ops.SQRT: np.sqrt, Ops.SIN: np.sin, Ops.RECIPROCAL: lambda x: 1.0 / x,
