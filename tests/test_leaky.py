@@ -274,7 +274,8 @@ def test_greater_than_orientation():
 
 # ---- PReLU with a slope tensor (rules/elementwise.py PRELU_SPLIT) -------------------------------------------------------
 PRELU_SLOPES = [[0.0, 0.25, 1.0, 3.0], [0.1, -0.5, 1.5, 1 / 3]]   # per channel: max, identity, min and neither regimes
-PRELU_FORMS = {"x<0": lambda t, k: (t < 0).where(k * t, t), "0<x": lambda t, k: (t > 0).where(t, t * k)}
+PRELU_FORMS = {"x<0": lambda t, k: (t < 0).where(k * t, t), "0<x": lambda t, k: (t > 0).where(t, t * k),
+               "max+k*min": lambda t, k: t.maximum(0) + k * t.minimum(0), "relu-k*relu(-x)": lambda t, k: t.relu() - k * (-t).relu()}
 
 def channels(values:np.ndarray, C:int) -> np.ndarray:
   """Every value in each of C channels: shape (1, C, len(values))."""
@@ -284,8 +285,8 @@ def channels(values:np.ndarray, C:int) -> np.ndarray:
 @pytest.mark.parametrize("slopes", PRELU_SLOPES)
 @pytest.mark.parametrize("form", list(PRELU_FORMS))
 def test_prelu_every_fp16_input(form, slopes, dtype):
-  """where(x < 0, k x, x) with a per-channel slope tensor k over every finite fp16 x (and -0) in every channel: three
-  stages on the NPU (PRELU_SPLIT), whatever regime each channel's slope is in. The NPU's result is fp16(k) x exactly
+  """where(x < 0, k x, x) (or its two branches summed) with a per-channel slope tensor k over every finite fp16 x (and
+  -0) in every channel: three stages on the NPU (PRELU_SPLIT), whatever regime each channel's slope is in. The NPU's result is fp16(k) x exactly
   (or x) rounded once to the dtype: for float16 tensors the CPU's answer exactly; for float32 the only differences are
   k's fp16 rounding, |fp16(k) - fp32(k)| |x| on the negative branch, and the CPU's fp32 product."""
   C = len(slopes)

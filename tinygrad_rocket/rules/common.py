@@ -74,6 +74,31 @@ def prelu_arg(e) -> tuple[object, object]|None:
     if strip_cast(x) == u and strip_cast(k) != u: return u, k
   return None
 
+def _factors(e) -> list:
+  """The factors of a product (nested MULs flattened, casts stripped)."""
+  e = strip_cast(e)
+  return [f for s in e.src for f in _factors(s)] if isinstance(e, Alu) and e.op is Ops.MUL else [e]
+
+def prelu_sum_arg(e) -> tuple[object, object, float]|None:
+  """(u, k, c) for relu(u) + c * k * relu(-u), i.e. max(u, 0) + (-c k) * min(u, 0) (PReLU as the sum of its two
+  branches; tinygrad writes min(u, 0) as -max(-u, -0)), k an expression that is not a constant, c a float constant;
+  else None. The slope is -c k (rules/elementwise.py PRELU_SPLIT)."""
+  e = strip_cast(e)
+  if not (isinstance(e, Alu) and e.op is Ops.ADD): return None
+  for p, q in (e.src, e.src[::-1]):
+    if (u := relu_arg(p)) is None: continue
+    u, fs = strip_cast(u), _factors(q)
+    neg = [i for i, f in enumerate(fs) if (v := relu_arg(f)) is not None and _slope(v, u) == -1.0]
+    if len(neg) != 1: continue
+    rest = [f for i, f in enumerate(fs) if i != neg[0]]
+    consts = [f for f in rest if isinstance(f, Const) and not isinstance(f.value, bool) and isinstance(f.value, (int, float))]
+    ks = [f for f in rest if not any(f is c for c in consts)]
+    if len(ks) != 1 or ks[0] == u: continue
+    c = 1.0
+    for f in consts: c *= float(f.value)
+    return u, ks[0], c
+  return None
+
 def relu_clip(e) -> tuple[object, float]|None:
   """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""
   if not (isinstance(e, Alu) and e.op is Ops.ADD): return None

@@ -35,7 +35,7 @@ from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, prelu_arg, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, prelu_arg, prelu_sum_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
 from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton, window_newtons
@@ -58,8 +58,9 @@ NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy wr
 # non-finite operand runs the C code (device.py NONFINITE_OPERAND_REASON); stage results are finite (a bounded or
 # guarded fp16 narrowing, fp32 sums of finite fp16 products).
 
-# PRELU_SPLIT: PReLU with a slope tensor k (per channel, broadcast), where(u < 0, k*u, u), has a regime per element (a
-# slope in [0, 1] is a max, above 1 a min, a negative one neither), so it is not LEAKY_AS_MAX. Instead
+# PRELU_SPLIT: PReLU with a slope tensor k (per channel, broadcast), where(u < 0, k*u, u) or max(u, 0) + k*min(u, 0)
+# (common.py prelu_arg, prelu_sum_arg), has a regime per element (a slope in [0, 1] is a max, above 1 a min, a negative
+# one neither), so it is not LEAKY_AS_MAX. Instead
 #   where(u < 0, k*u, u) = relu(u) + (-k) * relu(-u)
 # holds for every finite k and u in IEEE arithmetic, and on the NPU with no rounding but the output's for a plain load
 # u and k: relu(-u) is -u or 0 exactly (the BS ReLU of an exact fp32 value); (-k) * relu(-u) is a product of two fp16
@@ -236,6 +237,13 @@ class Compiler:
     if isinstance(u, Linear) and u.terms and u.plain_load is None: u = self.materialize(u)
     return self.max(au, u) if a < 1 else self.neg(self.max(self.neg(au), self.neg(u)))
 
+  @staticmethod
+  def linear(e) -> bool:
+    """Whether e compiles to a linear form with terms (a scratch compiler: no stage is left behind)."""
+    try: v = Compiler().value(e)
+    except Unsupported: return False
+    return isinstance(v, Linear) and bool(v.terms)
+
   def prelu(self, u:Value, k:Value) -> Value:
     """where(u < 0, k*u, u) for a varying slope k (PRELU_SPLIT): relu(u) + (-k) relu(-u), three stages. u and k linear
     forms: each stage reads them through the CORE (no narrowing of a computed value, which would round k*u twice)."""
@@ -269,6 +277,8 @@ class Compiler:
       if (pk := prelu_arg(e)) is not None: return self.prelu(self.value(pk[0]), self.value(pk[1]))
       raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU or PReLU of u)")
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
+    if op is Ops.ADD and (pk := prelu_sum_arg(e)) is not None and self.linear(pk[0]) and self.linear(pk[1]):
+      return self.prelu(self.value(pk[0]), self.value(pk[1]).scaled(-pk[2]))
     if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
     if op is Ops.SUB: return self.add(self.value(src[0]), self.neg(self.value(src[1])))
     if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
