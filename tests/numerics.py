@@ -128,3 +128,33 @@ def assert_within(rocket_out, cpu_out, bound, what:str):
     i = tuple(np.argwhere(bad)[0])
     raise AssertionError(f"{what}: {int(bad.sum())}/{bad.size} elements outside the derived bound; first at {i}: "
                          f"rocket={r[i]!r} cpu={c[i]!r} |diff|={err[i]:.3g} bound={np.broadcast_to(b, err.shape)[i]:.3g}")
+
+SPLIT_SHIFT = 11   # rules/contraction.py SPLIT_SHIFT (a test checks they agree)
+
+def bound_dot_split(S, n:int, amax:float, chunk:int, chunks:int, out:str="float32"):
+  """ROCKET_PRECISION=fp32 (rules/contraction.py _split_tasks): a sum of n products x_i*y_i of float32 values, given
+  S = sum_i |x_i||y_i| and amax >= max|x| + max|y|, computed as sum hi_x hi_y + 2^-s sum (hi_x lo_y + lo_x hi_y) with
+  hi = fl16(x), lo = fl16(2^s (x - hi)), s = SPLIT_SHIFT, u = U16, eta = ETA16 (fp16 rounding: |fl16(v) - v| <= u|v| + eta).
+  * representation: r = x - hi is exact, |r| <= u|x| + eta; l = 2^-s lo has |l - r| <= u|r| + 2^-s eta, so x~ = hi + l
+    is within delta = u^2|x| + eta' of x, eta' = (u + 2^-s) eta (22 significant bits, not fp32's 24), and
+    |x~y~ - xy| <= (2u^2 + u^4)|x||y| + eta'(1 + u^2)(|x| + |y|) + eta'^2;
+  * the dropped l_x l_y: |l| <= c|x| + d with c = u(1 + u), d = (1 + u) eta + 2^-s eta, so <= c^2|x||y| + cd(|x| + |y|) + d^2;
+  * fp32 accumulation (fp16 products are exact, the 2^-s scaling is an exact power of two; Higham §4.2 as in
+    bound_dot_chunked): a hi x hi product goes through at most chunk - 1 additions in its task and one per chunk
+    boundary including the add of the cross total (chunks), a cross product through at most 2*chunk - 1 in its task,
+    chunks - 1 cross boundaries and chunks hi boundaries: gamma(chunk - 1 + chunks) * sum|hi_x hi_y| +
+    gamma(2 chunk + 2 chunks - 2) * sum(|hi_x l_y| + |l_x hi_y|), with |hi| <= (1 + u)|x| + eta;
+  * the result: the last add's fp32 value is the float32 output (no further rounding); a float16 output rounds once.
+  Against the CPU's float32 bound_dot, the n-dependent gamma term is the same up to the chunk boundaries; the
+  representation adds ~2u^2 = 2^-21 of S (a few 2^-24)."""
+  S = np.asarray(S, dtype=np.float64)
+  u, eta, sc = U16, ETA16, 2.0 ** -SPLIT_SHIFT
+  eta_r = (u + sc) * eta
+  e_rep = (2*u*u + u**4)*S + n*(eta_r*(1 + u*u)*amax + eta_r*eta_r)
+  c, d = u*(1 + u), (1 + u)*eta + sc*eta
+  e_drop = c*c*S + n*(c*d*amax + d*d)
+  hihi = (1 + u)**2*S + n*((1 + u)*eta*amax + eta*eta)
+  cross = 2*(1 + u)*c*S + n*(((1 + u)*d + c*eta)*amax + 2*eta*d)
+  e_acc = gamma(chunk - 1 + chunks, U32)*hihi + gamma(2*chunk + 2*chunks - 2, U32)*cross
+  e = e_rep + e_drop + e_acc
+  return e + (U16*(S + e) + ETA16 if out == "float16" else 0.0)

@@ -42,9 +42,22 @@ def test_strided_and_permuted_views_are_affine():
   assert sorted(c for _, c in x.index.terms) == [2, 8]
 
 def test_non_affine_index_is_reported():
-  t = Tensor.empty(12).reshape(3, 4).permute(1, 0).reshape(12) + Tensor.empty(12)
+  """r % 5 and r // 5 over 14 points: no split of r into whole periods exists."""
+  t = Tensor.empty(15).reshape(3, 5).permute(1, 0).reshape(15)[:14] + Tensor.empty(14)
   with pytest.raises(NotAnalyzable, match="more than one period|not affine"):
     for k in kernels(t): analyze(k)
+
+def test_divided_range_splits_into_its_axes():
+  """A transposed reshape loops once over 12 points and indexes the source with r % 3 and r // 3: the range splits
+  into hi (4) and lo (3), r = 3*hi + lo, and every index is affine and addresses the same elements as the kernel."""
+  n = only_kernel(Tensor.empty(12).reshape(3, 4).permute(1, 0).reshape(12) + Tensor.empty(12))
+  assert sorted(n.ranges.values()) == [3, 4] and len(n.output_ranges) == 2
+  hi, lo = sorted(n.ranges, key=lambda r: -n.ranges[r])
+  for h in range(4):
+    for l in range(3):
+      point, r = {hi: h, lo: l}, 3*h + l
+      assert n.out_index.eval(point) == r
+      assert sorted(ld.index.eval(point) for ld in n.loads) == sorted([r, (r % 3) * 4 + r // 3])
 
 def test_affine_evaluates_like_the_kernel():
   aff = Affine.of({0: 3, 1: 1}, -2)

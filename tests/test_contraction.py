@@ -73,6 +73,8 @@ CASES = {
   "residual": (lambda a, b, r: (a @ b + r).relu(), [(12, 20), (20, 9), (12, 9)]),
   "conv_relu6": (lambda x, w: x.conv2d(w, padding=1).relu6(), [(1, 3, 6, 6), (8, 3, 3, 3)]),
   "conv_residual": (lambda x, w, r: x.conv2d(w, padding=1) + r, [(1, 3, 6, 6), (8, 3, 3, 3), (1, 8, 6, 6)]),
+  # attention's head merge: K loops once over heads x head_dim and reads a with k // 4 and k % 4 (analysis splits it)
+  "heads_merge": (lambda a, w: a.transpose(1, 2).reshape(2, 6, 12) @ w, [(2, 3, 6, 4), (12, 5)]),
 }
 
 def _bound(name, fn, arrays, p):
@@ -82,7 +84,7 @@ def _bound(name, fn, arrays, p):
   S = lin(*[Tensor(np.abs(a).astype(np.float64), device="CPU") for a in arrays]).numpy()
   n = {"matmul": 40, "matmul_T": 33, "bmm": 7, "matvec": 6, "conv2d": 27, "conv2d_s2_d2": 36, "conv2d_s2_p1": 36, "depthwise": 9, "conv1d": 9,
        "linear_bias": 31, "conv2d_bias_relu": 28, "row_bias": 10,
-       "residual": 21, "conv_residual": 28, "conv_relu6": 27}[name]  # a fused bias or residual is one more product (x * 1)
+       "residual": 21, "conv_residual": 28, "conv_relu6": 27, "heads_merge": 12}[name]  # a fused bias or residual is one more product (x * 1)
   amax = sum(float(np.abs(a).max()) for a in arrays)
   # relu6 on the CPU is relu(y) - relu(y - 6): y - 6 and the difference are rounded (2 more fp32 roundings of <= |y|)
   return nm.bound_dot(p, S, n, amax) + (2 * nm.U32 * (S + 6) if name == "conv_relu6" else 0)

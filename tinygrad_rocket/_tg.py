@@ -11,7 +11,8 @@ from tinygrad.renderer.cstyle import ClangRenderer  # noqa: F401
 from tinygrad.runtime.ops_cpu import CPUProgram  # noqa: F401
 from tinygrad.runtime.support.elf import elf_loader  # noqa: F401
 from tinygrad.runtime.autogen import libc  # noqa: F401
-from tinygrad.uop.ops import Ops, UOp, KernelInfo, ProgramInfo, AxisType  # noqa: F401
+from tinygrad.uop.ops import Ops, UOp, KernelInfo, ProgramInfo, AxisType, graph_rewrite  # noqa: F401
+from tinygrad.uop.symbolic import symbolic  # noqa: F401
 from tinygrad.codegen import do_to_program
 from tinygrad.engine import realize as _realize
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 import numpy as np
-from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid
+from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid, graph_rewrite, symbolic
 
 class NotAnalyzable(Exception):
   """The kernel is outside the loop-nest form; the message says where."""
@@ -173,8 +173,10 @@ class LoopNest:
   def reduce_ranges(self) -> tuple[int, ...]: return tuple(r for r in self.ranges if r not in self.output_ranges)
 
 def _scalar(v) -> float|int|bool:
-  """A constant as a plain Python number (tinygrad wraps floats in ConstFloat, a float subclass)."""
-  return v if isinstance(v, (bool, int)) else float(v)
+  """A constant as a plain Python number (tinygrad wraps floats in ConstFloat, a float subclass). Anything else (the
+  Invalid of a gated index reached as a value) is not a number the NPU can use."""
+  if isinstance(v, (bool, int, float)): return v if isinstance(v, (bool, int)) else float(v)
+  raise NotAnalyzable(f"constant {v!r} is not a number")
 
 def _range_size(r:UOp) -> int:
   if r.src[0].op is not Ops.CONST: raise NotAnalyzable("symbolic range size")
@@ -291,9 +293,48 @@ def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) 
   if u.op in (Ops.RANGE, Ops.PARAM, Ops.STORE, Ops.END): raise NotAnalyzable(f"{u.op.name} inside the value expression")
   return Alu(u.op, tuple(_expr(s, ranges, loads, sizes) for s in u.src), u.dtype)
 
+# ***** range splitting *****
+
+MAX_RANGE_SPLITS = 8   # a reshape chain splits a range a few times at most; more means something else is going on
+
+def _divided_range(ast:UOp) -> tuple[UOp, int]|None:
+  """A range r that some index takes r // m or r % m of, with m dividing its size (a merged axis: tinygrad loops once
+  over what a reshape made of two axes, e.g. attention's heads x head_dim after a transpose), or None."""
+  for u in ast.toposort():
+    if u.op in DIVMOD and u.src[0].op is Ops.RANGE and u.src[1].op is Ops.CONST and isinstance(m := u.src[1].arg, int) \
+       and not isinstance(m, bool) and 0 < m < (n := _range_size(u.src[0])) and n % m == 0: return u.src[0], m
+  return None
+
+def _split_range(ast:UOp, r:UOp, m:int) -> UOp:
+  """The kernel with range r (size n) replaced by two nested ranges, hi (n / m) and lo (m), r = hi*m + lo: a loop
+  nest over the same points in the same order, whose r // m and r % m are hi and lo (tinygrad's symbolic rules fold
+  them), so the indices become affine."""
+  nid = max(u.arg[0] for u in ast.toposort() if u.op is Ops.RANGE) + 1
+  size = lambda k: UOp(Ops.CONST, r.src[0].dtype, arg=k)
+  hi = UOp(Ops.RANGE, r.dtype, (size(_range_size(r) // m),), (nid, *r.arg[1:]))
+  lo = UOp(Ops.RANGE, r.dtype, (size(m),), (nid + 1, *r.arg[1:]))
+  memo: dict[UOp, UOp] = {r: hi * m + lo}
+  def sub(u:UOp) -> UOp:
+    if (done := memo.get(u)) is not None: return done
+    loops = u.op in (Ops.REDUCE, Ops.END)   # their src[1:] list loops: r becomes hi, lo there
+    src = tuple(x for i, s in enumerate(u.src) for x in ((hi, lo) if loops and i > 0 and s is r else (sub(s),)))
+    new = u if src == u.src else u.replace(src=src)
+    if new is not u and new.op in DIVMOD: new = graph_rewrite(new, symbolic)
+    memo[u] = new
+    return new
+  return sub(ast)
+
+def split_divided_ranges(ast:UOp) -> UOp:
+  """The kernel with every range that an index divides (r // m, r % m, m | size) split into its two axes."""
+  for _ in range(MAX_RANGE_SPLITS):
+    if (found := _divided_range(ast)) is None: return ast
+    ast = _split_range(ast, *found)
+  return ast
+
 def analyze(ast:UOp) -> LoopNest:
   """The loop nest of a single-output kernel, or NotAnalyzable."""
   if ast.op is not Ops.SINK: raise NotAnalyzable(f"not a kernel SINK ({ast.op.name})")
+  ast = split_divided_ranges(ast)
   stores = [u for u in ast.toposort() if u.op is Ops.STORE]
   if len(stores) != 1: raise NotAnalyzable(f"{len(stores)} stores (one output expected)")
   if len(ast.src) != 1 or ast.src[0].op not in (Ops.END, Ops.STORE): raise NotAnalyzable("kernel body is not END(STORE)")

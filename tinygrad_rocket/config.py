@@ -22,8 +22,10 @@ PRECISIONS = ("default", "fp32")
 
 def precision() -> str:
   """ROCKET_PRECISION: "default" (float32 computed with fp16 operands, fp32 accumulation and results, DESIGN.md) or
-  "fp32" (float32-accurate results). Read when the device opens: it picks the renderer, so compiled kernels of one
-  precision are never reused for the other (tinygrad caches compiled kernels per renderer type)."""
+  "fp32" (float32-accurate results: float32 contractions run on the NPU in split precision, each value as fp16 hi +
+  2^-11 lo halves, rules/contraction.py _split_tasks; float32 kernels no split covers run the C code, with the reason).
+  Read when the device opens: it picks the renderer, so compiled kernels of one precision are never reused for the
+  other (tinygrad caches compiled kernels per renderer type)."""
   v = os.environ.get("ROCKET_PRECISION", "default").lower() or "default"
   if v not in PRECISIONS: raise ValueError(f"ROCKET_PRECISION={v!r}: expected one of {PRECISIONS}")
   return v

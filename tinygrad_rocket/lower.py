@@ -6,11 +6,12 @@ ROCKET_DEBUG can say why a kernel did not run on the NPU. An NPU binary carries 
 the NPU cannot represent (fp16 overflow) takes it instead.
 """
 from __future__ import annotations
-import dataclasses
+import dataclasses, traceback
 from dataclasses import dataclass
 from typing import Callable, TYPE_CHECKING
 from tinygrad_rocket._tg import UOp, Ops, compile_to_c, program_with_binary
 from tinygrad_rocket.blob import fallback_blob, npu_blob
+from tinygrad_rocket.config import debug_level
 from tinygrad_rocket.analysis import analyze, NotAnalyzable, LoopNest
 from tinygrad_rocket.rules.tables import range_window, NoWindow, RANGE_WINDOWS
 if TYPE_CHECKING: from tinygrad_rocket.program import NpuProgram
@@ -22,6 +23,7 @@ class NotApplicable:
 # A rule returns the NPU program for a kernel, or NotApplicable. Rules are tried in order.
 Rule = Callable[[LoopNest], "NpuProgram | NotApplicable"]
 RULES: list[tuple[str, Rule]] = []
+INTERNAL_ERROR_REASON = "internal error while lowering this kernel"
 
 def describe_kernel(ast:UOp) -> str:
   """A short description of what a kernel computes, for the reasons given to the user."""
@@ -59,7 +61,10 @@ def _lower_nest(nest:LoopNest, ast:UOp) -> NpuProgram | NotApplicable:
 def to_program(ast:UOp, renderer) -> UOp:
   """The to_program hook for the ROCKET renderer: an NPU program if a rule takes the kernel, else tinygrad's C code."""
   prg = compile_to_c(ast, renderer)  # the PROGRAM's SINK/LINEAR carry the buffer slots and names tinygrad expects
-  res = lower_kernel(ast, getattr(renderer, "precision", "default"))
+  try: res = lower_kernel(ast, getattr(renderer, "precision", "default"))
+  except Exception as e:   # a bug of ours must not stop the user's program: the kernel runs its C code, reported as such
+    res = NotApplicable(f"{INTERNAL_ERROR_REASON} ({type(e).__name__}: {e}); please report it with ROCKET_DEBUG=1's output")
+    if debug_level() >= 1: traceback.print_exc()
   elf = prg.src[3].arg
   if not isinstance(res, NotApplicable) and (gone := res.kernel_slots() - set(prg.arg.globals)):
     res = NotApplicable(f"tinygrad's code for this kernel no longer takes buffer(s) {sorted(gone)} the NPU program uses "

@@ -57,12 +57,12 @@ def _bits16(v:float) -> int: return int(np.array(v, np.float16).view(np.uint16))
 def _bits32(v:float) -> int: return int(np.array(v, np.float32).view(np.uint32))
 
 def _fp16_down(v:float) -> np.float16:
-  """The largest fp16 value <= v."""
-  h = np.float16(v)
+  """The largest fp16 value <= v (beyond fp16's range the rounding gives inf, and the step back the largest finite)."""
+  with np.errstate(over="ignore"): h = np.float16(v)
   return np.nextafter(h, np.float16(-np.inf)) if float(h) > v else h
 
 def _fp16_up(v:float) -> np.float16:
-  h = np.float16(v)
+  with np.errstate(over="ignore"): h = np.float16(v)
   return np.nextafter(h, np.float16(np.inf)) if float(h) < v else h
 
 def all_fp16() -> np.ndarray:

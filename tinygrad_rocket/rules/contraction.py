@@ -42,6 +42,13 @@ round), K beyond one task (no integer partial-sum add on the DPU), uint8 operand
 Numerics (DESIGN.md): fp16 operands (float32 inputs are rounded, float16 are exact), fp32 accumulation and fp32 out,
 then one rounding to the output dtype; a split K adds one fp32 rounding per chunk boundary. An operand beyond fp16's
 range cannot be represented: that call takes the CPU path instead (checked when packing), never a wrong answer.
+
+ROCKET_PRECISION=fp32 (split precision, _split_tasks): every float32 value the tiles hold (operands, the folded
+epilogue's scaled weights and intercept, a residual) is packed as two fp16 halves, hi and 2^-11 lo, and each output
+tile is a chain of tasks: per chunk one task of 2*kc columns for the cross terms hi x lo + lo x hi (scaled back by the
+BS stage's multiply) and one of kc columns for hi x hi, ~3x the MACs. Operands carry 22 significant bits; the result's
+bound (tests/numerics.py bound_dot_split) is the CPU float32 one's fp32 accumulation term plus ~2^-21 of sum|x||y|.
+Activation and leaky epilogues and computed operands are not split: under fp32 precision they fall back with the reason.
 """
 from __future__ import annotations
 import itertools, math
@@ -90,6 +97,7 @@ class Contraction:
   prologue: list|None = None  # A is computed (`a` its expression): these elementwise stages write its fp16 tiles
   precision: str = "fp16"     # "int8": int8 operands, int32 sums (no epilogue but ReLU)
   leaky: float|None = None    # the result is where(e < 0, leaky*e, e) = max(e, leaky*e) (min for leaky > 1), e the epilogue
+  split: bool = False         # ROCKET_PRECISION=fp32: every operand as fp16 hi + lo halves, three fp16 products (_split_tasks)
 
 def _loads_of(e) -> list[Load]:
   return [x for x in walk(e) if isinstance(x, Load)]
@@ -242,9 +250,6 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if isinstance(stages := compile_operand(a), str): return NotApplicable(f"computed operand: {stages}")
   for ld in [x for x in (a, b) if isinstance(x, Load)]:
     if ld.dtype not in FLOATS: return NotApplicable(f"operand dtype {ld.dtype} (float32/float16 only)")
-    if ld.dtype == dtypes.float32 and nest.precision == "fp32":
-      return NotApplicable("ROCKET_PRECISION=fp32: float32 operands would be rounded to fp16 (split-precision passes "
-                           "not implemented; the C code gives float32 accuracy)")
     if ld.valid and ld.pad not in (0, 0.0): return NotApplicable(f"padding value {ld.pad} (only zero padding)")
     if ld.size < 0: return NotApplicable("operand buffer of unknown size")
   if set(v.ranges) != set(nest.reduce_ranges): return NotApplicable("reduce ranges outside the REDUCE")
@@ -281,8 +286,15 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if residual is not None: return NotApplicable("a residual add with a computed operand (not implemented)")
     if params and side == "a": return NotApplicable("an epilogue varying with the rows of a computed operand (its slope "
                                                     "cannot be folded into the packing)")
+  # ROCKET_PRECISION=fp32: a float32 value anywhere (operands, epilogue parameters, result) is carried as two fp16 halves
+  split = nest.precision == "fp32" and (nest.out_dtype == dtypes.float32 or
+                                        any(ld.dtype == dtypes.float32 for ld in [*_loads_of(a), *_loads_of(b), *params, *([residual] if residual else [])]))
+  if split and (why := "an activation epilogue (its lookup table is fp16-accurate)" if activation is not None else
+                       "a leaky ReLU epilogue (its two-task form is not split)" if leaky is not None else
+                       "a computed operand (its stages compute in fp16)" if not isinstance(a, Load) else None):
+    return NotApplicable(f"ROCKET_PRECISION=fp32: {why} is not computed in split precision; the C code gives float32 accuracy")
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation,
-                     None if isinstance(a, Load) else stages, leaky=leaky)
+                     None if isinstance(a, Load) else stages, leaky=leaky, split=split)
 
 def _int8_copy(g:Grid, ld:Load|Const, dst:int, index:Lin) -> Copy:
   """An int8 operand tile: the loaded int8 values (or the int8 constant) at the valid points, 0 in the padding. Grid.copy
@@ -302,28 +314,31 @@ def _split_seconds(rows:int, kc:int, n_t:int, n_k:int, tiles:int) -> float:
   tile = max(cycles, io / DMA_BYTES_PER_S) + (n_k - 1) * max(cycles, (io + rows * n_t * 4) / DMA_BYTES_PER_S)
   return tiles * tile + (tiles * n_k - 1) * PER_TASK_OVERHEAD_S
 
-def plan_k_split(M:int, K:int, N:int, residual:bool, batches:int) -> tuple[int, int, int]|str:
+def plan_k_split(M:int, K:int, N:int, residual:bool, batches:int, split:bool=False) -> tuple[int, int, int]|str:
   """(rows, kernels, K columns) per task when K does not fit one task (plan_tiles): K in n_k chunks of kc columns (a
   multiple of K_ALIGN), each chunk a task whose DPU adds the previous chunk's fp32 partial (EW ADD of a 32-bit
   per-pixel operand, rocket_fp16_ew_ppu.md §2.3, §7.3). A task's weights take at most one bank per kernel and its
   feature and weights fit the CBUF together (GN's budget, as plan_tiles); it has at least EW_MIN_PLANE_ATOMS rows
   (the EW stage's plane floor, §6.C). Of those tilings the one with the lowest modeled NPU time within MAX_TASKS;
   smaller chunks give bigger tiles (fewer tasks) but more partial-sum traffic. `residual`: every task's tile carries
-  n_t more K columns (plan_tiles)."""
+  n_t more K columns (plan_tiles). `split` (ROCKET_PRECISION=fp32, _split_tasks): each chunk is two tasks, one over
+  2*kc columns (the cross terms) and one over kc (hi x hi); the wider one must fit."""
   best: tuple[float, int, int, int]|None = None
+  widths = (2, 1) if split else (1,)   # K columns of a chunk's tasks, in units of kc
   for n_t in dict.fromkeys((align(N, N_ALIGN), 512, 256, 128, 64, 32, 16)):
     if n_t > align(N, N_ALIGN): continue
     Kp = align(K + (n_t if residual else 0), K_ALIGN)
-    kcs = dict.fromkeys(align(ceil_div(Kp, n_k), K_ALIGN) for n_k in range(ceil_div(Kp, KC_MAX), Kp // K_ALIGN + 1))
+    kcs = dict.fromkeys(align(ceil_div(Kp, n_k), K_ALIGN) for n_k in range(ceil_div(Kp, KC_MAX // widths[0]), Kp // K_ALIGN + 1))
     for kc in kcs:
-      wb = ceil_div(n_t * kc * 2, CBUF_BANK_BYTES)
+      kt = widths[0] * kc   # the widest task's K
+      wb = ceil_div(n_t * kt * 2, CBUF_BANK_BYTES)
       if wb >= CBUF_BANKS: continue
-      rows = min((CBUF_BANKS - wb) * CBUF_BANK_BYTES // (kc * 2), MAX_ROWS) // MIN_ROWS * MIN_ROWS
+      rows = min((CBUF_BANKS - wb) * CBUF_BANK_BYTES // (kt * 2), MAX_ROWS) // MIN_ROWS * MIN_ROWS
       rows = min(rows, align(max(M, EW_MIN_PLANE_ATOMS), MIN_ROWS))
       if rows < EW_MIN_PLANE_ATOMS: continue
       n_k, tiles = ceil_div(Kp, kc), batches * ceil_div(M, rows) * ceil_div(N, n_t)
-      if tiles * n_k > MAX_TASKS: continue
-      t = _split_seconds(rows, kc, n_t, n_k, tiles)
+      if tiles * n_k * len(widths) > MAX_TASKS: continue
+      t = sum(_split_seconds(rows, w * kc, n_t, n_k, tiles) for w in widths)
       if best is None or t < best[0]: best = (t, rows, n_t, kc)
   if best is None: return f"K={K} split over tasks: no tiling of {EW_MIN_PLANE_ATOMS}+ rows fits the CBUF within {MAX_TASKS} tasks"
   return best[1:]
@@ -348,9 +363,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                          "ALU is float-only (rocket_fp16_ew_ppu.md §6.C)")
   # K does not fit one task, or its tiles are too small to stay within MAX_TASKS (rows and kernels shrink as K grows):
   # chunks of kc columns, partial sums accumulated on the NPU
-  if isinstance(plan, str) or len(batches) * ceil_div(M, plan[0]) * ceil_div(N, plan[1]) > MAX_TASKS:
+  # split precision: each chunk's cross-term task is 2*kc wide and every tile adds partials (EW rows), so it always plans here
+  if c.split or isinstance(plan, str) or len(batches) * ceil_div(M, plan[0]) * ceil_div(N, plan[1]) > MAX_TASKS:
     if i8: return NotApplicable(f"{len(batches) * ceil_div(M, plan[0]) * ceil_div(N, plan[1])} int8 tasks (max {MAX_TASKS})")
-    split = plan_k_split(M, K_r, N, c.residual is not None, len(batches))
+    split = plan_k_split(M, K_r, N, c.residual is not None, len(batches), c.split)
     if isinstance(split, str): return NotApplicable(split)
     rows, n_t, kc = split
   else: (rows, n_t), kc = plan, None
@@ -369,12 +385,21 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   Kp = n_k * kc      # A and B hold n_k chunks of kc columns; columns past K_eff are zero
   m_tiles, n_tiles = -(-M // rows), -(-N // n_t)
   tiles = len(batches) * m_tiles * n_tiles
-  if (ntasks := tiles * n_k) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
+  # tasks per tile in one chain of partial sums: a chunk's task, or with split precision its cross-term and hi x hi tasks
+  chain_len = n_k * (2 if c.split else 1)
+  if (ntasks := tiles * chain_len) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS}): tiling too fine")
   tile = MatmulTile(rows, kc, n_t, c.precision)   # one task: one chunk of K
   eb = tile.ebytes
-  a_f, c_f = Feature(Kp, rows, 1, eb), tile.c
-  b_w = Weights(n_t, Kp, 1, 1, "int8" if i8 else "float16")
-  a_sz, b_sz, c_sz = a_f.nbytes, b_w.elems * eb, c_f.nbytes
+  # where each chunk's operand parts lie (_split_tasks): A chunk j = [hi | lo] surfaces, B chunk j = a Weights(n_t, 2kc)
+  # block [lo | hi] for the cross terms, then a Weights(n_t, kc) block of hi; without split only hi
+  w_kc = Weights(n_t, kc, 1, 1, "int8" if i8 else "float16")
+  (ng, kg), n_tp = w_kc.group, w_kc.oc_padded
+  a_views = ((0, False), (kc * rows, True)) if c.split else ((0, False),)                  # (element offset, lo)
+  b_views = (((0, 2 * kc, True), (kc * ng, 2 * kc, False), (2 * n_tp * kc, kc, False)) if c.split else
+             ((0, kc, False),))                                                            # (element offset, K width, lo)
+  a_chunk, b_chunk = len(a_views) * kc * rows, (3 if c.split else 1) * n_tp * kc            # elements per chunk
+  a_f, c_f = Feature(len(a_views) * Kp, rows, 1, eb), tile.c
+  a_sz, b_sz, c_sz = a_f.nbytes, n_k * b_chunk * eb, c_f.nbytes
   # scratch: A tiles (per batch, m tile, and n tile when a residual fills columns per n tile), B tiles (per batch, n
   # tile), C tiles (per batch, m tile, n tile; with a K split a second set for the partials, ping-pong)
   a_per_n = n_tiles if c.residual is not None else 1
@@ -382,15 +407,16 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   u_f = Feature(n_t, rows, 1, 2)
   # with a leaky ReLU it holds u in fp32 (the EW operand of the task that recomputes the tile)
   per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else c_sz if c.leaky is not None else 0)
-  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, per_c * tiles * (2 if n_k > 1 else 1))
+  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, per_c * tiles * (2 if chain_len > 1 else 1))
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
-  ng, kg = b_w.group
-  # B tile: n_k chunks, each a Weights(n_t, kc) = (N1, kc/32, 16, 32) block: a task's weights are contiguous.
+  # B tile: n_k chunks, each of Weights(n_t, width) = (N1, width/32, 16, 32) blocks: a task's weights are contiguous.
   # grid (n_k, N1, kc/32, 16, 32): n = n0 + 16*n1 + n2, k = kc*chunk + 32*k1 + k2
-  b_grid = (n_k, b_w.oc_padded // ng, kc // kg, ng, kg)
-  b_st = (b_w.oc_padded * kc, kc * ng, ng * kg, kg, 1)
-  b_col = lambda k: (k // kc) * b_st[0] + (k % kc) // kg * b_st[2] + k % kg   # element of column k in kernel 0
+  b_grid = (n_k, n_tp // ng, kc // kg, ng, kg)
+  b_st = lambda width: (b_chunk, width * ng, ng * kg, kg, 1)
+  b_col = lambda k: (k // kc) * b_chunk + (k % kc) // kg * ng * kg + k % kg   # element of column k in kernel 0 of a block
+  # A tile: n_k chunks of [hi | lo] Feature(kc, rows, 1) cubes, grid (n_k, kc/8, rows, 8): k = kc*chunk + 8*k1 + k2
+  a_col = lambda k: (k // kc) * a_chunk + (k % kc) // a_f.c2 * rows * a_f.c2 + k % a_f.c2   # element of column k in row 0
   # tasks: the job; late: tasks after the tables' arguments exist (a second job when values the NPU computed are checked
   # first: a NaN must never reach a table, rocket_fp16_ew_ppu.md §4.6; an overflowed computed operand could make one)
   tasks, late, pack, unpack, guards = [], [], [], [], []
@@ -415,36 +441,37 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       # kc/8 whole surfaces, so chunk j is the cube Feature(kc, rows, 1) at surface j*kc/8
       off = ((bi * m_tiles + mt) * a_per_n + an) * a_f.elems
       if c.prologue is None:
-        g = Grid((a_f.c1, rows, a_f.c2), sz, fixed)
-        g.linear((a_f.c2, 0, 1), 0, c.k_dims, K); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
-        pack.append(operand(c.a, "a", g, A, Lin((rows * a_f.c2, a_f.c2, 1), off)))
+        g = Grid((n_k, kc // a_f.c2, rows, a_f.c2), sz, fixed)
+        g.linear((kc, a_f.c2, 0, 1), 0, c.k_dims, K); g.linear((0, 0, 1, 0), mt * rows, c.m_dims, M)
+        pack += [_part(operand(c.a, "a", g, A, Lin((a_chunk, rows * a_f.c2, a_f.c2, 1), off + v)), lo) for v, lo in a_views]
       else: a_tiles.append((fixed, mt, off))
       if c.epilogue is not None and c.prologue is None:
         g = Grid((rows,), sz, fixed)
         g.linear((1,), mt * rows, c.m_dims, M)
-        pack.append(column("a", g, A, Lin((a_f.c2,), off + (K // a_f.c2) * rows * a_f.c2 + K % a_f.c2)))
+        pack += [_part(column("a", g, A, Lin((a_f.c2,), off + v + a_col(K))), lo) for v, lo in a_views]
       if c.residual is not None:  # columns K_r + j: R[m, n0 + j]
         g = Grid((rows, n_t), sz, fixed)
         g.linear((1, 0), mt * rows, c.m_dims, M); g.linear((0, 1), an * n_t, c.n_dims, N)
-        k1, k2 = g.var(Var((0, 1), K_r, a_f.c2)), g.var(Var((0, 1), K_r, 1, a_f.c2))
+        ch, k1, k2 = g.var(Var((0, 1), K_r, kc)), g.var(Var((0, 1), K_r, a_f.c2, kc // a_f.c2)), g.var(Var((0, 1), K_r, 1, a_f.c2))
         idx = [0] * g.nvals
-        idx[0], idx[k1], idx[k2] = a_f.c2, rows * a_f.c2, 1
-        pack.append(g.copy(c.residual, A, Lin(tuple(idx), off)))
+        idx[0], idx[ch], idx[k1], idx[k2] = a_f.c2, a_chunk, rows * a_f.c2, 1
+        pack += [_part(g.copy(c.residual, A, Lin(tuple(idx), off + v)), lo) for v, lo in a_views]
     for nt in range(n_tiles):
-      off = (bi * n_tiles + nt) * b_w.elems
+      off = (bi * n_tiles + nt) * n_k * b_chunk
       g = Grid(b_grid, sz, fixed)
       g.linear((kc, 0, kg, 0, 1), 0, c.k_dims, K); g.linear((0, ng, 0, 1, 0), nt * n_t, c.n_dims, N)
-      pack.append(operand(c.b, "b", g, B, Lin(b_st, off)))
+      pack += [_part(operand(c.b, "b", g, B, Lin(b_st(w), off + v)), lo) for v, w, lo in b_views]
       if c.epilogue is not None and c.prologue is None:
         g = Grid(b_grid[1:4:2], sz, fixed)
         g.linear((ng, 1), nt * n_t, c.n_dims, N)
-        pack.append(column("b", g, B, Lin((b_st[1], b_st[3]), off + b_col(K))))
+        pack += [_part(column("b", g, B, Lin((b_st(w)[1], kg), off + v + b_col(K))), lo) for v, w, lo in b_views]
       if c.residual is not None:  # an identity block: kernel j has 1 at channel K_r + j
         g = Grid(b_grid[1:4:2], sz, fixed)
         ch, k1, k2 = (g.var(Var((ng, 1), K_r, d, m)) for d, m in ((kc, 0), (kg, kc // kg), (1, kg)))
-        idx = [0] * g.nvals
-        idx[0], idx[1], idx[ch], idx[k1], idx[k2] = b_st[1], b_st[3], b_st[0], b_st[2], 1
-        pack.append(g.copy(None, B, Lin(tuple(idx), off), fill=1.0))
+        for v, w, lo in b_views:
+          idx = [0] * g.nvals
+          idx[0], idx[1], idx[ch], idx[k1], idx[k2] = b_st(w)[1], kg, b_chunk, ng * kg, 1
+          pack.append(_part(g.copy(None, B, Lin(tuple(idx), off + v), fill=1.0), lo))
     for mt, nt in itertools.product(range(m_tiles), range(n_tiles)):
       a_off = ((bi * m_tiles + mt) * a_per_n + (nt if a_per_n > 1 else 0)) * a_sz
       b_off = (bi * n_tiles + nt) * b_sz
@@ -453,7 +480,11 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       # alternate between the tile's two buffers (in-place accumulation corrupts, rocket_fp16_ew_ppu.md §2.3/§6) so
       # that the last task writes the result tile. ReLU/clip: on the last task after the add (the EW ReLU; the BS
       # stage's would act before it); the affine epilogue and the residual are K columns, in the sums like products.
-      dst = lambda j: (ci + (tiles if (n_k - 1 - j) % 2 else 0)) * per_c
+      dst = lambda t: (ci + (tiles if (chain_len - 1 - t) % 2 else 0)) * per_c
+      if c.split:   # the chain of _split_tasks, alternating between the tile's two buffers; the last writes the result
+        (cross, _, _), _, (hi, _, _) = b_views
+        tasks += _split_tasks(rows, kc, n_t, [(a_off + j * a_chunk * eb, b_off + (j * b_chunk + cross) * eb, b_off + (j * b_chunk + hi) * eb)
+                                              for j in range(n_k)], A, B, C, [dst(t) for t in range(chain_len)], c.relu, c.clip)
       if c.activation is not None:   # u = the epilogue's value narrowed to fp16 -> g(u) by table -> g(u), or u * g(u) by
         table, multiply = c.activation    # the same tile recomputed in fp32 times g(u) in the EW stage
         u_off, g_off = ci * per_c + c_sz, ci * per_c + c_sz + u_f.nbytes
@@ -466,13 +497,13 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         if multiply: late.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), bs=XStageOp(add=icpt), ew=EwOperand("mul", C, g_off, 2)))
       if c.leaky is not None:   # u in fp32, then the tile recomputed: max(a*u, u) (min for a > 1), _leaky_tasks
         tasks += _leaky_tasks(tile, c.leaky, icpt, (A, a_off), (B, b_off), (C, ci * per_c + c_sz), (C, dst(0)))
-      for j in range(n_k if c.activation is None and c.leaky is None else 0):
+      for j in range(n_k if c.activation is None and c.leaky is None and not c.split else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
-        tasks.append(matmul_task(tile, A, a_off + j * (kc // a_f.c2) * rows * 16, B, b_off + j * b_st[0] * eb, C, dst(j),
+        tasks.append(matmul_task(tile, A, a_off + j * a_chunk * eb, B, b_off + j * b_chunk * eb, C, dst(j),
                                  bs=XStageOp(add=icpt if j == 0 else None, relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None), ew=ew))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
-      r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(n_k - 1), "int32" if i8 else "float32")
+      r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(chain_len - 1), "int32" if i8 else "float32")
       g = Grid((r_f.c1, rows, r_f.c2), sz, fixed)
       g.linear((r_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
       cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
@@ -494,9 +525,71 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
   kind = "int8 matmul task(s) (int32 sums, exact)" if i8 else "fp16 matmul task(s)"
-  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks) - n_pro} {kind} of {rows}x{kc}x{n_t}{split}"
+  shape = f"{rows}x{kc}x{n_t}"
+  if c.split:
+    kind, shape = "split-precision fp16 matmul task(s)", f"{rows}x{2 * kc}x{n_t} (hi+lo cross terms) and {shape} (hi x hi)"
+    split = f", K in {n_k} chunk(s) of {kc}: float32 operands as fp16 hi + 2^-{SPLIT_SHIFT} lo halves, fp32 partials (EW add)"
+  summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks) - n_pro} {kind} of {shape}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack) + (tuple(pro.pack) if c.prologue else ()),
                     tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job)
+
+# ***** split precision (ROCKET_PRECISION=fp32) *****
+# A float32 value x (an operand, a folded epilogue's scaled weight or intercept, a residual) is packed as two fp16 halves
+# hi = fp16(x) and lo = fp16((x - hi) * 2^SPLIT_SHIFT), so x ~ hi + 2^-SPLIT_SHIFT lo to 22 significant bits
+# (tests/numerics.py rocket_split: hi holds 11 of x's 24, lo 11 of the remaining 13). x - hi is exact (computed in
+# float64 when packing). SPLIT_SHIFT = 11 = -log2(fp16 unit roundoff): for hi normal, |x - hi| <= 2^-11 |x|, so the
+# scaled residual is at most |x| <= 65504 (finite in fp16; 12 would overflow for x near 65504, whose residual reaches 16)
+# and it lies in x's own binade range, not among fp16's subnormals unless x is near them too.
+SPLIT_SHIFT = 11
+SPLIT_SCALE = 2.0 ** -SPLIT_SHIFT   # the BS multiplier undoing the shift: fp16 0x1000, a normal power of two
+
+def _at(e:tuple, acc:float) -> tuple:
+  """A PExpr with the accumulator fixed at acc."""
+  if e[0] == "acc": return ("const", acc)
+  return e if e[0] in ("const", "load") else (*e[:2], *(_at(x, acc) for x in e[2:]))
+
+def _exact_value(cp:Copy) -> tuple:
+  """What a packing Copy writes before its rounding to fp16, as a PExpr over its grid (program.py Copy.value)."""
+  if cp.src is not None:
+    v = ("load", cp.src, cp.src_dtype, cp.src_index)
+    if cp.value is None: return v
+    assert cp.value[0] == "slope", cp.value
+    return ("MUL", "float64", v, ("SUB", "float64", _at(cp.value[1], 1.0), _at(cp.value[1], 0.0)))
+  if cp.value is None: return ("const", cp.fill)
+  tag, e = cp.value
+  return _at(e, 0.0) if tag == "intercept" else ("SUB", "float64", _at(e, 1.0), _at(e, 0.0))
+
+def _part(cp:Copy, lo:bool) -> Copy:
+  """The hi half of a packed operand is the Copy as it is (rounded to fp16 when written); its lo half writes
+  fp16((x - fp16(x)) * 2^SPLIT_SHIFT) of the same value x, read through the same index and bounds. The lo Copy reads the
+  source as a parameter, so the packed lo half stays resident by the source's version like the hi half."""
+  if not lo: return cp
+  assert cp.fill is None or float(np.float16(cp.fill)) == cp.fill, "padding fills are fp16 values: their lo half is 0"
+  x = _exact_value(cp)
+  lo_value = ("MUL", "float64", ("SUB", "float64", x, ("CAST", "float16", x)), ("const", 2.0 ** SPLIT_SHIFT))
+  return replace(cp, src=None, fill=None if cp.fill is None else 0.0, value=("intercept", lo_value),
+                 params=tuple(dict.fromkeys(cp.params + ((cp.src,) if cp.src is not None else ()))))
+
+def _split_tasks(rows:int, kc:int, n_t:int, chunks:list[tuple[int, int, int]], A:int, B:int, C:int, dsts:list[int],
+                 relu:bool, clip:float|None) -> list[regs.Task]:
+  """One output tile of a split-precision contraction: sum_k x_k w_k ~ sum hi_x hi_w + 2^-S sum (hi_x lo_w + lo_x hi_w)
+  (S = SPLIT_SHIFT; the lo_x lo_w term, <= 2^-22 of |x||w|, is dropped). Per chunk (a_off, cross B offset, hi B offset):
+  the A chunk is [hi | lo] (2*kc columns) and its cross B block [lo | hi], so ONE task of 2*kc columns sums both cross
+  terms (exact fp16 products, fp32 accumulation) and its BS stage multiplies by SPLIT_SCALE (exact: a power of two on
+  an fp32 sum of fp16 products, whose nonzero magnitudes >= 2^-48 stay far from fp32's subnormals); a task of kc columns
+  (A's hi half, B's hi block) sums hi x hi. The tasks form one chain of fp32 partials (each adds the previous one in its
+  EW stage, rocket_fp16_ew_ppu.md §2.3/§7.3, alternating between the buffers of `dsts`): all cross chunks first, then
+  the hi chunks, so the small cross total enters the big sum once, at the first hi task; ReLU/clip run in the last
+  task's EW stage after its add. ⚠ the BS MUL is taken to produce fl32(fp16(m) * acc) as in _leaky_tasks (§3.4
+  "scale / negate" recipe, [HW-weak]); for m a power of two that is exact."""
+  wide, narrow = MatmulTile(rows, 2 * kc, n_t), MatmulTile(rows, kc, n_t)
+  steps = [(wide, a, b, XStageOp(mul=SPLIT_SCALE)) for a, b, _ in chunks] + [(narrow, a, b, XStageOp()) for a, _, b in chunks]
+  tasks = []
+  for t, (tile, a, b, bs) in enumerate(steps):
+    last = t == len(steps) - 1
+    ew = None if t == 0 else EwOperand("add", C, dsts[t - 1], 4, relu=last and relu, clip=clip if last else None)
+    tasks.append(matmul_task(tile, A, a, B, b, C, dsts[t], bs=bs, ew=ew))
+  return tasks
 
 def _leaky_tasks(tile:MatmulTile, a:float, icpt:float|None, A:tuple[int, int], B:tuple[int, int], U:tuple[int, int],
                  out:tuple[int, int]) -> list[regs.Task]:
