@@ -26,6 +26,7 @@ import numerics as nm
 from helpers import env
 from test_blocks_on_npu import all_npu, table_error, table_of_window
 from tinygrad_rocket import report
+from tinygrad_rocket.program import GUARD_MARGIN
 from tinygrad_rocket.rules.tables import (pick_table, range_window, RANGE_WINDOWS, NoWindow, TABLE_SCALES, LUT_MAX_ERROR, _log_function,
                                           _power_function)
 
@@ -158,7 +159,7 @@ def test_sum_below_the_log_window_takes_the_c_code(case):
   x = SHORT_CONFIDENT[case]
   f16 = x.dtype == np.float16
   m = x.max(-1).astype(np.float16).astype(np.float64)
-  assert (np.exp(x - m[:, None]).sum(-1) < 1.002).all()
+  assert (np.exp(x - m[:, None]).sum(-1) < 1 + GUARD_MARGIN).all()   # the guard pulls the domain's 1 in by this
   r, recs = fallback_record(x)
   assert [rec.engine for rec in recs] == ["npu", "fallback", "npu"], recs
   assert "the argument of lut(mul) in its domain" in recs[1].reason, recs[1]
