@@ -271,3 +271,71 @@ def test_greater_than_orientation():
   r, c, recs = strict(lambda t: (t > 0).where(t, 0.2 * t), x)
   assert_npu(recs, "gt", "1 stage(s)")
   assert np.array_equal(r, c)
+
+# ---- PReLU with a slope tensor (rules/elementwise.py PRELU_SPLIT) -------------------------------------------------------
+PRELU_SLOPES = [[0.0, 0.25, 1.0, 3.0], [0.1, -0.5, 1.5, 1 / 3]]   # per channel: max, identity, min and neither regimes
+PRELU_FORMS = {"x<0": lambda t, k: (t < 0).where(k * t, t), "0<x": lambda t, k: (t > 0).where(t, t * k),
+               "max+k*min": lambda t, k: t.maximum(0) + k * t.minimum(0), "relu-k*relu(-x)": lambda t, k: t.relu() - k * (-t).relu()}
+
+def channels(values:np.ndarray, C:int) -> np.ndarray:
+  """Every value in each of C channels: shape (1, C, len(values))."""
+  return np.broadcast_to(values, (1, C, values.size)).copy()
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("slopes", PRELU_SLOPES)
+@pytest.mark.parametrize("form", list(PRELU_FORMS))
+def test_prelu_every_fp16_input(form, slopes, dtype):
+  """where(x < 0, k x, x) (or its two branches summed) with a per-channel slope tensor k over every finite fp16 x (and
+  -0) in every channel: three stages on the NPU (PRELU_SPLIT), whatever regime each channel's slope is in. The NPU's result is fp16(k) x exactly
+  (or x) rounded once to the dtype: for float16 tensors the CPU's answer exactly; for float32 the only differences are
+  k's fp16 rounding, |fp16(k) - fp32(k)| |x| on the negative branch, and the CPU's fp32 product."""
+  C = len(slopes)
+  x = channels(np.concatenate([all_fp16(), np.float16([-0.0])]), C).astype(dtype)
+  k = np.array(slopes, dtype).reshape(1, C, 1)
+  r, c, recs = strict(lambda t, s: PRELU_FORMS[form](t, s), x, k)
+  assert_npu(recs, "prelu", "3 stage(s)")
+  if dtype == "float16": assert np.array_equal(r, c)    # both may overflow to the same inf for |k| > 1
+  else:
+    x64, k32 = x.astype(np.float64), k.astype(np.float64)
+    k16 = k.astype(np.float16).astype(np.float64)
+    nm.assert_within(r, c, np.where(x64 < 0, np.abs(k16 - k32) * np.abs(x64) + U32 * np.abs(k32 * x64), 0.0), "prelu")
+
+def test_prelu_of_a_sum_within_bound():
+  """PReLU of a residual sum u = x + y (a linear form: each stage reads it through the CORE, fp16 operands, fp32 sum):
+  u within e_u = u16 (|x| + |y|) + 2 eta16 + u32 |u|; where(u < 0, k u, u) is max(1, |k|)-Lipschitz in u, so the
+  result is within max(1, |k16|) e_u + |k16 - k| |u| + the fp32 product's rounding u32 |k16| (|u| + e_u); the CPU:
+  fp32 sum and product (2 u32 on the larger branch)."""
+  rng = np.random.default_rng(8)
+  C = 6
+  x, y = (rng.standard_normal((2, C, 5, 7)).astype(np.float32) * 3 for _ in range(2))
+  k = rng.uniform(-1, 3, (1, C, 1, 1)).astype(np.float32)
+  r, c, recs = strict(lambda a, b, s: ((a + b) < 0).where((a + b) * s, a + b), x, y, k)
+  assert_npu(recs, "prelu sum", "3 stage(s)")
+  x64, y64, k64 = (v.astype(np.float64) for v in (x, y, k))
+  u = x64 + y64
+  e_u = U16 * (np.abs(x64) + np.abs(y64)) + 2 * ETA16 + U32 * np.abs(u)
+  k16 = np.abs(k.astype(np.float16).astype(np.float64))
+  e = np.maximum(1, k16) * e_u + np.where(u < 0, np.abs(k16 - np.abs(k64)), 0.0) * np.abs(u) + U32 * k16 * (np.abs(u) + e_u)
+  nm.assert_within(r, c, e + 2 * U32 * np.maximum(1, np.abs(k64)) * np.abs(u), "prelu of a sum")
+
+def test_prelu_nonfinite_operands_take_the_c_code():
+  """An inf or NaN slope or input (k = inf, x = 0 would give NaN in relu(x) + (-k) relu(-x)): the C code, its answer."""
+  x = np.array([[[1.0, -2.0, 0.0, -0.0]], [[np.inf, -np.inf, np.nan, 3.0]]], np.float32).reshape(1, 2, 4)
+  for k in ([[[0.5]], [[2.0]]], [[[np.inf]], [[0.5]]], [[[np.nan]], [[0.5]]]):
+    kk = np.array(k, np.float32).reshape(1, 2, 1)
+    for xx in (x[:, :1], x):
+      kx = kk[:, :xx.shape[1]]
+      if np.isfinite(xx).all() and np.isfinite(kx).all(): continue
+      report.reset()
+      r = PRELU_FORMS["x<0"](Tensor(xx, device="ROCKET").realize(), Tensor(kx, device="ROCKET").realize()).numpy()
+      np.testing.assert_array_equal(r, PRELU_FORMS["x<0"](Tensor(xx, device="CPU"), Tensor(kx, device="CPU")).numpy())
+      assert report.records()[-1].reason == NONFINITE_OPERAND_REASON, report.records()
+
+def test_prelu_of_a_computed_value_falls_back_with_reason():
+  """PReLU of a product x*y (a computed value): PRELU_SPLIT reads u through the CORE in each of its stages, which a
+  computed value cannot be without an fp16 narrowing (a second rounding of k u): the C code, with the reason."""
+  rng = np.random.default_rng(9)
+  x, y = (Tensor(rng.standard_normal((1, 3, 4, 4)).astype(np.float32), device="ROCKET").realize() for _ in range(2))
+  k = Tensor(np.float32([[[[0.1]], [[2.0]], [[-1.0]]]]), device="ROCKET").realize()
+  u = x * y
+  assert "a PReLU whose input or slope is a computed value" in lowering_reason((u < 0).where(u * k, u))

@@ -35,7 +35,7 @@ def describe_kernel(ast:UOp) -> str:
 
 def lower_kernel(ast:UOp, precision:str="default") -> NpuProgram | NotApplicable:
   """`precision` (config.precision, carried by the renderer) travels on the loop nest to the rules. A program whose
-  guarded tables have windows (rules/tables.py range_window: 1/x, 1/sqrt(x), sqrt) carries the kernel lowered for each
+  guarded tables have windows (rules/tables.py range_window: 1/x, 1/sqrt(x), sqrt, log) carries the kernel lowered for each
   further window as its alternatives, in window order."""
   try: nest = analyze(ast)
   except NotAnalyzable as e: return NotApplicable(f"{describe_kernel(ast)}: {e}")

@@ -44,19 +44,60 @@ def _slope(t, u) -> float|None:
       return float(k.value)
   return None
 
-def leaky_arg(e) -> tuple[object, float]|None:
-  """(u, a) for where(u < 0, a*u, u) (tinygrad's leaky_relu) or where(0 < u, u, a*u), a a float constant, else None.
-  Both are max(u, a*u) for a <= 1 and min(u, a*u) for a >= 1 on finite u (rules/elementwise.py LEAKY_AS_MAX)."""
+def _leaky_branches(e) -> tuple[object, object, object]|None:
+  """(u, negative branch, positive branch) for where(u < 0, neg, pos) or where(0 < u, pos, neg), else None."""
   e = strip_cast(e)
   if not (isinstance(e, Alu) and e.op is Ops.WHERE): return None
   cond, p, q = strip_cast(e.src[0]), e.src[1], e.src[2]
   if not (isinstance(cond, Alu) and cond.op is Ops.CMPLT): return None
   l, r = (strip_cast(s) for s in cond.src)
-  if is_zero(r): u, neg, pos = l, p, q      # u < 0: the first branch is the negative one
-  elif is_zero(l): u, neg, pos = r, q, p    # 0 < u: the second
-  else: return None
+  if is_zero(r): return l, p, q      # u < 0: the first branch is the negative one
+  if is_zero(l): return r, q, p      # 0 < u: the second
+  return None
+
+def leaky_arg(e) -> tuple[object, float]|None:
+  """(u, a) for where(u < 0, a*u, u) (tinygrad's leaky_relu) or where(0 < u, u, a*u), a a float constant, else None.
+  Both are max(u, a*u) for a <= 1 and min(u, a*u) for a >= 1 on finite u (rules/elementwise.py LEAKY_AS_MAX)."""
+  if (br := _leaky_branches(e)) is None: return None
+  u, neg, pos = br
   if _slope(pos, u) != 1.0 or (a := _slope(neg, u)) is None: return None
   return u, a
+
+def prelu_arg(e) -> tuple[object, object]|None:
+  """(u, k) for where(u < 0, k*u, u) or where(0 < u, u, k*u) with a slope k that is an expression (PReLU's per-channel
+  slope tensor, broadcast), not a constant (leaky_arg) and not u itself, else None (rules/elementwise.py PRELU_SPLIT)."""
+  if (br := _leaky_branches(e)) is None: return None
+  u, neg, pos = br
+  neg = strip_cast(neg)
+  if _slope(pos, u) != 1.0 or _slope(neg, u) is not None or not (isinstance(neg, Alu) and neg.op is Ops.MUL): return None
+  for k, x in (neg.src, neg.src[::-1]):
+    if strip_cast(x) == u and strip_cast(k) != u: return u, k
+  return None
+
+def _factors(e) -> list:
+  """The factors of a product (nested MULs flattened, casts stripped)."""
+  e = strip_cast(e)
+  return [f for s in e.src for f in _factors(s)] if isinstance(e, Alu) and e.op is Ops.MUL else [e]
+
+def prelu_sum_arg(e) -> tuple[object, object, float]|None:
+  """(u, k, c) for relu(u) + c * k * relu(-u), i.e. max(u, 0) + (-c k) * min(u, 0) (PReLU as the sum of its two
+  branches; tinygrad writes min(u, 0) as -max(-u, -0)), k an expression that is not a constant, c a float constant;
+  else None. The slope is -c k (rules/elementwise.py PRELU_SPLIT)."""
+  e = strip_cast(e)
+  if not (isinstance(e, Alu) and e.op is Ops.ADD): return None
+  for p, q in (e.src, e.src[::-1]):
+    if (u := relu_arg(p)) is None: continue
+    u, fs = strip_cast(u), _factors(q)
+    neg = [i for i, f in enumerate(fs) if (v := relu_arg(f)) is not None and _slope(v, u) == -1.0]
+    if len(neg) != 1: continue
+    rest = [f for i, f in enumerate(fs) if i != neg[0]]
+    consts = [f for f in rest if isinstance(f, Const) and not isinstance(f.value, bool) and isinstance(f.value, (int, float))]
+    ks = [f for f in rest if not any(f is c for c in consts)]
+    if len(ks) != 1 or ks[0] == u: continue
+    c = 1.0
+    for f in consts: c *= float(f.value)
+    return u, ks[0], c
+  return None
 
 def relu_clip(e) -> tuple[object, float]|None:
   """(x, c) for relu(x) - relu(x - c) with c > 0 (= clamp(x, 0, c); tinygrad's relu6), else None."""

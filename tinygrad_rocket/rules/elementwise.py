@@ -35,7 +35,7 @@ from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, prelu_arg, prelu_sum_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
 from tinygrad_rocket.rules.tables import pick_table, eval_expr, lut_tasks, lut_bound, newton, window_newtons
@@ -57,6 +57,19 @@ NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy wr
 # Non-finite x differ (a = 0, x = +-inf: a*x is NaN; NaN: max may drop it), and never reach the NPU: a call with a
 # non-finite operand runs the C code (device.py NONFINITE_OPERAND_REASON); stage results are finite (a bounded or
 # guarded fp16 narrowing, fp32 sums of finite fp16 products).
+
+# PRELU_SPLIT: PReLU with a slope tensor k (per channel, broadcast), where(u < 0, k*u, u) or max(u, 0) + k*min(u, 0)
+# (common.py prelu_arg, prelu_sum_arg), has a regime per element (a slope in [0, 1] is a max, above 1 a min, a negative
+# one neither), so it is not LEAKY_AS_MAX. Instead
+#   where(u < 0, k*u, u) = relu(u) + (-k) * relu(-u)
+# holds for every finite k and u in IEEE arithmetic, and on the NPU with no rounding but the output's for a plain load
+# u and k: relu(-u) is -u or 0 exactly (the BS ReLU of an exact fp32 value); (-k) * relu(-u) is a product of two fp16
+# values, exact in fp32 (11 + 11 significand bits), and k*u itself for u < 0, +-0 for u >= 0 (k finite); the final add
+# has one zero term (relu(u) = 0 for u < 0; the product is +-0 for u >= 0), so it is exact: k*u or u, as the WHERE
+# gives (u = +-0: a zero of either sign, equal in value). So the NPU's result is fp16(k) fp16(u) (or fp16(u)) rounded
+# once to the output dtype. Three stages: relu(-u) (CORE -u, BS ReLU), times -k (CORE -k, EW mul), relu(u) plus that
+# (CORE u, BS ReLU, EW add). Non-finite u or k never reach the NPU (device.py NONFINITE_OPERAND_REASON: k = inf, u = 0
+# would be NaN here). tests/test_leaky.py checks every fp16 u against the CPU.
 
 class Unsupported(Exception):
   """The expression is outside what these stages compute; the message says why."""
@@ -224,6 +237,22 @@ class Compiler:
     if isinstance(u, Linear) and u.terms and u.plain_load is None: u = self.materialize(u)
     return self.max(au, u) if a < 1 else self.neg(self.max(self.neg(au), self.neg(u)))
 
+  @staticmethod
+  def linear(e) -> bool:
+    """Whether e compiles to a linear form with terms (a scratch compiler: no stage is left behind)."""
+    try: v = Compiler().value(e)
+    except Unsupported: return False
+    return isinstance(v, Linear) and bool(v.terms)
+
+  def prelu(self, u:Value, k:Value) -> Value:
+    """where(u < 0, k*u, u) for a varying slope k (PRELU_SPLIT): relu(u) + (-k) relu(-u), three stages. u and k linear
+    forms: each stage reads them through the CORE (no narrowing of a computed value, which would round k*u twice)."""
+    if not (isinstance(u, Linear) and u.terms and isinstance(k, Linear) and k.terms):
+      raise Unsupported("a PReLU whose input or slope is a computed value (PRELU_SPLIT takes linear forms of loads)")
+    neg = self.stage(Stage(u.scaled(-1.0), relu=True))                                  # relu(-u) = -min(u, 0)
+    kneg = self.stage(Stage(k.scaled(-1.0), ew_op="mul", operand=neg.stage))            # k min(u, 0)
+    return self.stage(Stage(u, relu=True, ew_op="add", operand=kneg.stage))             # relu(u) + k min(u, 0)
+
   def value(self, e) -> Value:
     e = strip_cast(e)
     if isinstance(e, Const):
@@ -245,8 +274,11 @@ class Compiler:
       if (p, q) == (v, u): return self.max(self.value(u), self.value(v))
       if (p, q) == (u, v): return self.neg(self.max(self.neg(self.value(u)), self.neg(self.value(v))))
       if (lk := leaky_arg(e)) is not None: return self.leaky(self.value(lk[0]), lk[1])
-      raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU with a constant slope)")
+      if (pk := prelu_arg(e)) is not None: return self.prelu(self.value(pk[0]), self.value(pk[1]))
+      raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU or PReLU of u)")
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
+    if op is Ops.ADD and (pk := prelu_sum_arg(e)) is not None and self.linear(pk[0]) and self.linear(pk[1]):
+      return self.prelu(self.value(pk[0]), self.value(pk[1]).scaled(-pk[2]))
     if op is Ops.ADD: return self.add(self.value(src[0]), self.value(src[1]))
     if op is Ops.SUB: return self.add(self.value(src[0]), self.neg(self.value(src[1])))
     if op is Ops.MUL: return self.mul(self.value(src[0]), self.value(src[1]))
@@ -265,7 +297,8 @@ class Compiler:
     (the guard keeps it inside the table's domain, so it cannot overflow), then looked up."""
     arg = self.value(e.src[0])
     if not isinstance(arg, Linear) or not arg.over_loads: return None
-    t = pick_table(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower())
+    t = pick_table(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), e.op.name.lower(),
+                   signed_ok=arg.plain_load is not None)
     # an fp16 stage's padding elements hold its constant: only a table whose decode is unsigned (OUT_CVT_OFFSET >= 0)
     # takes any input; a signed one would meet the board's x ~ 0 spike there (rocket_fp16_ew_ppu.md §4.6)
     if t is None or (arg.plain_load is None and t.out_offset < 0): return None
@@ -327,7 +360,7 @@ class Compiler:
     if len(loads) != 1: return None
     ld = loads.pop()
     if ld.dtype not in FLOATS or ld.valid: return None
-    t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower())
+    t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower(), signed_ok=True)   # padding: a value inside (emit_stages)
     if t is None: return None
     return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),)),
                             bound=lut_bound(t)))

@@ -58,8 +58,13 @@ def _uses_window() -> None:
 # powers of 2) while its index scale and output quantum stay in range (it is measured again, and used only if it meets
 # LUT_MAX_ERROR like window 0's). sqrt on [0.25, 32] (a layernorm's var) becomes [4, 512], [1/64, 2], [64, 8192],
 # [2^-10, 1/8] (its index scale capped at 65504: 255 segments, error 1.9e-4 within the bound's 6.9e-4): std 0.031 to 90.
+# A logarithm (f(4x) = f(x) + c: log_softmax's log of its row sum) gets the same windows: its interpolation error
+# h^2 / (8 x^2) is the same on a scaled interval and its outputs span the same width (only shifted by c), so each
+# window's measured error is about window 0's. log on [1, 64] becomes [16, 1024], [1/16, 4], [256, 16384], [1/256, 1/4]:
+# row sums of rows up to ~1000 elements, and just below 1 (a confident row whose max fp16 rounds up).
 TABLE_SCALES = (1.0, 4.0 ** 2, 4.0 ** -2, 4.0 ** 4, 4.0 ** -4)
-POWER_PROBES = np.geomspace(0.5, 2.0, 7)   # where fn(4x) / fn(x) is checked to be one power of 2
+POWER_PROBES = np.geomspace(0.5, 2.0, 7)   # where fn(4x) / fn(x) (fn(4x) - fn(x)) is checked to be one power of 2 (constant)
+LOG_SHIFT_RTOL = 2.0 ** -40   # fn(4x) - fn(x) equal at every probe up to float64's rounding of fn (a few ulps of 2^-52)
 
 def _power_function(fn) -> bool:
   """Whether fn(4x) = 2^k fn(x) for an integer k (checked at POWER_PROBES, exactly as float64 gives it)."""
@@ -68,6 +73,15 @@ def _power_function(fn) -> bool:
     except (NotTabulable, ValueError, FloatingPointError): return False
   if not (np.isfinite(r).all() and r[0] > 0 and (r == r[0]).all()): return False
   return float(r[0]) == 2.0 ** round(math.log2(float(r[0])))
+
+def _log_function(fn) -> bool:
+  """Whether fn(4x) = fn(x) + c for a constant c != 0 (checked at POWER_PROBES up to LOG_SHIFT_RTOL): a logarithm."""
+  with np.errstate(all="ignore"):
+    try: f1, f4 = np.asarray(fn(POWER_PROBES), np.float64), np.asarray(fn(4 * POWER_PROBES), np.float64)
+    except (NotTabulable, ValueError, FloatingPointError): return False
+  d = f4 - f1
+  if not (np.isfinite(d).all() and d[0] != 0): return False
+  return bool((np.abs(d - d[0]) <= LOG_SHIFT_RTOL * (np.abs(f1) + np.abs(f4))).all())
 
 # make_table's answer depends on fn only through fn's values at the points it evaluates, and those only on the interval
 # and on earlier values: so fn's values at the points one call evaluated name the answer of any fn on that interval. A
@@ -109,19 +123,24 @@ def full_line_table(fn, name:str) -> LutTable|None:
   """A table of fn exact on every input (its tails extrapolate within the bound): needs no guard."""
   return next((t for t in _tables(fn, name) if t.domain == (-math.inf, math.inf)), None)
 
-def pick_table(fn, name:str) -> LutTable|None:
+def pick_table(fn, name:str, signed_ok:bool=False) -> LutTable|None:
   """A table exact on every input if there is one, else the one with the least absolute error (a wide interval of exp
-  is accurate relative to its peak and useless below 1); the caller guards its domain. For a power function, the one
-  of the window being lowered (range_window, TABLE_SCALES)."""
+  is accurate relative to its peak and useless below 1); the caller guards its domain. For a power function or a
+  logarithm, the one of the window being lowered (range_window, TABLE_SCALES). signed_ok: the caller never feeds x ~ 0
+  to the table (its padding gets a value inside the domain), so a window may have a signed decode where window 0's is
+  unsigned."""
   good = list(_tables(fn, name))
   if (t := next((t for t in good if t.domain == (-math.inf, math.inf)), None)) is not None or not good: return t
   t = min(good, key=lambda t: t.max_abs_error)
-  if not _power_function(fn): return t
+  if not (_power_function(fn) or _log_function(fn)): return t
   _uses_window()
   if (w := _window.get()) == 0: return t
   if w >= len(TABLE_SCALES): raise NoWindow(f"{len(TABLE_SCALES)} table windows")
   c = TABLE_SCALES[w]
   if (tw := next(_tables(fn, name, ((t.lo * c, t.hi * c),)), None)) is None: raise NoWindow(f"{name} on window {w} misses LUT_MAX_ERROR")
+  # a window stands in for window 0's table on the terms its caller accepted: a caller may feed x ~ 0 to an unsigned
+  # table (a contraction epilogue's padding lanes), which a signed decode would meet with the spike (QUIRK 2, §4.6)
+  if tw.signed and not t.signed and not signed_ok: raise NoWindow(f"{name} on window {w} needs a signed decode (window 0's is unsigned)")
   return tw
 
 _NP_UNARY = {Ops.EXP2: np.exp2, Ops.LOG2: np.log2, Ops.SQRT: np.sqrt, Ops.SIN: np.sin, Ops.RECIPROCAL: lambda x: 1.0 / x,

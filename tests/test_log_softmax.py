@@ -1,0 +1,236 @@
+"""log_softmax over the last axis with every kernel on the NPU (strict mode), within a bound composed from each kernel's
+numerics, against tinygrad's CPU device; and the calls that leave the NPU, with their reasons.
+
+The kernels tinygrad 0.14 makes of x.log_softmax(-1) for a 2-D or higher x: m = the row max (PPU: exactly fl16 of the
+max), L = ln(sum(exp(x - m))) (a contraction with exp computed into its A tiles, the sum in fp32, then the log as a
+lookup-table epilogue on the sum narrowed to fp16: rules/tables.py gives log range windows, so row sums from 1 to ~16000
+fit one), y = x - m - L (elementwise: one stage, fp16 operands, an fp32 sum of three exact products). log_softmax is
+invariant to the shift, so the exact value is x - m - ln(sum(exp(x - m))) for the NPU's own m.
+
+NPU bound, per element (d = x - m, s = sum(exp(d)), L = ln s):
+  - the sum: |s~ - s| <= E_s (tests/test_blocks_on_npu.py softmax_bound: exp's argument from fp16 operands narrowed to
+    fp16, the exp table's measured error and fp16 output, the fp32 sum);
+  - the log: the table's measured error T_log holds for every real input as the NPU rounds it to fp16 (ops/lut.py
+    LutTable.domain), so |L~ - ln s~| <= T_log, plus its fp16 output (u16 |L~|); ln is 1/s-Lipschitz above s - E_s;
+  - the last kernel: x rounded to fp16 (float32 x), m and L~ exact (fp16 values), an fp32 sum of 3 terms
+    (gamma(2)), the result rounded to float32 (u32) or float16 (u16, eta16).
+CPU bound (tinygrad's C code, checked with DEBUG=4): float32: x - M, the argument times fp32 log2(e), exp2, the fp32
+sum, log2 times fp32 ln 2, the two subtractions, each one fp32 rounding (the software exp2/log2 of tinygrad within a few
+fp32 ulps: TRANSCENDENTAL_ULPS); float16: x - m in fp16 (exp's argument and the output's first term both rounded to
+fp16), the fp32 sum, L stored as fp16, the last subtraction in fp16."""
+from __future__ import annotations
+import numpy as np
+import pytest
+from tinygrad import Tensor
+import numerics as nm
+from helpers import env
+from test_blocks_on_npu import all_npu, table_error, table_of_window
+from tinygrad_rocket import report
+from tinygrad_rocket.program import GUARD_MARGIN
+from tinygrad_rocket.rules.tables import (pick_table, range_window, RANGE_WINDOWS, NoWindow, TABLE_SCALES, LUT_MAX_ERROR, _log_function,
+                                          _power_function)
+
+U16, U32, ETA16 = nm.U16, nm.U32, nm.ETA16
+LN2, LOG2E = 0.6931471805599453, 1.4426950408889634   # the constants tinygrad writes around LOG2 and EXP2
+TRANSCENDENTAL_ULPS = 8   # fp32 ulps allowed for each of tinygrad's software exp2/log2 and the casts around them on the CPU
+
+def log_fn(v): return np.log2(v) * LN2   # the epilogue's function as the kernel writes it: LOG2(sum) * ln 2
+
+def log_table_error(summaries:list[str]) -> float:
+  """The largest measured error of a log window whose stated error (2 digits) is the one the program states: several
+  windows print alike, so the bound takes the worst of them."""
+  stated = f"lut(mul, error {table_error('mul', summaries):.2g})"
+  errs = []
+  for w in range(RANGE_WINDOWS):
+    try: t = table_of_window(log_fn, "mul", w)
+    except NoWindow: continue
+    if f"lut(mul, error {t.max_abs_error:.2g})" == stated: errs.append(t.max_abs_error)
+  assert errs, stated
+  return max(errs)
+
+def exp_table_error(summaries:list[str]) -> float:
+  """The exp table's measured error: exp2 of the fp16 argument (d log2(e) computed into the A tiles), or of a load
+  (a 1-D x: the sum kernel reads x - max itself and multiplies by log2(e) inside the table's function)."""
+  stated = f"lut(exp2, error {table_error('exp2', summaries):.2g})"
+  errs = [t.max_abs_error for fn in (np.exp2, lambda v: np.exp2(v * LOG2E)) if (t := pick_table(fn, "exp2")) is not None
+          and f"lut(exp2, error {t.max_abs_error:.2g})" == stated]
+  assert errs, stated
+  return max(errs)
+
+def npu_bound(x:np.ndarray, f16:bool, T_exp:float, T_log:float) -> tuple[np.ndarray, np.ndarray]:
+  """(y, bound): the exact log_softmax for the NPU's m and the NPU's error bound (module docstring)."""
+  m = x.max(-1, keepdims=True) if f16 else x.max(-1, keepdims=True).astype(np.float16).astype(np.float64)
+  d = x - m
+  e = np.exp(d)
+  s = e.sum(-1, keepdims=True)
+  n = x.shape[-1]
+  # exp's argument as softmax_bound: x and m rounded to fp16 (float32 x only: m is an fp16 value, float16 x exact), the
+  # fp16 coefficient log2(e) and the argument narrowed to fp16 (3 u16 |d|)
+  arg_err = (0.0 if f16 else U16 * (np.abs(x) + np.abs(m))) + 3 * U16 * np.abs(d) + ETA16
+  e_exp = e * arg_err * 1.01 + T_exp + U16 * e
+  E_s = e_exp.sum(-1, keepdims=True) + nm.gamma(n - 1, U32) * (e + e_exp).sum(-1, keepdims=True) + U32 * s
+  assert (E_s < s / 2).all()
+  L = np.log(s)
+  e_ln = E_s / (s - E_s)                                                  # |ln s~ - ln s|
+  e_L = e_ln + T_log + U16 * (np.abs(L) + e_ln + T_log) + ETA16
+  y = d - L
+  e_x = 0.0 if f16 else U16 * np.abs(x) + ETA16
+  e = e_x + e_L + nm.gamma(2, U32) * (np.abs(x) + e_x + np.abs(m) + np.abs(L) + e_L)
+  return y, e + (U16 * (np.abs(y) + e) + ETA16 if f16 else U32 * (np.abs(y) + e))
+
+def cpu_bound(x:np.ndarray, f16:bool) -> np.ndarray:
+  """The CPU's error bound against the exact log_softmax (module docstring)."""
+  M = x.max(-1, keepdims=True)
+  d = x - M
+  s = np.exp(d).sum(-1, keepdims=True)
+  L, n = np.log(s), x.shape[-1]
+  ut = TRANSCENDENTAL_ULPS * U32
+  u_sub, eta = (U16, ETA16) if f16 else (U32, 0.0)
+  # exp's argument: d rounded (u_sub), times log2(e) rounded to fp32 and the product rounded (2 u32)
+  rel_s = (np.abs(d) * (u_sub + 2 * U32)).max(-1, keepdims=True) * 1.01 + ut + nm.gamma(n - 1, U32) * 1.01
+  e_L = rel_s * 1.01 + ut * np.abs(L) + U32 * np.abs(L)
+  if f16: e_L = e_L + U16 * (np.abs(L) + e_L) + ETA16                    # L stored as fp16
+  e_d = u_sub * np.abs(d) + eta
+  y = d - L
+  return e_d + e_L + u_sub * (np.abs(y) + e_d + e_L) + eta
+
+def check(x:np.ndarray, what:str) -> list[str]:
+  f16 = x.dtype == np.float16
+  X = Tensor(x, device="ROCKET").realize()
+  r, summaries = all_npu(lambda: X.log_softmax(-1).numpy())
+  c = Tensor(x, device="CPU").log_softmax(-1).numpy()
+  xd = x.astype(np.float64)
+  _, b = npu_bound(xd, f16, exp_table_error(summaries), log_table_error(summaries))
+  nm.assert_within(r, c, b + cpu_bound(xd, f16), what)
+  return summaries
+
+def rows(rng, n:int, count:int, scale:float) -> np.ndarray: return rng.standard_normal((count, n)) * scale
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape, scale", [((1, 8), 1.0), ((4, 64), 1.0), ((8, 40), 3.0), ((2, 3, 16), 0.5), ((2, 2, 2, 24), 2.0),
+                                          ((3, 1000), 0.5)])
+def test_log_softmax(shape, scale, dtype):
+  """Rows of 8 to 1000 elements, 2-D to 4-D: every kernel on the NPU, within the composed bound. Rows of 1000 at scale
+  0.5 have sums of ~300: the log's window [16, 1024] (the summary states which table ran)."""
+  x = (np.random.default_rng(len(shape) * 100 + shape[-1]).standard_normal(shape) * scale).astype(dtype)
+  summaries = check(x, f"log_softmax {shape} x{scale} {np.dtype(dtype).name}")
+  if shape[-1] == 1000:   # every row sum beyond window 0's table [1, 64]: the window [16, 1024] ran
+    assert (np.exp(x - x.max(-1, keepdims=True).astype(np.float16)).sum(-1) > 65).all()
+  assert any("lut(mul" in s for s in summaries) and any("max pooling" in s for s in summaries)
+
+@pytest.mark.parametrize("n", [100, 1000])
+def test_confident_and_large_rows_float16(n):
+  """Large magnitudes (logits of std 100: every row confident, its sum within a few table floors of 1) and a confident
+  row among flat ones would not share a window; rows of one kind per call: float16 (the max exact in fp16, so every sum
+  is >= 1 plus the exp table's floor on the other n - 1 terms, 2^-15 each: inside the log's window [1, 64] for n >= 65)."""
+  rng = np.random.default_rng(n)
+  big = rows(rng, n, 3, 100.0).astype(np.float16)
+  check(big, f"log_softmax large {n}")
+  peaked = np.stack([np.r_[40.0, rng.standard_normal(n - 1)], np.r_[-10.0, rng.standard_normal(n - 1) * 3 - 30],
+                     np.r_[rng.standard_normal(n - 1), 25.0]]).astype(np.float16)
+  check(peaked, f"log_softmax confident {n}")
+
+def test_confident_float32_with_an_fp16_max():
+  """float32 confident rows whose max is an fp16 value (m exact): all-NPU like float16."""
+  rng = np.random.default_rng(3)
+  x = np.stack([np.r_[12.5, rng.standard_normal(199)], np.r_[rng.standard_normal(199) - 20, -3.0]]).astype(np.float32)
+  check(x, "log_softmax confident float32")
+
+def fallback_record(x:np.ndarray) -> tuple[np.ndarray, list[report.KernelRecord]]:
+  X = Tensor(x, device="ROCKET").realize()
+  report.reset()
+  r = X.log_softmax(-1).numpy()
+  return r, report.records()
+
+SHORT_CONFIDENT = {
+  # float32 rows whose max rounds up in fp16 (m > max: its own term exp(max - m) < 1), the other terms vanishing: sum < 1
+  "max rounds up": np.array([[1.00049, -30, -30, -30], [2.0015, -40, -35, -50]], np.float32),
+  # float16 rows (m exact) of 8: sum = 1 + 7 table floors (2^-15 each) < 1 + GUARD_MARGIN, where the guard starts
+  "short float16": np.array([[9, 0, 0, 0, 0, 0, 0, 0], [-12, -12, -12, 3, -12, -12, -12, -12]], np.float16),
+}
+
+@pytest.mark.parametrize("case", list(SHORT_CONFIDENT))
+def test_sum_below_the_log_window_takes_the_c_code(case):
+  """Row sums below 1 (or within the guard's margin above it): window 0 of log starts at 1 (its decode is unsigned) and
+  the windows below 1 would need a signed one (rules/tables.py pick_table: a contraction epilogue's padding lanes feed
+  x = 0 to its table, QUIRK 2). So the log kernel runs the C code, with the guard as its reason (strict mode raises it);
+  the other kernels stay on the NPU, and the result is within the same composed bound with the C code's log (the CPU's:
+  its bound counted twice, for the reference and for that kernel)."""
+  x = SHORT_CONFIDENT[case]
+  f16 = x.dtype == np.float16
+  m = x.max(-1).astype(np.float16).astype(np.float64)
+  assert (np.exp(x - m[:, None]).sum(-1) < 1 + GUARD_MARGIN).all()   # the guard pulls the domain's 1 in by this
+  r, recs = fallback_record(x)
+  assert [rec.engine for rec in recs] == ["npu", "fallback", "npu"], recs
+  assert "the argument of lut(mul) in its domain" in recs[1].reason, recs[1]
+  c = Tensor(x, device="CPU").log_softmax(-1).numpy()
+  with env(ROCKET_FALLBACK="0"), pytest.raises(Exception, match="lut\\(mul\\) in its domain"):
+    Tensor(x, device="ROCKET").realize().log_softmax(-1).numpy()
+  xd = x.astype(np.float64)
+  nm.assert_within(r, c, npu_bound(xd, f16, pick_table(np.exp2, "exp2").max_abs_error, 0.0)[1] + 2 * cpu_bound(xd, f16), f"log_softmax {case}")
+
+def test_one_d_max_with_its_subtraction_takes_the_c_code():
+  """A 1-D x: tinygrad fuses the row max into the subtraction x - max(x) (a REDUCE inside an elementwise kernel); the
+  PPU rule takes a max with no epilogue (rules/pool.py), so that kernel runs the C code with this reason, and the sum's
+  and the log's kernels run on the NPU."""
+  x = (np.random.default_rng(4).standard_normal(100)).astype(np.float32)
+  r, recs = fallback_record(x)
+  assert [rec.engine for rec in recs] == ["fallback", "npu", "npu"], recs
+  assert "pool: an epilogue (ADD) follows the max" in recs[0].reason, recs[0]
+  c = Tensor(x, device="CPU").log_softmax(-1).numpy()
+  xd = x.astype(np.float64)
+  summaries = [rec.reason for rec in recs if rec.engine == "npu"]
+  # m here is the exact max (the C code's), so the NPU's sum sees exact float32 differences: within the fl16-max bound
+  b = npu_bound(xd[None], False, exp_table_error(summaries), log_table_error(summaries))[1][0]
+  nm.assert_within(r, c, b + cpu_bound(xd[None], False)[0], "log_softmax 1-D")
+
+def test_log_is_windowed():
+  """rules/tables.py _log_function: ln and log2 (and tinygrad's log2(x) ln 2) shift by a constant under x -> 4x; powers,
+  exp and the identity do not."""
+  assert all(_log_function(f) for f in (np.log, np.log2, log_fn))
+  assert not any(_log_function(f) for f in (np.sqrt, np.exp, lambda v: v, lambda v: np.log(v) + 0.1 * v))
+  assert not _power_function(np.log)
+
+def test_log_windows():
+  """log's window w is window 0's interval times TABLE_SCALES[w], measured again: where its decode stays unsigned (log >= 0
+  on it, as on window 0's [1, 64]) it is a table within LUT_MAX_ERROR of its peak whose error is about window 0's (the
+  interpolation error h^2 / (8 x^2) is scale-free: within 10%); windows below 1 would need a signed decode: NoWindow."""
+  t0 = table_of_window(log_fn, "mul", 0)
+  assert t0.domain[0] == 1.0 and not t0.signed
+  for w, c in enumerate(TABLE_SCALES):
+    if c < 1:
+      with pytest.raises(NoWindow, match="signed decode"): table_of_window(log_fn, "mul", w)
+      continue
+    t = table_of_window(log_fn, "mul", w)
+    assert (t.lo, t.hi) == (t0.lo * c, t0.hi * c) and t.domain[0] == t.lo and not t.signed, (w, t.domain)
+    assert t.max_abs_error <= LUT_MAX_ERROR * np.log(t.hi) and abs(t.max_abs_error / t0.max_abs_error - 1) < 0.1, (w, t.max_abs_error)
+
+def log2_windows() -> list[tuple[float, float, float]]:
+  """(lo, hi, error) of the log2 table of each window, as the elementwise rule picks it for a plain load (its padding is
+  filled inside the domain, so a signed decode may serve: signed_ok)."""
+  out = []
+  for w in range(RANGE_WINDOWS):
+    with range_window(w): t = pick_table(np.log2, "log2", signed_ok=True)
+    out.append((*t.domain, t.max_abs_error))
+  return out
+
+@pytest.mark.parametrize("window", range(RANGE_WINDOWS))
+def test_elementwise_log_in_each_window(window):
+  """x.log() (LOG2(x) * ln 2: a table stage, then a multiply by fp16(ln 2)) over a geometric spread of one window's domain
+  (its guard's margin kept, and beyond window 0's): on the NPU in strict mode, within the window's measured table error
+  T (log2 units, for every real x as the NPU rounds it), the table's fp16 output, fp16(ln 2) and the fp32 product; the
+  CPU's software log within TRANSCENDENTAL_ULPS."""
+  wins = log2_windows()
+  lo, hi, T = wins[window]
+  x = np.geomspace(lo * 1.01, hi * 0.99, 200).astype(np.float32)
+  if window: x = x[(x < wins[0][0] * 0.99) | (x > wins[0][1] * 1.01)]   # not all inside window 0
+  X = Tensor(x, device="ROCKET").realize()
+  r, summaries = all_npu(lambda: X.log().numpy())
+  stated = [float(s.split("lut(log2, error ")[1].split(")")[0]) for s in summaries if "lut(log2, error " in s]
+  assert stated and f"{stated[0]:.2g}" == f"{T:.2g}", (summaries, T)
+  c = Tensor(x, device="CPU").log().numpy()
+  xd = x.astype(np.float64)
+  l2, ln = np.log2(xd), np.log(xd)
+  e_l2 = T + U16 * (np.abs(l2) + T) + ETA16
+  e = LN2 * e_l2 * (1 + U16) + U16 * np.abs(ln) + U32 * (np.abs(ln) + LN2 * e_l2) * (1 + U16)
+  nm.assert_within(r, c, e + TRANSCENDENTAL_ULPS * U32 * np.abs(ln) + U32 * np.abs(l2), f"log window {window}")
