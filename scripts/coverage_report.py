@@ -92,6 +92,10 @@ def configs():
   yield "relu(x) @ w (a computed operand)", lambda: E(32, 64).relu() @ E(64, 16)
   yield "relu(x).conv2d(w) (a computed conv input)", lambda: E(1, 8, 10, 10).relu().conv2d(E(16, 8, 3, 3), padding=1)
   yield "(2x + 1).conv2d(w, padding=1) (padded affine prologue)", lambda: (E(1, 8, 10, 10) * 2 + 1).conv2d(E(16, 8, 3, 3), padding=1)
+  yield "((x - mean) / std).conv2d(w, stride=2, padding=3) @112x112 (normalized stem)", \
+    lambda: ((E(1, 3, 112, 112) - E(1, 3, 1, 1)) / E(1, 3, 1, 1)).conv2d(E(64, 3, 7, 7), stride=2, padding=3)
+  yield "((x - mean) / std).conv2d(w, stride=2, padding=3) @224x224 (normalized stem)", \
+    lambda: ((E(1, 3, 224, 224) - E(1, 3, 1, 1)) / E(1, 3, 1, 1)).conv2d(E(64, 3, 7, 7), stride=2, padding=3)
   yield "sum((x - mean)^2) (variance)", lambda: ((E(8, 64) - E(8, 1)) ** 2).sum(-1)
   yield "copy of a permuted view", lambda: E(16, 32).permute(1, 0).contiguous()
 

@@ -305,8 +305,9 @@ def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) 
   return Alu(u.op, tuple(_expr(s, ranges, loads, sizes) for s in u.src), u.dtype)
 
 # a loop position used as a value: a where() on indices that is not the padding of one input
-POSITION_DEPENDENT_REASON = ("the value depends on the output position through a where() that is not an input's padding "
-                             "(a mask such as causal attention's, a concatenation, or an output padded with a constant)")
+POSITION_DEPENDENT_REASON = ("the value depends on the output position through a where() the analysis does not read as an "
+                             "input's padding (a mask such as causal attention's, a concatenation, an output padded with a "
+                             "constant, or a padded index too large to check point by point)")
 
 # ***** range splitting *****
 
