@@ -327,7 +327,7 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
     pixels = oh * ow
     parts = GEMM_PARTS if GEMM_PARTS > 1 and pixels * taps * d.channels * K >= GEMM_PARALLEL_MACS else 1
     size = min(-(-pixels // parts), IM2COL_CHUNK_BYTES // max(1, taps * d.channels * dt.itemsize))
-    size = max(GEMM_ROW_ALIGN, size // GEMM_ROW_ALIGN * GEMM_ROW_ALIGN)   # chunks start at multiples of GEMM_ROW_ALIGN
+    if size < pixels: size = max(GEMM_ROW_ALIGN, size // GEMM_ROW_ALIGN * GEMM_ROW_ALIGN)   # chunks start at multiples of it
     chunks = [(q0, min(pixels, q0 + size)) for q0 in range(0, pixels, size)]
     # chunk i on thread i % parts (0: this one): with the memo per thread, a repeated task finds its rows again
     futs = [_gemm_pool().submit(chunk, *c) for i, c in enumerate(chunks) if i % parts]
