@@ -102,3 +102,12 @@ def test_int8_sums_exact_at_the_float32_bound(channels, want):
   else: x[1024], w[0, 1024] = 1, 1
   got = _run(spec, x, w).astype(np.int64)
   assert np.all(got[0] == want) and np.all(got[1:] == 0)
+
+def test_fp16_table_conversion_is_numpys():
+  """arith.fp16_to_f32 (a table lookup) gives numpy's float32 for every fp16 bit pattern, bit for bit (NaN payloads,
+  subnormals, signed zeros), from strided views too."""
+  from tinygrad_rocket.emu import arith
+  bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+  assert np.array_equal(arith.fp16_to_f32(bits).view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
+  strided = bits.view(np.float16).reshape(256, 256)[::3, 1::2]
+  assert np.array_equal(arith.fp16_to_f32(strided).view(np.uint32), strided.astype(np.float32).view(np.uint32))

@@ -110,6 +110,7 @@ def _to_values(raw:np.ndarray, prec:str, dt:np.dtype) -> np.ndarray:
   """Stored elements -> the values the MAC array sees, as dt (exact: see mac_dtype)."""
   if prec == "bf16": return arith.bf16_to_f32(raw).astype(dt)
   if prec == "tf32": return arith.tf32_from_f32(raw).astype(dt)
+  if prec == "fp16": return arith.fp16_to_f32(raw).astype(dt, copy=False)
   return raw.astype(dt)
 
 def pad_values(d:ConvDesc) -> np.ndarray:
