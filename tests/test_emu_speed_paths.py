@@ -111,3 +111,13 @@ def test_fp16_table_conversion_is_numpys():
   assert np.array_equal(arith.fp16_to_f32(bits).view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
   strided = bits.view(np.float16).reshape(256, 256)[::3, 1::2]
   assert np.array_equal(arith.fp16_to_f32(strided).view(np.uint32), strided.astype(np.float32).view(np.uint32))
+
+def test_depthwise_row_blocks_same_bytes():
+  """A depthwise conv accumulated over blocks of output rows (DW_BLOCK_BYTES: here one row, and a block spanning all)
+  gives the same bytes, -0.0 products and padding taps included."""
+  spec = ConvSpec("fp16", 64, 9, 7, 64, 3, 3, (1, 1), (1, 1), depthwise=True, out="fp32")
+  rng = np.random.default_rng(5)
+  x, w = rand16(rng, 64, 9, 7), rand16(rng, 64, 3, 3)
+  x[3, :, :2] = -0.0
+  whole, rows = _run(spec, x, w, DW_BLOCK_BYTES=1 << 30), _run(spec, x, w, DW_BLOCK_BYTES=1)
+  assert _same(whole, rows)

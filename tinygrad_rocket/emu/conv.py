@@ -77,6 +77,11 @@ GEMM_PARALLEL_MACS = 4 << 20     # below this a task runs on the calling thread 
 # it (or that picks its kernel by the call's size) can give chunked outputs other last bits, within the same bound.
 GEMM_ROW_ALIGN = 384
 
+# Emulator speed, not semantics: a depthwise convolution accumulates its taps over blocks of output rows whose
+# accumulator holds at most DW_BLOCK_BYTES, so that it and the products stay in a core's L2 cache (2x faster on the
+# 2-core x86_64 benchmark machine for 112x112 layers); each output still sums its taps in the same order (same bytes).
+DW_BLOCK_BYTES = 256 << 10
+
 @functools.lru_cache(maxsize=None)
 def _gemm_pool() -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(GEMM_PARTS - 1, thread_name_prefix="rocket-emu-gemm")
@@ -307,11 +312,17 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
   if d.depthwise:
     win = _windows(d, _padded_rows(d, raw, *_input_rows(d, 0, oh)))   # (oh, ow, C, kh, kw)
     n = min(d.channels, d.out_c)
-    acc = np.zeros((oh, ow, n), dt)
-    for i in range(d.kh):
-      for j in range(d.kw):
-        acc += win[:, :, :n, i, j] * w[:n, i, j]
-    acc_all[:, :, :n] = acc
+    rows = max(1, DW_BLOCK_BYTES // (ow * n * dt.itemsize))
+    acc, prod = np.empty((rows, ow, n), dt), np.empty((rows, ow, n), dt)
+    for r0 in range(0, oh, rows):                          # output rows in blocks (DW_BLOCK_BYTES)
+      r1 = min(oh, r0 + rows)
+      a, p = acc[:r1 - r0], prod[:r1 - r0]
+      a[...] = 0
+      for i in range(d.kh):
+        for j in range(d.kw):
+          np.multiply(win[r0:r1, :, :n, i, j], w[:n, i, j], out=p)
+          a += p
+      acc_all[r0:r1, :, :n] = a
     if need_window_sum:
       S = np.zeros((d.out_c, oh, ow), dt)
       S[:n] = win[:, :, :n].sum(axis=(3, 4)).transpose(2, 0, 1)
