@@ -1,7 +1,7 @@
 """CNA + CORE: feature and weight DMA, padding, the MAC array (direct and depthwise convolution, 1x1 = matmul).
 
-Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3): the products are exact and the hardware sums them
-in fp32 (int8: exactly) in its own order. The emulator computes each task's products and sums in one numpy type,
+Arithmetic (rocket_hw.md §5.4/§5.8, rocket_fp16_ew_ppu.md §1.7/§7.3): the products are exact and the hardware sums
+them in fp32 (int8: exactly) in its own order. The emulator computes each task's products and sums in one numpy type,
 mac_dtype():
 - fp16: float32. A product of two fp16 values is exact in float32 (11+11 significand bits <= 24; the smallest nonzero
   product 2^-48 and the largest 65504^2 < 2^32 are inside float32's range, subnormal inputs included), and BLAS sums
@@ -163,7 +163,7 @@ def feature_values(d:ConvDesc, raw:np.ndarray, h0:int=0, h1:int|None=None, chann
     cube = np.zeros((rows.shape[0], d.width, channels), mac_dtype(d))
     cube[:, :, 0] = _pixel_convert(d, rows)
     return cube
-  # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then one contiguous cast
+  # whole atoms moved to (H, W, S) order first (a copy of 16-byte items, long inner loops), then converted
   surfaces = layouts.ceil_div(channels, d.c2)
   hws = np.ascontiguousarray(raw[:surfaces, h0:h1].view(layouts.ATOM_ITEM)[..., 0].transpose(1, 2, 0))
   el = hws.view(_element_dtype(d.precision)).reshape(hws.shape[0], d.width, -1)   # (rows, W, S*C2)
@@ -184,8 +184,8 @@ def _pixel_convert(d:ConvDesc, rows:np.ndarray) -> np.ndarray:
   return arith.saturate(y, -128, 127)
 
 def read_weights(d:ConvDesc, mem:IovaSpace, cbuf:dict) -> tuple[np.ndarray, int]:
-  """Weights as mac_dtype values: direct (kh*kw*channels, kernels), rows tap-major then channel (the im2col columns' order);
-  depthwise (channels, kh, kw); and bytes fetched.
+  """Weights as mac_dtype values: direct (kh*kw*channels, kernels), rows tap-major then channel (the im2col columns'
+  order); depthwise (channels, kh, kw); and bytes fetched.
   WEIGHT_REUSE: the CNA does not fetch, the weights are whatever the CBUF holds from this core's last weight load."""
   if d.weight_reuse:
     held = cbuf.get("weights")
@@ -272,7 +272,8 @@ def _im2col(d:ConvDesc, raw:np.ndarray, q0:int, q1:int, channels:int) -> np.ndar
     memo[key] = hit                                         # (most recently used last)
     return hit[1]
   win = _windows(d, _padded_rows(d, raw, p0, p1, channels))   # (rows, out_w, C, kh, kw)
-  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * channels)[q0 - r0 * d.out_w:q1 - r0 * d.out_w]
+  cols = win.transpose(0, 1, 3, 4, 2).reshape((r1 - r0) * d.out_w, d.kh * d.kw * channels)
+  cols = cols[q0 - r0 * d.out_w:q1 - r0 * d.out_w]           # (a view: the rows' first and last pixels may lie outside)
   size = cols.nbytes + read.size
   while memo and (len(memo) >= WINDOW_MEMO_ENTRIES or sum(e[1].nbytes + e[0].size for e in memo.values()) + size > IM2COL_CHUNK_BYTES):
     memo.pop(next(iter(memo)))   # oldest first
