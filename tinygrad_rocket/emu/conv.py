@@ -72,9 +72,10 @@ GEMM_PARALLEL_MACS = 4 << 20     # below this a task runs on the calling thread 
 # falls in (OpenBLAS tiles a call's rows from its first, e.g. 24 rows a tile on this x86_64, and gives the last partial
 # tile other kernels). So a direct convolution's pixel chunks (GEMM_PARTS, IM2COL_CHUNK_BYTES) start at multiples of
 # GEMM_ROW_ALIGN: every row then falls in the same tile position as in one call over all pixels, and the outputs are
-# the same bytes for any chunking (tests/test_emu_speed_paths.py). 384 = 2^7 * 3 is a multiple of the M unrolls of
-# OpenBLAS's x86_64 and arm64 gemm kernels we know of (4 to 32, 48, 64, 96, 128); a BLAS whose tiling does not divide
-# it (or that picks its kernel by the call's size) can give chunked outputs other last bits, within the same bound.
+# the same bytes for any chunking (tests/test_emu_speed_paths.py). 384 = 2^7 * 3 is a multiple of every row unroll of
+# the form 2^k or 3 * 2^k up to 128 (measured here: 24; other CPUs' kernels were not checked); a BLAS whose tiling
+# does not divide it (or that picks its kernel by the call's size) can give chunked outputs other last bits, within
+# the same fp32 accumulation bound.
 GEMM_ROW_ALIGN = 384
 
 # Emulator speed, not semantics: a depthwise convolution accumulates its taps over blocks of output rows whose
