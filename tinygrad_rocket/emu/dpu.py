@@ -311,7 +311,7 @@ def _ew_int(v:np.ndarray, e:np.ndarray, ew) -> np.ndarray:
   return arith.sat32(v - e)                                    # 4: main minus operand
 
 def _ew_float(v:np.ndarray, e:np.ndarray, ew) -> np.ndarray:
-  e = e.astype(np.float32)
+  e = arith.fp16_to_f32(e) if e.dtype == np.float16 else e.astype(np.float32)
   with np.errstate(all="ignore"):
     if ew.op_type == 1: return arith.f32(v * e)
     algo = ew.alu_algo
@@ -494,7 +494,7 @@ def _read_mrdma_main(d:DpuDesc, r:RdmaDesc, mem:IovaSpace, res:DpuResult) -> np.
   res.read_bytes["MRDMA"] = res.read_bytes.get("MRDMA", 0) + W * H * layouts.ATOM
   res.read_ranges.append((r.src_base, (1, H), (0, W * layouts.ATOM), W * layouts.ATOM))
   cube = layouts.atoms_to_cube(atoms.reshape(1, H, W, layouts.ATOM), dt, c2)
-  return cube.astype(np.float32) if r.in_prec == "fp16" else cube.astype(np.int64)
+  return arith.fp16_to_f32(cube) if r.in_prec == "fp16" else cube.astype(np.int64)
 
 @dataclass(frozen=True)
 class DpuPlan:

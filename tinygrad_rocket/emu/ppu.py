@@ -90,7 +90,7 @@ def run(d:PpuDesc, mem:IovaSpace, core_state:dict) -> PpuResult:
   row = d.out_w * 16
   sc = layouts.plan_scatter(mem, d.dst, (S, d.out_h), (d.dst_surf, row), row, "PPU WDMA")
   atoms = layouts.gather(mem, d.src, (S, d.in_h), (d.surf, d.line), d.in_w * 16, "PPU_RDMA")
-  x = layouts.atoms_to_cube(atoms.reshape(S, d.in_h, d.in_w, 16), np.dtype("<f2"), d.channels).astype(np.float32)
+  x = arith.fp16_to_f32(layouts.atoms_to_cube(atoms.reshape(S, d.in_h, d.in_w, 16), np.dtype("<f2"), d.channels))
   pad = arith.fp16_bits_to_f32(d.pad_bits)
   Hp, Wp = (d.out_h - 1) * d.sy + d.kh, (d.out_w - 1) * d.sx + d.kw
   xp = np.full((d.channels, max(Hp, d.pad_top + d.in_h), max(Wp, d.pad_left + d.in_w)), pad, np.float32)
