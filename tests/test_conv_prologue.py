@@ -132,6 +132,7 @@ def test_prologue_on_npu(batch, cin, cout, k, stride, dilation, padding, extra, 
   out = (size + 2 * padding - eff) // stride + 1
   assume(not (dilation == 1 and k < stride) and cin * k * k > 1 and out >= 1)
   assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
+  assume(not (family == "normalize" and padding == 0))   # a flat 3-factor product: test_unpadded_normalize_is_a_flat_product
   rng = np.random.default_rng(seed)
   x = rng.uniform(-4, 4, (batch, cin, size, size)).astype(np.float32)
   w = rng.uniform(-2, 2, (cout, cin, k, k)).astype(np.float32)
@@ -141,6 +142,25 @@ def test_prologue_on_npu(batch, cin, cout, k, stride, dilation, padding, extra, 
   except FallbackError as e:   # a kernel form analysis.py does not read is outside the rule's input; the rule's own no is a failure
     if "conv:" in str(e): raise
     assume(False)
+
+def test_unpadded_normalize_is_a_flat_product():
+  """Without padding tinygrad writes ((x - a) / b).conv2d(w) as the flat product (x - a) * (1/b) * w: the conv rule does
+  not tell which factor is the weights and refuses with that reason, and the contraction rule runs it on the NPU with
+  the prologue computed in DPU stages (strict mode: no fallback)."""
+  from tinygrad_rocket.analysis import analyze
+  from tinygrad_rocket.rules.conv import lower_conv
+  from tinygrad_rocket._tg import Ops
+  E = Tensor.empty
+  lin, _ = ((E(1, 2, 7, 7) - E(1, 2, 1, 1)) / E(1, 2, 1, 1)).conv2d(E(2, 2, 3, 3), stride=2).linear_with_vars()
+  (k,) = [c.src[0] for c in lin.src if c.src[0].op is Ops.SINK]
+  assert "a product of more than two operands" in lower_conv(analyze(k)).reason
+  rng = np.random.default_rng(3)
+  x, w = rng.uniform(-4, 4, (1, 2, 7, 7)).astype(np.float32), rng.uniform(-2, 2, (2, 2, 3, 3)).astype(np.float32)
+  a, b = rng.uniform(-1, 1, (1, 2, 1, 1)).astype(np.float32), rng.uniform(0.25, 2, (1, 2, 1, 1)).astype(np.float32)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): run(lambda X, W, A, B: ((X - A) / B).conv2d(W, stride=2), (x, w, a, b), "ROCKET")
+  (reason,) = npu_reasons()
+  assert reason.startswith("contraction ") and "+computed A" in reason, reason
 
 # ***** padding after the prologue *****
 
