@@ -269,7 +269,7 @@ def _padded_value(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int
   """WHERE(valid, f(padded loads), c): tinygrad wraps an op fused into a padded input (relu(x).conv2d(w, padding=1))
   this way; the loads inside carry the same predicate on their indices. With f(padding) == c it is f itself; else the
   predicate is kept as a Valid operand of the WHERE."""
-  try: predicate(u.src[0])
+  try: bounds = predicate(u.src[0])
   except NotAnalyzable: return None
   inner: list[Load] = []
   try: e = _expr(u.src[1], ranges, inner, sizes)
@@ -277,7 +277,7 @@ def _padded_value(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int
   if not inner: return None
   loads.extend(inner)
   if _at_pad(e) == _scalar(u.src[2].arg): return e
-  return Alu(Ops.WHERE, (Valid(tuple(predicate(u.src[0]))), e, _expr(u.src[2], ranges, loads, sizes)), u.dtype)
+  return Alu(Ops.WHERE, (Valid(tuple(bounds)), e, _expr(u.src[2], ranges, loads, sizes)), u.dtype)
 
 def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) -> Expr:
   u = _padded_load_form(u)
