@@ -59,7 +59,7 @@ from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, relu_form, leaky_arg, Grid
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
 from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, XStageOp, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
@@ -151,7 +151,9 @@ def _activation_table(u, g):
   # exact on every input, else on an interval (sqrt, 1/x, log of a statistic): then a check after the job sends a call
   # whose u left the table's domain to the C code
   if (t := full_line_table(fn, name)) is not None: return t
-  t = pick_table(fn, name)
+  # signed_ok: no padding lane feeds the table x ~ 0 under a signed decode (lower_contraction: padding kernels repeat a
+  # real kernel, padding rows are not tabulated)
+  t = pick_table(fn, name, signed_ok=True)
   return t if t is not None and _domain_predictable(fn, t.domain) else None
 
 def _domain_predictable(fn, domain:tuple[float, float]) -> bool:
@@ -372,6 +374,11 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   else: (rows, n_t), kc = plan, None
   if c.activation is not None:
     if kc is not None: return NotApplicable("an activation epilogue with K split over tasks (not implemented)")
+    if c.activation[0].signed and c.residual is not None:
+      return NotApplicable("a signed-decode table after a residual add (its padding kernels would not repeat a real kernel)")
+  # a signed decode spikes at x ~ 0 (QUIRK 2, rocket_fp16_ew_ppu.md §4.6): its table meets no padding lane holding 0.
+  # Padding kernels repeat kernel N-1 (B's column; the guard has checked that u), padding rows are not tabulated
+  repeat = c.activation is not None and c.activation[0].signed
   if c.leaky is not None:
     if kc is not None: return NotApplicable("a leaky ReLU epilogue with K split over tasks (not implemented: the last "
                                             "chunk's EW stage adds the partial sum)")
@@ -461,10 +468,20 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       g = Grid(b_grid, sz, fixed)
       g.linear((kc, 0, kg, 0, 1), 0, c.k_dims, K); g.linear((0, ng, 0, 1, 0), nt * n_t, c.n_dims, N)
       pack += [_part(operand(c.b, "b", g, B, Lin(b_st(w), off + v)), lo) for v, w, lo in b_views]
+      if repeat and (nt + 1) * n_t > N:   # the tile's padding kernels get kernel N-1's weights (written over the zeros)
+        g = Grid(b_grid, sz, fixed)
+        g.linear((kc, 0, kg, 0, 1), 0, c.k_dims, K); g.linear((0,) * 5, N - 1, c.n_dims, N)
+        g.bounds.append(Bound(g.unit(g.var(Var((0, ng, 0, 1, 0), nt * n_t))), N, None))
+        pack += [replace(operand(c.b, "b", g, B, Lin(b_st(w), off + v)), fill=None) for v, w, _ in b_views]
       if c.epilogue is not None and c.prologue is None:
         g = Grid(b_grid[1:4:2], sz, fixed)
         g.linear((ng, 1), nt * n_t, c.n_dims, N)
         pack += [_part(column("b", g, B, Lin((b_st(w)[1], kg), off + v + b_col(K))), lo) for v, w, lo in b_views]
+        if repeat and (nt + 1) * n_t > N and c.epilogue_side == "b":
+          g = Grid(b_grid[1:4:2], sz, fixed)
+          g.linear((0, 0), N - 1, c.n_dims, N)
+          g.bounds.append(Bound(g.unit(g.var(Var((ng, 1), nt * n_t))), N, None))
+          pack += [replace(column("b", g, B, Lin((b_st(w)[1], kg), off + v + b_col(K))), fill=None) for v, w, _ in b_views]
       if c.residual is not None:  # an identity block: kernel j has 1 at channel K_r + j
         g = Grid(b_grid[1:4:2], sz, fixed)
         ch, k1, k2 = (g.var(Var((ng, 1), K_r, d, m)) for d, m in ((kc, 0), (kg, kc // kg), (1, kg)))
@@ -489,7 +506,11 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         table, multiply = c.activation    # the same tile recomputed in fp32 times g(u) in the EW stage
         u_off, g_off = ci * per_c + c_sz, ci * per_c + c_sz + u_f.nbytes
         tasks.append(matmul_task(tile, A, a_off, B, b_off, C, u_off, bs=XStageOp(add=icpt), out_fp16=True))
-        late += lut_tasks(rows * n_t, table, C, u_off, C, g_off)
+        if not repeat: late += lut_tasks(rows * n_t, table, C, u_off, C, g_off)
+        else:   # each 8-kernel surface's real rows (rows x 8 fp16 each, Feature(n_t, rows, 1))
+          m_real, surf = min(rows, M - mt * rows), u_f.surface_elems * u_f.elem_bytes
+          for s in range(ceil_div(min(n_t, N - nt * n_t), u_f.c2)):
+            late += lut_tasks(m_real * u_f.c2, table, C, u_off + s * surf, C, g_off + s * surf)
         if table.domain != (-math.inf, math.inf):   # u of the tile's real rows and kernels, one guard per 16 kernels
           guards += [Guard(C, rows, min(rows, M - mt * rows) * LANES, ((u_off + gi * rows * LANES * 2, 1.0),), 0.0, *table.domain,
                            f"the argument of lut({table.name}) in its domain {table.domain}", after=True,

@@ -139,7 +139,7 @@ def pick_table(fn, name:str, signed_ok:bool=False) -> LutTable|None:
   c = TABLE_SCALES[w]
   if (tw := next(_tables(fn, name, ((t.lo * c, t.hi * c),)), None)) is None: raise NoWindow(f"{name} on window {w} misses LUT_MAX_ERROR")
   # a window stands in for window 0's table on the terms its caller accepted: a caller may feed x ~ 0 to an unsigned
-  # table (a contraction epilogue's padding lanes), which a signed decode would meet with the spike (QUIRK 2, §4.6)
+  # table (padding it does not control), which a signed decode would meet with the spike (QUIRK 2, §4.6)
   if tw.signed and not t.signed and not signed_ok: raise NoWindow(f"{name} on window {w} needs a signed decode (window 0's is unsigned)")
   return tw
 
