@@ -339,3 +339,45 @@ def test_prelu_of_a_computed_value_falls_back_with_reason():
   k = Tensor(np.float32([[[[0.1]], [[2.0]], [[-1.0]]]]), device="ROCKET").realize()
   u = x * y
   assert "a PReLU whose input or slope is a computed value" in lowering_reason((u < 0).where(u * k, u))
+
+# ---- PReLU with a slope tensor as a contraction's epilogue (rules/contraction.py _prelu_tasks) ------------------------
+PRELU_LAYERS = {"linear": lambda x, w, b: x.linear(w, b), "conv": lambda x, w, b: x.conv2d(w, b, padding=1)}
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("form", list(PRELU_FORMS))
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_prelu_contraction_epilogue(kind, form, dtype):
+  """linear / conv2d (+ bias) then PReLU with a per-channel slope tensor (slopes of every regime: 0, 1, in (0, 1),
+  above 1, negative), fused into the contraction: two tasks per tile, relu(-u) times the slope tile, then relu(u) plus
+  that (_prelu_tasks). The NPU's result is u' or fl32(k u') for its own u' (within e_u, check_contraction's bound), and
+  PReLU is max(1, |k|)-Lipschitz in u: max(1, |k|) e_u + u32 |k| (|u| + e_u), plus a float16 output's rounding; the
+  CPU: its own u within e_c, k u rounded in the dtype."""
+  _, arrays, u, S, n, amax, bias = contraction_case(kind, dtype, np.random.default_rng(11))
+  C = u.shape[1]
+  k = np.resize(np.array(SLOPES + [-1.25, 2.0], dtype), C)
+  k = k.reshape((1, C, 1, 1) if kind == "conv" else (C,))
+  r, c, recs = strict(lambda x, w, b, s: PRELU_FORMS[form](PRELU_LAYERS[kind](x, w, b), s), *arrays, k)
+  assert_npu(recs, f"{kind}+prelu", "+prelu(")
+  p = nm.rocket(dtype)
+  e_u = nm.bound_dot(p, S + bias, n, amax + bias.max())
+  e_c = nm.bound_dot(nm.cpu(dtype), S + bias, n, amax + bias.max()) + (U16 * (np.abs(u) + bias) + ETA16 if dtype == "float16" else U32 * np.abs(u))
+  ka = np.abs(k.astype(np.float64))
+  y = np.abs(np.where(u < 0, k * u, u))
+  e = np.maximum(1, ka) * e_u + U32 * ka * (np.abs(u) + e_u)
+  if dtype == "float16": e = e + U16 * (y + e) + ETA16
+  uc, eta = (U16, ETA16) if dtype == "float16" else (U32, 0.0)
+  nm.assert_within(r, c, e + np.maximum(1, ka) * e_c + uc * ka * np.abs(u) + eta, f"{kind}+prelu {form} {dtype}")
+  assert (u < 0).any() and (u > 0).any()
+
+def test_prelu_epilogue_nonfinite_slope_takes_the_c_code():
+  """An inf slope packs as a non-finite fp32 operand (relu(-u) = 0 times inf would be NaN where u > 0): that call runs
+  the C code, its answer."""
+  rng = np.random.default_rng(12)
+  x, w = rng.standard_normal((12, 32)).astype(np.float32), rng.standard_normal((32, 16)).astype(np.float32)
+  k = np.full(16, 0.5, np.float32)
+  k[3] = np.inf
+  f = lambda x, w, s: PRELU_FORMS["x<0"](x @ w, s)
+  report.reset()
+  r = f(*(Tensor(v, device="ROCKET").realize() for v in (x, w, k))).numpy()
+  np.testing.assert_array_equal(r, f(*(Tensor(v, device="CPU") for v in (x, w, k))).numpy())
+  assert report.records()[-1].reason == NONFINITE_OPERAND_REASON, report.records()

@@ -21,6 +21,9 @@ leaky_relu: YOLO's conv + BN + leaky(0.1)), is max(u, a*u) (min for a > 1) exact
 each tile computes u in fp32, then recomputes it with the BS stage's MUL by fp16(a) and the EW stage's max with that u
 (_leaky_tasks). Bound: the contraction's bound e_u on u, and on the negative branch |fp16(a)| e_u + |fp16(a) - a| |u|
 + u32 |a u| (the slope's fp16 rounding, none for float16 tensors, and one fp32 rounding); no lookup table, no guard.
+PReLU with a slope tensor k (any load varying with the output loops: per channel, broadcast) is relu(u) + c*k relu(-u)
+(rules/elementwise.py PRELU_SPLIT): the tile computes relu(-u) (BS MUL by -1, ReLU) times an fp32 slope tile (EW mul),
+then is recomputed as relu(u) plus that (EW add), exact but fl32(k u) and the output rounding (_prelu_tasks).
 Other activations (sigmoid, SiLU, GELU, ...) are lookup tables of u (_activation_table): exact on every input, or on an
 interval u predictably stays in. Any other epilogue (a non-affine function of the sum) is rejected with its reason,
 never dropped.
@@ -57,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, relu_form, leaky_arg, Grid
+from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, relu_form, leaky_arg, prelu_arg, prelu_sum_arg, Grid
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
@@ -98,6 +101,7 @@ class Contraction:
   precision: str = "fp16"     # "int8": int8 operands, int32 sums (no epilogue but ReLU)
   leaky: float|None = None    # the result is where(e < 0, leaky*e, e) = max(e, leaky*e) (min for leaky > 1), e the epilogue
   split: bool = False         # ROCKET_PRECISION=fp32: every operand as fp16 hi + lo halves, three fp16 products (_split_tasks)
+  prelu: tuple[Load, float]|None = None  # (k, c): the result is relu(e) + c*k relu(-e), e the epilogue (_prelu_tasks)
 
 def _loads_of(e) -> list[Load]:
   return [x for x in walk(e) if isinstance(x, Load)]
@@ -214,8 +218,12 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     if not abs(lk[1]) <= FP16_MAX: return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
     e, leaky = strip_cast(lk[0]), (lk[1] if lk[1] not in (0, 1) else None)
     relu = lk[1] == 0     # max(u, 0*u): the BS stage's ReLU
-  if not relu and isinstance(act := _activation(e), str): return NotApplicable(act)
-  if not relu and act is not None:
+  prelu = None
+  if not relu and leaky is None and (pr := _prelu(e)) is not None:
+    if isinstance(pr, str): return NotApplicable(pr)
+    e, prelu = pr
+  if not relu and prelu is None and isinstance(act := _activation(e), str): return NotApplicable(act)
+  if not relu and prelu is None and act is not None:
     u, g, multiply = act
     if (table := _activation_table(u, g)) is None:
       return NotApplicable("the epilogue applies a function of the sum no lookup table covers accurately")
@@ -284,6 +292,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     used = set().union(*(uses(p) for p in params))
     side = "b" if used <= set(n) | set(batch) else "a" if used <= set(m) | set(batch) else ""
     if not side: return NotApplicable("the epilogue's operands vary with both rows and kernels (residual add fusion not implemented yet)")
+  if prelu is not None and not uses(prelu[0]) <= set(outs): return NotApplicable("a PReLU slope varying with the reduction's loops")
   if not isinstance(a, Load):
     if residual is not None: return NotApplicable("a residual add with a computed operand (not implemented)")
     if params and side == "a": return NotApplicable("an epilogue varying with the rows of a computed operand (its slope "
@@ -293,10 +302,11 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
                                         any(ld.dtype == dtypes.float32 for ld in [*_loads_of(a), *_loads_of(b), *params, *([residual] if residual else [])]))
   if split and (why := "an activation epilogue (its lookup table is fp16-accurate)" if activation is not None else
                        "a leaky ReLU epilogue (its two-task form is not split)" if leaky is not None else
+                       "a PReLU epilogue (its two-task form is not split)" if prelu is not None else
                        "a computed operand (its stages compute in fp16)" if not isinstance(a, Load) else None):
     return NotApplicable(f"ROCKET_PRECISION=fp32: {why} is not computed in split precision; the C code gives float32 accuracy")
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation,
-                     None if isinstance(a, Load) else stages, leaky=leaky, split=split)
+                     None if isinstance(a, Load) else stages, leaky=leaky, split=split, prelu=prelu)
 
 def _int8_copy(g:Grid, ld:Load|Const, dst:int, index:Lin) -> Copy:
   """An int8 operand tile: the loaded int8 values (or the int8 constant) at the valid points, 0 in the padding. Grid.copy
@@ -384,7 +394,12 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                                             "chunk's EW stage adds the partial sum)")
     if icpt is not None: return NotApplicable("a leaky ReLU epilogue after a computed operand with a constant intercept "
                                               "(the BS stage's MUL/ALU order is unconfirmed, rocket_fp16_ew_ppu.md §3.4)")
-  if c.activation is not None or c.prologue is not None or c.leaky is not None:
+  if c.prelu is not None:
+    if kc is not None: return NotApplicable("a PReLU epilogue with K split over tasks (not implemented: the last chunk's "
+                                            "EW stage adds the partial sum)")
+    if icpt is not None: return NotApplicable("a PReLU epilogue after a computed operand with a constant intercept (the BS "
+                                              "stage's MUL/ALU order is unconfirmed, rocket_fp16_ew_ppu.md §3.4)")
+  if c.activation is not None or c.prologue is not None or c.leaky is not None or c.prelu is not None:
     rows = max(rows, EW_MIN_PLANE_ATOMS)   # the result's EW multiply / the stages' EW ops (rocket_fp16_ew_ppu.md §2.3)
   K_eff = K_r + (n_t if c.residual is not None else 0)
   kc = kc or align(K_eff, K_ALIGN)
@@ -413,8 +428,14 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   # with an activation a tile's C region also holds u in fp16 (the table's input) and g(u) (fp16, the table's output)
   u_f = Feature(n_t, rows, 1, 2)
   # with a leaky ReLU it holds u in fp32 (the EW operand of the task that recomputes the tile)
-  per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else c_sz if c.leaky is not None else 0)
-  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_sz * len(batches) * n_tiles, per_c * tiles * (2 if chain_len > 1 else 1))
+  # with a PReLU it holds c*k relu(-u) in fp32 (the EW operand of the task that adds relu(u))
+  per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else c_sz if c.leaky is not None or c.prelu is not None else 0)
+  # a PReLU's slope tile -c*k: fp32, shaped like the result tile, one per output tile (per n tile when k does not vary
+  # with the rows), after the B tiles in B's buffer
+  k_rows = c.prelu is not None and bool(uses(c.prelu[0]) & set(c.m_dims))
+  k_tiles = (m_tiles if k_rows else 1) * n_tiles * len(batches) if c.prelu is not None else 0
+  b_all = b_sz * len(batches) * n_tiles
+  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_all + k_tiles * c_sz, per_c * tiles * (2 if chain_len > 1 else 1))
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
   # B tile: n_k chunks, each of Weights(n_t, width) = (N1, width/32, 16, 32) blocks: a task's weights are contiguous.
@@ -518,7 +539,16 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         if multiply: late.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), bs=XStageOp(add=icpt), ew=EwOperand("mul", C, g_off, 2)))
       if c.leaky is not None:   # u in fp32, then the tile recomputed: max(a*u, u) (min for a > 1), _leaky_tasks
         tasks += _leaky_tasks(tile, c.leaky, icpt, (A, a_off), (B, b_off), (C, ci * per_c + c_sz), (C, dst(0)))
-      for j in range(n_k if c.activation is None and c.leaky is None and not c.split else 0):
+      if c.prelu is not None:   # the slope tile, then c*k relu(-u) and relu(u) plus it (_prelu_tasks)
+        k_off = b_all + ((bi * m_tiles + mt if k_rows else bi) * n_tiles + nt) * c_sz
+        if k_rows or mt == 0:
+          g = Grid((c_f.c1, rows, c_f.c2), sz, fixed)
+          g.linear((c_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
+          k, coeff = c.prelu
+          pack.append(replace(g.copy(k, B, Lin((rows * c_f.c2, c_f.c2, 1), k_off // c_f.elem_bytes), value=("slope", ("MUL", "float64", ("acc",), ("const", coeff)))),
+                              dst_dtype="float32"))
+        tasks += _prelu_tasks(tile, (A, a_off), (B, b_off), (B, k_off), (C, ci * per_c + c_sz), (C, dst(0)))
+      for j in range(n_k if c.activation is None and c.leaky is None and c.prelu is None and not c.split else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
         tasks.append(matmul_task(tile, A, a_off + j * a_chunk * eb, B, b_off + j * b_chunk * eb, C, dst(j),
@@ -542,6 +572,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                                   (" +affine epilogue", c.epilogue is not None), (" +residual", c.residual is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
                                   (f" +leaky({'max' if c.leaky < 1 else 'min'}(u, {c.leaky:g}*u))" if c.leaky is not None else "", c.leaky is not None),
+                                  (" +prelu(relu(u) + c*k*relu(-u), k per element)", c.prelu is not None),
                                   (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
@@ -627,6 +658,29 @@ def _leaky_tasks(tile:MatmulTile, a:float, icpt:float|None, A:tuple[int, int], B
   ops = EwOperand("max" if a < 1 else "min", *U, 4)
   return [matmul_task(tile, *A, *B, *U, bs=XStageOp(add=icpt)),
           matmul_task(tile, *A, *B, *out, bs=XStageOp(mul=a), ew=ops)]
+
+def _prelu_tasks(tile:MatmulTile, A:tuple[int, int], B:tuple[int, int], K:tuple[int, int], V:tuple[int, int],
+                 out:tuple[int, int]) -> list[regs.Task]:
+  """relu(u) + c*k relu(-u) of a tile's u (PReLU with a slope tensor k, rules/elementwise.py PRELU_SPLIT) in two tasks
+  that each compute u (the same fp16 operands and fp32 sums: the same u): the first's BS stage multiplies by -1 and
+  applies ReLU (relu(-u), exact: rocket_fp16_ew_ppu.md §3.4 "scale / negate") and its EW stage multiplies by the fp32
+  slope tile at K (c*k per element, a 32-bit per-pixel operand, §2.3/§7.3): fl32(c k relu(-u)), into V; the second's
+  BS ReLU gives relu(u) and its EW stage adds V. One of the two terms is zero, so the add is exact: the result is u
+  or fl32(c k |u|) (c k as an fp32 value: exact for float32 or float16 k and c = +-1), the only rounding beyond u's own
+  being that product's and the output dtype's. The multiply is the EW stage's, not MUL_PRELU (untested, §6.F)."""
+  return [matmul_task(tile, *A, *B, *V, bs=XStageOp(mul=-1.0, relu=True), ew=EwOperand("mul", *K, 4)),
+          matmul_task(tile, *A, *B, *out, bs=XStageOp(relu=True), ew=EwOperand("add", *V, 4))]
+
+def _prelu(e) -> tuple[object, tuple[Load, float]]|str|None:
+  """(u, (k, c)) when e is a PReLU of an expression u of the sum with a loaded slope k, as relu(u) + c*k relu(-u)
+  (where(u < 0, k*u, u): c = -1); why not when the slope is computed; None when e is no PReLU of the sum."""
+  if (pa := prelu_arg(e)) is not None: u, k, c = pa[0], pa[1], -1.0
+  elif (ps := prelu_sum_arg(e)) is not None: u, k, c = ps
+  else: return None
+  if not any(isinstance(x, Reduce) for x in walk(u)): return None
+  if not isinstance(k := strip_cast(k), Load): return "a PReLU slope that is computed, not loaded"
+  if k.dtype not in FLOATS or k.valid: return f"a PReLU slope of dtype {k.dtype}{' with padding' if k.valid else ''}"
+  return strip_cast(u), (k, c)
 
 @dataclass
 class Prologue:
