@@ -193,16 +193,17 @@ def test_variances_beyond_one_window():
   nm.assert_within(r, c, e_npu + bn_bound(xd, w, b, 0.0, 0.0, cpu_rsqrt)[1], "batchnorm across windows")
   check_with_running_statistics(x, w, b, "batchnorm across windows with running statistics")
 
-# The one backward kernel no rule takes: the variance's gradient, sum(g w (x - mu)) * (-1/n) / (2 s^3) per channel,
-# a contraction whose A operand is computed and whose epilogue scales each output row by a loaded per-channel value
-# (rules/contraction.py cannot fold a per-row slope into a computed operand's packing).
-BACKWARD_FALLBACK = "contraction: an epilogue varying with the rows of a computed operand"
+# The variance's gradient, sum(g w (x - mu)) * (-1/n) / (2 s^3) per channel: a contraction whose A operand is computed
+# (the product, written into the A tiles by elementwise stages) and whose epilogue scales each output row by a value of
+# loaded per-channel operands; the computed A cannot carry that slope in its packing, so the tile's EW stage multiplies
+# by an fp32 tile of it (rules/contraction.py row_scale; test_row_scale_of_a_computed_operand bounds that path).
+ROW_SCALE = "+row scale (EW mul by an fp32 tile)"
 
 def test_batchnorm_training_backward():
-  """The gradients of sum(y * g) for x, w, b through nn.BatchNorm2d in training: every kernel runs on the NPU but the
-  variance's gradient (BACKWARD_FALLBACK); b's gradient, sum(g) per channel (a contraction with ones), within
-  numerics.bound_sum of the NPU and the CPU; w's within grad_w_bound; x's (through the fallback kernel and a 15-stage
-  elementwise one) only checked finite."""
+  """The gradients of sum(y * g) for x, w, b through nn.BatchNorm2d in training: every kernel on the NPU (strict mode),
+  the variance's gradient with its row scale; b's gradient, sum(g) per channel (a contraction with ones), within
+  numerics.bound_sum of the NPU and the CPU; w's within grad_w_bound; x's (through the variance's gradient and a
+  15-stage elementwise kernel) only checked finite."""
   shape = (4, 16, 8, 8)
   x, w, b = bn_params(shape, 11)
   g = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
@@ -217,18 +218,13 @@ def test_batchnorm_training_backward():
       return [t.numpy() for t in gs]
     return call
   call = grads("ROCKET")
-  report.reset()
-  gx, gw, gb = call()
-  recs = report.records()
-  fallbacks = [rec for rec in recs if rec.engine == "fallback"]
-  assert len(fallbacks) == 1 and BACKWARD_FALLBACK in fallbacks[0].reason, recs
-  assert sum(rec.engine == "npu" for rec in recs) >= 4, recs
+  (gx, gw, gb), summaries = all_npu(call)
+  assert any(ROW_SCALE in s for s in summaries), summaries
   cx, cw, cb = grads("CPU")()
-  assert np.isfinite(gx).all()   # gx: through the fallback kernel and a 15-stage one, no bound derived here
+  assert np.isfinite(gx).all()   # gx: through the variance's gradient and a 15-stage kernel, no bound derived here
   gd = g.astype(np.float64)
   S, n = np.abs(gd).sum(AXES), g.size // shape[1]
   nm.assert_within(gb, cb, nm.bound_sum(nm.rocket("float32"), S, n) + nm.bound_sum(nm.cpu("float32"), S, n), "grad b")
-  summaries = [rec.reason for rec in recs if rec.engine == "npu"]
   xd = x.astype(np.float64)
   nm.assert_within(gw, cw, grad_w_bound(xd, gd, U16, ETA16, npu_sqrt(summaries), newton_error_of("reciprocal", summaries))
                    + grad_w_bound(xd, gd, 0.0, 0.0, lambda u, s: U32 * s, U32), "grad w")
@@ -269,3 +265,31 @@ def grad_w_bound(x:np.ndarray, g:np.ndarray, u_in:float, eta:float, e_sqrt, rho:
   gw = np.abs((g * d).sum(AXES)) / s.ravel()
   e_stats = np.abs(g.sum(AXES)) * e_mu.ravel() * inv.ravel() + gw * e_s.ravel() * inv.ravel()
   return e_sum + e_stats
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_row_scale_of_a_computed_operand(relu):
+  """sum_k (x + y)[c, k] * s[c] (and its ReLU): A = x + y computed into the A tiles (one stage: fp16 operands, an fp32
+  sum narrowed to fp16), summed in fp32, then the EW stage's multiply by the fp32 row scale s (and its ReLU after it,
+  1-Lipschitz). Per term t = x + y: |t~ - t| <= e1 + u32 (|t| + e1) rounded again by the fp16 narrowing, e1 = u16 (|x| +
+  |y|) + 2 eta16; the fp32 sum adds gamma(K-1) sum(|t| + e_t); the product |s| E + u32 |s| (|acc| + E). The CPU: each
+  t and the sum in fp32, the product rounded."""
+  rng = np.random.default_rng(13)
+  C, K = 20, 150
+  x, y = rng.standard_normal((C, K)).astype(np.float32), rng.standard_normal((C, K)).astype(np.float32)
+  s = rng.uniform(-3, 3, C).astype(np.float32)
+  f = lambda x, y, s: (((x + y).sum(1) * s).relu() if relu else (x + y).sum(1) * s)
+  X, Y, S = (Tensor(a, device="ROCKET").realize() for a in (x, y, s))
+  r, summaries = all_npu(lambda: f(X, Y, S).numpy())
+  assert len(summaries) == 1 and ROW_SCALE in summaries[0] and "+computed A" in summaries[0], summaries
+  c = f(*(Tensor(a, device="CPU") for a in (x, y, s))).numpy()
+  xd, yd, sd = (a.astype(np.float64) for a in (x, y, s))
+  t, ab = xd + yd, np.abs(xd) + np.abs(yd)
+  e1 = U16 * ab + 2 * ETA16
+  e2 = e1 + U32 * (np.abs(t) + e1)
+  e_t = e2 + U16 * (np.abs(t) + e2) + ETA16
+  acc = t.sum(1)
+  E = e_t.sum(1) + nm.gamma(K - 1, U32) * (np.abs(t) + e_t).sum(1)
+  b = np.abs(sd) * E + U32 * np.abs(sd) * (np.abs(acc) + E)
+  b_cpu = np.abs(sd) * (U32 * np.abs(t).sum(1) + nm.gamma(K - 1, U32) * (np.abs(t) * (1 + U32)).sum(1)) + U32 * np.abs(sd * acc) * (1 + U32)
+  nm.assert_within(r, c, b + b_cpu, f"row scale{' + relu' if relu else ''}")
+  assert (r != 0).any() and (not relu or (r == 0).any())

@@ -24,6 +24,9 @@ each tile computes u in fp32, then recomputes it with the BS stage's MUL by fp16
 PReLU with a slope tensor k (any load varying with the output loops: per channel, broadcast) is relu(u) + c*k relu(-u)
 (rules/elementwise.py PRELU_SPLIT): the tile computes relu(-u) (BS MUL by -1, ReLU) times an fp32 slope tile (EW mul),
 then is recomputed as relu(u) plus that (EW add), exact but fl32(k u) and the output rounding (_prelu_tasks).
+A computed A's epilogue s*acc with s varying with the rows (BatchNorm's variance gradient: s = -1/(2 n sigma^3) per
+channel) cannot fold s into A's packing (the NPU writes A): the tile's EW stage multiplies by an fp32 tile of s
+evaluated when packing (row_scale: fl32(acc * fl32(s)), ReLU after it); an intercept there would need a second op.
 Other activations (sigmoid, SiLU, GELU, ...) are lookup tables of u (_activation_table): exact on every input, or on an
 interval u predictably stays in. Any other epilogue (a non-affine function of the sum) is rejected with its reason,
 never dropped.
@@ -102,6 +105,7 @@ class Contraction:
   leaky: float|None = None    # the result is where(e < 0, leaky*e, e) = max(e, leaky*e) (min for leaky > 1), e the epilogue
   split: bool = False         # ROCKET_PRECISION=fp32: every operand as fp16 hi + lo halves, three fp16 products (_split_tasks)
   prelu: tuple[Load, float]|None = None  # (k, c): the result is relu(e) + c*k relu(-e), e the epilogue (_prelu_tasks)
+  row_scale: bool = False     # a computed A's epilogue s*acc with s varying with the rows: the EW stage multiplies by an s tile
 
 def _loads_of(e) -> list[Load]:
   return [x for x in walk(e) if isinstance(x, Load)]
@@ -295,8 +299,9 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   if prelu is not None and not uses(prelu[0]) <= set(outs): return NotApplicable("a PReLU slope varying with the reduction's loops")
   if not isinstance(a, Load):
     if residual is not None: return NotApplicable("a residual add with a computed operand (not implemented)")
-    if params and side == "a": return NotApplicable("an epilogue varying with the rows of a computed operand (its slope "
-                                                    "cannot be folded into the packing)")
+    if params and side == "a" and not _pure_scale(epilogue, v):
+      return NotApplicable("an epilogue varying with the rows of a computed operand with an intercept (its slope is the EW "
+                           "stage's multiply; the intercept would need a second op)")
   # ROCKET_PRECISION=fp32: a float32 value anywhere (operands, epilogue parameters, result) is carried as two fp16 halves
   split = nest.precision == "fp32" and (nest.out_dtype == dtypes.float32 or
                                         any(ld.dtype == dtypes.float32 for ld in [*_loads_of(a), *_loads_of(b), *params, *([residual] if residual else [])]))
@@ -306,7 +311,8 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
                        "a computed operand (its stages compute in fp16)" if not isinstance(a, Load) else None):
     return NotApplicable(f"ROCKET_PRECISION=fp32: {why} is not computed in split precision; the C code gives float32 accuracy")
   return Contraction(a, b, m, n, batch, list(v.ranges), epilogue, side, params, residual, relu, clip, activation,
-                     None if isinstance(a, Load) else stages, leaky=leaky, split=split, prelu=prelu)
+                     None if isinstance(a, Load) else stages, leaky=leaky, split=split, prelu=prelu,
+                     row_scale=not isinstance(a, Load) and bool(params) and side == "a")
 
 def _int8_copy(g:Grid, ld:Load|Const, dst:int, index:Lin) -> Copy:
   """An int8 operand tile: the loaded int8 values (or the int8 constant) at the valid points, 0 in the padding. Grid.copy
@@ -364,8 +370,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   # alone, so there a constant intercept is the BS stage's fp32 add on each tile's first task instead
   icpt = None
   if c.prologue is not None and c.epilogue is not None:
-    if c.params: return NotApplicable("an epilogue with operands after a computed operand (only constant scales and shifts)")
-    icpt = float(eval_pexpr(Grid((1,), sz, {}).pexpr(c.epilogue), None, 0.0))
+    if c.params and not c.row_scale:
+      return NotApplicable("an epilogue with operands after a computed operand (only constant scales and shifts, and scales "
+                           "varying with the rows)")
+    if not c.row_scale: icpt = float(eval_pexpr(Grid((1,), sz, {}).pexpr(c.epilogue), None, 0.0))
   K_r = K + (c.epilogue is not None and c.prologue is None)
   batches = list(itertools.product(*(range(sz[r]) for r in c.batch_dims)))
   i8 = c.precision == "int8"
@@ -399,6 +407,8 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                                             "EW stage adds the partial sum)")
     if icpt is not None: return NotApplicable("a PReLU epilogue after a computed operand with a constant intercept (the BS "
                                               "stage's MUL/ALU order is unconfirmed, rocket_fp16_ew_ppu.md §3.4)")
+  if c.row_scale and (kc is not None or c.activation is not None or c.leaky is not None or c.prelu is not None):
+    return NotApplicable("a computed operand's row scale with K split over tasks or another epilogue (its EW stage is taken)")
   if c.activation is not None or c.prologue is not None or c.leaky is not None or c.prelu is not None:
     rows = max(rows, EW_MIN_PLANE_ATOMS)   # the result's EW multiply / the stages' EW ops (rocket_fp16_ew_ppu.md §2.3)
   K_eff = K_r + (n_t if c.residual is not None else 0)
@@ -430,12 +440,13 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   # with a leaky ReLU it holds u in fp32 (the EW operand of the task that recomputes the tile)
   # with a PReLU it holds c*k relu(-u) in fp32 (the EW operand of the task that adds relu(u))
   per_c = c_sz + (2 * u_f.nbytes if c.activation is not None else c_sz if c.leaky is not None or c.prelu is not None else 0)
-  # a PReLU's slope tile -c*k: fp32, shaped like the result tile, one per output tile (per n tile when k does not vary
-  # with the rows), after the B tiles in B's buffer
-  k_rows = c.prelu is not None and bool(uses(c.prelu[0]) & set(c.m_dims))
-  k_tiles = (m_tiles if k_rows else 1) * n_tiles * len(batches) if c.prelu is not None else 0
+  # an EW operand tile (a PReLU's slope c*k, a computed operand's row scale s): fp32, shaped like the result tile, one per
+  # output tile (per batch and n tile when it does not vary with the rows), after the B tiles in B's buffer
+  ew_tile = c.prelu is not None or c.row_scale
+  ew_rows = ew_tile and bool(set().union(*(uses(p) for p in ([c.prelu[0]] if c.prelu else c.params))) & set(c.m_dims))
+  ew_tiles = (m_tiles if ew_rows else 1) * n_tiles * len(batches) if ew_tile else 0
   b_all = b_sz * len(batches) * n_tiles
-  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_all + k_tiles * c_sz, per_c * tiles * (2 if chain_len > 1 else 1))
+  scratch = (a_sz * len(batches) * m_tiles * a_per_n, b_all + ew_tiles * c_sz, per_c * tiles * (2 if chain_len > 1 else 1))
   A, B, C = SCRATCH, SCRATCH + 1, SCRATCH + 2
   params = tuple(sorted({p.slot for p in c.params}))
   # B tile: n_k chunks, each of Weights(n_t, width) = (N1, width/32, 16, 32) blocks: a task's weights are contiguous.
@@ -539,20 +550,24 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
         if multiply: late.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), bs=XStageOp(add=icpt), ew=EwOperand("mul", C, g_off, 2)))
       if c.leaky is not None:   # u in fp32, then the tile recomputed: max(a*u, u) (min for a > 1), _leaky_tasks
         tasks += _leaky_tasks(tile, c.leaky, icpt, (A, a_off), (B, b_off), (C, ci * per_c + c_sz), (C, dst(0)))
-      if c.prelu is not None:   # the slope tile, then c*k relu(-u) and relu(u) plus it (_prelu_tasks)
-        k_off = b_all + ((bi * m_tiles + mt if k_rows else bi) * n_tiles + nt) * c_sz
-        if k_rows or mt == 0:
+      if ew_tile:
+        e_off = b_all + ((bi * m_tiles + mt if ew_rows else bi) * n_tiles + nt) * c_sz
+        if ew_rows or mt == 0:
           g = Grid((c_f.c1, rows, c_f.c2), sz, fixed)
           g.linear((c_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
-          k, coeff = c.prelu
-          pack.append(replace(g.copy(k, B, Lin((rows * c_f.c2, c_f.c2, 1), k_off // c_f.elem_bytes), value=("slope", ("MUL", "float64", ("acc",), ("const", coeff)))),
-                              dst_dtype="float32"))
-        tasks += _prelu_tasks(tile, (A, a_off), (B, b_off), (B, k_off), (C, ci * per_c + c_sz), (C, dst(0)))
+          idx = Lin((rows * c_f.c2, c_f.c2, 1), e_off // c_f.elem_bytes)
+          cp = (g.copy(c.prelu[0], B, idx, value=("slope", ("MUL", "float64", ("acc",), ("const", c.prelu[1])))) if c.prelu else
+                g.copy(None, B, idx, value=("slope", g.pexpr(c.epilogue)), params=params))
+          pack.append(replace(cp, dst_dtype="float32"))
+      if c.prelu is not None:   # c*k relu(-u), then relu(u) plus it (_prelu_tasks)
+        tasks += _prelu_tasks(tile, (A, a_off), (B, b_off), (B, e_off), (C, ci * per_c + c_sz), (C, dst(0)))
       for j in range(n_k if c.activation is None and c.leaky is None and c.prelu is None and not c.split else 0):
         last = j == n_k - 1
         ew = None if j == 0 else EwOperand("add", C, dst(j - 1), 4, relu=last and c.relu, clip=c.clip if last else None)
-        tasks.append(matmul_task(tile, A, a_off + j * a_chunk * eb, B, b_off + j * b_chunk * eb, C, dst(j),
-                                 bs=XStageOp(add=icpt if j == 0 else None, relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None), ew=ew))
+        bs = XStageOp(add=icpt if j == 0 else None, relu=c.relu and n_k == 1, clip=c.clip if n_k == 1 else None)
+        if c.row_scale:   # fl32(acc * s) in the EW stage, its ReLU after (n_k = 1)
+          ew, bs = EwOperand("mul", B, e_off, 4, relu=c.relu, clip=c.clip), XStageOp()
+        tasks.append(matmul_task(tile, A, a_off + j * a_chunk * eb, B, b_off + j * b_chunk * eb, C, dst(j), bs=bs, ew=ew))
       # C tile: Feature(n_t, rows, 1) fp32 = grid (N1, rows, 4) -> out[batch, m, n]; padding rows/kernels skipped
       r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(chain_len - 1), "int32" if i8 else "float32")
       g = Grid((r_f.c1, rows, r_f.c2), sz, fixed)
@@ -573,6 +588,7 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
                                   (f" +leaky({'max' if c.leaky < 1 else 'min'}(u, {c.leaky:g}*u))" if c.leaky is not None else "", c.leaky is not None),
                                   (" +prelu(relu(u) + c*k*relu(-u), k per element)", c.prelu is not None),
+                                  (" +row scale (EW mul by an fp32 tile)", c.row_scale),
                                   (f" +{'u*' if c.activation and c.activation[1] else ''}lut({c.activation[0].name}, error "
                                    f"{c.activation[0].max_abs_error:.2g})" if c.activation else "", c.activation is not None)) if on)
   split = f", K in {n_k} chunks of {kc} accumulated on the NPU (fp32 partials, EW add)" if n_k > 1 else ""
@@ -670,6 +686,12 @@ def _prelu_tasks(tile:MatmulTile, A:tuple[int, int], B:tuple[int, int], K:tuple[
   being that product's and the output dtype's. The multiply is the EW stage's, not MUL_PRELU (untested, §6.F)."""
   return [matmul_task(tile, *A, *B, *V, bs=XStageOp(mul=-1.0, relu=True), ew=EwOperand("mul", *K, 4)),
           matmul_task(tile, *A, *B, *out, bs=XStageOp(relu=True), ew=EwOperand("add", *V, 4))]
+
+def _pure_scale(e, red:Reduce) -> bool:
+  """Whether e is s * red for an s not depending on red (products and casts only: e is 0 where the sum is)."""
+  e = strip_cast(e)
+  if e is red: return True
+  return isinstance(e, Alu) and e.op is Ops.MUL and any(_pure_scale(x, red) and _affine_degree(y, red) == 0 for x, y in (e.src, e.src[::-1]))
 
 def _prelu(e) -> tuple[object, tuple[Load, float]]|str|None:
   """(u, (k, c)) when e is a PReLU of an expression u of the sum with a loaded slope k, as relu(u) + c*k relu(-u)
