@@ -25,9 +25,7 @@ import numpy as np
 import pytest
 from tinygrad import Tensor
 import numerics as nm
-from helpers import env
 from test_blocks_on_npu import all_npu, table_error, table_of_window
-from tinygrad_rocket import report
 from tinygrad_rocket.program import GUARD_MARGIN
 from tinygrad_rocket.rules.tables import (pick_table, range_window, RANGE_WINDOWS, NoWindow, TABLE_SCALES, LUT_MAX_ERROR, _log_function,
                                           _power_function)
@@ -64,8 +62,9 @@ def exp_table_error(summaries:list[str]) -> float:
   assert errs, stated
   return max(errs)
 
-def npu_bound(x:np.ndarray, f16:bool, T_exp:float, T_log:float) -> tuple[np.ndarray, np.ndarray]:
-  """(y, bound): the exact log_softmax for the NPU's m and the NPU's error bound (module docstring)."""
+def npu_bound(x:np.ndarray, f16:bool, T_exp:float, T_log:float, e_d:tuple|None=None) -> tuple[np.ndarray, np.ndarray]:
+  """(y, bound): the exact log_softmax for the NPU's m and the NPU's error bound (module docstring). e_d: a 1-D x's
+  (error of d as exp's argument reads it, as the last kernel reads it): d is a stored kernel result there."""
   m = x.max(-1, keepdims=True) if f16 else x.max(-1, keepdims=True).astype(np.float16).astype(np.float64)
   d = x - m
   e = np.exp(d)
@@ -73,7 +72,7 @@ def npu_bound(x:np.ndarray, f16:bool, T_exp:float, T_log:float) -> tuple[np.ndar
   n = x.shape[-1]
   # exp's argument as softmax_bound: x and m rounded to fp16 (float32 x only: m is an fp16 value, float16 x exact), the
   # fp16 coefficient log2(e) and the argument narrowed to fp16 (3 u16 |d|)
-  arg_err = (0.0 if f16 else U16 * (np.abs(x) + np.abs(m))) + 3 * U16 * np.abs(d) + ETA16
+  arg_err = (0.0 if f16 else U16 * (np.abs(x) + np.abs(m))) + 3 * U16 * np.abs(d) + ETA16 if e_d is None else e_d[0]
   e_exp = e * arg_err * 1.01 + T_exp + U16 * e
   E_s = e_exp.sum(-1, keepdims=True) + nm.gamma(n - 1, U32) * (e + e_exp).sum(-1, keepdims=True) + U32 * s
   assert (E_s < s / 2).all()
@@ -81,7 +80,7 @@ def npu_bound(x:np.ndarray, f16:bool, T_exp:float, T_log:float) -> tuple[np.ndar
   e_ln = E_s / (s - E_s)                                                  # |ln s~ - ln s|
   e_L = e_ln + T_log + U16 * (np.abs(L) + e_ln + T_log) + ETA16
   y = d - L
-  e_x = 0.0 if f16 else U16 * np.abs(x) + ETA16
+  e_x = (0.0 if f16 else U16 * np.abs(x) + ETA16) if e_d is None else e_d[1]
   e = e_x + e_L + nm.gamma(2, U32) * (np.abs(x) + e_x + np.abs(m) + np.abs(L) + e_L)
   return y, e + (U16 * (np.abs(y) + e) + ETA16 if f16 else U32 * (np.abs(y) + e))
 
@@ -143,12 +142,6 @@ def test_confident_float32_with_an_fp16_max():
   x = np.stack([np.r_[12.5, rng.standard_normal(199)], np.r_[rng.standard_normal(199) - 20, -3.0]]).astype(np.float32)
   check(x, "log_softmax confident float32")
 
-def fallback_record(x:np.ndarray) -> tuple[np.ndarray, list[report.KernelRecord]]:
-  X = Tensor(x, device="ROCKET").realize()
-  report.reset()
-  r = X.log_softmax(-1).numpy()
-  return r, report.records()
-
 SHORT_CONFIDENT = {
   # float32 rows whose max rounds up in fp16 (m > max: its own term exp(max - m) < 1), the other terms vanishing: sum < 1
   "max rounds up": np.array([[1.00049, -30, -30, -30], [2.0015, -40, -35, -50]], np.float32),
@@ -198,20 +191,26 @@ def test_log_of_a_matmul_with_padding_lanes():
   b_cpu = e_c / (u - e_c) + TRANSCENDENTAL_U32 * U32 * np.abs(np.log2(u)) * LN2 + U32 * np.abs(L)
   nm.assert_within(r, c, b + b_cpu, "log(x @ w) below 1")
 
-def test_one_d_max_with_its_subtraction_takes_the_c_code():
-  """A 1-D x: tinygrad fuses the row max into the subtraction x - max(x) (a REDUCE inside an elementwise kernel); the
-  PPU rule takes a max with no epilogue (rules/pool.py), so that kernel runs the C code with this reason, and the sum's
-  and the log's kernels run on the NPU."""
-  x = (np.random.default_rng(4).standard_normal(100)).astype(np.float32)
-  r, recs = fallback_record(x)
-  assert [rec.engine for rec in recs] == ["fallback", "npu", "npu"], recs
-  assert "pool: an epilogue (ADD) follows the max" in recs[0].reason, recs[0]
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_one_d(dtype):
+  """A 1-D x: tinygrad fuses the max into the subtraction d = x - max(x) (a REDUCE inside an elementwise kernel): the
+  PPU's max broadcast by a matmul (rules/pool.py _lower_broadcast_max), d~ = fl32(fl16(x) - m) in float32 (fl16 in
+  float16); the sum kernel reads d~ through its table (the table's claim holds for d~ as it rounds it), the last kernel
+  d~ rounded to fp16 (float32). Every kernel on the NPU, within the composed bound with those d errors (npu_bound e_d)."""
+  x = (np.random.default_rng(4).standard_normal(100)).astype(dtype)
+  f16 = dtype == np.float16
+  X = Tensor(x, device="ROCKET").realize()
+  r, summaries = all_npu(lambda: X.log_softmax(-1).numpy())
+  assert len(summaries) == 3 and "its max broadcast" in summaries[0], summaries
   c = Tensor(x, device="CPU").log_softmax(-1).numpy()
-  xd = x.astype(np.float64)
-  summaries = [rec.reason for rec in recs if rec.engine == "npu"]
-  # m here is the exact max (the C code's), so the NPU's sum sees exact float32 differences: within the fl16-max bound
-  b = npu_bound(xd[None], False, exp_table_error(summaries), log_table_error(summaries))[1][0]
-  nm.assert_within(r, c, b + cpu_bound(xd[None], False)[0], "log_softmax 1-D")
+  xd = x.astype(np.float64)[None]
+  m = xd.max(-1, keepdims=True) if f16 else xd.max(-1, keepdims=True).astype(np.float16).astype(np.float64)
+  d = xd - m
+  e1 = 0.0 if f16 else U16 * np.abs(xd) + ETA16                            # x rounded to fp16, m exact
+  e2 = e1 + (U16 * (np.abs(d) + e1) + ETA16 if f16 else U32 * (np.abs(d) + e1))   # d~ stored in the dtype
+  e3 = e2 if f16 else e2 + U16 * (np.abs(d) + e2) + ETA16                  # the last kernel's fp16 read of d~
+  b = npu_bound(xd, f16, exp_table_error(summaries), log_table_error(summaries), e_d=(e2, e3))[1][0]
+  nm.assert_within(r, c, b + cpu_bound(xd, f16)[0], f"log_softmax 1-D {np.dtype(dtype).name}")
 
 def test_log_is_windowed():
   """rules/tables.py _log_function: ln and log2 (and tinygrad's log2(x) ln 2) shift by a constant under x -> 4x; powers,

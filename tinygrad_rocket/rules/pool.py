@@ -30,15 +30,17 @@ emu/ppu.py), so no error bound can be derived; avg_pool2d stays with the fallbac
 """
 from __future__ import annotations
 import itertools, math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import numpy as np
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH
-from tinygrad_rocket.ops.layout import Feature, ELEMENT_BYTES, ceil_div, align
+from tinygrad_rocket.ops.layout import Feature, Weights, ELEMENT_BYTES, ceil_div, align
+from tinygrad_rocket.ops.matmul import MatmulTile, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, MIN_ROWS
+from tinygrad_rocket.ops.elementwise import flying_program, FLYING_ENABLE
 from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CUBE_DIM, MIN_CHAINED_DIM
 from tinygrad_rocket.ops.program import entries, override
 from tinygrad_rocket.rules.common import Grid, walk
@@ -325,6 +327,14 @@ def _ppu_task(f_in:Feature, p:Pass, src:tuple[int, int], dst:tuple[int, int]) ->
   return regs.Task(entries(prg), PPU_ENABLE)
 
 def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
+  if (bc := _broadcast_max(nest)) is not None: return _lower_broadcast_max(nest, *bc)
+  job = _pool_job(nest)
+  if isinstance(job, NotApplicable): return job
+  summary, tasks, pack, unpack, scratch, _ = job
+  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack))
+
+def _pool_job(nest:LoopNest) -> tuple[str, list[regs.Task], list[Copy], list[Copy], tuple[int, int], list[int]]|NotApplicable:
+  """(summary, tasks, pack, unpack, scratch sizes of IN and OUT, byte offset in OUT of each tile's result cube)."""
   m = match(nest)
   if isinstance(m, NotApplicable): return m
   sz, ld = nest.ranges, m.load
@@ -342,7 +352,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   bw = p.x.block
   IN, OUT = SCRATCH, SCRATCH + 1
   in_bytes = out_bytes = 0
-  tasks, pack, unpack = [], [], []
+  tasks, pack, unpack, results = [], [], [], []
   for l0, nl in p.chunks():
     for oy0, oh, ox0, ow in p.tiles():
       fs = p.cubes(nl, oh, ow)
@@ -361,6 +371,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
         tasks.append(_ppu_task(fs[i], pa, src, (OUT, off)))
         src, off = (OUT, off), off + fs[i + 1].nbytes
       res = fs[-1]
+      results.append(src[1])
       # unpack: grid (C1, C2, oy, ox) of the last pass's output -> the kernel's output (real lanes only)
       g = Grid((res.c1, C2, oh, ow), sz, {})
       g.linear((C2, 1, 0, 0), l0, list(p.lanes), p.n_lanes)
@@ -380,4 +391,81 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
                        g.lin(nest.out_index), (), fill=None, value=("intercept", ("const", -math.inf * m.sign_out))))
   kind = {(1, 1): "max", (-1, -1): "min", (-1, 1): "max (of the negated input)", (1, -1): "max (negated)"}[(m.sign_in, m.sign_out)]
   summary = f"{kind} pooling: {p.summary} as {len(tasks)} fp16 PPU task(s)"
-  return NpuProgram(nest.name, summary, (in_bytes, out_bytes), regs.assemble(tasks), tuple(pack), tuple(unpack))
+  return summary, tasks, pack, unpack, (in_bytes, out_bytes), results
+
+# ***** a whole max broadcast into an elementwise sum: x - max(x) of a 1-D x *****
+# tinygrad fuses a full max reduction into the kernel that uses it when that kernel's loops are the reduced ones' (1-D
+# log_softmax: out[i] = x[i] - max(x)). The PPU computes the max (exactly fl16(max), as above) into its result atom;
+# no float path broadcasts an NPU-computed value to every element (BRDMA in float mode and per-channel EW operands are
+# undocumented, rocket_fp16_ew_ppu.md §2, emu/dpu.py), but a matmul does: with the max as a weight, out[i] = A[i] . B[:, 0],
+# A[i] = (c, 0 x 7, L[i], 0..) packed, B's kernel 0 = (m, 0 x 7, 1, 0..). B is written by the NPU alone (a packed slot
+# is read-only to its job): a DPU flying copy of a packed image of B (the 1 and zeros), then one of the max's atom over
+# its first 8 entries (lanes 1..7 of the PPU's cube are packed 0, so they stay 0). fp16 products, exact in fp32, and one
+# fp32 rounding of c m + L: the numerics of the elementwise x - m with m an fp16 value (rules/elementwise.py).
+BCAST_L_COL = C2    # A's column of L (the second atom); column 0 holds the max's coefficient
+
+def _broadcast_max(nest:LoopNest) -> tuple[Load, int, float, object]|None:
+  """(L, s, c, mx) for a kernel s * L[out] + c * mx, mx a max reduction over loops no output loop enters (one value), L
+  a load of the output loops, s = +-1, c a constant; else None."""
+  v = nest.value
+  while isinstance(v, Alu) and v.op is Ops.CAST and v.dtype in FLOATS: v = v.src[0]
+  if not (isinstance(v, Alu) and v.op is Ops.ADD): return None
+  for p, q in (v.src, v.src[::-1]):
+    L, c = _unary(p), 1.0
+    if isinstance(L, str) or not isinstance(L[0], Load) or L[0].index.ranges() - set(nest.output_ranges): continue
+    if isinstance(q, Alu) and q.op is Ops.MUL and (k := next((x for x in q.src if isinstance(x, Const)), None)) is not None:
+      c, q = float(k.value), next(x for x in q.src if x is not k)
+    if not any(isinstance(r, Reduce) and r.op is Ops.MAX for r in walk(q)): continue
+    if any(isinstance(ld, Load) and ld.index.ranges() & set(nest.output_ranges) for ld in walk(q)): continue
+    return L[0], L[1], c, q
+  return None
+
+def _lower_broadcast_max(nest:LoopNest, L:Load, sign:int, c:float, mx) -> NpuProgram|NotApplicable:
+  if L.dtype not in FLOATS or L.valid: return NotApplicable(f"the max is added to a load of dtype {L.dtype}{' with padding' if L.valid else ''}")
+  reduce = nest.reduce_ranges
+  sub = replace(nest, ranges={r: nest.ranges[r] for r in reduce}, output_ranges=(), out_index=Affine((), 0), out_size=1, value=mx)
+  job = _pool_job(sub)
+  if isinstance(job, NotApplicable): return NotApplicable(f"the max added to a load: {job.reason}")
+  summary, tasks, pack, _, (in_bytes, out_bytes), results = job
+  coeff = c * match(sub).sign_out            # the PPU holds max(sign_in x); mx is sign_out times it
+  if not (math.isfinite(coeff) and float(np.float16(coeff)) == coeff and coeff != 0):
+    return NotApplicable(f"the max's coefficient {c} is not an fp16 value")
+  M = math.prod(nest.ranges[r] for r in nest.output_ranges)
+  plan = plan_tiles(M, BCAST_L_COL + 1, 1)
+  if isinstance(plan, str): return NotApplicable(plan)
+  rows = max(plan[0], MIN_ROWS)
+  tile = MatmulTile(rows, K_ALIGN, N_ALIGN)
+  m_tiles = ceil_div(M, rows)
+  if len(tasks) + 2 + m_tiles > MAX_TASKS: return NotApplicable(f"{len(tasks) + 2 + m_tiles} tasks (max {MAX_TASKS})")
+  IN, OUT, PAT, B, A, C = (SCRATCH + i for i in range(6))
+  w = Weights(N_ALIGN, K_ALIGN, 1, 1, "float16")
+  a_f, c_f = Feature(K_ALIGN, rows, 1, EBYTES), tile.c
+  # the PPU cube's lanes 1..7 (past the one lane) packed 0, not the max identity: they become B's entries 1..7
+  pack.append(Copy(None, "float64", IN, "float16", (in_bytes // (C2 * EBYTES), C2 - 1), (), Lin((0,)), Lin((C2, 1), 1), fill=0.0))
+  pack += [_zeros(PAT, w.elems), Copy(None, "float64", PAT, "float16", (1,), (), Lin((0,)), Lin((0,), BCAST_L_COL), fill=1.0),
+           _zeros(A, a_f.elems * m_tiles)]   # B's image: kernel 0, k = 8 is 1; A: zeros under its two columns
+  # B = the image (zeros, its 1), then the max's atom over kernel 0's first 8 entries
+  tasks += [_dpu_copy(w.elems, (PAT, 0), (B, 0)), _dpu_copy(C2, (OUT, results[0]), (B, 0))]
+  unpack = []
+  for mt in range(m_tiles):
+    a_off, c_off = mt * a_f.nbytes, mt * c_f.nbytes
+    g = Grid((rows,), nest.ranges, {})
+    g.linear((1,), mt * rows, list(nest.output_ranges), M)
+    pack.append(g.copy(None, A, Lin((C2,), a_off // EBYTES), fill=0.0, value=("intercept", ("const", coeff))))
+    pack.append(g.copy(L, A, Lin((C2,), a_off // EBYTES + rows * C2), value=("slope", NEG_ONE) if sign < 0 else None))   # column 8
+    tasks.append(matmul_task(tile, A, a_off, B, 0, C, c_off))
+    cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)   # kernel 0 of each row: surface 0, lane 0
+    unpack.append(Copy(C, "float32", nest.out_slot, FLOATS[nest.out_dtype], cp.grid, cp.vars, Lin((c_f.c2,), c_off // c_f.elem_bytes),
+                       cp.dst_index, cp.bounds, fill=None))
+  summary = f"{summary}, its max broadcast into {'-' if sign < 0 else ''}{L.slot}[i] {'+' if coeff > 0 else '-'} {abs(coeff):g}*max by 2 DPU copies and {m_tiles} fp16 matmul task(s) of {rows}x{K_ALIGN}x{N_ALIGN}"
+  return NpuProgram(nest.name, summary, (in_bytes, out_bytes, w.elems * EBYTES, w.elems * EBYTES, a_f.nbytes * m_tiles, c_f.nbytes * m_tiles),
+                    regs.assemble(tasks), tuple(pack), tuple(unpack), macs=M * K_ALIGN)
+
+def _zeros(slot:int, n:int) -> Copy: return Copy(None, "float64", slot, "float16", (n,), (), Lin((0,)), Lin((1,)), fill=0.0)
+
+def _dpu_copy(n:int, src:tuple[int, int], dst:tuple[int, int]) -> regs.Task:
+  """A flying DPU task copying n fp16 values (every stage bypassed: fp16 -> fp32 -> fp16, exact)."""
+  prg = flying_program(n, "fp16", {"input": src[0], "output": dst[0]}, operand=False)
+  prg = override(prg, {("DPU_RDMA", "SRC_BASE_ADDR"): regs.address("DPU_RDMA", "SRC_BASE_ADDR", *src),
+                       ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", *dst)})
+  return regs.Task(entries(prg), FLYING_ENABLE)
