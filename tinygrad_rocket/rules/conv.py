@@ -396,9 +396,9 @@ def _roles(nest:LoopNest, x:Load, w:Load) -> tuple[list[int], int|None, bool]|st
   if len(w_only) > 1: return "several kernel loops"
   return x_only, (shared or w_only or [None])[0], bool(shared)
 
-def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
+def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC, padded_prologue:bool=False) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
   """Every assignment of loops to window axes that fits, with its tie-break key and a lower bound of its modeled NPU
-  time; why others do not."""
+  time; why others do not. `padded_prologue`: x is a computed input with padding."""
   roles = _roles(nest, x, w)
   if isinstance(roles, str): return [], [roles]
   x_only, kernel, dw = roles
@@ -406,8 +406,10 @@ def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC) -> 
   found, why = [], []
   outs, taps = [None, *x_only], [None, *red]
   # without overlapping windows a convolution is a matmul: taken here only if the input has a convolution's loops
-  # (images, rows and columns: two or more), else (a matmul, a conv1d 1x1 of one image) it is the contraction rule's
-  windowless = len(x_only) >= 2
+  # (images, rows and columns: two or more), else (a matmul, a conv1d 1x1 of one image) it is the contraction rule's --
+  # unless the input is computed and padded: the contraction rule computes prologues in DPU stages, which cannot give
+  # the padding the computed value's own value (a padded conv with one output position, e.g. 4x4 input, k3 d2 s2 p1)
+  windowless = len(x_only) >= 2 or padded_prologue
   for oy, ox, ky, kx in itertools.product(outs, outs, taps, taps):
     if (oy is not None and oy == ox) or (ky is not None and ky == kx): continue
     ay, ax = _axis(x, oy, ky), _axis(x, ox, kx)
@@ -580,7 +582,7 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   for x, w in ((a, b), (b, a)):
     if w.valid: why.append((2, "the weights are padded")); continue
     if pro is not None and w is b: why.append((2, "the weights are computed (only the input may be)")); continue
-    f, reasons = _candidates(nest, x, w, relu, pr)
+    f, reasons = _candidates(nest, x, w, relu, pr, padded_prologue=pro is not None and x is b and bool(x.valid))
     found += f
     why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
   if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
