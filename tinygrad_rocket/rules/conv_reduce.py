@@ -54,7 +54,7 @@ def _outer(nest:LoopNest) -> tuple[Reduce, float]|str:
     return f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) after the outer sum (only a constant scale)"
   if e.op is not Ops.ADD: return f"an outer REDUCE({e.op.name}) (a sum or mean only)"
   if e.dtype not in FLOATS: return f"the outer sum in {e.dtype} (float32/float16 only)"
-  if len([x for x in walk(e.src) if isinstance(x, Reduce)]) != 1: return "not one reduction inside the outer sum (a convolution's)"
+  if len(dict.fromkeys(x for x in walk(e.src) if isinstance(x, Reduce))) != 1: return "not one reduction inside the outer sum (a convolution's)"
   return e, scale
 
 def match(nest:LoopNest) -> tuple[conv.Conv, conv.Layout, LoopNest, Reduce, float]|NotApplicable:
