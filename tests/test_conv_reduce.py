@@ -70,11 +70,14 @@ def run(fn, arrays, device):
   ts = [Tensor(a, device=device).realize() for a in arrays]   # realized first: only the block fuses into the kernel
   return fn(*ts).numpy()
 
-def arrays(rng, batch, cin, cout, size, out):
+def arrays(rng, batch, cin, cout, size, out, big:bool=False):
+  """Inputs; `big`: a shift and residual of magnitude up to 1000, so that one dropped (or added twice) exceeds the bound
+  (whose operand-rounding part grows with the conv's sum of magnitudes, not with its value)."""
   x = rng.uniform(-2, 2, (batch, cin, size, size)).astype(np.float32)
   w = rng.uniform(-1, 1, (cout, cin, 3, 3)).astype(np.float32)
-  s, t = rng.uniform(0.5, 2, cout).astype(np.float32), rng.uniform(-2, 2, cout).astype(np.float32)
-  r = rng.uniform(-2, 2, (batch, cout, out, out)).astype(np.float32)
+  m = 1000 if big else 2
+  s, t = rng.uniform(0.5, 2, cout).astype(np.float32), rng.uniform(-m, m, cout).astype(np.float32)
+  r = rng.uniform(-m, m, (batch, cout, out, out)).astype(np.float32)
   return x, w, s, t, r
 
 def check(x, w, s, t, r, bn, residual, relu, stride, padding, reduction, what:str):
@@ -89,11 +92,11 @@ def check(x, w, s, t, r, bn, residual, relu, stride, padding, reduction, what:st
 
 @given(batch=st.integers(1, 2), cin=st.integers(1, 24), cout=st.integers(1, 40), size=st.integers(4, 10), stride=st.integers(1, 2),
        padding=st.integers(0, 1), bn=st.booleans(), residual=st.booleans(), relu=st.booleans(),
-       reduction=st.sampled_from(sorted(REDUCTIONS)), seed=st.integers(0, 2**16))
-def test_conv_reduce_on_npu(batch, cin, cout, size, stride, padding, bn, residual, relu, reduction, seed):
+       reduction=st.sampled_from(sorted(REDUCTIONS)), big=st.booleans(), seed=st.integers(0, 2**16))
+def test_conv_reduce_on_npu(batch, cin, cout, size, stride, padding, bn, residual, relu, reduction, big, seed):
   out = (size + 2 * padding - 3) // stride + 1
   assume(out >= 4)   # the rows a summed cube needs (MIN_ROWS) and the EW stage's 12-pixel plane (a shift or residual)
-  x, w, s, t, r = arrays(np.random.default_rng(seed), batch, cin, cout, size, out)
+  x, w, s, t, r = arrays(np.random.default_rng(seed), batch, cin, cout, size, out, big)
   check(x, w, s, t, r, bn, residual, relu, stride, padding, reduction,
         f"conv {x.shape} * {w.shape} s{stride} p{padding} bn={bn} residual={residual} relu={relu} {reduction}")
 
@@ -101,7 +104,7 @@ def test_resnet_block_with_global_pool():
   """docs/models.md's r_32_32_3_3_16_8_8: the last basic block's second conv + BN + residual + ReLU and the global
   average pool, 32 channels at 8x8."""
   rng = np.random.default_rng(0)
-  x, w, s, t, r = arrays(rng, 1, 32, 32, 8, 8)
+  x, w, s, t, r = arrays(rng, 1, 32, 32, 8, 8, big=True)
   check(x, w, s, t, r, True, True, True, 1, 1, "mean23", "ResNet basic block + global average pool")
 
 def test_overflowing_intermediate_runs_the_c_code():
@@ -123,6 +126,8 @@ def test_overflowing_intermediate_runs_the_c_code():
   ("channel mean", lambda x, w: x.conv2d(w, padding=1).mean(1), "a sum over the conv's channels"),
   ("leaky before the pool", lambda x, w: x.conv2d(w, padding=1).leaky_relu(0.1).mean((2, 3)), "a leaky ReLU before the sum"),
   ("pool of 3 rows", lambda x, w: x.conv2d(w).mean((2, 3)), "3 conv output rows summed"),
+  ("a conv as the residual", lambda x, w: (x.conv2d(w, padding=1) + x.conv2d(w[:, :, 1:2, 1:2])).relu().mean((2, 3)),
+   "2 reductions inside the outer sum"),
 ])
 def test_refused_with_reason(what, fn, reason):
   """What the rule does not take falls back (or takes another rule) with its reason in the report."""

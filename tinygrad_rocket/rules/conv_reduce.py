@@ -21,13 +21,16 @@ epilogue's roundings), rounded once to fp16 (relative 2^-11, absolute 2^-25 belo
 (or H, or W) fp16 values summed in fp32 against exact ones (gamma(n-1) of the sum of their magnitudes); times c and
 one rounding to the output dtype (tests/test_conv_reduce.py composes the bound).
 
-Not here (the reason given): a reduction over the conv's channels or images (the depthwise ones-kernel sums within
+Not here (the reason given): a residual computed by another reduction (a downsample branch's 1x1 conv + BN, which
+tinygrad fuses in too: ResNet's first block of a stage; it would need that conv's fp32 cube as a 32-bit EW operand of
+this conv's tasks), a reduction over the conv's channels or images (the depthwise ones-kernel sums within
 a channel of one image), a leaky ReLU before the reduction (its u cube is written in the conv's output precision),
 int8 convolutions, an output under MIN_ROWS rows with its rows reduced, windows over MAX_TAPS per axis, an epilogue
 after the reduction other than a constant scale.
 """
 from __future__ import annotations
 import itertools
+import numpy as np
 from dataclasses import replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops
@@ -54,7 +57,9 @@ def _outer(nest:LoopNest) -> tuple[Reduce, float]|str:
     return f"an epilogue ({e.op.name if isinstance(e, Alu) else type(e).__name__}) after the outer sum (only a constant scale)"
   if e.op is not Ops.ADD: return f"an outer REDUCE({e.op.name}) (a sum or mean only)"
   if e.dtype not in FLOATS: return f"the outer sum in {e.dtype} (float32/float16 only)"
-  if len(dict.fromkeys(x for x in walk(e.src) if isinstance(x, Reduce))) != 1: return "not one reduction inside the outer sum (a convolution's)"
+  if (n := len(dict.fromkeys(x for x in walk(e.src) if isinstance(x, Reduce)))) != 1:
+    return (f"{n} reductions inside the outer sum (one convolution's: a residual that is itself a conv, a downsample "
+            "branch, is not an operand the conv's epilogue takes)" if n else "no convolution inside the outer sum")
   return e, scale
 
 def match(nest:LoopNest) -> tuple[conv.Conv, conv.Layout, LoopNest, Reduce, float]|NotApplicable:
@@ -114,7 +119,7 @@ def lower_conv_reduce(nest:LoopNest) -> NpuProgram|NotApplicable:
                      -FP16_MAX, FP16_MAX, "the conv's output finite in fp16 (the sum's operand)", after=True,
                      lanes=min(GUARD_LANES, K - g * GUARD_LANES)) for g in range((K + GUARD_LANES - 1) // GUARD_LANES)]
   pack = list(job.pack) + [Copy(None, "float64", ONES, "float16", (ones.elems,), (), Lin((0,)), Lin((1,)), (), 1.0)]
-  what = "mean" if scale == 1 / (KH * KW) else "sum" if scale == 1 else f"sum x {scale:g}"
+  what = "mean" if np.float32(scale) == np.float32(1 / (KH * KW)) else "sum" if scale == 1 else f"sum x {scale:g}"   # tinygrad's fp32 1/n
   summary = (f"{job.summary}, fp16 out; then a {what} over its {'rows and columns' if rows and cols else 'rows' if rows else 'columns'} "
              f"as {len(progs) * len(images)} depthwise {KH}x{KW} ones-kernel task(s)")
   return NpuProgram(nest.name, summary, (*scratch, ones.elems * ELEMENT_BYTES[MID_PRECISION], out.nbytes * len(images)), regs.assemble(tasks), tuple(pack),
