@@ -121,6 +121,17 @@ def test_stem(family):
   if family == "x2p1": check(family, x, w[:, :, :3, :3], mean, std, 1, 1)
   else: check(family, x, w, mean, std, 2, 3)
 
+def test_stem_224():
+  """The normalized stem at ImageNet's 224x224 (7x7, stride 2, padding 3: 112x112 outputs). tinygrad writes its padded
+  input and the mean/std indices through nested // and % over all five loops (1.8M points together); analysis.fit_affine
+  checks each // and % on the loops it reads (7 x 112 points), so the kernel runs on the NPU. Few kernels: the emulator
+  runs the conv."""
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
+  w = rng.standard_normal((8, 3, 7, 7)).astype(np.float32)
+  mean, std = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1), np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+  check("normalize", x, w, mean, std, 2, 3, what="normalized 224x224 stem")
+
 # ***** shapes, strides, padding and prologue families *****
 
 @given(batch=st.integers(1, 2), cin=st.integers(1, 5), cout=st.integers(1, 18), k=st.integers(1, 3), stride=st.integers(1, 2),

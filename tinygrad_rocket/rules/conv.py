@@ -310,6 +310,7 @@ def _prologue_axes(c:Conv) -> str|None:
 # "EW operand DMA <= 16-bit" of landscape.md; the 32-bit reads of the K-split partials (§7.3) would keep t in fp32 at
 # twice the operand DMA. So t + r is rounded to fp16 once, as the contraction rule's intercept and residual columns are.
 EPILOGUE_OPERAND_BYTES = 2
+OUT_SLOT = SCRATCH + 2  # the output cubes' scratch buffer
 EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer (a leaky ReLU's u cubes)
 # Leaky ReLU, where(u < 0, a*u, u) with a constant slope a (tinygrad's leaky_relu), as the contraction rule runs it
 # (rules/contraction.py _leaky_tasks; README "leaky ReLU / PReLU"): per band two tasks, the first writes u in fp32 as a
@@ -738,10 +739,24 @@ def plan(s:ConvSpec) -> int|None|str:
     if best is None or tasks < best[0]: best = (tasks, kpt)
   return why if best is None else best[1]
 
+@dataclass(frozen=True)
+class ConvJob:
+  """A matched convolution's job before assembly (rules/conv_reduce.py appends tasks reading its output cube)."""
+  tasks: list[regs.Task]
+  pack: list[Copy]
+  unpack: list[Copy]
+  scratch: tuple[int, ...]   # byte sizes of the scratch buffers (slots SCRATCH + i; the output cubes at OUT_SLOT)
+  summary: str
+  macs: int
+
 def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   m = match(nest)
   if isinstance(m, NotApplicable): return m
-  c, lay = m
+  if isinstance(job := conv_job(nest, *m), NotApplicable): return job
+  return NpuProgram(nest.name, job.summary, job.scratch, regs.assemble(job.tasks), tuple(job.pack), tuple(job.unpack), macs=job.macs)
+
+def conv_job(nest:LoopNest, c:Conv, lay:Layout) -> ConvJob|NotApplicable:
+  """The tasks, packing and unpacking of convolution c laid out as `lay` (its spec's output precision: the cube's)."""
   sz = nest.ranges
   spec, kpt = lay.spec, lay.kernels_per_task
   K = sz[c.kernel] if c.kernel is not None else 1
@@ -749,8 +764,8 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   KH, KW, (OH, OW), He, We = spec.kh, spec.kw, spec.out_hw, c.ay.extent(sz), spec.W
   images = list(itertools.product(*(range(sz[r]) for r in c.images)))
   pr = c.prec
-  cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, pr.out_bytes)
-  WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
+  cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, spec.out_bytes)
+  WT, IN, OUT = SCRATCH, SCRATCH + 1, OUT_SLOT
   slots = dict(input=IN, weights=WT, output=OUT)
   # the epilogue: s in the weights; t the BS stage's fp32 add (a constant) or the EW stage's add of a per-pixel operand,
   # ReLU / clip after it in the same stage
@@ -788,8 +803,8 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){fused} as {len(tasks)} {pr.name} "
              f"conv task(s) ({bands // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
   macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
-  return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
-                    ((ew_img * len(images),) if ew_img else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+  return ConvJob(tasks, pack, unpack, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
+                 ((ew_img * len(images),) if ew_img else ()), summary, macs)
 
 def _leaky_programs(spec:ConvSpec, slots:dict[str, int], kpt:int|None, diagonal:bool, progs:list) -> list:
   """Before each band's task (`progs`: BS MUL by a, EW max/min with u) the task computing its u: the same band with
