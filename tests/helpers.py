@@ -19,3 +19,16 @@ def env(**kv:str):
     for k, v in old.items():
       if v is None: os.environ.pop(k, None)
       else: os.environ[k] = v
+
+def conv_case(k:int, stride:int, dilation:int, padding:int, extra:int, min_size:int) -> tuple[int, int]:
+  """(input size, output size) of a hypothesis conv case, rejecting (hypothesis.assume) the index forms tinygrad writes
+  that analysis.py does not read: gaps between windows (kernel < stride, dilation 1: a % over several periods) and an
+  output whose window lies wholly in the padding (tinygrad hoists the predicate out of the reduction). The input is at
+  least `min_size`, wider than its padding and than the dilated kernel."""
+  from hypothesis import assume
+  eff = (k - 1) * dilation + 1
+  size = max(min_size, padding + 1, eff - 2 * padding) + extra
+  out = (size + 2 * padding - eff) // stride + 1
+  assume(not (dilation == 1 and k < stride))
+  assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
+  return size, out

@@ -22,7 +22,7 @@ from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.rules import conv as conv_rule
 from tinygrad_rocket.emu import cost
 import numerics as nm
-from helpers import env
+from helpers import conv_case, env
 from test_conv_rule import needs_counters
 
 # kind -> (uses s, uses t, uses r, relu, relu6, constant epilogue), the summary's marks of what is fused
@@ -86,15 +86,11 @@ def conv_records() -> list[str]:
        kind=st.sampled_from(sorted(KINDS)), dtype=st.sampled_from(["float32", "float16"]), big=st.booleans(), seed=st.integers(0, 2**16))
 def test_conv_epilogue_on_npu(batch, cin, cout, k, stride, dilation, padding, extra, depthwise, kind, dtype, big, seed):
   groups, cout = (cin, cin) if depthwise else (1, cout)
-  eff = (k - 1) * dilation + 1
-  # the input-shape assumptions of tests/test_conv_rule.py (index forms analysis.py reads), and an output plane of at
-  # least 12 pixels (the EW stage's operand floor: smaller ones are the contraction rule's, test_small_plane_falls_back)
-  size = max(4, padding + 1, eff - 2 * padding) + extra
-  assume(not (dilation == 1 and k < stride))
-  out = (size + 2 * padding - eff) // stride + 1
+  # index forms analysis.py reads (helpers.conv_case), and an output plane of at least 12 pixels (the EW stage's
+  # operand floor: smaller ones are the contraction rule's, test_small_plane_falls_back)
+  size, out = conv_case(k, stride, dilation, padding, extra, min_size=4)
   n = cin // groups * k * k
   assume(n > 1 and out * out >= 12)
-  assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
   rng = np.random.default_rng(seed)
   x = rng.uniform(-4, 4, (batch, cin, size, size)).astype(dtype)
   w = rng.uniform(-4, 4, (cout, cin // groups, k, k)).astype(dtype)

@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 import pytest
-from hypothesis import given, assume, strategies as st
+from hypothesis import given, assume, example, strategies as st
 from tinygrad import Tensor
 from tinygrad_rocket import report
 from tinygrad_rocket.config import FallbackError
 import numerics as nm
-from helpers import env
+from helpers import conv_case, env
 
 U64 = 2.0 ** -53
 
@@ -121,18 +121,28 @@ def test_stem(family):
   if family == "x2p1": check(family, x, w[:, :, :3, :3], mean, std, 1, 1)
   else: check(family, x, w, mean, std, 2, 3)
 
+def test_stem_224():
+  """The normalized stem at ImageNet's 224x224 (7x7, stride 2, padding 3: 112x112 outputs). tinygrad writes its padded
+  input and the mean/std indices through nested // and % over all five loops (1.8M points together); analysis.fit_affine
+  checks each // and % on the loops it reads (7 x 112 points), so the kernel runs on the NPU. Few kernels: the emulator
+  runs the conv."""
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
+  w = rng.standard_normal((8, 3, 7, 7)).astype(np.float32)
+  mean, std = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1), np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+  check("normalize", x, w, mean, std, 2, 3, what="normalized 224x224 stem")
+
 # ***** shapes, strides, padding and prologue families *****
 
 @given(batch=st.integers(1, 2), cin=st.integers(1, 5), cout=st.integers(1, 18), k=st.integers(1, 3), stride=st.integers(1, 2),
        dilation=st.integers(1, 2), padding=st.integers(0, 3), extra=st.integers(0, 5), family=st.sampled_from(sorted(FAMILIES)),
        seed=st.integers(0, 2**16))
+@example(batch=1, cin=1, cout=1, k=3, stride=2, dilation=2, padding=1, extra=0, family="affine", seed=0)   # one output position, padded
 def test_prologue_on_npu(batch, cin, cout, k, stride, dilation, padding, extra, family, seed):
-  eff = (k - 1) * dilation + 1
-  size = max(4, padding + 1, eff - 2 * padding) + extra
-  out = (size + 2 * padding - eff) // stride + 1
-  assume(not (dilation == 1 and k < stride) and cin * k * k > 1 and out >= 1)
-  assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
+  size, out = conv_case(k, stride, dilation, padding, extra, min_size=4)
+  assume(cin * k * k > 1)
   assume(not (family == "normalize" and padding == 0))   # a flat 3-factor product: test_unpadded_normalize_is_a_flat_product
+  assume(not (out == 1 and padding == 0))   # one output position, no padding: a matmul (test_single_unpadded_position_is_a_matmul)
   rng = np.random.default_rng(seed)
   x = rng.uniform(-4, 4, (batch, cin, size, size)).astype(np.float32)
   w = rng.uniform(-2, 2, (cout, cin, k, k)).astype(np.float32)
@@ -159,6 +169,17 @@ def test_unpadded_normalize_is_a_flat_product():
   a, b = rng.uniform(-1, 1, (1, 2, 1, 1)).astype(np.float32), rng.uniform(0.25, 2, (1, 2, 1, 1)).astype(np.float32)
   report.reset()
   with env(ROCKET_FALLBACK="0"): run(lambda X, W, A, B: ((X - A) / B).conv2d(W, stride=2), (x, w, a, b), "ROCKET")
+  (reason,) = npu_reasons()
+  assert reason.startswith("contraction ") and "+computed A" in reason, reason
+
+def test_single_unpadded_position_is_a_matmul():
+  """A conv with one output position and no padding has no windows to slide: the conv rule leaves it to the contraction
+  rule, which runs it on the NPU with the prologue in DPU stages (hypothesis found the shape: 4x4 input, k2 d2 s2)."""
+  rng = np.random.default_rng(0)
+  x, w = rng.uniform(-4, 4, (1, 1, 4, 4)).astype(np.float32), rng.uniform(-2, 2, (1, 1, 2, 2)).astype(np.float32)
+  a, b = rng.uniform(-1, 1, (1, 1, 1, 1)).astype(np.float32), rng.uniform(0.25, 2, (1, 1, 1, 1)).astype(np.float32)
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): run(lambda X, W, A, B: (X * A + B).conv2d(W, stride=2, dilation=2), (x, w, a, b), "ROCKET")
   (reason,) = npu_reasons()
   assert reason.startswith("contraction ") and "+computed A" in reason, reason
 

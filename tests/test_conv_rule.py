@@ -13,7 +13,7 @@ from tinygrad_rocket import report, lower
 from tinygrad_rocket.config import FallbackError
 from tinygrad_rocket.rules.conv import lower_conv
 import numerics as nm
-from helpers import env, rocket_and_cpu
+from helpers import conv_case, env, rocket_and_cpu
 
 def test_registered_before_contraction():
   names = [n for n, _ in lower.RULES]
@@ -36,19 +36,11 @@ def _reuses(n_out:int, taps:int, stride:int, dilation:int) -> bool:
        seed=st.integers(0, 2**16))
 def test_conv_on_npu(dims, batch, cin, cout, k, stride, dilation, padding, extra, depthwise, relu, dtype, seed):
   groups, cout = (cin, cin) if depthwise else (1, cout)
-  eff = (k - 1) * dilation + 1
   # inputs of one element or not larger than their padding: tinygrad writes index forms analysis.py does not read (a
-  # constant folded into the predicate, % over more than one period), so those kernels fall back with that reason
-  size = max(2, padding + 1, eff - 2 * padding) + extra
-  # gaps between windows (kernel < stride, dilation 1): tinygrad indexes the input with a % whose operand spans several
-  # periods (affine only on the loops' ranges), which analysis.py does not resolve: those fall back with that reason
-  assume(not (dilation == 1 and k < stride))
-  out = (size + 2 * padding - eff) // stride + 1
+  # constant folded into the predicate), so those kernels fall back with that reason
+  size, out = conv_case(k, stride, dilation, padding, extra, min_size=2)
   n = cin // groups * k ** dims
   assume(n > 1)  # a sum of one product is no REDUCE: an elementwise kernel, not a convolution
-  # an output whose window lies wholly in the padding makes tinygrad hoist the padding predicate out of the reduction
-  # (or store a constant): a form analysis.py does not read, so the kernel falls back with that reason
-  assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
   rng = np.random.default_rng(seed)
   x = rng.uniform(-4, 4, (batch, cin) + (size,) * dims).astype(dtype)
   w = rng.uniform(-4, 4, (cout, cin // groups) + (k,) * dims).astype(dtype)

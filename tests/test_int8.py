@@ -15,7 +15,7 @@ from tinygrad import Tensor, dtypes
 from tinygrad_rocket import report
 from tinygrad_rocket.config import FallbackError
 from tinygrad_rocket.ops.matmul import MAX_ABS_SUM, plan_tiles
-from helpers import env, rocket_and_cpu
+from helpers import conv_case, env, rocket_and_cpu
 
 I8_MIN, I8_MAX = -128, 127
 
@@ -71,12 +71,8 @@ def test_int8_conv(dims, batch, cin, cout, k, stride, dilation, padding, extra, 
   g = {"1": 1, "depthwise": cin, "2": 2}[groups]
   if groups == "2": cin, cout = 2 * cin, 2 * cout
   if groups == "depthwise": cout = cin
-  eff = (k - 1) * dilation + 1
-  size = max(2, padding + 1, eff - 2 * padding) + extra
-  assume(not (dilation == 1 and k < stride))   # gaps between windows: an index form analysis.py does not read
-  out = (size + 2 * padding - eff) // stride + 1
+  size, out = conv_case(k, stride, dilation, padding, extra, min_size=2)
   assume(cin // g * k ** dims > 1)
-  assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
   rng = np.random.default_rng(seed)
   x = i8(rng, (batch, cin) + (size,) * dims, extreme)
   w = i8(rng, (cout, cin // g) + (k,) * dims, extreme)

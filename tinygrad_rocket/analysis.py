@@ -43,6 +43,7 @@ def affine(u:UOp, ctx:"IndexContext|None"=None) -> Affine:
   """The affine map of an index expression. `ctx` (range sizes and the validity predicate guarding the index) lets a
   `%` or `//` by a constant through when, on every valid point, its operand stays within one period: tinygrad writes
   strided and dilated convolutions' padded indices as (affine + c) % buffer_size."""
+  if ctx is not None and (f := ctx.fitted.get(u)) is not None: return f
   if u.op is Ops.RANGE: return Affine(((u.arg[0], 1),))
   if u.op is Ops.CONST and isinstance(u.arg, int) and not isinstance(u.arg, bool): return Affine((), u.arg)
   if u.op is Ops.ADD: return affine(u.src[0], ctx) + affine(u.src[1], ctx)
@@ -72,6 +73,7 @@ class IndexContext:
 
   def __init__(self, sizes:dict[int, int], valid:list["Bound"]):
     self.sizes, self.valid = sizes, valid
+    self.fitted: dict[UOp, Affine] = {}   # sub-indices found equal to an affine map on the valid points (fit_affine)
     parent: dict[int, int] = {}
     def find(r:int) -> int:
       while parent.setdefault(r, r) != r: r = parent[r]
@@ -202,40 +204,70 @@ def _load(u:UOp, sizes:dict[int, int], valid:tuple[Bound, ...]=(), pad=None) -> 
 
 # ***** indices that are affine only on their valid points *****
 # tinygrad sometimes writes an affine access through nested // and % that span several periods (a strided conv's
-# padded input after a fused op: ((r2+1)//2 + r5 + 6)//7 ...). Such an index is evaluated on every point of the ranges
-# it uses and accepted if one affine map equals it wherever the padding predicate holds. Enumeration is bounded.
+# padded input after a fused op: ((r2+1)//2 + r5 + 6)//7 ...). Such an index is accepted if one affine map equals it
+# wherever the padding predicate holds, checked point by point, but never over more loops than it must: each // and %
+# (innermost first) is checked alone on the loops it reads closed under the predicate's ties (`_closure`: a bound
+# reading two loops ties them, so the valid points of a closed set of loops are exactly the projections of the valid
+# points of all loops, provided any point is valid at all, which an empty projection refutes), and one found affine
+# there stands for its map in the enclosing expression. What is left is read by `affine` directly, or enumerated
+# whole. A 224x224 stride-2 stem reads 7x112 points per // and % instead of all 1.8M of its loops. Enumeration is
+# bounded per closure.
 MAX_FIT_POINTS = 1 << 20   # ~100 MB of transient int64/float64 arrays at the cap (compile time, once per kernel)
 
 _INT_OPS = {Ops.ADD: np.add, Ops.MUL: np.multiply, Ops.FLOORDIV: np.floor_divide, Ops.FLOORMOD: np.mod,
             Ops.CMPLT: np.less, Ops.CMPNE: np.not_equal, Ops.AND: np.logical_and, Ops.OR: np.logical_or, Ops.MAX: np.maximum,
             Ops.CDIV: lambda a, b: np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b)), Ops.CMOD: np.fmod}
 
-def _eval_index(u:UOp, env:dict[int, np.ndarray]):
+def _eval_index(u:UOp, env:dict[int, np.ndarray], fitted:dict[UOp, Affine]|None=None):
+  if fitted and (a := fitted.get(u)) is not None: return a.const + sum((c * env[r] for r, c in a.terms), np.int64(0))
   if u.op is Ops.RANGE: return env[u.arg[0]]
   if u.op is Ops.CONST and isinstance(u.arg, (int, bool)): return u.arg
-  if u.op is Ops.CAST: return _eval_index(u.src[0], env)
-  if u.op is Ops.WHERE: return np.where(*(_eval_index(x, env) for x in u.src))
-  if u.op in _INT_OPS: return _INT_OPS[u.op](*(_eval_index(x, env) for x in u.src))
+  if u.op is Ops.CAST: return _eval_index(u.src[0], env, fitted)
+  if u.op is Ops.WHERE: return np.where(*(_eval_index(x, env, fitted) for x in u.src))
+  if u.op in _INT_OPS: return _INT_OPS[u.op](*(_eval_index(x, env, fitted) for x in u.src))
   raise NotAnalyzable(f"index uses {u.op.name} (not affine)")
 
-def fit_affine(idx:UOp, sizes:dict[int, int], valid:list[Bound], why:str) -> Affine:
-  """The affine map equal to idx on every valid point, or NotAnalyzable(why)."""
-  rs = sorted({u.arg[0] for u in idx.toposort() if u.op is Ops.RANGE} | {r for b in valid for r in b.expr.ranges()})
-  if math.prod(sizes[r] for r in rs) > MAX_FIT_POINTS: raise NotAnalyzable(why)
+def _closure(rs:set[int], valid:list[Bound]) -> list[int]:
+  """The loops rs together with every loop a bound ties to them, transitively."""
+  out, grew = set(rs), True
+  while grew:
+    grew = False
+    for b in valid:
+      if (br := b.expr.ranges()) & out and not br <= out: out, grew = out | br, True
+  return sorted(out)
+
+def _fit_on(u:UOp, rs:list[int], sizes:dict[int, int], valid:list[Bound], fitted:dict[UOp, Affine]) -> Affine|None:
+  """The affine map equal to u on the valid points of the (closed) loops rs, or None. No valid point: u is never
+  evaluated (nor is the whole index), any map does."""
   grid = np.indices([sizes[r] for r in rs]).reshape(len(rs), -1).astype(np.int64) if rs else np.zeros((0, 1), np.int64)
   env = dict(zip(rs, grid))
-  v = np.broadcast_to(np.asarray(_eval_index(idx, env), np.int64), grid.shape[1:])
+  v = np.broadcast_to(np.asarray(_eval_index(u, env, fitted), np.int64), grid.shape[1:])
   ok = np.ones(grid.shape[1], bool)
   for b in valid:
+    if not b.expr.ranges() <= set(rs): continue
     x = b.expr.const + sum((c * env[r] for r, c in b.expr.terms), np.zeros(grid.shape[1], np.int64))
     if b.lo is not None: ok &= x >= b.lo
     if b.hi is not None: ok &= x < b.hi
   if not ok.any(): return Affine((), 0)   # never read
   A = np.concatenate([grid[:, ok].T, np.ones((int(ok.sum()), 1), np.int64)], axis=1).astype(np.float64)
   coef = np.rint(np.linalg.lstsq(A, v[ok].astype(np.float64), rcond=None)[0]).astype(np.int64)
-  aff = Affine.of({r: int(c) for r, c in zip(rs, coef[:-1])}, int(coef[-1]))
-  if not np.array_equal(grid[:, ok].T @ coef[:-1] + coef[-1], v[ok]): raise NotAnalyzable(why)
-  return aff
+  if not np.array_equal(grid[:, ok].T @ coef[:-1] + coef[-1], v[ok]): return None
+  return Affine.of({r: int(c) for r, c in zip(rs, coef[:-1])}, int(coef[-1]))
+
+def fit_affine(idx:UOp, sizes:dict[int, int], valid:list[Bound], why:str) -> Affine:
+  """The affine map equal to idx on every valid point, or NotAnalyzable(why)."""
+  ctx = IndexContext(sizes, valid)
+  for u in idx.toposort():   # operands before the ops that read them
+    if u.op not in DIVMOD: continue
+    try: affine(u, ctx)
+    except NotAnalyzable:
+      rs = _closure({x.arg[0] for x in u.toposort() if x.op is Ops.RANGE}, valid)
+      if math.prod(sizes[r] for r in rs) <= MAX_FIT_POINTS and (a := _fit_on(u, rs, sizes, valid, ctx.fitted)) is not None: ctx.fitted[u] = a
+  try: return affine(idx, ctx)
+  except NotAnalyzable: pass
+  rs = _closure({u.arg[0] for u in idx.toposort() if u.op is Ops.RANGE} | {r for b in valid for r in b.expr.ranges()}, valid)
+  if math.prod(sizes[r] for r in rs) > MAX_FIT_POINTS or (a := _fit_on(idx, rs, sizes, valid, ctx.fitted)) is None: raise NotAnalyzable(why)
+  return a
 
 def _guarded_by_not(ld:UOp, cond:UOp) -> bool:
   """Whether load ld's index is WHERE(NOT cond, idx, Invalid) (NOT x is written CMPNE(x, True))."""

@@ -310,6 +310,7 @@ def _prologue_axes(c:Conv) -> str|None:
 # "EW operand DMA <= 16-bit" of landscape.md; the 32-bit reads of the K-split partials (§7.3) would keep t in fp32 at
 # twice the operand DMA. So t + r is rounded to fp16 once, as the contraction rule's intercept and residual columns are.
 EPILOGUE_OPERAND_BYTES = 2
+OUT_SLOT = SCRATCH + 2  # the output cubes' scratch buffer
 EW_SLOT = SCRATCH + 3   # the operand cubes' scratch buffer (a leaky ReLU's u cubes)
 # Leaky ReLU, where(u < 0, a*u, u) with a constant slope a (tinygrad's leaky_relu), as the contraction rule runs it
 # (rules/contraction.py _leaky_tasks; README "leaky ReLU / PReLU"): per band two tasks, the first writes u in fp32 as a
@@ -396,9 +397,9 @@ def _roles(nest:LoopNest, x:Load, w:Load) -> tuple[list[int], int|None, bool]|st
   if len(w_only) > 1: return "several kernel loops"
   return x_only, (shared or w_only or [None])[0], bool(shared)
 
-def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
+def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC, padded_prologue:bool=False) -> tuple[list[tuple[tuple, float, Conv]], list[str]]:
   """Every assignment of loops to window axes that fits, with its tie-break key and a lower bound of its modeled NPU
-  time; why others do not."""
+  time; why others do not. `padded_prologue`: x is a computed input with padding."""
   roles = _roles(nest, x, w)
   if isinstance(roles, str): return [], [roles]
   x_only, kernel, dw = roles
@@ -406,8 +407,10 @@ def _candidates(nest:LoopNest, x:Load, w:Load, relu:bool, pr:Prec=FP16_PREC) -> 
   found, why = [], []
   outs, taps = [None, *x_only], [None, *red]
   # without overlapping windows a convolution is a matmul: taken here only if the input has a convolution's loops
-  # (images, rows and columns: two or more), else (a matmul, a conv1d 1x1 of one image) it is the contraction rule's
-  windowless = len(x_only) >= 2
+  # (images, rows and columns: two or more), else (a matmul, a conv1d 1x1 of one image) it is the contraction rule's --
+  # unless the input is computed and padded: the contraction rule computes prologues in DPU stages, which cannot give
+  # the padding the computed value's own value (a padded conv with one output position, e.g. 4x4 input, k3 d2 s2 p1)
+  windowless = len(x_only) >= 2 or padded_prologue
   for oy, ox, ky, kx in itertools.product(outs, outs, taps, taps):
     if (oy is not None and oy == ox) or (ky is not None and ky == kx): continue
     ay, ax = _axis(x, oy, ky), _axis(x, ox, kx)
@@ -580,7 +583,7 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   for x, w in ((a, b), (b, a)):
     if w.valid: why.append((2, "the weights are padded")); continue
     if pro is not None and w is b: why.append((2, "the weights are computed (only the input may be)")); continue
-    f, reasons = _candidates(nest, x, w, relu, pr)
+    f, reasons = _candidates(nest, x, w, relu, pr, padded_prologue=pro is not None and x is b and bool(x.valid))
     found += f
     why += [(int(isinstance(_roles(nest, x, w), str)), r) for r in reasons]
   if not found: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
@@ -736,10 +739,24 @@ def plan(s:ConvSpec) -> int|None|str:
     if best is None or tasks < best[0]: best = (tasks, kpt)
   return why if best is None else best[1]
 
+@dataclass(frozen=True)
+class ConvJob:
+  """A matched convolution's job before assembly (rules/conv_reduce.py appends tasks reading its output cube)."""
+  tasks: list[regs.Task]
+  pack: list[Copy]
+  unpack: list[Copy]
+  scratch: tuple[int, ...]   # byte sizes of the scratch buffers (slots SCRATCH + i; the output cubes at OUT_SLOT)
+  summary: str
+  macs: int
+
 def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   m = match(nest)
   if isinstance(m, NotApplicable): return m
-  c, lay = m
+  if isinstance(job := conv_job(nest, *m), NotApplicable): return job
+  return NpuProgram(nest.name, job.summary, job.scratch, regs.assemble(job.tasks), tuple(job.pack), tuple(job.unpack), macs=job.macs)
+
+def conv_job(nest:LoopNest, c:Conv, lay:Layout) -> ConvJob|NotApplicable:
+  """The tasks, packing and unpacking of convolution c laid out as `lay` (its spec's output precision: the cube's)."""
   sz = nest.ranges
   spec, kpt = lay.spec, lay.kernels_per_task
   K = sz[c.kernel] if c.kernel is not None else 1
@@ -747,8 +764,8 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   KH, KW, (OH, OW), He, We = spec.kh, spec.kw, spec.out_hw, c.ay.extent(sz), spec.W
   images = list(itertools.product(*(range(sz[r]) for r in c.images)))
   pr = c.prec
-  cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, pr.out_bytes)
-  WT, IN, OUT = SCRATCH, SCRATCH + 1, SCRATCH + 2
+  cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, spec.out_bytes)
+  WT, IN, OUT = SCRATCH, SCRATCH + 1, OUT_SLOT
   slots = dict(input=IN, weights=WT, output=OUT)
   # the epilogue: s in the weights; t the BS stage's fp32 add (a constant) or the EW stage's add of a per-pixel operand,
   # ReLU / clip after it in the same stage
@@ -786,8 +803,8 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
              f"on a {He}x{We} packed input -> {OH}x{OW}, {len(images)} image(s){fused} as {len(tasks)} {pr.name} "
              f"conv task(s) ({bands // n_chunks} row band(s) x {n_chunks} kernel chunk(s) per image)")
   macs = len(images) * OH * OW * KH * KW * K * (1 if c.depthwise else C)
-  return NpuProgram(nest.name, summary, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
-                    ((ew_img * len(images),) if ew_img else ()), regs.assemble(tasks), tuple(pack), tuple(unpack), macs=macs)
+  return ConvJob(tasks, pack, unpack, (wbytes, cube_in.nbytes * len(images), cube_out.nbytes * len(images)) +
+                 ((ew_img * len(images),) if ew_img else ()), summary, macs)
 
 def _leaky_programs(spec:ConvSpec, slots:dict[str, int], kpt:int|None, diagonal:bool, progs:list) -> list:
   """Before each band's task (`progs`: BS MUL by a, EW max/min with u) the task computing its u: the same band with
