@@ -108,10 +108,13 @@ def test_bound_catches_a_dropped_branch_or_shift(drop):
   ref = run(block(True, False, 1, 1, 2, drop=drop), args, "CPU")
   with pytest.raises(AssertionError): nm.assert_within(got, ref, bound(*args, True, 1, 1, 2), f"without the {drop}")
 
-def test_banded_and_chunked_tiles():
-  """A main conv too big for one task (row bands, kernel chunks): stage 1 runs on its tiles."""
-  args = arrays(np.random.default_rng(4), 1, 128, 64, 128, 28, 55, big=True)
-  check(args, True, True, 1, 1, 2, "ResNet-18 stage 2's first block at 28x28")
+@pytest.mark.parametrize("cm, cd, cout, size, tiling", [(128, 64, 128, 28, "3 row band(s) x 1 kernel chunk(s)"),
+                                                         (256, 128, 256, 14, "1 row band(s) x 6 kernel chunk(s)")])
+def test_banded_and_chunked_tiles(cm, cd, cout, size, tiling):
+  """A main conv too big for one task (ResNet-18 stages 2 and 3: row bands, kernel chunks): stage 1 runs on its tiles."""
+  args = arrays(np.random.default_rng(4), 1, cm, cd, cout, size, 2 * size - 1, big=True)
+  check(args, True, True, 1, 1, 2, f"ResNet-18's first block at {size}x{size}")
+  assert tiling in report.records()[0].reason, report.records()[0].reason
 
 def test_resnet_downsample_block():
   """A ResNet stage's first basic block end to end (BatchNorms in eval form as scale and shift): relu(bn1(conv1(x)))
