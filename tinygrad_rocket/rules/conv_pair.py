@@ -37,7 +37,7 @@ from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, SCRATCH
 from tinygrad_rocket.rules import conv
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, walk, relu_form, leaky_arg
-from tinygrad_rocket.ops.conv import ConvSpec, conv_program, kernel_chunks, in_rows, overflow, ew_tiles, ew_bytes
+from tinygrad_rocket.ops.conv import conv_program, kernel_chunks, in_rows, overflow, ew_tiles, ew_bytes
 from tinygrad_rocket.ops.layout import Feature, Weights, ATOM_BYTES
 from tinygrad_rocket.ops.matmul import MIN_ROWS, EW_MIN_PLANE_ATOMS, EwOperand, XStageOp
 from tinygrad_rocket.ops.program import entries, rebase, override
