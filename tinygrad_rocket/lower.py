@@ -79,5 +79,6 @@ from tinygrad_rocket.rules.contraction import lower_contraction  # noqa: E402  (
 RULES.append(("contraction", lower_contraction))
 from tinygrad_rocket.rules.conv import lower_conv; RULES.insert(0, ("conv", lower_conv))  # noqa: E402,E702  before contraction
 from tinygrad_rocket.rules.conv_reduce import lower_conv_reduce; RULES.insert(1, ("conv+sum", lower_conv_reduce))  # noqa: E402,E702
+from tinygrad_rocket.rules.conv_pair import lower_conv_pair; RULES.insert(2, ("conv+conv", lower_conv_pair))  # noqa: E402,E702
 from tinygrad_rocket.rules.pool import lower_pool; RULES.append(("pool", lower_pool))  # noqa: E402,E702
 from tinygrad_rocket.rules.elementwise import lower_elementwise; RULES.append(("elementwise", lower_elementwise))  # noqa: E402,E702

@@ -64,6 +64,7 @@ into chunks of kernels; each image of a batch is its own set of tasks.
 from __future__ import annotations
 import itertools, math
 import numpy as np
+from typing import Callable
 from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
@@ -532,7 +533,9 @@ def int8_sum(nest:LoopNest) -> tuple[Reduce, bool]|NotApplicable:
   if e.dtype not in INT_SUMS: return NotApplicable(f"integer products summed in {e.dtype} (int32/int64 only)")
   return e, relu
 
-def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
+def match(nest:LoopNest, agree:Callable[[Conv], bool]|None=None) -> tuple[Conv, Layout]|NotApplicable:
+  """The conv (the fitting candidate with the lowest modeled NPU time; with `agree`, among those it accepts: a second
+  conv of rules/conv_pair.py on the first one's output grid) and its layout, or why none."""
   pr = INT8_PREC if any(isinstance(x, Reduce) and dtypes.is_int(x.dtype) for x in walk(nest.value)) else FP16_PREC
   if pr is INT8_PREC:
     if isinstance(iv := int8_sum(nest), NotApplicable): return iv
@@ -592,6 +595,7 @@ def match(nest:LoopNest) -> tuple[Conv, Layout]|NotApplicable:
   for key, bound, c in sorted(found, key=lambda t: (t[1], t[0])):
     if best is not None and bound > best[0][0]: break
     c = replace(c, clip=clip, epi=epi, pro=pro, leaky=leaky)
+    if agree is not None and not agree(c): unfit.append("no assignment of its loops agrees with the other conv's output grid"); continue
     if pro is not None and (why_pro := _prologue_axes(c)) is not None: unfit.append(why_pro); continue
     if epi is not None and not all(uses(ld) <= {c.kernel} - {None} for ld in epi.scale_loads):
       unfit.append("the epilogue's scale varies with more than the output channel (only per-kernel scales fold into the weights)")
@@ -755,8 +759,10 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   if isinstance(job := conv_job(nest, *m), NotApplicable): return job
   return NpuProgram(nest.name, job.summary, job.scratch, regs.assemble(job.tasks), tuple(job.pack), tuple(job.unpack), macs=job.macs)
 
-def conv_job(nest:LoopNest, c:Conv, lay:Layout) -> ConvJob|NotApplicable:
-  """The tasks, packing and unpacking of convolution c laid out as `lay` (its spec's output precision: the cube's)."""
+def conv_job(nest:LoopNest, c:Conv, lay:Layout, ew_from:str|None=None) -> ConvJob|NotApplicable:
+  """The tasks, packing and unpacking of convolution c laid out as `lay` (its spec's output precision: the cube's).
+  `ew_from`: the per-pixel EW operand (lay.ew_nbytes per element) is written into EW_SLOT by earlier tasks of the job
+  (what they compute, for the summary), not packed from the epilogue."""
   sz = nest.ranges
   spec, kpt = lay.spec, lay.kernels_per_task
   K = sz[c.kernel] if c.kernel is not None else 1
@@ -783,7 +789,7 @@ def conv_job(nest:LoopNest, c:Conv, lay:Layout) -> ConvJob|NotApplicable:
   for i, vals in enumerate(images):
     fixed = dict(zip(c.images, vals))
     pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
-    if ew is not None: pack += pack_operand(c, sz, spec, kpt, fixed, i * ew_img, K)
+    if ew is not None and ew_from is None: pack += pack_operand(c, sz, spec, kpt, fixed, i * ew_img, K)
     unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
     tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes, EW_SLOT: i * ew_img})), regs.MESA_CONV_ENABLE)
               for prg in progs]
@@ -794,7 +800,8 @@ def conv_job(nest:LoopNest, c:Conv, lay:Layout) -> ConvJob|NotApplicable:
   fused = "".join(x for x, on in ((f" +computed input (packed: {', '.join(pro_ops) or 'cast'}; padding {c.pro.fill:g})" if c.pro else "", c.pro is not None),
                                   (" +scale (weights)", epi is not None and not epi.unit),
                                   (" +shift (BS add)", epi is not None and epi.shift is not None),
-                                  (f" +{'residual' if epi and any(uses(ld) - {c.kernel} for ld in epi.loads) else 'per-channel shift'}"
+                                  (f" +{ew_from} (fp{8 * lay.ew_nbytes} EW operand)" if ew_from is not None else
+                                   f" +{'residual' if epi and any(uses(ld) - {c.kernel} for ld in epi.loads) else 'per-channel shift'}"
                                    " (fp16 EW operand)", ew is not None),
                                   (" +relu" if c.clip is None else f" +clip(0, {c.clip:g})", c.relu),
                                   (f" +leaky({'max' if (c.leaky or 0) < 1 else 'min'}(u, {c.leaky:g}*u), two tasks per band)" if c.leaky is not None else "",
