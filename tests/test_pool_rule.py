@@ -142,12 +142,18 @@ def test_fp32_precision_rejects_float32(monkeypatch):
   assert isinstance(f32, lower.NotApplicable) and "ROCKET_PRECISION=fp32" in f32.reason
   assert not isinstance(f16, lower.NotApplicable) and "pooling" in f16.summary
 
-@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_nonfinite_operand_takes_the_cpu_path(bad):
-  """inf/NaN operands: that call runs the C code, so tinygrad's NaN propagation through max is kept."""
+# (value, reduction) pairs the NPU must not see: +inf/NaN in a max, -inf in a min (the negated max would see +inf),
+# and a float32 value beyond fp16's range (it would round to -inf: not the operand's own -inf). -inf in a max and +inf
+# in a min run on the PPU (tests/test_nonfinite_operands.py).
+GUARDED = [(np.inf, "max"), (np.nan, "max"), (-np.inf, "min"), (np.nan, "min"), (-1e6, "max"), (1e6, "min")]
+
+@pytest.mark.parametrize("bad,op", GUARDED)
+def test_nonfinite_operand_takes_the_cpu_path(bad, op):
+  """Such operands: that call runs the C code, so tinygrad's NaN propagation through max is kept."""
   x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
   x[0, 0, 1, 1] = bad
+  fn = (lambda t: t.max_pool2d(2)) if op == "max" else (lambda t: -(-t).max_pool2d(2))
   report.reset()
-  r, c = rocket_and_cpu(lambda t: t.max_pool2d(2), x)
+  r, c = rocket_and_cpu(fn, x)
   np.testing.assert_array_equal(r, c)
   assert any(rec.engine == "fallback" and "not finite" in rec.reason for rec in report.records())

@@ -86,6 +86,8 @@ class Copy:
   fill: float|None = 0.0
   value: PExpr|None = None         # ("slope", e) / ("intercept", e): see PExpr
   params: tuple[int, ...] = ()     # kernel buffer slots `value` reads
+  exact_inf: float|None = None     # packing: the one infinity (after `value`'s slope) this operand may hold, from an
+                                   # infinite source value: the NPU consumes it exactly (rules/pool.py MAX_IDENTITY)
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None, "Callable[[Lin], np.ndarray]"]:
     """(src element indices, dst element indices, validity mask or None, Lin -> per-point values), flat over the

@@ -16,13 +16,15 @@ the one with the fewest tasks, then the fewest atoms read, is taken. Two ways to
     the blocks; windows over 16 x 16 taps telescope (max of maxes is exact), every cube a pass reads from the previous
     pass at least 4 x 4 (rocket_fp16_ew_ppu.md §5, §6.C).
 The CPU gather (program.Copy) packs the cube and does the padding: positions outside tinygrad's padding predicate get
-the pad value (tinygrad pads max pooling with dtype.min, -inf for floats; -inf is packed as FP16_LOWEST, the identity
-of a max over finite fp16 operands), so the PPU pads nothing. A window with no valid tap at all (padding >= kernel) is
--inf in tinygrad: those outputs are written -inf after the unpack.
+the pad value (tinygrad pads max pooling with dtype.min, -inf for floats: packed as fp16 -inf, MAX_IDENTITY), so the
+PPU pads nothing. A window with no valid tap at all (padding >= kernel) is -inf in tinygrad, as the PPU's max of -inf
+taps is.
 
 Numerics: fp16 operands (float32 rounded; rounding is monotonic, so the max of rounded values is the rounded max: the
-result is exactly fl16(max), numerics.bound_select); the PPU's max is exact (GN, rocket_fp16_ew_ppu.md §5). An
-inf/NaN/overflowing operand makes the runner take the kernel's C code (tinygrad's NaN semantics kept).
+result is exactly fl16(max), numerics.bound_select); the PPU's max is exact (GN, rocket_fp16_ew_ppu.md §5). -inf
+operands of the max (data: a conv output tinygrad padded with -inf, masked scores; +inf of a min, negated) go to the
+PPU as they are (MAX_IDENTITY); a finite value overflowing fp16, +inf (of a max) or NaN makes the runner take the
+kernel's C code (tinygrad's NaN semantics kept).
 
 Not here: average pooling (REDUCE(ADD)): the PPU averages with fp16 reciprocal registers (65536/k rounded to fp16,
 0.02-0.05% quantisation) and an fp32 window sum whose internal widths are not documented (docs/emulator.md PPU, ⚠ in
@@ -30,7 +32,7 @@ emu/ppu.py), so no error bound can be derived; avg_pool2d stays with the fallbac
 """
 from __future__ import annotations
 import itertools, math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import numpy as np
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
@@ -48,10 +50,13 @@ FP16 = "fp16"
 EBYTES = ELEMENT_BYTES[FP16]
 C2 = Feature(1, 1, 1, EBYTES).c2                 # lanes per fp16 atom; the PPU needs whole atoms (emu/ppu.py)
 MAX_LANES = MAX_CUBE_DIM // C2 * C2              # channels per task: whole atoms within the 13-bit channel field
-FP16_LOWEST = float(np.finfo(np.float16).min)    # -65504: below or equal to every finite fp16 operand
+# ⚠ The PPU's max compares fp16 -inf operands exactly: its padding value for max pooling is fp16 -inf (0xFC00, bit-exact
+# on hardware, GN: rocket_fp16_ew_ppu.md §5), and no source documents a NaN-from-max-with--inf quirk (§6.F). -inf as
+# data read through PPU_RDMA (not as PADDING_VALUE) is the same compare but was not measured. The packed max identity:
+# padding, a block's spare taps, and -inf operands (program.Copy.exact_inf) are this value.
+MAX_IDENTITY = -math.inf
 NEG_ONE = ("NEG", "float64", ("acc",))           # a Copy value: the slope -1 (packing -x, unpacking -max)
 MAX_GROUP_POINTS = 1 << 16   # loops tied by a padding predicate are enumerated (as analysis.IndexContext does)
-MAX_EMPTY_COPIES = 64         # windows entirely in the padding come in a few runs per axis (padding >= kernel)
 MAX_SCRATCH_BYTES = 1 << 30  # a packed copy beyond 1 GiB (a huge window duplicated per output) is not worth it
 
 # ***** matching *****
@@ -104,10 +109,10 @@ def match(nest:LoopNest) -> MaxReduce|NotApplicable:
 
 def _fill(m:MaxReduce) -> float|str:
   """The packed value of a position outside the padding predicate: the pad as the reduction sees it."""
-  if not m.load.valid: return FP16_LOWEST
+  if not m.load.valid: return MAX_IDENTITY
   if m.load.pad is None: return "a masked load without a pad value"
   pad = float(m.load.pad) * m.sign_in
-  if pad == -math.inf: return FP16_LOWEST  # the identity of a max over finite fp16 values
+  if pad == MAX_IDENTITY: return MAX_IDENTITY
   if math.isnan(pad) or pad == math.inf: return f"padding value {pad} (only -inf or finite pads)"
   f16 = float(np.float16(pad))
   if not math.isfinite(f16): return f"padding value {pad} beyond fp16's range"
@@ -135,24 +140,15 @@ def _valid_points(bounds, rs:list[int], sz:dict[int, int]) -> tuple[np.ndarray, 
     if b.hi is not None: ok &= v < b.hi
   return grid, ok
 
-def _empty_windows(m:MaxReduce, sz:dict[int, int], outs:tuple[int, ...]) -> list[dict[int, int]]|str:
-  """The outputs whose window has no valid tap, as assignments of some output loops (every output matching one of
-  them is empty). A window has a valid tap iff every group of the predicate's loops (_groups) has one, so each group
-  is enumerated alone."""
-  empty = []
+def _reads_input(m:MaxReduce, sz:dict[int, int]) -> str|None:
+  """Why the kernel reads no input, or None: some tap must be valid (each group of the predicate's loops, _groups,
+  enumerated alone). Windows entirely in the padding need nothing more: their packed taps are all MAX_IDENTITY."""
   for rs in _groups(m.load.valid):
     if (n := math.prod(sz[r] for r in rs)) > MAX_GROUP_POINTS:
       return f"a padding predicate ties {len(rs)} loops of {n} points together (max {MAX_GROUP_POINTS})"
-    grid, ok = _valid_points(m.load.valid, rs, sz)
-    if not ok.any(): return "every window lies in the padding (tinygrad's code reads no input; its buffer is not passed)"
-    o_rs = [r for r in rs if r in outs]
-    shape = [sz[r] for r in o_rs]
-    key = np.ravel_multi_index(tuple(grid[rs.index(r)] for r in o_rs), shape) if o_rs else np.zeros(grid.shape[1], np.int64)
-    has_valid = np.zeros(math.prod(shape), bool)
-    np.logical_or.at(has_valid, key, ok)
-    empty += [dict(zip(o_rs, (int(i) for i in np.unravel_index(flat, shape)))) for flat in np.flatnonzero(~has_valid)]
-  if len(empty) > MAX_EMPTY_COPIES: return f"{len(empty)} groups of windows entirely in the padding (max {MAX_EMPTY_COPIES})"
-  return empty
+    if not _valid_points(m.load.valid, rs, sz)[1].any():
+      return "every window lies in the padding (tinygrad's code reads no input; its buffer is not passed)"
+  return None
 
 def _shares_consistently(m:MaxReduce, sz:dict[int, int], o:int, k:int, S:int) -> bool:
   """Overlapping windows share packed positions S*o + k: the padding predicate must agree on every (o, k) that meets
@@ -289,7 +285,7 @@ def plan(m:MaxReduce, nest:LoopNest, pairs:dict[int, int], fill:float) -> Plan|s
     blk = _block_passes(T, natural)
     if isinstance(blk, str): return blk
     (bh, bw), passes = blk
-    if fill != FP16_LOWEST and bh * bw != T:
+    if fill != MAX_IDENTITY and bh * bw != T:
       return f"finite padding value {fill} with windows re-blocked for the PPU (their spare taps need the max identity)"
     ay, ax = (Axis(None, 1, b, b) if a is None else Axis(a[0], sz[a[0]], b, b) for a, b in zip(axes, (bh, bw)))
     what = f"windows of {T} taps in {bh}x{bw} blocks, {len(passes)} pass(es)"
@@ -330,8 +326,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   sz, ld = nest.ranges, m.load
   fill = _fill(m)
   if isinstance(fill, str): return NotApplicable(fill)
-  empty = _empty_windows(m, sz, nest.output_ranges) if ld.valid and fill == FP16_LOWEST else []
-  if isinstance(empty, str): return NotApplicable(empty)
+  if ld.valid and (why_not := _reads_input(m, sz)) is not None: return NotApplicable(why_not)
   plans, why = [], []
   for pairs in candidates(m, nest):
     p = plan(m, nest, pairs, fill)
@@ -354,7 +349,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
         if a.out is not None: g.pos[a.out] = g.var(Var(tuple(int(i == coord) for i in range(6)), o0))
       g.linear((0, 0, 0, bw, 0, 1), 0, list(p.taps), math.prod(sz[k] for k in p.taps))
       dst = Lin((cube.surface_elems, 1, p.y.step * cube.W * C2, cube.W * C2, p.x.step * C2, C2), in_bytes // EBYTES)
-      pack.append(g.copy(ld, IN, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None))
+      pack.append(replace(g.copy(ld, IN, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None), exact_inf=MAX_IDENTITY))
       # passes: packed cube -> pass outputs, one after the other in OUT
       src, off = (IN, in_bytes), out_bytes
       for i, pa in enumerate(p.passes):
@@ -372,12 +367,6 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
                          value=("slope", NEG_ONE) if m.sign_out < 0 else None))
       in_bytes += cube.nbytes
       out_bytes = off
-  for pinned in empty:  # windows entirely in the padding: tinygrad's max is -inf there
-    free = [r for r in nest.output_ranges if r not in pinned]
-    g = Grid(tuple(sz[r] for r in free) or (1,), sz, pinned)
-    for i, r in enumerate(free): g.pos[r] = i
-    unpack.append(Copy(OUT, "float16", nest.out_slot, FLOATS[nest.out_dtype], g.grid, (), Lin((0,)),
-                       g.lin(nest.out_index), (), fill=None, value=("intercept", ("const", -math.inf * m.sign_out))))
   kind = {(1, 1): "max", (-1, -1): "min", (-1, 1): "max (of the negated input)", (1, -1): "max (negated)"}[(m.sign_in, m.sign_out)]
   summary = f"{kind} pooling: {p.summary} as {len(tasks)} fp16 PPU task(s)"
   return NpuProgram(nest.name, summary, (in_bytes, out_bytes), regs.assemble(tasks), tuple(pack), tuple(unpack))
