@@ -107,7 +107,8 @@ class NpuJobError(RuntimeError):
 # The NPU sees only finite fp16 operands: then its fp32 sums are finite too (65504^2 times any K tinygrad hands over
 # stays far below fp32's range), and NaN/inf semantics (tinygrad's MAX(0, NaN) is 0, the NPU's ReLU of NaN is not
 # documented) never arise on it. A call with a non-finite operand takes the kernel's C code, except an infinity its
-# Copy allows (program.Copy.exact_inf: -inf operands of the PPU's max, rules/pool.py MAX_IDENTITY).
+# Copy allows (program.Copy.exact_inf: -inf operands of the PPU's max, rules/pool.py MAX_IDENTITY) or replaces by a
+# finite stand-in (program.Copy.neg_inf: a -inf argument of exp's table, rules/elementwise.py NEG_INF_ARG).
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
 GUARD_REASON = ("a check of this call's operands before the job fails (a lookup table's argument outside the table's domain, "
                 "or a narrowed stage result fp16 cannot hold)")
@@ -372,6 +373,7 @@ class NpuRunner:
         self.dev.to_cpu(slot[c.src])
         raw = self._array(slot[c.src], c.src_dtype)[src_idx]
       if c.value is not None: raw = raw * slope(c.value[1])  # ("slope", e): scaled before the rounding to the NPU's format
+      if c.neg_inf is not None and (hit := np.isneginf(raw)).any(): raw = np.where(hit, eval_pexpr(c.neg_inf, load, 0.0), raw)
     if valid is not None: raw[self._where(valid, invert=True)] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
     if operand and vals.dtype.kind == "f" and not _finite(vals) and not _exact_inf_only(raw, vals, c.exact_inf): return False
