@@ -1,4 +1,5 @@
-"""Max pooling on the PPU: any kernel whose value is REDUCE(MAX) of one load, as fp16 PPU pooling tasks.
+"""Max pooling on the PPU: any kernel whose value is REDUCE(MAX) of one load or of a value computed from loads (a ReLU
+before the pool), as fp16 PPU pooling tasks.
 
 tinygrad writes max_pool2d (any kernel, stride, dilation, padding, ceil_mode; 1-D pooling as max_pool2d with one
 kernel axis) and max reductions (x.max(axis=(2, 3)), x.max()) this way; min is -max(-x), REDUCE(MAX) of a negated
@@ -26,6 +27,11 @@ operands of the max (data: a conv output tinygrad padded with -inf, masked score
 PPU as they are (MAX_IDENTITY); a finite value overflowing fp16, +inf (of a max) or NaN makes the runner take the
 kernel's C code (tinygrad's NaN semantics kept).
 
+A computed input (x.relu().max_pool2d(..), a clip, x*a + b: the conv rule's prologues, rules/conv.py _computed_input)
+is evaluated by the packing in float64 from its operands and rounded to fp16 once, as a loaded float32 input is; at the
+padding it holds tinygrad's pad value (-inf for max pooling: where(valid, f(x), -inf)). For a select (ReLU, clip) the
+value is exactly one of the operands or constants, so the result is fl16 of the exact max as for a load.
+
 Not here: average pooling (REDUCE(ADD)): the PPU averages with fp16 reciprocal registers (65536/k rounded to fp16,
 0.02-0.05% quantisation) and an fp32 window sum whose internal widths are not documented (docs/emulator.md PPU, ⚠ in
 emu/ppu.py), so no error bound can be derived; avg_pool2d stays with the fallback (or a contraction rule).
@@ -36,14 +42,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Valid
+from tinygrad_rocket.rules.conv import Prologue, _computed_input
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, ELEMENT_BYTES, ceil_div, align
 from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CUBE_DIM, MIN_CHAINED_DIM
 from tinygrad_rocket.ops.program import entries, override
-from tinygrad_rocket.rules.common import Grid, walk
+from tinygrad_rocket.rules.common import Grid, walk, strip_cast
 
 # fp16 holds float16 values exactly and rounds float32 ones monotonically
 FP16 = "fp16"
@@ -56,6 +63,7 @@ MAX_LANES = MAX_CUBE_DIM // C2 * C2              # channels per task: whole atom
 # padding, a block's spare taps, and -inf operands (program.Copy.exact_inf) are this value.
 MAX_IDENTITY = -math.inf
 NEG_ONE = ("NEG", "float64", ("acc",))           # a Copy value: the slope -1 (packing -x, unpacking -max)
+IN_SLOT = SCRATCH                # the packed input cube (the passes' outputs follow in SCRATCH + 1)
 MAX_GROUP_POINTS = 1 << 16   # loops tied by a padding predicate are enumerated (as analysis.IndexContext does)
 MAX_SCRATCH_BYTES = 1 << 30  # a packed copy beyond 1 GiB (a huge window duplicated per output) is not worth it
 
@@ -67,6 +75,7 @@ class MaxReduce:
   taps: tuple[int, ...]   # the REDUCE's loops
   sign_in: int            # -1: the reduction sees -load
   sign_out: int           # -1: the kernel stores -max
+  pro: Prologue|None = None   # a computed input: `load` stands for its geometry (padding predicate, pad value)
 
 def _unary(e) -> tuple[object, int]|str:
   """Strips float casts and negations (NEG, x * -1): (inner expression, sign), or why not."""
@@ -98,12 +107,33 @@ def match(nest:LoopNest) -> MaxReduce|NotApplicable:
   inner = _unary(red.src)
   if isinstance(inner, str): return NotApplicable(inner)
   ld, sign_in = inner
-  if not isinstance(ld, Load): return NotApplicable("the reduced value is computed, not one load (under casts and negations)")
+  pro = None
+  if not isinstance(ld, Load):
+    comp = _computed(ld, nest)
+    if isinstance(comp, str): return NotApplicable(f"the reduced value is computed and the packing cannot compute it: {comp}")
+    ld, pro = comp
   if ld.dtype not in FLOATS: return NotApplicable(f"input dtype {ld.dtype} (float32/float16 only)")
   if ld.size < 0: return NotApplicable("input buffer of unknown size")
-  if ld.dtype == dtypes.float32 and nest.precision == "fp32":
+  if any(x.dtype == dtypes.float32 for x in (pro.loads if pro else (ld,))) and nest.precision == "fp32":
     return NotApplicable("ROCKET_PRECISION=fp32: float32 inputs would be rounded to fp16 (the max would be fl16(max))")
-  return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out)
+  return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out, pro)
+
+def _computed(e, nest:LoopNest) -> tuple[Load, Prologue]|str:
+  """(the geometry load with the padding value as its pad, the prologue) of a computed pooling input: tinygrad writes
+  where(valid, f, -inf) when it pads f, or f alone. The conv rule's _computed_input reads f; the pad is where's."""
+  pred, pad = None, None
+  if isinstance(e, Alu) and e.op is Ops.WHERE and isinstance(e.src[0], Valid):
+    if not isinstance(c := strip_cast(e.src[2]), Const): return "the padding is not a constant"
+    pred, pad, e = tuple(e.src[0].bounds), float(c.value), e.src[1]
+    # an inner where whose predicate the outer one implies (the padded f padded again) selects f wherever it is read
+    while isinstance(e, Alu) and e.op is Ops.WHERE and isinstance(e.src[0], Valid) and set(e.src[0].bounds) <= set(pred): e = e.src[1]
+  comp = _computed_input(e, nest)
+  if isinstance(comp, str): return comp
+  ld, pro = comp
+  # where the pooled value's predicate holds its operands' do (theirs implied by it): they are read only there
+  if pred is not None and not set(ld.valid) <= set(pred): return "its operands are padded unlike the pooled value"
+  valid = tuple(dict.fromkeys(ld.valid + (pred or ())))
+  return replace(ld, valid=valid, pad=(pad if pad is not None else pro.fill) if valid else None), pro
 
 # ***** padding *****
 
@@ -261,6 +291,10 @@ def plan(m:MaxReduce, nest:LoopNest, pairs:dict[int, int], fill:float) -> Plan|s
   axes = sorted(((o, k, ld.index.coeff(o) // ld.index.coeff(k)) for k, o in pairs.items()),
                 key=lambda a: -abs(ld.index.coeff(a[0])))  # outer loop first: y, then x
   axes = [None] * (2 - len(axes)) + axes
+  # overlapping windows share packed positions S*o + k: a computed input's operands must move with them as the input does
+  if m.pro is not None and any(x.index.coeff(a[0]) != a[2] * x.index.coeff(a[1]) for x in m.pro.loads for a in axes
+                               if a is not None and a[2] < sz[a[1]]):
+    return "an operand of the computed input moves along a window axis unlike the input (not a function of the position)"
   lanes = tuple(r for r in nest.output_ranges if r not in pairs.values())
   whole = [k for k in m.taps if k not in pairs]
   n_lanes = math.prod(sz[r] for r in lanes)
@@ -320,6 +354,17 @@ def _ppu_task(f_in:Feature, p:Pass, src:tuple[int, int], dst:tuple[int, int]) ->
                        ("PPU", "DST_BASE_ADDR"): regs.address("PPU", "DST_BASE_ADDR", *dst)})
   return regs.Task(entries(prg), PPU_ENABLE)
 
+def _pack(g:Grid, m:MaxReduce, dst:Lin, fill:float) -> Copy:
+  """The packing of the input cube: the load (negated for a min), or the computed input evaluated from its operands
+  (each in range; `fill` where the padding predicate fails)."""
+  if m.pro is None: return g.copy(m.load, IN_SLOT, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None)
+  c = g.copy(m.load, IN_SLOT, dst, fill=fill)
+  expr = g.pexpr(m.pro.expr)
+  if m.sign_in < 0: expr = ("NEG", "float64", expr)
+  in_range = tuple(Bound(g.lin(x.index), 0, x.size) for x in m.pro.loads)
+  return replace(c, src=None, src_dtype="float64", src_index=Lin((0,)), bounds=c.bounds + in_range, value=("intercept", expr),
+                 params=tuple(sorted({x.slot for x in m.pro.loads})))
+
 def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   m = match(nest)
   if isinstance(m, NotApplicable): return m
@@ -335,7 +380,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   if not plans: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
   p = min(plans, key=lambda t: t[0])[1]
   bw = p.x.block
-  IN, OUT = SCRATCH, SCRATCH + 1
+  IN, OUT = IN_SLOT, SCRATCH + 1
   in_bytes = out_bytes = 0
   tasks, pack, unpack = [], [], []
   for l0, nl in p.chunks():
@@ -349,7 +394,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
         if a.out is not None: g.pos[a.out] = g.var(Var(tuple(int(i == coord) for i in range(6)), o0))
       g.linear((0, 0, 0, bw, 0, 1), 0, list(p.taps), math.prod(sz[k] for k in p.taps))
       dst = Lin((cube.surface_elems, 1, p.y.step * cube.W * C2, cube.W * C2, p.x.step * C2, C2), in_bytes // EBYTES)
-      pack.append(replace(g.copy(ld, IN, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None), exact_inf=MAX_IDENTITY))
+      pack.append(replace(_pack(g, m, dst, fill), exact_inf=MAX_IDENTITY))
       # passes: packed cube -> pass outputs, one after the other in OUT
       src, off = (IN, in_bytes), out_bytes
       for i, pa in enumerate(p.passes):
