@@ -122,40 +122,47 @@ def test_rejections_say_why():
   assert "packing cannot compute it: the computed input uses SIN" in _reason(lambda t: t.sin().max_pool2d(2), x)
 
 # Values tinygrad fuses into the pool kernel (rules/pool.py: the packing computes them exactly in float64, one fp16
-# rounding, -inf at the padding): the NPU's max is fl16 of the exact max (bound_select). The CPU computes them in the
-# input's dtype: ReLU, clip (max/min) and negation select one operand or constant, exactly; x/2 + 1 rounds once (its
+# rounding, -inf at the padding; float16 operands): the NPU's max is fl16 of the exact max (bound_select). The CPU
+# computes them in float16: ReLU, clip (max/min) and negation select one operand or constant, exactly; x/2 + 1 rounds once (its
 # output rounding, which the max keeps: bound_select) after x/2, which loses a bit of a subnormal x (eta); relu6 is
 # relu(x) - relu(x - 6) in tinygrad: x - 6 rounded (u (|x| + 6)), then the difference (u 6). |x/2 + 1| <= 32753: no
 # fp16 overflow. name -> (the computed input, the CPU's extra error given max |x| and the input's unit roundoff, eta).
 COMPUTED = {"relu": (lambda t: t.relu(), lambda M, u, eta: 0.0), "clip": (lambda t: t.clip(-1.5, 2.5), lambda M, u, eta: 0.0),
             "neg": (lambda t: -t, lambda M, u, eta: 0.0), "affine": (lambda t: t * 0.5 + 1, lambda M, u, eta: eta),
             "relu6": (lambda t: t.relu6(), lambda M, u, eta: u * (M + 6) + u * 6)}
-ETA32 = 2.0 ** -149   # float32's subnormal spacing
 
 @given(pool_problems(), st.sampled_from(sorted(COMPUTED)))
 def test_max_pool2d_of_a_computed_input(problem, f):
+  """float16 operands (the rule takes no float32 computed input: test_float32_computed_input_stays_with_the_c_code)."""
   x, k, stride, padding = problem
+  x = x.astype(np.float16)   # (drawn within fp16's range)
   # tinygrad's C code for a float16 kernel that stores rows of -inf (windows entirely in the padding) does not compile
   # (clang: a float4 vector cast to __fp164), on the CPU device too: no reference for those
   if x.dtype == np.float16 and padding >= min(k): reject()
   g, extra = COMPUTED[f]
-  u, eta = (nm.U16, nm.ETA16) if x.dtype == np.float16 else (nm.U32, ETA32)
+  u, eta = nm.U16, nm.ETA16
   recs = check(lambda t: g(t).max_pool2d(k, stride, padding=padding), x, f"{f} then max_pool2d k{k} s{stride} p{padding} {x.dtype} {x.shape}",
                extra(float(np.abs(x.astype(np.float64)).max()), u, eta))
   assert any("pooling" in rec.reason for rec in recs)
 
 @pytest.mark.parametrize("padding", [0, 1])
 def test_relu_then_max_pool_runs_on_the_ppu(padding):
-  """ResNet's stem: x.relu().max_pool2d(3, 2, padding=1) is one pool kernel on the PPU, bit-exact for fp16 values."""
-  x = np.random.default_rng(padding).standard_normal((2, 8, 13, 11)).astype(np.float16).astype(np.float32)
+  """ResNet's stem in float16: x.relu().max_pool2d(3, 2, padding=1) is one pool kernel on the PPU, bit-exact."""
+  x = np.random.default_rng(padding).standard_normal((2, 8, 13, 11)).astype(np.float16)
   r, c, recs = run_strict(lambda t: t.relu().max_pool2d(3, 2, padding=padding), x)
   assert [rec.engine for rec in recs] == ["npu"] and "max pooling" in recs[0].reason
   np.testing.assert_array_equal(r, c)
 
+def test_float32_computed_input_stays_with_the_c_code():
+  """relu of float32 values: the PPU's max would be fl16 of the max, none of the window's values (tinygrad's max backward
+  compares them): the rule says so and the C code runs."""
+  x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+  assert "a computed input of float32 operands" in _reason(lambda t: t.relu().max_pool2d(3, 2, padding=1), x)
+
 def test_computed_input_nonfinite_takes_the_cpu_path():
   """relu(+inf) is +inf in a max, relu(NaN) NaN: the computed operand is not finite, the call runs the C code."""
   for bad in (np.inf, np.nan):
-    x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6) - 18
+    x = np.arange(36, dtype=np.float16).reshape(1, 1, 6, 6) - 18
     x[0, 0, 2, 2] = bad
     report.reset()
     r, c = rocket_and_cpu(lambda t: t.relu().max_pool2d(3, 2, padding=1), x)

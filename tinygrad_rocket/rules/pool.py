@@ -30,7 +30,9 @@ kernel's C code (tinygrad's NaN semantics kept).
 A computed input (x.relu().max_pool2d(..), a clip, x*a + b: the conv rule's prologues, rules/conv.py _computed_input)
 is evaluated by the packing in float64 from its operands and rounded to fp16 once, as a loaded float32 input is; at the
 padding it holds tinygrad's pad value (-inf for max pooling: where(valid, f(x), -inf)). For a select (ReLU, clip) the
-value is exactly one of the operands or constants, so the result is fl16 of the exact max as for a load.
+value is exactly one of the operands or constants. float16 operands only: the result is then the exact max, one of the
+window's values (a float32 one would be rounded to fp16 and equal none of them: tinygrad's max backward compares the
+two, and a computed input fused into the pool kernel is what its training graph reads back).
 
 Not here: average pooling (REDUCE(ADD)): the PPU averages with fp16 reciprocal registers (65536/k rounded to fp16,
 0.02-0.05% quantisation) and an fp32 window sum whose internal widths are not documented (docs/emulator.md PPU, ⚠ in
@@ -112,9 +114,14 @@ def match(nest:LoopNest) -> MaxReduce|NotApplicable:
     comp = _computed(ld, nest)
     if isinstance(comp, str): return NotApplicable(f"the reduced value is computed and the packing cannot compute it: {comp}")
     ld, pro = comp
+    # a float32 operand: the PPU's max would be fl16 of the max, not one of the window's values (a pool over a plain
+    # load has the same rounding; a fused computed input in tinygrad's training graph is read back by the max's backward,
+    # which compares the result with the computed values for equality: every mask 0, gradients 0/0)
+    if any(x.dtype != dtypes.float16 for x in pro.loads):
+      return NotApplicable("a computed input of float32 operands (its max rounded to fp16 would equal none of its values)")
   if ld.dtype not in FLOATS: return NotApplicable(f"input dtype {ld.dtype} (float32/float16 only)")
   if ld.size < 0: return NotApplicable("input buffer of unknown size")
-  if any(x.dtype == dtypes.float32 for x in (pro.loads if pro else (ld,))) and nest.precision == "fp32":
+  if ld.dtype == dtypes.float32 and nest.precision == "fp32":
     return NotApplicable("ROCKET_PRECISION=fp32: float32 inputs would be rounded to fp16 (the max would be fl16(max))")
   return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out, pro)
 
