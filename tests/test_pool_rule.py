@@ -37,7 +37,8 @@ def run_strict(fn, x:np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     raise
   return r, on("CPU", fn, x), report.records()
 
-def check(fn, x:np.ndarray, what:str) -> list:
+def check(fn, x:np.ndarray, what:str, cpu_extra:float=0.0) -> list:
+  """cpu_extra: the CPU's error in the pooled values beyond their output rounding (a computed input's inner roundings)."""
   r, c, recs = run_strict(fn, x)
   # every kernel on the NPU, the pooling on the PPU; a window that covers only padding makes tinygrad store a constant
   # instead (an elementwise fill kernel)
@@ -46,7 +47,7 @@ def check(fn, x:np.ndarray, what:str) -> list:
   np.testing.assert_array_equal(np.isneginf(r), np.isneginf(c), err_msg=what)
   np.testing.assert_array_equal(np.isposinf(r), np.isposinf(c), err_msg=what)
   mag = np.where(np.isinf(c), 0.0, np.abs(c.astype(np.float64)))  # infinities were compared exactly above
-  nm.assert_within(r, c, nm.bound_select(nm.rocket(x.dtype.name), mag) + nm.bound_select(nm.cpu(x.dtype.name), mag), what)
+  nm.assert_within(r, c, nm.bound_select(nm.rocket(x.dtype.name), mag) + nm.bound_select(nm.cpu(x.dtype.name), mag) + cpu_extra, what)
   return recs
 
 @st.composite
@@ -118,7 +119,55 @@ def _reason(fn, x:np.ndarray) -> str:
 
 def test_rejections_say_why():
   x = np.ones((1, 2, 6, 6), np.float32)
-  assert "computed, not one load" in _reason(lambda t: (t * 2 + 1).max_pool2d(2), x)
+  assert "packing cannot compute it: the computed input uses SIN" in _reason(lambda t: t.sin().max_pool2d(2), x)
+
+# Values tinygrad fuses into the pool kernel (rules/pool.py: the packing computes them exactly in float64, one fp16
+# rounding, -inf at the padding; float16 operands): the NPU's max is fl16 of the exact max (bound_select). The CPU
+# computes them in float16: ReLU, clip (max/min) and negation select one operand or constant, exactly; x/2 + 1 rounds once (its
+# output rounding, which the max keeps: bound_select) after x/2, which loses a bit of a subnormal x (eta); relu6 is
+# relu(x) - relu(x - 6) in tinygrad: x - 6 rounded (u (|x| + 6)), then the difference (u 6). |x/2 + 1| <= 32753: no
+# fp16 overflow. name -> (the computed input, the CPU's extra error given max |x| and the input's unit roundoff, eta).
+COMPUTED = {"relu": (lambda t: t.relu(), lambda M, u, eta: 0.0), "clip": (lambda t: t.clip(-1.5, 2.5), lambda M, u, eta: 0.0),
+            "neg": (lambda t: -t, lambda M, u, eta: 0.0), "affine": (lambda t: t * 0.5 + 1, lambda M, u, eta: eta),
+            "relu6": (lambda t: t.relu6(), lambda M, u, eta: u * (M + 6) + u * 6)}
+
+@given(pool_problems(), st.sampled_from(sorted(COMPUTED)))
+def test_max_pool2d_of_a_computed_input(problem, f):
+  """float16 operands (the rule takes no float32 computed input: test_float32_computed_input_stays_with_the_c_code)."""
+  x, k, stride, padding = problem
+  x = x.astype(np.float16)   # (drawn within fp16's range)
+  # tinygrad's C code for a float16 kernel that stores rows of -inf (windows entirely in the padding) does not compile
+  # (clang: a float4 vector cast to __fp164), on the CPU device too: no reference for those
+  if x.dtype == np.float16 and padding >= min(k): reject()
+  g, extra = COMPUTED[f]
+  u, eta = nm.U16, nm.ETA16
+  recs = check(lambda t: g(t).max_pool2d(k, stride, padding=padding), x, f"{f} then max_pool2d k{k} s{stride} p{padding} {x.dtype} {x.shape}",
+               extra(float(np.abs(x.astype(np.float64)).max()), u, eta))
+  assert any("pooling" in rec.reason for rec in recs)
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_relu_then_max_pool_runs_on_the_ppu(padding):
+  """ResNet's stem in float16: x.relu().max_pool2d(3, 2, padding=1) is one pool kernel on the PPU, bit-exact."""
+  x = np.random.default_rng(padding).standard_normal((2, 8, 13, 11)).astype(np.float16)
+  r, c, recs = run_strict(lambda t: t.relu().max_pool2d(3, 2, padding=padding), x)
+  assert [rec.engine for rec in recs] == ["npu"] and "max pooling" in recs[0].reason
+  np.testing.assert_array_equal(r, c)
+
+def test_float32_computed_input_stays_with_the_c_code():
+  """relu of float32 values: the PPU's max would be fl16 of the max, none of the window's values (tinygrad's max backward
+  compares them): the rule says so and the C code runs."""
+  x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+  assert "a computed input of float32 operands" in _reason(lambda t: t.relu().max_pool2d(3, 2, padding=1), x)
+
+def test_computed_input_nonfinite_takes_the_cpu_path():
+  """relu(+inf) is +inf in a max, relu(NaN) NaN: the computed operand is not finite, the call runs the C code."""
+  for bad in (np.inf, np.nan):
+    x = np.arange(36, dtype=np.float16).reshape(1, 1, 6, 6) - 18
+    x[0, 0, 2, 2] = bad
+    report.reset()
+    r, c = rocket_and_cpu(lambda t: t.relu().max_pool2d(3, 2, padding=1), x)
+    np.testing.assert_array_equal(r, c)
+    assert any(rec.engine == "fallback" and "not finite" in rec.reason for rec in report.records())
 
 def test_average_pooling_runs_as_a_contraction():
   """avg_pool2d is a window sum times 1/k: the pool rule leaves it (REDUCE(ADD)), the contraction rule takes it (a sum
@@ -142,12 +191,18 @@ def test_fp32_precision_rejects_float32(monkeypatch):
   assert isinstance(f32, lower.NotApplicable) and "ROCKET_PRECISION=fp32" in f32.reason
   assert not isinstance(f16, lower.NotApplicable) and "pooling" in f16.summary
 
-@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_nonfinite_operand_takes_the_cpu_path(bad):
-  """inf/NaN operands: that call runs the C code, so tinygrad's NaN propagation through max is kept."""
+# (value, reduction) pairs the NPU must not see: +inf/NaN in a max, -inf in a min (the negated max would see +inf),
+# and a float32 value beyond fp16's range (it would round to -inf: not the operand's own -inf). -inf in a max and +inf
+# in a min run on the PPU (tests/test_nonfinite_operands.py).
+GUARDED = [(np.inf, "max"), (np.nan, "max"), (-np.inf, "min"), (np.nan, "min"), (-1e6, "max"), (1e6, "min")]
+
+@pytest.mark.parametrize("bad,op", GUARDED)
+def test_nonfinite_operand_takes_the_cpu_path(bad, op):
+  """Such operands: that call runs the C code, so tinygrad's NaN propagation through max is kept."""
   x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
   x[0, 0, 1, 1] = bad
+  fn = (lambda t: t.max_pool2d(2)) if op == "max" else (lambda t: -(-t).max_pool2d(2))
   report.reset()
-  r, c = rocket_and_cpu(lambda t: t.max_pool2d(2), x)
+  r, c = rocket_and_cpu(fn, x)
   np.testing.assert_array_equal(r, c)
   assert any(rec.engine == "fallback" and "not finite" in rec.reason for rec in report.records())

@@ -106,7 +106,9 @@ class NpuJobError(RuntimeError):
 
 # The NPU sees only finite fp16 operands: then its fp32 sums are finite too (65504^2 times any K tinygrad hands over
 # stays far below fp32's range), and NaN/inf semantics (tinygrad's MAX(0, NaN) is 0, the NPU's ReLU of NaN is not
-# documented) never arise on it. A call with a non-finite operand takes the kernel's C code.
+# documented) never arise on it. A call with a non-finite operand takes the kernel's C code, except an infinity its
+# Copy allows (program.Copy.exact_inf: -inf operands of the PPU's max, rules/pool.py MAX_IDENTITY) or replaces by a
+# finite stand-in (program.Copy.neg_inf: a -inf argument of exp's table, rules/elementwise.py NEG_INF_ARG).
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
 GUARD_REASON = ("a check of this call's operands before the job fails (a lookup table's argument outside the table's domain, "
                 "or a narrowed stage result fp16 cannot hold)")
@@ -237,6 +239,12 @@ def _finite(vals:np.ndarray) -> bool:
   if vals.dtype == np.float16: return not ((vals.view(np.uint16) & FP16_EXPONENT) == FP16_EXPONENT).any()
   return bool(np.isfinite(vals).all())
 
+def _exact_inf_only(raw:np.ndarray, vals:np.ndarray, inf:float|None) -> bool:
+  """Whether every non-finite packed value is the operand's allowed infinity (Copy.exact_inf) and comes from that
+  infinity in the source (a finite value overflowing fp16 to it is not exact). +inf/NaN operands still take the C code."""
+  if inf is None: return False
+  return bool((raw[~np.isfinite(vals)] == inf).all())
+
 class NpuRunner:
   """Runs an NpuProgram: packs operands (on the CPU, from plain memory or from the result cube of the NPU job that wrote
   them; operands whose sources did not change stay packed), one SUBMIT with all its tasks, and leaves the results in
@@ -365,9 +373,10 @@ class NpuRunner:
         self.dev.to_cpu(slot[c.src])
         raw = self._array(slot[c.src], c.src_dtype)[src_idx]
       if c.value is not None: raw = raw * slope(c.value[1])  # ("slope", e): scaled before the rounding to the NPU's format
+      if c.neg_inf is not None and (hit := np.isneginf(raw)).any(): raw = np.where(hit, eval_pexpr(c.neg_inf, load, 0.0), raw)
     if valid is not None: raw[self._where(valid, invert=True)] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
-    if operand and vals.dtype.kind == "f" and not _finite(vals): return False
+    if operand and vals.dtype.kind == "f" and not _finite(vals) and not _exact_inf_only(raw, vals, c.exact_inf): return False
     self._array(dst, c.dst_dtype)[self._where(dst_idx)] = vals
     if renew: dst.domain.written()
     return True

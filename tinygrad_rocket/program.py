@@ -86,6 +86,10 @@ class Copy:
   fill: float|None = 0.0
   value: PExpr|None = None         # ("slope", e) / ("intercept", e): see PExpr
   params: tuple[int, ...] = ()     # kernel buffer slots `value` reads
+  exact_inf: float|None = None     # packing: the one infinity (after `value`'s slope) this operand may hold, from an
+                                   # infinite source value: the NPU consumes it exactly (rules/pool.py MAX_IDENTITY)
+  neg_inf: PExpr|None = None       # packing: the finite value packed where the source holds -inf (the kernel's result
+                                   # is the same for both: rules/elementwise.py NEG_INF_ARG)
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None, "Callable[[Lin], np.ndarray]"]:
     """(src element indices, dst element indices, validity mask or None, Lin -> per-point values), flat over the

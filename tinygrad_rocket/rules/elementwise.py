@@ -34,7 +34,7 @@ from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Const, Alu, Reduce
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH
+from tinygrad_rocket.program import NpuProgram, Copy, Lin, Bound, Guard, SCRATCH, PExpr
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, relu_arg, leaky_arg, prelu_arg, prelu_sum_arg, Grid
 from tinygrad_rocket.ops.layout import Feature, align, ceil_div
 from tinygrad_rocket.ops.lut import LutTable
@@ -70,6 +70,17 @@ NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy wr
 # once to the output dtype. Three stages: relu(-u) (CORE -u, BS ReLU), times -k (CORE -k, EW mul), relu(u) plus that
 # (CORE u, BS ReLU, EW add). Non-finite u or k never reach the NPU (device.py NONFINITE_OPERAND_REASON: k = inf, u = 0
 # would be NaN here). tests/test_leaky.py checks every fp16 u against the CPU.
+
+# NEG_INF_ARG: a -inf operand (softmax's masked scores, exp(x - max) with x = -inf) never reaches the NPU as inf (the
+# table's index arithmetic on inf is not documented, rocket_fp16_ew_ppu.md §4). A load whose only use is the argument
+# of a table (the load itself, or a term with a positive coefficient of the fp16 stage only that table reads) is packed
+# where it holds -inf as the finite stand-in that puts the table's argument at NEG_INF_ARG (program.Copy.neg_inf: for
+# exp(x - max), x = max - 2048 / log2(e)), if the table's function has reached its -inf limit there (Stage.saturates:
+# exp2(-2048) is 0 in float64, and in tinygrad's float32 exp2 of anything below -150 is 0). Then the kernel's value at
+# the stand-in equals its value at -inf exactly (the load enters the result only through that function), and the NPU
+# computes it within the kernel's bound for a finite operand (the table's domain extends to -inf, its error bound holds
+# there). A stand-in beyond fp16's range (max near -65504) and +inf/NaN operands still run the C code.
+NEG_INF_ARG = -2048.0
 
 class Unsupported(Exception):
   """The expression is outside what these stages compute; the message says why."""
@@ -117,6 +128,8 @@ class Stage:
   out16: bool = False             # the result narrowed to fp16 (a table's argument, a main term of a later stage)
   bound: float|None = None        # a bound on |result| on every input the guards let through (None: unknown)
   guard16: bool = False           # with out16: a guard checks the result stays within fp16 (its bound is not known)
+  saturates: bool = False         # with lut: the table's function is at its -inf limit at NEG_INF_ARG (a -inf argument
+                                  # may be packed as NEG_INF_ARG)
 
   @property
   def out_bytes(self) -> int: return 2 if self.lut is not None or self.out16 else 4
@@ -303,7 +316,8 @@ class Compiler:
     # takes any input; a signed one would meet the board's x ~ 0 spike there (rocket_fp16_ew_ppu.md §4.6)
     if t is None or (arg.plain_load is None and t.out_offset < 0): return None
     src: Load|int = arg.plain_load if arg.plain_load is not None else self.stage(Stage(arg, out16=True)).stage
-    return self.stage(Stage(Linear(), lut=(src, t), guard=None if t.domain == (-math.inf, math.inf) else arg, bound=lut_bound(t)))
+    return self.stage(Stage(Linear(), lut=(src, t), guard=None if t.domain == (-math.inf, math.inf) else arg, bound=lut_bound(t),
+                            saturates=_saturates(lambda x: eval_expr(Alu(e.op, (Load(-1, e.dtype, 0, None),), e.dtype), Load(-1, e.dtype, 0, None), x), t)))
 
   def newton(self, kind:str, x) -> Computed|None:
     """1/l ("reciprocal") or 1/sqrt(l) ("rsqrt") for a linear l over loads: a guarded table seed y0 (the guard keeps l in
@@ -363,7 +377,41 @@ class Compiler:
     t = pick_table(lambda x: eval_expr(e, ld, x), e.op.name.lower(), signed_ok=True)   # padding: a value inside (emit_stages)
     if t is None: return None
     return self.stage(Stage(Linear(), lut=(ld, t), guard=None if t.domain == (-math.inf, math.inf) else Linear(((ld, 1.0),)),
-                            bound=lut_bound(t)))
+                            bound=lut_bound(t), saturates=_saturates(lambda x: eval_expr(e, ld, x), t)))
+
+def _saturates(fn, t:LutTable) -> bool:
+  """Whether fn (float64) equals its finite limit at -inf already at NEG_INF_ARG, inside the table's domain."""
+  with np.errstate(all="ignore"): v = np.asarray(fn(np.array([NEG_INF_ARG, -math.inf])), np.float64)
+  return bool(t.domain[0] <= NEG_INF_ARG and np.isfinite(v).all() and v[0] == v[1])
+
+def _neg_inf_args(stages:list[Stage]) -> dict[tuple[int, Load], Linear]:
+  """(stage, load) -> the table argument (a Linear with a positive coefficient of the load) for each load packed with a
+  -inf stand-in (NEG_INF_ARG): used only there, as a saturating table's argument or a term of it."""
+  uses: dict[Load, list[int]] = {}
+  for si, s in enumerate(stages):
+    for x in [t for t, _ in s.main.terms] + [s.operand, s.lut[0] if s.lut else None]:
+      if isinstance(x, Load): uses.setdefault(x, []).append(si)
+  out: dict[tuple[int, Load], Linear] = {}
+  for si, s in enumerate(stages):
+    if s.lut is None or not s.saturates: continue
+    src = s.lut[0]
+    if isinstance(src, Load): cands = [(si, src, Linear(((src, 1.0),)))]
+    else:
+      arg = stages[src]
+      readers = [r for r in stages if r.operand == src or (r.lut is not None and r.lut[0] == src) or any(t == src for t, _ in r.main.terms)]
+      if not (arg.out16 and arg.operand is None and not arg.relu and arg.main.over_loads and len(readers) == 1): continue
+      cands = [(src, ld, arg.main) for ld, c in arg.main.terms if c > 0]
+    for st, ld, lin in cands:
+      if uses[ld] == [st] and all(not t.valid for t, _ in lin.terms if t != ld): out[(st, ld)] = lin
+  return out
+
+def _neg_inf_standin(ld:Load, arg:Linear, pexpr) -> PExpr:
+  """The value of `ld` that puts `arg` at NEG_INF_ARG: (NEG_INF_ARG - const - sum of the other terms) / ld's coefficient."""
+  c = next(k for t, k in arg.terms if t == ld)
+  e: PExpr = ("const", (NEG_INF_ARG - arg.const) / c)
+  for t, k in arg.terms:
+    if t != ld: e = ("ADD", "float64", e, ("MUL", "float64", ("const", -k / c), pexpr(t)))
+  return e
 
 def _scales16(w:float, k:float) -> bool:
   """Whether the fp16 weight of coefficient w times the power of 2 k is the fp16 weight of w k (both normal): then the
@@ -450,11 +498,14 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
     for i, (_, coeff) in enumerate(s.main.terms):
       diag = Bound(Lin((-ng, kg, -1, 1), -LANES * i), 0, 1)   # k - n == 16*i, k = 32*k1 + k2, n = 16*n1 + n2
       pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
-  def gather(ld:Load, t:int, off:int, fill:float|None=None) -> Copy:
-    """Load `ld` over tile t's positions as an fp16 cube at byte `off` of slot A."""
+  neg_inf = _neg_inf_args(stages)
+  def gather(ld:Load, t:int, off:int, si:int, fill:float|None=None) -> Copy:
+    """Load `ld` (read by stage si) over tile t's positions as an fp16 cube at byte `off` of slot A."""
     g = lay.grid(t)
-    return replace(g.copy(ld, A, Lin((lay.height * 8, 8, 1), off // 2)),
-                   fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
+    c = replace(g.copy(ld, A, Lin((lay.height * 8, 8, 1), off // 2)),
+                fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
+    if (arg := neg_inf.get((si, ld))) is None: return c
+    return replace(c, neg_inf=_neg_inf_standin(ld, arg, g.pexpr), params=tuple(sorted({x.slot for x, _ in arg.terms if x != ld})))
   tasks: list[list] = []
   guards: list[Guard] = []
   for t in range(ntiles):
@@ -466,7 +517,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
       if s.lut is not None:   # x as the tile's 16-lane fp16 cube; the table is elementwise, so the result is too
         src, table = s.lut
         if isinstance(src, Load):   # padding elements get a value inside the table's interval
-          pack.append(gather(src, t, a_o, fill=_inside(table.lo, table.hi)))
+          pack.append(gather(src, t, a_o, si, fill=_inside(table.lo, table.hi)))
           x_slot, x_off = A, a_o
         else: x_slot, x_off = home(t, src)
         tt += lut_tasks(rows * LANES, table, x_slot, x_off, dst_slot, dst_off)
@@ -478,7 +529,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
                               table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}"))
         continue
       for i, (ld, _) in enumerate(s.main.terms):   # source i: A channels 16*i + lane, surfaces 2i, 2i+1
-        if isinstance(ld, Load): pack.append(gather(ld, t, a_o + 2 * i * rows * 16))   # (an int: its stage writes it)
+        if isinstance(ld, Load): pack.append(gather(ld, t, a_o + 2 * i * rows * 16, si))   # (an int: its stage writes it)
       if not s.main.terms:  # a constant stage: the CORE multiplies zeros
         g = Grid((a_f.c1, rows, a_f.c2), sizes, {})
         pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_o // 2),
@@ -486,7 +537,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
       ew = None
       if isinstance(s.operand, Load):
         e_off = a_o + a_sz
-        pack.append(gather(s.operand, t, e_off))
+        pack.append(gather(s.operand, t, e_off, si))
         ew = EwOperand(s.ew_op, A, e_off, 2)
       elif s.operand is not None:
         ew = EwOperand(s.ew_op, *home(t, s.operand), stages[s.operand].out_bytes)

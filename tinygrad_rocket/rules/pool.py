@@ -1,4 +1,5 @@
-"""Max pooling on the PPU: any kernel whose value is REDUCE(MAX) of one load, as fp16 PPU pooling tasks.
+"""Max pooling on the PPU: any kernel whose value is REDUCE(MAX) of one load or of a value computed from loads (a ReLU
+before the pool), as fp16 PPU pooling tasks.
 
 tinygrad writes max_pool2d (any kernel, stride, dilation, padding, ceil_mode; 1-D pooling as max_pool2d with one
 kernel axis) and max reductions (x.max(axis=(2, 3)), x.max()) this way; min is -max(-x), REDUCE(MAX) of a negated
@@ -16,13 +17,22 @@ the one with the fewest tasks, then the fewest atoms read, is taken. Two ways to
     the blocks; windows over 16 x 16 taps telescope (max of maxes is exact), every cube a pass reads from the previous
     pass at least 4 x 4 (rocket_fp16_ew_ppu.md §5, §6.C).
 The CPU gather (program.Copy) packs the cube and does the padding: positions outside tinygrad's padding predicate get
-the pad value (tinygrad pads max pooling with dtype.min, -inf for floats; -inf is packed as FP16_LOWEST, the identity
-of a max over finite fp16 operands), so the PPU pads nothing. A window with no valid tap at all (padding >= kernel) is
--inf in tinygrad: those outputs are written -inf after the unpack.
+the pad value (tinygrad pads max pooling with dtype.min, -inf for floats: packed as fp16 -inf, MAX_IDENTITY), so the
+PPU pads nothing. A window with no valid tap at all (padding >= kernel) is -inf in tinygrad, as the PPU's max of -inf
+taps is.
 
 Numerics: fp16 operands (float32 rounded; rounding is monotonic, so the max of rounded values is the rounded max: the
-result is exactly fl16(max), numerics.bound_select); the PPU's max is exact (GN, rocket_fp16_ew_ppu.md §5). An
-inf/NaN/overflowing operand makes the runner take the kernel's C code (tinygrad's NaN semantics kept).
+result is exactly fl16(max), numerics.bound_select); the PPU's max is exact (GN, rocket_fp16_ew_ppu.md §5). -inf
+operands of the max (data: a conv output tinygrad padded with -inf, masked scores; +inf of a min, negated) go to the
+PPU as they are (MAX_IDENTITY); a finite value overflowing fp16, +inf (of a max) or NaN makes the runner take the
+kernel's C code (tinygrad's NaN semantics kept).
+
+A computed input (x.relu().max_pool2d(..), a clip, x*a + b: the conv rule's prologues, rules/conv.py _computed_input)
+is evaluated by the packing in float64 from its operands and rounded to fp16 once, as a loaded float32 input is; at the
+padding it holds tinygrad's pad value (-inf for max pooling: where(valid, f(x), -inf)). For a select (ReLU, clip) the
+value is exactly one of the operands or constants. float16 operands only: the result is then the exact max, one of the
+window's values (a float32 one would be rounded to fp16 and equal none of them: tinygrad's max backward compares the
+two, and a computed input fused into the pool kernel is what its training graph reads back).
 
 Not here: average pooling (REDUCE(ADD)): the PPU averages with fp16 reciprocal registers (65536/k rounded to fp16,
 0.02-0.05% quantisation) and an fp32 window sum whose internal widths are not documented (docs/emulator.md PPU, ⚠ in
@@ -34,26 +44,31 @@ from dataclasses import dataclass, replace
 import numpy as np
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
+from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Valid
+from tinygrad_rocket.rules.conv import Prologue, _computed_input
 from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, SCRATCH
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH
 from tinygrad_rocket.ops.layout import Feature, Weights, ELEMENT_BYTES, ceil_div, align
 from tinygrad_rocket.ops.matmul import MatmulTile, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, MIN_ROWS
 from tinygrad_rocket.ops.elementwise import flying_program, FLYING_ENABLE
 from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CUBE_DIM, MIN_CHAINED_DIM
 from tinygrad_rocket.ops.program import entries, override
-from tinygrad_rocket.rules.common import Grid, walk
+from tinygrad_rocket.rules.common import Grid, walk, strip_cast
 
 # fp16 holds float16 values exactly and rounds float32 ones monotonically
 FP16 = "fp16"
 EBYTES = ELEMENT_BYTES[FP16]
 C2 = Feature(1, 1, 1, EBYTES).c2                 # lanes per fp16 atom; the PPU needs whole atoms (emu/ppu.py)
 MAX_LANES = MAX_CUBE_DIM // C2 * C2              # channels per task: whole atoms within the 13-bit channel field
-FP16_LOWEST = float(np.finfo(np.float16).min)    # -65504: below or equal to every finite fp16 operand
+# ⚠ The PPU's max compares fp16 -inf operands exactly: its padding value for max pooling is fp16 -inf (0xFC00, bit-exact
+# on hardware, GN: rocket_fp16_ew_ppu.md §5), and no source documents a NaN-from-max-with--inf quirk (§6.F). -inf as
+# data read through PPU_RDMA (not as PADDING_VALUE) is the same compare but was not measured. The packed max identity:
+# padding, a block's spare taps, and -inf operands (program.Copy.exact_inf) are this value.
+MAX_IDENTITY = -math.inf
 NEG_ONE = ("NEG", "float64", ("acc",))           # a Copy value: the slope -1 (packing -x, unpacking -max)
+IN_SLOT = SCRATCH                # the packed input cube (the passes' outputs follow in SCRATCH + 1)
 MAX_GROUP_POINTS = 1 << 16   # loops tied by a padding predicate are enumerated (as analysis.IndexContext does)
-MAX_EMPTY_COPIES = 64         # windows entirely in the padding come in a few runs per axis (padding >= kernel)
 MAX_SCRATCH_BYTES = 1 << 30  # a packed copy beyond 1 GiB (a huge window duplicated per output) is not worth it
 
 # ***** matching *****
@@ -64,6 +79,7 @@ class MaxReduce:
   taps: tuple[int, ...]   # the REDUCE's loops
   sign_in: int            # -1: the reduction sees -load
   sign_out: int           # -1: the kernel stores -max
+  pro: Prologue|None = None   # a computed input: `load` stands for its geometry (padding predicate, pad value)
 
 def _unary(e) -> tuple[object, int]|str:
   """Strips float casts and negations (NEG, x * -1): (inner expression, sign), or why not."""
@@ -95,21 +111,47 @@ def match(nest:LoopNest) -> MaxReduce|NotApplicable:
   inner = _unary(red.src)
   if isinstance(inner, str): return NotApplicable(inner)
   ld, sign_in = inner
-  if not isinstance(ld, Load): return NotApplicable("the reduced value is computed, not one load (under casts and negations)")
+  pro = None
+  if not isinstance(ld, Load):
+    comp = _computed(ld, nest)
+    if isinstance(comp, str): return NotApplicable(f"the reduced value is computed and the packing cannot compute it: {comp}")
+    ld, pro = comp
+    # a float32 operand: the PPU's max would be fl16 of the max, not one of the window's values (a pool over a plain
+    # load has the same rounding; a fused computed input in tinygrad's training graph is read back by the max's backward,
+    # which compares the result with the computed values for equality: every mask 0, gradients 0/0)
+    if any(x.dtype != dtypes.float16 for x in pro.loads):
+      return NotApplicable("a computed input of float32 operands (its max rounded to fp16 would equal none of its values)")
   if ld.dtype not in FLOATS: return NotApplicable(f"input dtype {ld.dtype} (float32/float16 only)")
   if ld.size < 0: return NotApplicable("input buffer of unknown size")
   if ld.dtype == dtypes.float32 and nest.precision == "fp32":
     return NotApplicable("ROCKET_PRECISION=fp32: float32 inputs would be rounded to fp16 (the max would be fl16(max))")
-  return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out)
+  return MaxReduce(ld, tuple(red.ranges), sign_in, sign_out, pro)
+
+def _computed(e, nest:LoopNest) -> tuple[Load, Prologue]|str:
+  """(the geometry load with the padding value as its pad, the prologue) of a computed pooling input: tinygrad writes
+  where(valid, f, -inf) when it pads f, or f alone. The conv rule's _computed_input reads f; the pad is where's."""
+  pred, pad = None, None
+  if isinstance(e, Alu) and e.op is Ops.WHERE and isinstance(e.src[0], Valid):
+    if not isinstance(c := strip_cast(e.src[2]), Const): return "the padding is not a constant"
+    pred, pad, e = tuple(e.src[0].bounds), float(c.value), e.src[1]
+    # an inner where whose predicate the outer one implies (the padded f padded again) selects f wherever it is read
+    while isinstance(e, Alu) and e.op is Ops.WHERE and isinstance(e.src[0], Valid) and set(e.src[0].bounds) <= set(pred): e = e.src[1]
+  comp = _computed_input(e, nest)
+  if isinstance(comp, str): return comp
+  ld, pro = comp
+  # where the pooled value's predicate holds its operands' do (theirs implied by it): they are read only there
+  if pred is not None and not set(ld.valid) <= set(pred): return "its operands are padded unlike the pooled value"
+  valid = tuple(dict.fromkeys(ld.valid + (pred or ())))
+  return replace(ld, valid=valid, pad=(pad if pad is not None else pro.fill) if valid else None), pro
 
 # ***** padding *****
 
 def _fill(m:MaxReduce) -> float|str:
   """The packed value of a position outside the padding predicate: the pad as the reduction sees it."""
-  if not m.load.valid: return FP16_LOWEST
+  if not m.load.valid: return MAX_IDENTITY
   if m.load.pad is None: return "a masked load without a pad value"
   pad = float(m.load.pad) * m.sign_in
-  if pad == -math.inf: return FP16_LOWEST  # the identity of a max over finite fp16 values
+  if pad == MAX_IDENTITY: return MAX_IDENTITY
   if math.isnan(pad) or pad == math.inf: return f"padding value {pad} (only -inf or finite pads)"
   f16 = float(np.float16(pad))
   if not math.isfinite(f16): return f"padding value {pad} beyond fp16's range"
@@ -137,24 +179,15 @@ def _valid_points(bounds, rs:list[int], sz:dict[int, int]) -> tuple[np.ndarray, 
     if b.hi is not None: ok &= v < b.hi
   return grid, ok
 
-def _empty_windows(m:MaxReduce, sz:dict[int, int], outs:tuple[int, ...]) -> list[dict[int, int]]|str:
-  """The outputs whose window has no valid tap, as assignments of some output loops (every output matching one of
-  them is empty). A window has a valid tap iff every group of the predicate's loops (_groups) has one, so each group
-  is enumerated alone."""
-  empty = []
+def _reads_input(m:MaxReduce, sz:dict[int, int]) -> str|None:
+  """Why the kernel reads no input, or None: some tap must be valid (each group of the predicate's loops, _groups,
+  enumerated alone). Windows entirely in the padding need nothing more: their packed taps are all MAX_IDENTITY."""
   for rs in _groups(m.load.valid):
     if (n := math.prod(sz[r] for r in rs)) > MAX_GROUP_POINTS:
       return f"a padding predicate ties {len(rs)} loops of {n} points together (max {MAX_GROUP_POINTS})"
-    grid, ok = _valid_points(m.load.valid, rs, sz)
-    if not ok.any(): return "every window lies in the padding (tinygrad's code reads no input; its buffer is not passed)"
-    o_rs = [r for r in rs if r in outs]
-    shape = [sz[r] for r in o_rs]
-    key = np.ravel_multi_index(tuple(grid[rs.index(r)] for r in o_rs), shape) if o_rs else np.zeros(grid.shape[1], np.int64)
-    has_valid = np.zeros(math.prod(shape), bool)
-    np.logical_or.at(has_valid, key, ok)
-    empty += [dict(zip(o_rs, (int(i) for i in np.unravel_index(flat, shape)))) for flat in np.flatnonzero(~has_valid)]
-  if len(empty) > MAX_EMPTY_COPIES: return f"{len(empty)} groups of windows entirely in the padding (max {MAX_EMPTY_COPIES})"
-  return empty
+    if not _valid_points(m.load.valid, rs, sz)[1].any():
+      return "every window lies in the padding (tinygrad's code reads no input; its buffer is not passed)"
+  return None
 
 def _shares_consistently(m:MaxReduce, sz:dict[int, int], o:int, k:int, S:int) -> bool:
   """Overlapping windows share packed positions S*o + k: the padding predicate must agree on every (o, k) that meets
@@ -267,6 +300,10 @@ def plan(m:MaxReduce, nest:LoopNest, pairs:dict[int, int], fill:float) -> Plan|s
   axes = sorted(((o, k, ld.index.coeff(o) // ld.index.coeff(k)) for k, o in pairs.items()),
                 key=lambda a: -abs(ld.index.coeff(a[0])))  # outer loop first: y, then x
   axes = [None] * (2 - len(axes)) + axes
+  # overlapping windows share packed positions S*o + k: a computed input's operands must move with them as the input does
+  if m.pro is not None and any(x.index.coeff(a[0]) != a[2] * x.index.coeff(a[1]) for x in m.pro.loads for a in axes
+                               if a is not None and a[2] < sz[a[1]]):
+    return "an operand of the computed input moves along a window axis unlike the input (not a function of the position)"
   lanes = tuple(r for r in nest.output_ranges if r not in pairs.values())
   whole = [k for k in m.taps if k not in pairs]
   n_lanes = math.prod(sz[r] for r in lanes)
@@ -291,7 +328,7 @@ def plan(m:MaxReduce, nest:LoopNest, pairs:dict[int, int], fill:float) -> Plan|s
     blk = _block_passes(T, natural)
     if isinstance(blk, str): return blk
     (bh, bw), passes = blk
-    if fill != FP16_LOWEST and bh * bw != T:
+    if fill != MAX_IDENTITY and bh * bw != T:
       return f"finite padding value {fill} with windows re-blocked for the PPU (their spare taps need the max identity)"
     ay, ax = (Axis(None, 1, b, b) if a is None else Axis(a[0], sz[a[0]], b, b) for a, b in zip(axes, (bh, bw)))
     what = f"windows of {T} taps in {bh}x{bw} blocks, {len(passes)} pass(es)"
@@ -326,6 +363,17 @@ def _ppu_task(f_in:Feature, p:Pass, src:tuple[int, int], dst:tuple[int, int]) ->
                        ("PPU", "DST_BASE_ADDR"): regs.address("PPU", "DST_BASE_ADDR", *dst)})
   return regs.Task(entries(prg), PPU_ENABLE)
 
+def _pack(g:Grid, m:MaxReduce, dst:Lin, fill:float) -> Copy:
+  """The packing of the input cube: the load (negated for a min), or the computed input evaluated from its operands
+  (each in range; `fill` where the padding predicate fails)."""
+  if m.pro is None: return g.copy(m.load, IN_SLOT, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None)
+  c = g.copy(m.load, IN_SLOT, dst, fill=fill)
+  expr = g.pexpr(m.pro.expr)
+  if m.sign_in < 0: expr = ("NEG", "float64", expr)
+  in_range = tuple(Bound(g.lin(x.index), 0, x.size) for x in m.pro.loads)
+  return replace(c, src=None, src_dtype="float64", src_index=Lin((0,)), bounds=c.bounds + in_range, value=("intercept", expr),
+                 params=tuple(sorted({x.slot for x in m.pro.loads})))
+
 def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   if (bc := _broadcast_max(nest)) is not None: return _lower_broadcast_max(nest, *bc)
   job = _pool_job(nest)
@@ -340,8 +388,7 @@ def _pool_job(nest:LoopNest) -> tuple[str, list[regs.Task], list[Copy], list[Cop
   sz, ld = nest.ranges, m.load
   fill = _fill(m)
   if isinstance(fill, str): return NotApplicable(fill)
-  empty = _empty_windows(m, sz, nest.output_ranges) if ld.valid and fill == FP16_LOWEST else []
-  if isinstance(empty, str): return NotApplicable(empty)
+  if ld.valid and (why_not := _reads_input(m, sz)) is not None: return NotApplicable(why_not)
   plans, why = [], []
   for pairs in candidates(m, nest):
     p = plan(m, nest, pairs, fill)
@@ -350,7 +397,7 @@ def _pool_job(nest:LoopNest) -> tuple[str, list[regs.Task], list[Copy], list[Cop
   if not plans: return NotApplicable("; ".join(dict.fromkeys(r for _, r in sorted(why, key=lambda t: t[0]))))
   p = min(plans, key=lambda t: t[0])[1]
   bw = p.x.block
-  IN, OUT = SCRATCH, SCRATCH + 1
+  IN, OUT = IN_SLOT, SCRATCH + 1
   in_bytes = out_bytes = 0
   tasks, pack, unpack, results = [], [], [], []
   for l0, nl in p.chunks():
@@ -364,7 +411,7 @@ def _pool_job(nest:LoopNest) -> tuple[str, list[regs.Task], list[Copy], list[Cop
         if a.out is not None: g.pos[a.out] = g.var(Var(tuple(int(i == coord) for i in range(6)), o0))
       g.linear((0, 0, 0, bw, 0, 1), 0, list(p.taps), math.prod(sz[k] for k in p.taps))
       dst = Lin((cube.surface_elems, 1, p.y.step * cube.W * C2, cube.W * C2, p.x.step * C2, C2), in_bytes // EBYTES)
-      pack.append(g.copy(ld, IN, dst, fill=fill, value=("slope", NEG_ONE) if m.sign_in < 0 else None))
+      pack.append(replace(_pack(g, m, dst, fill), exact_inf=MAX_IDENTITY))
       # passes: packed cube -> pass outputs, one after the other in OUT
       src, off = (IN, in_bytes), out_bytes
       for i, pa in enumerate(p.passes):
@@ -383,12 +430,6 @@ def _pool_job(nest:LoopNest) -> tuple[str, list[regs.Task], list[Copy], list[Cop
                          value=("slope", NEG_ONE) if m.sign_out < 0 else None))
       in_bytes += cube.nbytes
       out_bytes = off
-  for pinned in empty:  # windows entirely in the padding: tinygrad's max is -inf there
-    free = [r for r in nest.output_ranges if r not in pinned]
-    g = Grid(tuple(sz[r] for r in free) or (1,), sz, pinned)
-    for i, r in enumerate(free): g.pos[r] = i
-    unpack.append(Copy(OUT, "float16", nest.out_slot, FLOATS[nest.out_dtype], g.grid, (), Lin((0,)),
-                       g.lin(nest.out_index), (), fill=None, value=("intercept", ("const", -math.inf * m.sign_out))))
   kind = {(1, 1): "max", (-1, -1): "min", (-1, 1): "max (of the negated input)", (1, -1): "max (negated)"}[(m.sign_in, m.sign_out)]
   summary = f"{kind} pooling: {p.summary} as {len(tasks)} fp16 PPU task(s)"
   return summary, tasks, pack, unpack, (in_bytes, out_bytes), results
