@@ -206,3 +206,30 @@ def test_nonfinite_operand_takes_the_cpu_path(bad, op):
   r, c = rocket_and_cpu(fn, x)
   np.testing.assert_array_equal(r, c)
   assert any(rec.engine == "fallback" and "not finite" in rec.reason for rec in report.records())
+
+# ***** training: the max backward needs an exact max *****
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_pool_backward_while_training(dtype):
+  """tinygrad's max backward finds the max by equality with the forward's value: a float32 max rounded to fp16 equals
+  none of its inputs (0/0 gradients). While TRAINING the float32 max pool runs the C code (reported, exact) and the
+  gradient equals the CPU device's; float16 maxima are exact on the PPU and stay there. Outside training the float32
+  pool runs on the NPU (strict mode)."""
+  from tinygrad.helpers import Context
+  from tinygrad_rocket.rules.pool import ROUNDED_MAX_REASON
+  x0 = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(dtype)
+  def grad(device:str) -> np.ndarray:
+    with Context(TRAINING=1):
+      x = Tensor(x0, device=device).realize()
+      x.requires_grad = True
+      x.max_pool2d(2).sum().backward()
+      return x.grad.numpy()
+  report.reset()
+  g = grad("ROCKET")
+  pool = report.records()[0]   # the forward's max pool runs first
+  np.testing.assert_array_equal(g, grad("CPU"))
+  if dtype == "float32": assert pool.engine == "fallback" and pool.reason == ROUNDED_MAX_REASON, pool
+  else: assert pool.engine == "npu" and "pooling" in pool.reason, pool
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): on("ROCKET", lambda t: t.max_pool2d(2), x0)
+  assert report.records()[0].engine == "npu"

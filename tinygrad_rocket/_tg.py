@@ -6,7 +6,7 @@ the package pins tinygrad exactly (checked in __init__.py) and a tinygrad upgrad
 from __future__ import annotations
 from tinygrad.device import Compiled, LRUAllocator, BufferSpec, TinyELF, Device, Buffer  # noqa: F401
 from tinygrad.dtype import dtypes, DType, AddrSpace, Invalid  # noqa: F401
-from tinygrad.helpers import to_mv, mv_address, Target  # noqa: F401
+from tinygrad.helpers import to_mv, mv_address, Target, TRAINING  # noqa: F401
 from tinygrad.renderer.cstyle import ClangRenderer  # noqa: F401
 from tinygrad.runtime.ops_cpu import CPUProgram  # noqa: F401
 from tinygrad.runtime.support.elf import elf_loader  # noqa: F401

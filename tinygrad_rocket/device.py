@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys, copy, ctypes, platform, time, itertools
 from dataclasses import dataclass, field, replace
 import numpy as np
-from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook
+from tinygrad_rocket._tg import Compiled, LRUAllocator, BufferSpec, TinyELF, ClangRenderer, CPUProgram, to_mv, install_to_program_hook, TRAINING
 from tinygrad_rocket.ioctl import RocketDriver, BufferObject, Job, JobFailedError, open_device
 from tinygrad_rocket.blob import parse_blob
 from tinygrad_rocket.program import NpuProgram, Guard, SCRATCH, eval_pexpr
@@ -405,6 +405,13 @@ class NpuRunner:
     self.index_forms[(id(a), invert)] = (a, form)   # (the array kept alive: its id stays its own)
     return form
 
+  def _reason_path(self, reason:str) -> FallbackProgram:
+    """The kernel's C code, reported with `reason` (one FallbackProgram per reason)."""
+    if (path := self.guard_paths.get(reason)) is None:
+      path = self.guard_paths[reason] = copy.copy(self.other_path)
+      path.reason = reason
+    return path
+
   def _failed_guard(self, guards:list[Guard], slot:dict[int, RocketBuffer]) -> NpuRunner|FallbackProgram|None:
     """None if every guard holds. Else the runner of the program's next alternative (the kernel for another window of
     its tables' arguments, program.py), or after the last one the C-code path of the first guard that does not hold (a
@@ -418,15 +425,14 @@ class NpuRunner:
           nxt = self.prg.alternatives[0]
           self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path)
         return self.next
-      if (guard_path := self.guard_paths.get(g.what)) is None:
-        guard_path = self.guard_paths[g.what] = copy.copy(self.other_path)
-        guard_path.reason = f"{GUARD_REASON if not g.after else AFTER_GUARD_REASON}: {g.what}"
-      return guard_path
+      return self._reason_path(f"{GUARD_REASON if not g.after else AFTER_GUARD_REASON}: {g.what}")
     return None
 
   def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
     st = time.perf_counter()
     self.calls += 1
+    if self.prg.training_reason is not None and TRAINING:
+      return self._reason_path(self.prg.training_reason)(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
     # tinygrad passes the buffers of its program's globals (its simplification may drop some of the AST's)
     slot: dict[int, RocketBuffer] = dict(zip(self.prg.globals or range(len(bufs)), bufs))
     operands = []

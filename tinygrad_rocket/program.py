@@ -173,6 +173,7 @@ class NpuProgram:
                                      # after-job guards hold on the first job's values (0: one job, guards after it)
   globals: tuple[int, ...] = ()      # the kernel's PARAM slots in the order tinygrad passes their buffers (its program's
                                      # globals: buffers its own simplification dropped are not passed); () = 0, 1, ...
+  training_reason: str|None = None   # set: while tinygrad trains (TRAINING), calls run the kernel's C code for this reason
   alternatives: tuple[NpuProgram, ...] = ()   # the same kernel for other windows of its tables' arguments (rules/tables.py
                                      # range_window), tried in order by a call that fails one of this program's guards
 

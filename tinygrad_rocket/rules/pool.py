@@ -56,6 +56,12 @@ from tinygrad_rocket.ops.pool import ppu_program, PPU_ENABLE, MAX_WINDOW, MAX_CU
 from tinygrad_rocket.ops.program import entries, override
 from tinygrad_rocket.rules.common import Grid, walk, strip_cast
 
+# A float32 max (min) on the PPU is fl16 of the max (rounding is monotone): within float32's documented fp16-operand
+# precision, but no longer one of its inputs, and tinygrad's max backward finds the max by equality (mixin/gradient.py:
+# src == max, divided by the count of equal elements): 0/0 gradients. So while tinygrad trains (TRAINING, which its
+# optimizers require) a float32 max runs the C code, exact.
+ROUNDED_MAX_REASON = ("a float32 max on the NPU is rounded to fp16 (no longer one of its inputs), and training's max "
+                      "backward identifies the max by equality: the C code's exact max while TRAINING")
 # fp16 holds float16 values exactly and rounds float32 ones monotonically
 FP16 = "fp16"
 EBYTES = ELEMENT_BYTES[FP16]
@@ -379,7 +385,10 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   job = _pool_job(nest)
   if isinstance(job, NotApplicable): return job
   summary, tasks, pack, unpack, scratch, _ = job
-  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack))
+  m = match(nest)
+  rounded = any(ld.dtype != dtypes.float16 for ld in (m.pro.loads if m.pro is not None else (m.load,)))
+  return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack),
+                    training_reason=ROUNDED_MAX_REASON if rounded else None)
 
 def _pool_job(nest:LoopNest) -> tuple[str, list[regs.Task], list[Copy], list[Copy], tuple[int, int], list[int]]|NotApplicable:
   """(summary, tasks, pack, unpack, scratch sizes of IN and OUT, byte offset in OUT of each tile's result cube)."""
