@@ -123,17 +123,18 @@ def predicate(u:UOp) -> list[Bound]:
   # NOT(x < c) is written CMPNE(CMPLT(x, c), True)
   if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True and u.src[0].op is Ops.CMPLT and u.src[0].src[1].op is Ops.CONST:
     return [Bound(affine(u.src[0].src[0]), u.src[0].src[1].arg, None)]
+  # a < b of two affine expressions (a triangle: tril's k < i + 1, causal attention's j < i + 1) is a - b < 0
+  if u.op is Ops.CMPLT: return [Bound(affine(u.src[0]) + affine(u.src[1]).scale(-1), None, 0)]
+  if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True and u.src[0].op is Ops.CMPLT:
+    return [Bound(affine(u.src[0].src[0]) + affine(u.src[0].src[1]).scale(-1), 0, None)]
   if u.op is Ops.CONST and u.arg is True: return []
   raise NotAnalyzable(f"predicate uses {u.op.name}")
 
 def position_predicate(u:UOp, sizes:dict[int, int]) -> list[Bound]:
   """An output select's condition (a where() over output positions) as a conjunction of bounds: what `predicate`
-  reads, and also a < b of two affine expressions (causal attention's j < i + 1: a - b < 0) and x != c with c at an
-  end of x's range (a concatenation's channel half: c_hi != 0 on [0, 2) is c_hi >= 1)."""
+  reads, and also x != c with c at an end of x's range (a concatenation's channel half: c_hi != 0 on [0, 2) is
+  c_hi >= 1)."""
   if u.op is Ops.AND: return position_predicate(u.src[0], sizes) + position_predicate(u.src[1], sizes)
-  if u.op is Ops.CMPLT and u.src[1].op is not Ops.CONST: return [Bound(affine(u.src[0]) + affine(u.src[1]).scale(-1), None, 0)]
-  if u.op is Ops.CMPNE and u.src[0].op is Ops.CMPLT and u.src[1].op is Ops.CONST and u.src[1].arg is True and u.src[0].src[1].op is not Ops.CONST:
-    return [Bound(affine(u.src[0].src[0]) + affine(u.src[0].src[1]).scale(-1), 0, None)]
   if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and not isinstance(u.src[1].arg, bool) and isinstance(c := u.src[1].arg, int):
     x = affine(u.src[0])
     lo, hi = IndexContext(sizes, []).interval(x)
