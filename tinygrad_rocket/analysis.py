@@ -448,7 +448,7 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   where_o = complement(bounds) if v_then else [bounds]
   # what the value's branch knows: its own condition (then: each of its atoms; else: the condition is false)
   known = {x: UOp(Ops.CONST, dtypes.bool, arg=True) for x in _atoms(cond)} if v_then else {cond: UOp(Ops.CONST, dtypes.bool, arg=False)}
-  value = graph_rewrite(value.substitute(known), symbolic)
+  value = value.substitute(known)
   # narrow the output ranges a bound of one range confines (a padded output's border is never computed)
   keep: dict[UOp, tuple[int, int]] = {}
   if len(where_v) == 1:
@@ -463,8 +463,12 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
       if not ok.any(): raise NotAnalyzable("an output select whose reduction is never written")
       lo, hi = int(np.argmax(ok)), n - int(np.argmax(ok[::-1]))
       if (lo, hi) != (0, n): keep[r] = (lo, hi)
-  inner = ast.replace(src=(end.replace(src=(store.replace(src=(store.src[0], value)), *end.src[1:])),))
-  nest = analyze(_narrowed(inner, keep))
+  inner = _narrowed(ast.replace(src=(end.replace(src=(store.replace(src=(store.src[0], value)), *end.src[1:])),)), keep)
+  # simplified on the narrowed ranges: the known conditions fold away, and so do the % and // tinygrad wrote for an index
+  # that spanned several periods on the full ranges (a strided conv's padded input)
+  st = inner.src[0].src[0]
+  inner = inner.replace(src=(inner.src[0].replace(src=(st.replace(src=(st.src[0], graph_rewrite(st.src[1], symbolic))), *inner.src[0].src[1:])),))
+  nest = analyze(inner)
   if nest.select is not None: raise NotAnalyzable("two output selects")
   loads: list[Load] = []
   o = _expr(other, {r.arg[0]: _range_size(r) for r in out_rs}, loads, sizes)
