@@ -375,7 +375,9 @@ def split_divided_ranges(ast:UOp) -> UOp:
 # written (the output ranges narrowed to P's interval where P bounds one range alone; the rules lower it like any
 # kernel), and E(O) written by the CPU everywhere else (`Select`: in float64 from its operands, one rounding to the
 # output dtype; a constant exactly). Causal attention adds its mask, s + where(j <= i, 0, -inf): that is
-# where(j <= i, s + 0, -inf) for every finite s (an NPU result always is: fp16 operands, fp32 sums).
+# where(j <= i, s + 0, -inf) for every finite s, and s is finite on both devices whenever the NPU runs the call: its
+# operands and folded epilogue factors are finite fp16 values (else the call runs the C code), so |s| stays far below
+# fp32's range on the NPU and in the CPU's float32.
 
 @dataclass(frozen=True)
 class Select:
@@ -402,7 +404,8 @@ def _select_node(u:UOp, outs:set[int]) -> tuple[UOp, UOp, UOp, UOp]|None:
   if u.op is Ops.ADD:
     for x, m in (u.src, u.src[::-1]):
       w = m.src[0] if m.op is Ops.CAST else m
-      if not (w.op is Ops.WHERE and _position_only(w.src[0], outs) and _has_reduce(x) and all(c.op is Ops.CONST for c in w.src[1:])): continue
+      if not (w.op is Ops.WHERE and _position_only(w.src[0], outs) and _has_reduce(x) and
+              all(c.op is Ops.CONST and isinstance(c.arg, (int, float)) and not isinstance(c.arg, bool) for c in w.src[1:])): continue
       c1, c2 = (float(c.arg) for c in w.src[1:])
       if math.isinf(c2) and math.isfinite(c1): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
       if math.isinf(c1) and math.isfinite(c2): return u, w.src[0], x.const_like(c1), x + x.const_like(c2)
@@ -474,7 +477,10 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   o = _expr(other, {r.arg[0]: _range_size(r) for r in out_rs}, loads, sizes)
   if (bad := next((x.op.name for x in _walk(o) if isinstance(x, Alu) and x.op.name not in PEXPR_SELECT_OPS), None)) is not None:
     raise NotAnalyzable(f"the value written outside an output select uses {bad} (the CPU evaluates {', '.join(sorted(PEXPR_SELECT_OPS))})")
-  if any(isinstance(x, (Reduce, Valid)) for x in _walk(o)): raise NotAnalyzable("the value written outside an output select is padded")
+  if any(isinstance(x, (Reduce, Valid)) for x in _walk(o)) or any(ld.valid for ld in loads):
+    raise NotAnalyzable("the value written outside an output select reads a padded operand")
+  if (dt := next((x.dtype for x in _walk(o) if isinstance(x, (Alu, Load)) and not (dtypes.is_float(x.dtype) or x.dtype == dtypes.bool)), None)) is not None:
+    raise NotAnalyzable(f"the value written outside an output select computes in {dt} (the CPU evaluates float values)")
   nest.select = Select(tuple((r.arg[0], _range_size(r)) for r in out_rs), affine(store.src[0].src[1], IndexContext(sizes, [])),
                        tuple(tuple(x) for x in where_o), o, tuple(loads))
   return nest
