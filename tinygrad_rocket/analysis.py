@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 import numpy as np
-from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid, graph_rewrite, symbolic
+from tinygrad_rocket._tg import UOp, Ops, AxisType, DType, Invalid, graph_rewrite, symbolic, dtypes
+from tinygrad_rocket.program import PEXPR_SELECT_OPS
 
 class NotAnalyzable(Exception):
   """The kernel is outside the loop-nest form; the message says where."""
@@ -124,8 +125,26 @@ def predicate(u:UOp) -> list[Bound]:
   # NOT(x < c) is written CMPNE(CMPLT(x, c), True)
   if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True and u.src[0].op is Ops.CMPLT and u.src[0].src[1].op is Ops.CONST:
     return [Bound(affine(u.src[0].src[0]), u.src[0].src[1].arg, None)]
+  # a < b of two affine expressions (a triangle: tril's k < i + 1, causal attention's j < i + 1) is a - b < 0
+  if u.op is Ops.CMPLT: return [Bound(affine(u.src[0]) + affine(u.src[1]).scale(-1), None, 0)]
+  if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True and u.src[0].op is Ops.CMPLT:
+    return [Bound(affine(u.src[0].src[0]) + affine(u.src[0].src[1]).scale(-1), 0, None)]
   if u.op is Ops.CONST and u.arg is True: return []
   raise NotAnalyzable(f"predicate uses {u.op.name}")
+
+def position_predicate(u:UOp, sizes:dict[int, int]) -> list[Bound]:
+  """An output select's condition (a where() over output positions) as a conjunction of bounds: what `predicate`
+  reads, and also x != c with c at an end of x's range (a concatenation's channel half: c_hi != 0 on [0, 2) is
+  c_hi >= 1)."""
+  if u.op is Ops.AND: return position_predicate(u.src[0], sizes) + position_predicate(u.src[1], sizes)
+  if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and not isinstance(u.src[1].arg, bool) and isinstance(c := u.src[1].arg, int):
+    x = affine(u.src[0])
+    lo, hi = IndexContext(sizes, []).interval(x)
+    if c == lo: return [Bound(x, c + 1, None)]
+    if c == hi: return [Bound(x, None, c)]
+    if not lo <= c <= hi: return []
+    raise NotAnalyzable(f"the select's condition x != {c} falls inside x's range {lo}..{hi} (not one interval)")
+  return predicate(u)
 
 # ***** the scalar expression tree *****
 
@@ -178,6 +197,7 @@ class LoopNest:
   value: Expr
   loads: list[Load] = field(default_factory=list)
   precision: str = "default"         # what the kernel is compiled for (config.precision, set by the lowering)
+  select: "Select|None" = None       # the kernel writes this nest's value only where a predicate holds (`Select`)
 
   @property
   def reduce_ranges(self) -> tuple[int, ...]: return tuple(r for r in self.ranges if r not in self.output_ranges)
@@ -379,6 +399,128 @@ def split_divided_ranges(ast:UOp) -> UOp:
     ast = _split_range(ast, *found)
   return ast
 
+# ***** output selects *****
+# A kernel that writes its contraction only at some output positions and another value elsewhere: out =
+# E(where(P, V, O)), P a condition over output positions only (affine bounds), V holding the kernel's reduction, O not
+# (a constant such as max pooling's -inf padding of a conv's output, or loads: the other half of a concatenation), E
+# elementwise (a sigmoid after the concatenation). It is read as two kernels: E(V) on the output positions where V is
+# written (the output ranges narrowed to P's interval where P bounds one range alone; the rules lower it like any
+# kernel), and E(O) written by the CPU everywhere else (`Select`: in float64 from its operands, one rounding to the
+# output dtype; a constant exactly). Causal attention adds its mask, s + where(j <= i, 0, -inf): that is
+# where(j <= i, s + 0, -inf) for every finite s, and s is finite on both devices whenever the NPU runs the call: its
+# operands and folded epilogue factors are finite fp16 values (else the call runs the C code), so |s| stays far below
+# fp32's range on the NPU and in the CPU's float32.
+
+@dataclass(frozen=True)
+class Select:
+  """Where the kernel writes `other` instead of the nest's value: `region` (disjoint conjunctions of bounds over the
+  kernel's own output ranges `ranges`, at `out_index`), `other` an expression of constants and loads over them."""
+  ranges: tuple[tuple[int, int], ...]   # (range id, size) of the kernel's output loops, in END order
+  out_index: Affine
+  region: tuple[tuple[Bound, ...], ...]
+  other: Expr
+  loads: tuple[Load, ...]
+
+
+def _has_reduce(u:UOp) -> bool: return any(x.op is Ops.REDUCE for x in u.toposort())
+
+def _position_only(u:UOp, outs:set[int]) -> bool:
+  """Whether condition u reads only output loop positions (no loads, no reductions, no reduce loops)."""
+  return all(x.op not in (Ops.INDEX, Ops.PARAM, Ops.REDUCE) and (x.op is not Ops.RANGE or x.arg[0] in outs) for x in u.toposort())
+
+def _select_node(u:UOp, outs:set[int]) -> tuple[UOp, UOp, UOp, UOp]|None:
+  """(node, P, then value, else value) of the outermost select on u's elementwise ops: a WHERE on an output-position
+  condition with the reduction in exactly one branch, or a mask added to the reduction's value, x + where(P, c1, c2)
+  with c2 (or c1) infinite: where(P, x + c1, c2) (exact for finite x; an infinite constant is only ever written)."""
+  if u.op is Ops.WHERE and _position_only(u.src[0], outs) and _has_reduce(u.src[1]) != _has_reduce(u.src[2]): return u, *u.src
+  if u.op is Ops.ADD:
+    for x, m in (u.src, u.src[::-1]):
+      w = m.src[0] if m.op is Ops.CAST else m
+      if not (w.op is Ops.WHERE and _position_only(w.src[0], outs) and _has_reduce(x) and
+              all(c.op is Ops.CONST and isinstance(c.arg, (int, float)) and not isinstance(c.arg, bool) for c in w.src[1:])): continue
+      c1, c2 = (float(c.arg) for c in w.src[1:])
+      if math.isinf(c2) and math.isfinite(c1): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
+      if math.isinf(c1) and math.isfinite(c2): return u, w.src[0], x.const_like(c1), x + x.const_like(c2)
+  if u.op in (Ops.REDUCE, Ops.INDEX, Ops.RANGE, Ops.CONST, Ops.PARAM): return None
+  return next((found for s in u.src if (found := _select_node(s, outs)) is not None), None)
+
+def _fails(b:Bound) -> list[Bound]:
+  """b's complement as disjoint bounds (one per side it has)."""
+  return [x for x in (Bound(b.expr, None, b.lo) if b.lo is not None else None, Bound(b.expr, b.hi, None) if b.hi is not None else None) if x]
+
+def complement(bounds:list[Bound]) -> list[tuple[Bound, ...]]:
+  """Where the conjunction `bounds` fails, as disjoint conjunctions: bound i fails while bounds 0..i-1 hold."""
+  return [(*bounds[:i], f) for i, b in enumerate(bounds) for f in _fails(b)]
+
+def _atoms(p:UOp) -> list[UOp]: return _atoms(p.src[0]) + _atoms(p.src[1]) if p.op is Ops.AND else [p]
+
+def _narrowed(ast:UOp, keep:dict[UOp, tuple[int, int]]) -> UOp:
+  """The kernel with each output range r in `keep` running over [lo, hi) only: r becomes r' + lo, r' a range of
+  hi - lo (the constant lo when that is 1: the loop disappears)."""
+  memo: dict[UOp, UOp] = {}
+  new: dict[UOp, UOp|None] = {}
+  for r, (lo, hi) in keep.items():
+    new[r] = UOp(Ops.RANGE, r.dtype, (UOp(Ops.CONST, r.src[0].dtype, arg=hi - lo),), r.arg) if hi - lo > 1 else None
+    memo[r] = new[r] + lo if new[r] is not None else UOp(Ops.CONST, r.dtype, arg=lo)
+  def sub(u:UOp) -> UOp:
+    if (done := memo.get(u)) is not None: return done
+    src = tuple(x for i, s in enumerate(u.src) for x in (((new[s],) if new[s] is not None else ()) if u.op is Ops.END and i > 0 and s in new else (sub(s),)))
+    memo[u] = out = u if src == u.src else u.replace(src=src)
+    return out
+  return sub(ast)
+
+def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:dict[int, int]) -> LoopNest|None:
+  """The nest of a kernel with an output select (see above), or None when its value has none."""
+  outs = {r.arg[0] for r in out_rs}
+  if (found := _select_node(store.src[1], outs)) is None: return None
+  node, cond, a, b = found
+  v_then = _has_reduce(a)
+  value = store.src[1].substitute({node: a if v_then else b})
+  other = store.src[1].substitute({node: b if v_then else a})
+  if _has_reduce(other): raise NotAnalyzable("the value written outside an output select still reads the reduction")
+  bounds = position_predicate(cond, sizes)
+  where_v = [bounds] if v_then else complement(bounds)   # disjoint conjunctions: where the reduction's value is written
+  where_o = complement(bounds) if v_then else [bounds]
+  # what the value's branch knows: its own condition (then: each of its atoms; else: the condition is false)
+  known = {x: UOp(Ops.CONST, dtypes.bool, arg=True) for x in _atoms(cond)} if v_then else {cond: UOp(Ops.CONST, dtypes.bool, arg=False)}
+  value = value.substitute(known)
+  # narrow the output ranges a bound of one range confines (a padded output's border is never computed)
+  keep: dict[UOp, tuple[int, int]] = {}
+  if len(where_v) == 1:
+    for r in out_rs:
+      n, rid = _range_size(r), r.arg[0]
+      ok = np.ones(n, bool)
+      for bd in where_v[0]:
+        if bd.expr.ranges() != {rid}: continue
+        v = bd.expr.const + bd.expr.coeff(rid) * np.arange(n)
+        if bd.lo is not None: ok &= v >= bd.lo
+        if bd.hi is not None: ok &= v < bd.hi
+      if not ok.any(): raise NotAnalyzable("an output select whose reduction is never written")
+      lo, hi = int(np.argmax(ok)), n - int(np.argmax(ok[::-1]))
+      if (lo, hi) != (0, n): keep[r] = (lo, hi)
+  inner = _narrowed(ast.replace(src=(end.replace(src=(store.replace(src=(store.src[0], value)), *end.src[1:])),)), keep)
+  # simplified on the narrowed ranges: the known conditions fold away, and so do the % and // tinygrad wrote for an index
+  # that spanned several periods on the full ranges (a strided conv's padded input)
+  st = inner.src[0].src[0]
+  inner = inner.replace(src=(inner.src[0].replace(src=(st.replace(src=(st.src[0], graph_rewrite(st.src[1], symbolic))), *inner.src[0].src[1:])),))
+  nest = analyze(inner)
+  if nest.select is not None: raise NotAnalyzable("two output selects")
+  loads: list[Load] = []
+  o = _expr(other, {r.arg[0]: _range_size(r) for r in out_rs}, loads, sizes)
+  if (bad := next((x.op.name for x in _walk(o) if isinstance(x, Alu) and x.op.name not in PEXPR_SELECT_OPS), None)) is not None:
+    raise NotAnalyzable(f"the value written outside an output select uses {bad} (the CPU evaluates {', '.join(sorted(PEXPR_SELECT_OPS))})")
+  if any(isinstance(x, (Reduce, Valid)) for x in _walk(o)) or any(ld.valid for ld in loads):
+    raise NotAnalyzable("the value written outside an output select reads a padded operand")
+  if (dt := next((x.dtype for x in _walk(o) if isinstance(x, (Alu, Load)) and not (dtypes.is_float(x.dtype) or x.dtype == dtypes.bool)), None)) is not None:
+    raise NotAnalyzable(f"the value written outside an output select computes in {dt} (the CPU evaluates float values)")
+  nest.select = Select(tuple((r.arg[0], _range_size(r)) for r in out_rs), affine(store.src[0].src[1], IndexContext(sizes, [])),
+                       tuple(tuple(x) for x in where_o), o, tuple(loads))
+  return nest
+
+def _walk(e:Expr):
+  yield e
+  for s in (e.src if isinstance(e, Alu) else (e.src,) if isinstance(e, Reduce) else ()): yield from _walk(s)
+
 def analyze(ast:UOp) -> LoopNest:
   """The loop nest of a single-output kernel, or NotAnalyzable."""
   if ast.op is not Ops.SINK: raise NotAnalyzable(f"not a kernel SINK ({ast.op.name})")
@@ -395,6 +537,7 @@ def analyze(ast:UOp) -> LoopNest:
   idx, value = store.src[0], store.src[1]
   if idx.op is not Ops.INDEX or idx.src[0].op is not Ops.PARAM: raise NotAnalyzable("store is not to a kernel parameter")
   out = idx.src[0]
+  if (selected := _output_select(ast, end, store, out_rs, all_sizes)) is not None: return selected
   loads: list[Load] = []
   expr = _expr(value, ranges, loads, all_sizes)
   name = ast.arg.name if hasattr(ast.arg, "name") else "kernel"

@@ -157,6 +157,7 @@ class PendingUnpack:
   slot: dict[int, RocketBuffer]
   native: Native|None     # how an NPU program may read the results from the cube instead (None: it may not)
   bank: Bank
+  fills: tuple = ()       # (dst indices, values, dtype) an output select writes after the results (NpuProgram.fills)
 
   @property
   def writes(self) -> tuple:
@@ -167,6 +168,7 @@ class PendingUnpack:
     r = self.runner
     try:
       for c, si, di, valid, lin in self.copies: r._copy(c, si, di, valid, lin, self.slot, operand=False, renew=False)
+      for di, vals, dtype in self.fills: r._array(self.slot[self.copies[0][0].dst], dtype)[di] = vals
     except JobFailedError as e:
       self.bank.busy = False  # reported here, once
       raise NpuJobError(f"NPU job of kernel {r.name} failed: {e}") from e
@@ -264,6 +266,13 @@ class NpuRunner:
     self.unpack: dict[int, list] = {}                   # kernel buffer slot -> the copies writing its results
     for c in prg.unpack: self.unpack.setdefault(c.dst, []).append((c, *c.indices()))
     self.inverse = {k: self._inverse(copies) for k, copies in self.unpack.items()}
+    # an output select's fills: its other value, computed from the kernel's buffers at each call (they may change before
+    # the results are unpacked) and written after them; the cube does not hold those elements
+    self.fills: dict[int, list] = {}
+    for c in prg.fills:
+      assert c.dst in self.unpack and c.src is None and c.fill is None and c.value is not None and c.value[0] == "intercept", c
+      self.fills.setdefault(c.dst, []).append(entry := (c, *c.indices()))
+      if (inv := self.inverse[c.dst]) is not None: inv[3][entry[2][entry[2] < len(inv[3])]] = -1
     self.written = sorted(set(prg.written_scratch()))
     assert not set(self.written) & set(self.pack), f"{prg.name}: a scratch BO is both read and written by the job"
     self.resident: dict[int, list[Resident]] = {s: [] for s in self.pack}
@@ -381,6 +390,14 @@ class NpuRunner:
     if renew: dst.domain.written()
     return True
 
+  def _fill_values(self, c, lin, n:int, slot:dict[int, RocketBuffer]) -> np.ndarray:
+    """An output select's other value at its n points (a fill Copy's intercept, float64), rounded to the output dtype."""
+    def load(s:int, dtype:str, index) -> np.ndarray:
+      self.dev.to_cpu(slot[s])
+      return self._array(slot[s], dtype)[lin(index)].astype(np.float64)
+    raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0), (n,))
+    with np.errstate(all="ignore"): return raw.astype(c.dst_dtype)
+
   def _strided_pair(self, src_idx:np.ndarray, dst_idx:np.ndarray) -> tuple|None:
     """(src first, dst first, shape, src strides, dst strides) of a copy whose source and destination indices are
     strided blocks of one common shape with non-negative strides and no repeated destination; None otherwise.
@@ -479,7 +496,8 @@ class NpuRunner:
     for k, copies in self.unpack.items():   # the results stay in the bank until a CPU access needs them
       dst, inv = slot[k], self.inverse[k]
       native = Native((self.serial, k), slot[inv[0]], inv[1], inv[2], dst, inv[3]) if inv is not None else None
-      p = PendingUnpack(self, copies, {c.src: slot[c.src] for c, *_ in copies} | {k: dst}, native, bank)
+      fills = tuple((di, self._fill_values(c, lin, len(di), slot), c.dst_dtype) for c, _, di, _, lin in self.fills.get(k, ()))
+      p = PendingUnpack(self, copies, {c.src: slot[c.src] for c, *_ in copies} | {k: dst}, native, bank, fills)
       if len(kept := [q for q in dst.domain.pending if q.writes != p.writes]) < len(dst.domain.pending):
         self.dev.layout_stats.dropped += len(dst.domain.pending) - len(kept)   # written over entirely (a JIT replay)
         dst.domain.pending = kept

@@ -41,14 +41,23 @@ def lower_kernel(ast:UOp, precision:str="default") -> NpuProgram | NotApplicable
   except NotAnalyzable as e: return NotApplicable(f"{describe_kernel(ast)}: {e}")
   nest.precision = precision
   with range_window(0) as windowed: res = _lower_nest(nest, ast)
+  if nest.select is not None: res = _with_select(res, nest)
   if isinstance(res, NotApplicable) or not windowed: return res
   alternatives = []
   for w in range(1, RANGE_WINDOWS):
     try:
       with range_window(w): alt = _lower_nest(nest, ast)
     except NoWindow: continue   # a table of the kernel has no such window
-    if not isinstance(alt, NotApplicable): alternatives.append(alt)
+    if not isinstance(alt, NotApplicable): alternatives.append(_with_select(alt, nest) if nest.select is not None else alt)
   return dataclasses.replace(res, alternatives=tuple(alternatives))
+
+def _with_select(res:NpuProgram|NotApplicable, nest:LoopNest) -> NpuProgram|NotApplicable:
+  """A program for the computed part of an output select (analysis.Select) with the other value's fills."""
+  from tinygrad_rocket.rules.common import select_fills
+  if isinstance(res, NotApplicable): return NotApplicable(f"the kernel's computed part, where its output select writes it: {res.reason}")
+  if isinstance(fills := select_fills(nest), str): return NotApplicable(fills)
+  other = "constant" if not nest.select.loads else "computed from loads on the CPU"
+  return dataclasses.replace(res, fills=fills, summary=f"{res.summary} +output select ({other} elsewhere, {len(fills)} piece(s))")
 
 def _lower_nest(nest:LoopNest, ast:UOp) -> NpuProgram | NotApplicable:
   """The first rule's program, or why none applies."""

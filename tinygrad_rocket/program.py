@@ -47,6 +47,9 @@ class Bound:
 # value written); ("intercept", e) = e(acc=0) is the value written (the source is not read).
 PExpr = tuple
 PEXPR_OPS = {"ADD", "MUL", "NEG", "SUB", "RECIPROCAL", "SQRT", "EXP2", "LOG2", "MAX", "CAST", "FDIV"}
+# also evaluated, for the values an output select writes (rules/common.py select_fills): a leaky ReLU or clip there;
+# a comparison is 1.0 or 0.0, WHERE takes its first branch where the condition is not 0
+PEXPR_SELECT_OPS = PEXPR_OPS | {"WHERE", "CMPLT", "CMPNE"}
 
 def eval_pexpr(e:PExpr, load, acc:float) -> np.ndarray|float:
   """Evaluates e with the accumulator = acc; load(slot, dtype, Lin) returns the operand's values per point."""
@@ -66,6 +69,9 @@ def eval_pexpr(e:PExpr, load, acc:float) -> np.ndarray|float:
     if tag == "EXP2": return np.exp2(x[0])
     if tag == "LOG2": return np.log2(x[0])
     if tag == "MAX": return np.maximum(x[0], x[1])
+    if tag == "CMPLT": return np.less(x[0], x[1]).astype(np.float64)
+    if tag == "CMPNE": return np.not_equal(x[0], x[1]).astype(np.float64)
+    if tag == "WHERE": return np.where(np.asarray(x[0]) != 0, x[1], x[2])
     if tag == "CAST": return np.asarray(x[0]).astype(e[1]).astype(np.float64) if e[1] in ("float32", "float16") else x[0]
   raise ValueError(f"unsupported epilogue op {tag}")
 
@@ -176,11 +182,13 @@ class NpuProgram:
   training_reason: str|None = None   # set: while tinygrad trains (TRAINING), calls run the kernel's C code for this reason
   alternatives: tuple[NpuProgram, ...] = ()   # the same kernel for other windows of its tables' arguments (rules/tables.py
                                      # range_window), tried in order by a call that fails one of this program's guards
+  fills: tuple[Copy, ...] = ()       # an output select's other value (rules/common.py select_fills): computed from the
+                                     # kernel buffers when the job is submitted, written after the unpack of its results
 
   def kernel_slots(self) -> set[int]:
     """The kernel buffers (PARAM slots) the program or an alternative reads or writes."""
-    return ({c.src for c in self.pack if c.src is not None and c.src < SCRATCH} | {p for c in self.pack + self.unpack for p in c.params} |
-            {c.dst for c in self.unpack if c.dst < SCRATCH}).union(*(a.kernel_slots() for a in self.alternatives))
+    return ({c.src for c in self.pack if c.src is not None and c.src < SCRATCH} | {p for c in self.pack + self.unpack + self.fills for p in c.params} |
+            {c.dst for c in self.unpack + self.fills if c.dst < SCRATCH}).union(*(a.kernel_slots() for a in self.alternatives))
 
   def to_bytes(self) -> bytes: return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
   @staticmethod

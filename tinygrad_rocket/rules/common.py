@@ -3,7 +3,7 @@ ReLU / ReLU6 forms) and the Grid that turns loop-nest accesses into Copy gathers
 from __future__ import annotations
 from typing import Callable
 from tinygrad_rocket._tg import Ops, dtypes
-from tinygrad_rocket.analysis import Load, Alu, Const, Reduce, Affine
+from tinygrad_rocket.analysis import Load, Alu, Const, Reduce, Affine, LoopNest
 from tinygrad_rocket.program import Copy, Var, Lin, Bound, PExpr
 
 FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}   # tinygrad dtype -> numpy dtype name
@@ -174,3 +174,24 @@ class Grid:
       bounds.append(Bound(src_index, 0, src.size))  # never read outside the buffer (a guard, not a semantic)
     return Copy(None if src is None else src.slot, FLOATS[src.dtype] if src is not None else "float64", dst, "float16",
                 self.grid, tuple(self.vars), src_index, pad(dst_index), tuple(bounds), fill, value, params)
+
+def select_fills(nest:LoopNest) -> tuple[Copy, ...]|str:
+  """The Copies writing an output select's other value (analysis.Select) into the kernel's output, one per disjoint
+  piece of its region, or why they cannot. Over the kernel's own output loops (the grid coordinates), no source read:
+  the value is evaluated in float64 from its operands and rounded once to the output dtype (a constant, -inf included,
+  exactly), on the CPU at call time; the NPU program's results are written first, so these overwrite what it computed
+  where the select writes the other value (a causal mask's upper triangle)."""
+  sel = nest.select
+  assert sel is not None
+  if nest.out_dtype not in FLOATS: return f"an output select into {nest.out_dtype} (float32/float16 only)"
+  col = {rid: i for i, (rid, _) in enumerate(sel.ranges)}
+  lin = lambda a: Lin(tuple(a.coeff(rid) for rid, _ in sel.ranges), a.const)
+  for ld in sel.loads:
+    if ld.dtype not in FLOATS: return f"the value outside an output select reads {ld.dtype} (float32/float16 only)"
+    if ld.size < 0 or not ld.index.ranges() <= set(col): return "the value outside an output select reads a buffer of unknown size"
+  value = ("intercept", pexpr(sel.other, lin))
+  params = tuple(sorted({ld.slot for ld in sel.loads}))
+  grid = tuple(n for _, n in sel.ranges)
+  return tuple(Copy(None, "float64", nest.out_slot, FLOATS[nest.out_dtype], grid, (), Lin((0,)), lin(sel.out_index),
+                    tuple(Bound(lin(b.expr), b.lo, b.hi) for b in piece) + tuple(Bound(lin(ld.index), 0, ld.size) for ld in sel.loads),
+                    None, value, params) for piece in sel.region)
