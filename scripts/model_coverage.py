@@ -30,13 +30,15 @@ class Basic:
   def __call__(self, x:Tensor) -> Tensor: return (self.c2(self.c1(x).relu()) + (self.down(x) if self.down else x)).relu()
 
 class ResNet:
-  """ResNet-18's structure at a small width: 7x7/2 stem + BN + ReLU + 3x3/2 max pool, two basic blocks, global
-  average pool, linear, softmax."""
+  """ResNet-18's structure at a small width: 7x7/2 stem + BN + ReLU + 3x3/2 max pool, a stage of one basic block, a
+  stage as ResNet-18's later ones (a downsample block, then an identity block), global average pool, linear, softmax."""
   def __init__(self, rng):
-    self.stem, self.l1, self.l2, self.fc = ConvBN(rng, 3, 16, 7, 2), Basic(rng, 16, 16, 1), Basic(rng, 16, 32, 2), nn.Linear(32, 10)
+    self.stem, self.l1, self.fc = ConvBN(rng, 3, 16, 7, 2), Basic(rng, 16, 16, 1), nn.Linear(32, 10)
+    self.l2 = [Basic(rng, 16, 32, 2), Basic(rng, 32, 32, 1)]
   def __call__(self, x:Tensor) -> Tensor:
-    x = self.stem(x).relu().max_pool2d(3, 2, padding=1)
-    return self.fc(self.l2(self.l1(x)).mean((2, 3))).softmax()
+    x = self.l1(self.stem(x).relu().max_pool2d(3, 2, padding=1))
+    for block in self.l2: x = block(x)
+    return self.fc(x.mean((2, 3))).softmax()
 
 class InvertedResidual:
   """MobileNetV2: 1x1 expand + ReLU6, 3x3 depthwise + ReLU6, 1x1 project, residual add."""
@@ -64,7 +66,7 @@ class TransformerBlock:
     return x + self.down(self.up(self.ln2(x)).gelu())
 
 BLOCKS = {
-  "ResNet (stem, max pool, 2 basic blocks, head)": (ResNet, (1, 3, 64, 64)),
+  "ResNet (stem, max pool, 3 basic blocks, head)": (ResNet, (1, 3, 64, 64)),
   "MobileNetV2 inverted residual": (lambda rng: InvertedResidual(rng, 16, 6), (1, 16, 28, 28)),
   "YOLO-style neck (leaky, upsample, concat)": (YoloNeck, (1, 16, 32, 32)),
   "transformer block (causal attention, GELU MLP)": (lambda rng: TransformerBlock(rng, 64, 4), (2, 16, 64)),

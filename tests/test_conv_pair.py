@@ -108,6 +108,20 @@ def test_bound_catches_a_dropped_branch_or_shift(drop):
   ref = run(block(True, False, 1, 1, 2, drop=drop), args, "CPU")
   with pytest.raises(AssertionError): nm.assert_within(got, ref, bound(*args, True, 1, 1, 2), f"without the {drop}")
 
+def test_shift_inside_the_scaled_term():
+  """nn.BatchNorm2d's eval form puts the mean inside the scaled term, (conv - mean) * s: the main conv's intercept
+  -mean*s is its own per-channel operand, which stage 1 adds too (stage 2's EW operand is stage 1's cube). Found
+  with model_coverage's ResNet: a dropped main-branch shift. The bound is the block's with t = -mean*s."""
+  args = arrays(np.random.default_rng(6), 1, 16, 8, 16, 8, 15, big=True)
+  h, w2, s2, m2, x, w1, s1, m1 = args
+  col = lambda v: v.reshape(1, -1, 1, 1)
+  fn = lambda h, w2, s2, m2, x, w1, s1, m1: ((h.conv2d(w2, padding=1) - col(m2)) * col(s2) + (x.conv2d(w1, stride=2) - col(m1)) * col(s1)).relu()
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): got = run(fn, args, "ROCKET")
+  (rec,) = report.records()
+  assert rec.engine == "npu" and rec.reason.startswith("conv pair: "), rec
+  nm.assert_within(got, run(fn, args, "CPU"), bound(h, w2, s2, -m2 * s2, x, w1, s1, -m1 * s1, True, 1, 1, 2), "mean inside the scale")
+
 @pytest.mark.parametrize("cm, cd, cout, size, tiling", [(128, 64, 128, 28, "3 row band(s) x 1 kernel chunk(s)"),
                                                          (256, 128, 256, 14, "1 row band(s) x 6 kernel chunk(s)")])
 def test_banded_and_chunked_tiles(cm, cd, cout, size, tiling):

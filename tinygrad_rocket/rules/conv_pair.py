@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools, math
 from dataclasses import replace
 from tinygrad_rocket import regs
-from tinygrad_rocket.analysis import LoopNest, Reduce, Alu
+from tinygrad_rocket.analysis import LoopNest, Reduce, Alu, Const
 from tinygrad_rocket._tg import Ops
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, SCRATCH
@@ -60,7 +60,7 @@ def _stage_nest(nest:LoopNest, red:Reduce, value) -> LoopNest:
 def split(nest:LoopNest) -> tuple[list[tuple[Reduce, LoopNest, LoopNest]], bool, float|None]|NotApplicable:
   """For each choice of stage 2 (the conv with the larger weights per kernel first): (stage 2's sum, its nest computing its terms,
   stage 1's nest computing the other conv's terms plus every term without a sum); the ReLU and clip; or why not."""
-  from tinygrad_rocket.rules.contraction import _sum_terms   # here: contraction.py imports the conv rule
+  from tinygrad_rocket.rules.contraction import _sum_terms, _subst   # here: contraction.py imports the conv rule
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
   e, relu, clip = relu_form(strip_cast(nest.value))
   if not relu and leaky_arg(e) is not None: return NotApplicable("a leaky ReLU after the two convs (ReLU and ReLU6 only)")
@@ -76,7 +76,11 @@ def split(nest:LoopNest) -> tuple[list[tuple[Reduce, LoopNest, LoopNest]], bool,
     (held[inside[0]] if inside else rest).append(t)
   out = []   # both kernels' weights per output channel: taps x input channels, the product of the reduce loops
   for r2, r1 in sorted(((reds[0], reds[1]), (reds[1], reds[0])), key=lambda p: -math.prod(nest.ranges[x] for x in p[0].ranges)):
-    out.append((r2, _stage_nest(nest, r2, _sum(held[r2], nest.out_dtype)), _stage_nest(nest, r1, _sum(held[r1] + rest, nest.out_dtype))))
+    # stage 2's own intercept (its terms at acc2 = 0: BatchNorm's -mean*s2 sits inside the scaled term) is added by
+    # stage 1 too: stage 2's EW operand is stage 1's cube, so stage 2 keeps only its scale (_lower)
+    e2 = _sum(held[r2], nest.out_dtype)
+    t2 = [] if conv._vanishes(e2, r2) else [_subst(e2, r2, Const(0.0, r2.dtype))]
+    out.append((r2, _stage_nest(nest, r2, e2), _stage_nest(nest, r1, _sum(held[r1] + rest + t2, nest.out_dtype))))
   return out, relu, clip
 
 def _agrees(c2:conv.Conv):
@@ -96,7 +100,8 @@ def lower_conv_pair(nest:LoopNest) -> NpuProgram|NotApplicable:
 def _lower(nest:LoopNest, n2:LoopNest, n1:LoopNest, relu:bool, clip:float|None) -> NpuProgram|NotApplicable:
   if isinstance(m2 := conv.match(n2), NotApplicable): return NotApplicable(f"the main conv: {m2.reason}")
   c2, lay2 = m2
-  c2 = replace(c2, relu=relu, clip=clip)
+  # its intercept is in stage 1's value (split): the weights carry the scale, the EW operand is stage 1's cube
+  c2 = replace(c2, relu=relu, clip=clip, epi=replace(c2.epi, shift=None, operand=False) if c2.epi is not None else None)
   if isinstance(m1 := conv.match(n1, _agrees(c2)), NotApplicable): return NotApplicable(f"the added conv: {m1.reason}")
   c1, lay1 = m1
   for c in (c1, c2):
