@@ -51,6 +51,8 @@ GUARD_LANES = 16         # a Guard reads 16 channels (two 8-channel fp16 surface
 def _outer(nest:LoopNest) -> tuple[Reduce, float]|str:
   """(the outer sum, its constant scale c) of c * REDUCE(ADD, conv...) (casts allowed), or why the kernel is not one."""
   e, scale = strip_cast(nest.value), 1.0
+  if (n := len(dict.fromkeys(x for x in walk(e) if isinstance(x, Reduce)))) < 2:
+    return f"{n} reduction(s) in the kernel (a sum of a convolution has two or more)"
   if isinstance(e, Alu) and e.op is Ops.MUL and len(ks := [s for s in e.src if isinstance(strip_cast(s), Const)]) == 1:
     scale, e = float(strip_cast(ks[0]).value), strip_cast(next(s for s in e.src if s is not ks[0]))
   if not isinstance(e, Reduce):
