@@ -158,3 +158,13 @@ def bound_dot_split(S, n:int, amax:float, chunk:int, chunks:int, out:str="float3
   e_acc = gamma(chunk - 1 + chunks, U32)*hihi + gamma(2*chunk + 2*chunks - 2, U32)*cross
   e = e_rep + e_drop + e_acc
   return e + (U16*(S + e) + ETA16 if out == "float16" else 0.0)
+
+def conv64(a, b, stride:int=1, padding:int=0, dilation:int=1) -> np.ndarray:
+  """The reference conv2d (N, C, H, W) x (K, C, kh, kw) in float64 (numpy: no kernel compiled per shape); `a` zero
+  padded by `padding` on each side first."""
+  a = np.pad(np.asarray(a, np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+  b = np.asarray(b, np.float64)
+  kh, kw = b.shape[2:]
+  win = np.lib.stride_tricks.sliding_window_view(a, ((kh - 1) * dilation + 1, (kw - 1) * dilation + 1), axis=(2, 3))
+  win = win[:, :, ::stride, ::stride, ::dilation, ::dilation]          # (N, C, OH, OW, kh, kw)
+  return np.einsum("nchwij,kcij->nkhw", win, b)

@@ -30,19 +30,12 @@ def block(bn:bool, relu:bool, stride:int, padding:int, down_stride:int, drop:str
     return y.relu() if relu else y
   return fn
 
-def conv64(a, b, stride:int, padding:int) -> np.ndarray:
-  a = np.pad(np.asarray(a, np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-  b = np.asarray(b, np.float64)
-  kh, kw = b.shape[2:]
-  win = np.lib.stride_tricks.sliding_window_view(a, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
-  return np.einsum("nchwij,kcij->nkhw", win, b)
-
 def bound(h, w2, s2, t2, x, w1, s1, t1, bn:bool, stride:int, padding:int, down_stride:int) -> np.ndarray:
   """ROCKET's + the CPU's bound of the block (module docstring)."""
   col = lambda v: np.abs(np.asarray(v, np.float64)).reshape(1, -1, 1, 1)
   one = np.ones((1, w2.shape[0], 1, 1))
   sc2, sc1 = (col(s2), col(s1)) if bn else (one, one)
-  A2, A1 = conv64(np.abs(h), np.abs(w2), stride, padding), conv64(np.abs(x), np.abs(w1), down_stride, 0)
+  A2, A1 = nm.conv64(np.abs(h), np.abs(w2), stride, padding), nm.conv64(np.abs(x), np.abs(w1), down_stride, 0)
   n2, n1 = w2[0].size, w1[0].size
   T = np.abs(np.asarray(t1, np.float64) + np.asarray(t2, np.float64)).reshape(1, -1, 1, 1) if bn else 0 * one
   S2, S1 = A2 * sc2, A1 * sc1 + T

@@ -72,14 +72,6 @@ def npu_reasons() -> list[str]:
   assert recs and all(r.engine == "npu" for r in recs), [(r.engine, r.reason) for r in recs]
   return [r.reason for r in recs]
 
-def conv64(a, b, stride:int=1, dilation:int=1) -> np.ndarray:
-  """conv2d of (already padded) a with b in float64 (numpy: no kernel to compile per shape)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  kh, kw = b.shape[2:]
-  win = np.lib.stride_tricks.sliding_window_view(a, ((kh - 1) * dilation + 1, (kw - 1) * dilation + 1), axis=(2, 3))
-  win = win[:, :, ::stride, ::stride, ::dilation, ::dilation]          # (N, C, OH, OW, kh, kw)
-  return np.einsum("nchwij,kcij->nkhw", win, b)
-
 def conv_bound(p:R, p32:R, w, stride:int, dilation:int, fill:float=0.0, pad:int=0) -> np.ndarray:
   """ROCKET's + the CPU's bound (module docstring) of conv(p, w) for the float64 prologue p (unit 2u64) and the
   float32 one p32 (unit u32 + u64), both over the unpadded input; the padding (`pad` each side) holds `fill`."""
@@ -90,10 +82,10 @@ def conv_bound(p:R, p32:R, w, stride:int, dilation:int, fill:float=0.0, pad:int=
   e_w = nm.U16 * aw + nm.ETA16
   kw = dict(stride=stride, dilation=dilation)
   n = w.shape[1] * w.shape[2] * w.shape[3]
-  S = conv64(mag + e_a, aw + e_w, **kw)
-  rocket = conv64(e_a, aw, **kw) + conv64(mag, e_w, **kw) + conv64(e_a, e_w, **kw) + nm.gamma(max(n - 1, 1), nm.U32) * S + nm.U32 * S
+  S = nm.conv64(mag + e_a, aw + e_w, **kw)
+  rocket = nm.conv64(e_a, aw, **kw) + nm.conv64(mag, e_w, **kw) + nm.conv64(e_a, e_w, **kw) + nm.gamma(max(n - 1, 1), nm.U32) * S + nm.U32 * S
   e32 = padded(p32.e, 0.0)
-  cpu = conv64(e32, aw, **kw) + nm.gamma(max(n - 1, 1), nm.U32) * conv64(mag + e32, aw, **kw)
+  cpu = nm.conv64(e32, aw, **kw) + nm.gamma(max(n - 1, 1), nm.U32) * nm.conv64(mag + e32, aw, **kw)
   return rocket + cpu
 
 def check(family:str, x, w, a, b, stride:int, padding:int, dilation:int=1, what:str=""):
@@ -196,7 +188,7 @@ def test_padding_holds_the_computed_value():
   with env(ROCKET_FALLBACK="0"): got = run(lambda X, W: (X.pad((1, 2, 2, 1)) + 1).conv2d(W), (x, w), "ROCKET")
   (reason,) = npu_reasons()
   assert "+computed input" in reason and "padding 1" in reason, reason
-  want = conv64(np.pad(x, ((0, 0), (0, 0), (2, 1), (1, 2))) + 1, w)
+  want = nm.conv64(np.pad(x, ((0, 0), (0, 0), (2, 1), (1, 2))) + 1, w)
   np.testing.assert_array_equal(got, want)
 
 def test_padding_of_padded_computed_value_is_not_mixed():

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, assume, strategies as st
 from tinygrad import Tensor
 from tinygrad_rocket import report
-from tinygrad_rocket.config import FallbackError
 import numerics as nm
 from helpers import env
 
@@ -36,20 +35,13 @@ def block(bn:bool, residual:bool, relu:bool, stride:int, padding:int, reduction:
     return red(y.relu() if relu else y)
   return fn
 
-def conv64(a, b, stride:int, padding:int) -> np.ndarray:
-  a = np.pad(np.asarray(a, np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-  b = np.asarray(b, np.float64)
-  kh, kw = b.shape[2:]
-  win = np.lib.stride_tricks.sliding_window_view(a, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
-  return np.einsum("nchwij,kcij->nkhw", win, b)
-
 def bound(x, w, s, t, r, bn:bool, residual:bool, stride:int, padding:int, reduction:str) -> np.ndarray:
   """ROCKET's + the CPU's bound of the reduced block (module docstring)."""
   _, axes, mean = REDUCTIONS[reduction]
   col = lambda v: np.abs(np.asarray(v, np.float64)).reshape(1, -1, 1, 1)
   sc = col(s) if bn else np.ones((1, w.shape[0], 1, 1))
   n = w.shape[1] * w.shape[2] * w.shape[3]
-  A = conv64(np.abs(x), np.abs(w), stride, padding)
+  A = nm.conv64(np.abs(x), np.abs(w), stride, padding)
   T = np.abs((np.asarray(t, np.float64).reshape(1, -1, 1, 1) if bn else 0) + (np.asarray(r, np.float64) if residual else 0))
   shifted = bn or residual
   S = A * sc + T
