@@ -38,6 +38,16 @@ def cases(quick:bool):
     shapes = [(1, ci, hw, hw), (co, ci, k, k), (co,), (co,)] + ([(1, co, o, o)] if skip else [])
     yield f"resnet18 {name}", shapes, (lambda s, p: lambda x, w, sc, sh, *r: (x.conv2d(w, stride=s, padding=p) * sc.reshape(1, -1, 1, 1)
                                        + sh.reshape(1, -1, 1, 1) + (r[0] if r else 0)).relu())(s, p), co*ci*k*k*o*o
+  # kernels of two stages in one job: a stage's first block, main conv + BN added to the 1x1/2 downsample conv + BN
+  # (rules/conv_pair.py), and the last block fused with the global average pool (rules/conv_reduce.py)
+  col = lambda v: v.reshape(1, -1, 1, 1)
+  if not quick:
+    yield ("resnet18 l2 block: 3x3 128->128 @28 +BN + 1x1/2 64->128 @56 +BN, ReLU", [(1, 128, 28, 28), (128, 128, 3, 3), (128,), (128,),
+           (1, 64, 56, 56), (128, 64, 1, 1), (128,), (128,)],
+           lambda h, w2, s2, t2, x, w1, s1, t1: (h.conv2d(w2, padding=1) * col(s2) + col(t2) + x.conv2d(w1, stride=2) * col(s1) + col(t1)).relu(),
+           128*128*9*28*28 + 128*64*28*28)
+    yield ("resnet18 l4 3x3 512->512 @7 +BN+skip+ReLU +global avg pool", [(1, 512, 7, 7), (512, 512, 3, 3), (512,), (512,), (1, 512, 7, 7)],
+           lambda x, w, sc, sh, r: (x.conv2d(w, padding=1) * col(sc) + col(sh) + r).relu().mean((2, 3)), 512*512*9*7*7)
   mobilenet = [("stem 3x3/2 3->32 @224", 3, 32, 224, 3, 2, 1, 1), ("dw 3x3 32 @112", 32, 32, 112, 3, 1, 1, 32),
                ("pw 1x1 32->16 @112", 32, 16, 112, 1, 1, 0, 1), ("pw 1x1 16->96 @112", 16, 96, 112, 1, 1, 0, 1),
                ("dw 3x3/2 96 @112", 96, 96, 112, 3, 2, 1, 96), ("pw 1x1 96->24 @56", 96, 24, 56, 1, 1, 0, 1),
