@@ -21,6 +21,8 @@ fp16 operands): its stage writes fp16 straight into the A block of the one stage
 (emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
 (Compiler.meet says which side and what it costs). A narrowed value must be bounded within fp16 (a table's result, a
 guarded reciprocal): an unbounded one could overflow to inf, and such kernels are not taken.
+Comparisons of float16 values are exact 0/1 stages (STEP_EXACT; a bool result, or a mask), where(cmp, p, q) of float16
+loads an exact select (SELECT_EXACT).
 1/x and 1/sqrt(x) are guarded table seeds refined by Newton steps as stages (Compiler.newton; rules/tables.py derives and measures
 its error). Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into tiles that fit the
 CBUF.
@@ -338,7 +340,7 @@ class Compiler:
   def fp16_side(e) -> Linear:
     """A comparison's or select's operand as an exact fp16 value: a float16 load or an fp16-representable constant."""
     if isinstance(e, Load) and e.dtype == dtypes.float16 and (e.pad is None or float(np.float16(e.pad)) == e.pad): return Linear(((e, 1.0),))
-    if isinstance(e, Load) and e.dtype == dtypes.float32:
+    if isinstance(ld := strip_cast(e), Load) and ld.dtype == dtypes.float32:
       raise Unsupported("a comparison or where() of float32 operands (the NPU would compare and select their fp16 roundings)")
     if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, (int, float)) and \
        abs(e.value) <= FP16_MAX and float(np.float16(e.value)) == e.value:
@@ -374,17 +376,19 @@ class Compiler:
     return ne if e.op is Ops.CMPNE else Computed(ne.stage, -1.0, 1.0)
 
   def select(self, cond, p, q) -> Value:
-    """where(cond, p, q) for an exact 0/1 condition and fp16 values p, q (SELECT_EXACT): r*p + (q - q*r)."""
+    """where(cond, p, q) for an exact 0/1 condition and float16 loads p, q (SELECT_EXACT): r*p + (q - q*r), four stages
+    after the condition's."""
     ind = self.indicator(self.value(cond))
     if ind is None: raise Unsupported("a WHERE whose condition is not a comparison of float16 values")
     r, negated = ind
     pv, qv = self.fp16_side(strip_cast(p)), self.fp16_side(strip_cast(q))
+    # a constant branch never arrives here: tinygrad then gates the other branch's load by the condition, an index
+    # analysis.py does not read
+    if not (pv.terms and qv.terms): raise Unsupported("a where() with a constant branch")
     if negated: pv, qv = qv, pv
-    if not qv.terms and qv.const == 0: return self.stage(Stage(pv, ew_op="mul", operand=r))        # r*p
     rq = self.stage(Stage(qv.scaled(-1.0), ew_op="mul", operand=r))                               # -q*r
     q0 = self.stage(Stage(qv, ew_op="add", operand=rq.stage))                                      # q - q*r
-    if not pv.terms and pv.const == 0: return q0
-    rp = self.stage(Stage(pv, ew_op="mul", operand=r, bound=FP16_MAX if pv.terms else abs(pv.const)))
+    rp = self.stage(Stage(pv, ew_op="mul", operand=r, bound=FP16_MAX))                             # r*p: a finite fp16 value or 0
     return self.stage(Stage(self.narrow(rp), ew_op="add", operand=q0.stage))
 
   def table_of_linear(self, e:Alu) -> Computed|None:
