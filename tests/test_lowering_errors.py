@@ -6,7 +6,7 @@ import tinygrad_rocket.lower as lower
 from tinygrad_rocket import report
 from tinygrad_rocket.lower import INTERNAL_ERROR_REASON
 import numerics as nm
-from test_conv_prologue import conv64
+from numerics import conv64
 
 def test_an_exception_in_a_rule_becomes_a_reported_fallback(monkeypatch):
   def broken(nest): raise ZeroDivisionError("a bug in a rule")

@@ -24,7 +24,8 @@ from tinygrad_rocket.analysis import analyze, NotAnalyzable
 from tinygrad_rocket.config import FallbackError
 import numerics as nm
 from helpers import env
-from test_conv_prologue import R, const, exact, conv64
+from test_conv_prologue import R, const, exact
+from numerics import conv64
 
 U64 = 2.0 ** -53
 # glibc's exp2f (what tinygrad's C code calls for EXP2 on the CPU device): at most 1 ulp from the exact value (glibc
