@@ -312,7 +312,14 @@ class Compiler:
       if (p, q) == (u, v): return self.neg(self.max(self.neg(self.value(u)), self.neg(self.value(v))))
       if (lk := leaky_arg(e)) is not None: return self.leaky(self.value(lk[0]), lk[1])
       if (pk := prelu_arg(e)) is not None: return self.prelu(self.value(pk[0]), self.value(pk[1]))
-    if op is Ops.WHERE: return self.select(src[0], src[1], src[2])
+      return self.select(cond, src[1], src[2])
+    # a != / == condition: a select if it is one (a scratch compiler leaves no stage behind), else the WHERE may still
+    # be a table of its one load (the select's reason if not)
+    refused: Unsupported|None = None
+    if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op in (Ops.CMPNE, Ops.CMPEQ):
+      try: Compiler().select(cond, src[1], src[2])
+      except Unsupported as ex: refused = ex
+      else: return self.select(cond, src[1], src[2])
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD and (pk := prelu_sum_arg(e)) is not None and self.linear(pk[0]) and self.linear(pk[1]):
       return self.prelu(self.value(pk[0]), self.value(pk[1]).scaled(-pk[2]))
@@ -327,6 +334,7 @@ class Compiler:
     if op is Ops.RECIPROCAL and (r := self.newton("reciprocal", src[0])) is not None: return r
     if (t := self.table(e)) is not None: return t
     if op in UNARY_TABULABLE and (t := self.table_of_linear(e)) is not None: return t
+    if refused is not None: raise refused
     raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
 
   def indicator(self, v:Value) -> tuple[int, bool]|None:
@@ -375,10 +383,10 @@ class Compiler:
     ne = self.step(y, x, plus=self.step(x, y).stage)   # (x < y) + (y < x)
     return ne if e.op is Ops.CMPNE else Computed(ne.stage, -1.0, 1.0)
 
-  def select(self, cond, p, q) -> Value:
+  def select(self, cond:Alu, p, q) -> Value:
     """where(cond, p, q) for an exact 0/1 condition and float16 loads p, q (SELECT_EXACT): r*p + (q - q*r), four stages
     after the condition's."""
-    ind = self.indicator(self.value(cond))
+    ind = self.indicator(self.predicate(cond))
     if ind is None: raise Unsupported("a WHERE whose condition is not a comparison of float16 values")
     r, negated = ind
     pv, qv = self.fp16_side(strip_cast(p)), self.fp16_side(strip_cast(q))
