@@ -21,6 +21,8 @@ fp16 operands): its stage writes fp16 straight into the A block of the one stage
 (emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
 (Compiler.meet says which side and what it costs). A narrowed value must be bounded within fp16 (a table's result, a
 guarded reciprocal): an unbounded one could overflow to inf, and such kernels are not taken.
+Comparisons of float16 values are exact 0/1 stages (STEP_EXACT; a bool result, or a mask), where(cmp, p, q) of float16
+loads an exact select (SELECT_EXACT).
 1/x and 1/sqrt(x) are guarded table seeds refined by Newton steps as stages (Compiler.newton; rules/tables.py derives and measures
 its error). Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into tiles that fit the
 CBUF.
@@ -45,6 +47,7 @@ from tinygrad_rocket.ops.matmul import (MatmulTile, matmul_task, plan_tiles, EwO
 UNARY_TABULABLE = (Ops.EXP2, Ops.LOG2, Ops.SQRT, Ops.RECIPROCAL, Ops.SIN)
 LANES = 16             # elements per output pixel: one 16-kernel group (fp16 N alignment, rocket_fp16_ew_ppu.md §1.6)
 FP16_MAX = 65504.0     # a coefficient beyond it is inf in the fp16 weights
+OUT_DTYPES = {**FLOATS, dtypes.bool: "bool"}   # result dtypes: bool only for comparisons (exact 0/1 values, STEP_EXACT)
 NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy writes its fill everywhere
 
 # LEAKY_AS_MAX: tinygrad's leaky ReLU where(x < 0, a*x, x) equals max(x, a*x) for a <= 1 and min(x, a*x) for a >= 1 on
@@ -81,6 +84,24 @@ NO_POINT = Bound(Lin((0,)), 1, None)   # 0 >= 1: no point is valid, so a Copy wr
 # computes it within the kernel's bound for a finite operand (the table's domain extends to -inf, its error bound holds
 # there). A stand-in beyond fp16's range (max near -65504) and +inf/NaN operands still run the C code.
 NEG_INF_ARG = -2048.0
+
+# STEP_EXACT: x < y for float16 x, y as a stage value in {0, 1}, exactly: clamp(2^24 * fl32(y - x), 0, 1). The CORE forms
+# STEP_CORE * (y - x) from the fp16 operands (identity weights +-STEP_CORE, fp32 products exact, one fp32 rounding of the
+# sum, which is exact scaled by a power of 2); fp32 rounding is monotone and sign-preserving and y - x is a multiple of
+# 2^-24 (fp16's smallest subnormal; both operands are), so fl32(y - x) is +-0 exactly when x == y (-0 and +0 too: not
+# less, as in IEEE) and otherwise at least 2^-24 in magnitude. The BS MUL (fp16 operand STEP_BS) scales it by the rest
+# of STEP_GAIN = 2^24 (|result| <= 2^24 * 2 * 65504 < 2^42: no fp32 overflow), ReLU and the ReLUX clamp at 1 give 0
+# or 1. STEP_GAIN does not fit one fp16 multiplier (max 65504), hence the split; the BS ALU stays bypassed (its order
+# with the MUL is ⚠ unconfirmed, XStageOp). x != y is step(x, y) + step(y, x) (the EW add of two exact 0/1 values),
+# x == y and NOT c are 1 - that (a pending map). float32 operands would compare their fp16 roundings: not taken.
+# SELECT_EXACT: where(c, p, q) with c such a 0/1 value r (or 1 - r: p and q swap) and p, q fp16 values is
+#   r*p + (q - q*r):
+# r*p and q*r are p or q or +-0 exactly (products of fp16 values and 0/1 in fp32); q - q*r is q or 0 exactly (x - x = 0,
+# x - 0 = x); of the final sum one term is +-0, so it is exact: p or q (a zero of either sign where the value is 0).
+# r*p is narrowed to fp16 to meet q - q*r in one stage: exact, it is p or 0. (b + c*(a - b) would round a - b.)
+STEP_GAIN = 2.0 ** 24
+STEP_CORE = 2.0 ** 12               # the CORE's identity weights (fp16)
+STEP_BS = STEP_GAIN / STEP_CORE     # the BS MUL operand (fp16)
 
 class Unsupported(Exception):
   """The expression is outside what these stages compute; the message says why."""
@@ -121,6 +142,7 @@ class Stage:
   main: Linear
   relu: bool = False
   clip: float|None = None         # with relu: the ReLUX clamp at clip
+  mul: float|None = None          # the BS MUL's fp16 multiplier (before relu; main.const must be 0: STEP_EXACT)
   ew_op: str|None = None
   operand: Load|int|None = None   # a load (packed fp16) or an earlier stage (its result)
   lut: tuple[Load|int, LutTable]|None = None  # instead: a DPU-only lookup-table task of a load or an fp16 stage result
@@ -137,6 +159,7 @@ class Stage:
 @dataclass
 class Compiler:
   stages: list[Stage] = field(default_factory=list)
+  indicators: set[int] = field(default_factory=set)   # stages whose result is exactly 0 or 1 (STEP_EXACT)
 
   def stage(self, st:Stage) -> Computed:
     for _, c in st.main.terms:
@@ -277,6 +300,7 @@ class Compiler:
       return Linear(((e, 1.0),))
     if isinstance(e, Reduce): raise Unsupported("a reduction")
     assert isinstance(e, Alu)
+    if e.dtype == dtypes.bool: return self.predicate(e)
     if e.dtype not in FLOATS: raise Unsupported(f"computes in {e.dtype}")
     op, src = e.op, e.src
     if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op is Ops.CMPLT:
@@ -288,7 +312,14 @@ class Compiler:
       if (p, q) == (u, v): return self.neg(self.max(self.neg(self.value(u)), self.neg(self.value(v))))
       if (lk := leaky_arg(e)) is not None: return self.leaky(self.value(lk[0]), lk[1])
       if (pk := prelu_arg(e)) is not None: return self.prelu(self.value(pk[0]), self.value(pk[1]))
-      raise Unsupported("a WHERE that is not a max or min (nor a leaky ReLU or PReLU of u)")
+      return self.select(cond, src[1], src[2])
+    # a != / == condition: a select if it is one (a scratch compiler leaves no stage behind), else the WHERE may still
+    # be a table of its one load (the select's reason if not)
+    refused: Unsupported|None = None
+    if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op in (Ops.CMPNE, Ops.CMPEQ):
+      try: Compiler().select(cond, src[1], src[2])
+      except Unsupported as ex: refused = ex
+      else: return self.select(cond, src[1], src[2])
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD and (pk := prelu_sum_arg(e)) is not None and self.linear(pk[0]) and self.linear(pk[1]):
       return self.prelu(self.value(pk[0]), self.value(pk[1]).scaled(-pk[2]))
@@ -303,7 +334,70 @@ class Compiler:
     if op is Ops.RECIPROCAL and (r := self.newton("reciprocal", src[0])) is not None: return r
     if (t := self.table(e)) is not None: return t
     if op in UNARY_TABULABLE and (t := self.table_of_linear(e)) is not None: return t
+    if refused is not None: raise refused
     raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
+
+  def indicator(self, v:Value) -> tuple[int, bool]|None:
+    """(stage, negated) when v is an exact 0/1 stage result r (negated: v = 1 - r)."""
+    if not isinstance(v, Computed) or v.stage not in self.indicators: return None
+    if (v.scale, v.shift) == (1.0, 0.0): return v.stage, False
+    if (v.scale, v.shift) == (-1.0, 1.0): return v.stage, True
+    return None
+
+  @staticmethod
+  def fp16_side(e) -> Linear:
+    """A comparison's or select's operand as an exact fp16 value: a float16 load or an fp16-representable constant."""
+    if isinstance(e, Load) and e.dtype == dtypes.float16 and (e.pad is None or float(np.float16(e.pad)) == e.pad): return Linear(((e, 1.0),))
+    if isinstance(ld := strip_cast(e), Load) and ld.dtype == dtypes.float32:
+      raise Unsupported("a comparison or where() of float32 operands (the NPU would compare and select their fp16 roundings)")
+    if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, (int, float)) and \
+       abs(e.value) <= FP16_MAX and float(np.float16(e.value)) == e.value:
+      return Linear(const=float(e.value))
+    raise Unsupported("a comparison or where() operand that is not a float16 load or an fp16 constant (STEP_EXACT, SELECT_EXACT)")
+
+  def exact16(self, v:Linear) -> Linear:
+    """v (fp16_side) as a linear form with no constant: a nonzero constant becomes a main term, its own fp16 stage (the
+    BS ALU would meet the step's MUL, whose order is unconfirmed)."""
+    if v.terms or v.const == 0: return v
+    return self.narrow(self.stage(Stage(Linear(const=v.const), bound=abs(v.const))))
+
+  def step(self, x:Linear, y:Linear, plus:int|None=None) -> Computed:
+    """x < y as exactly 0 or 1 (STEP_EXACT), plus the 0/1 stage `plus` through the EW add if given."""
+    d = self.exact16(y).plus(self.exact16(x).scaled(-1.0)).scaled(STEP_CORE)
+    assert d.const == 0
+    st = self.stage(Stage(d, relu=True, clip=1.0, mul=STEP_BS, ew_op="add" if plus is not None else None, operand=plus))
+    self.indicators.add(st.stage)
+    return st
+
+  def predicate(self, e) -> Computed:
+    """A bool expression as an exact 0/1 value (a pending map 1 - r for a negation)."""
+    if not (isinstance(e, Alu) and e.op in (Ops.CMPLT, Ops.CMPNE, Ops.CMPEQ)):
+      raise Unsupported(f"a bool {e.op.name if isinstance(e, Alu) else type(e).__name__} (only comparisons of float16 values)")
+    u, v = e.src
+    if e.op is not Ops.CMPLT and any(isinstance(s, Const) and s.dtype == dtypes.bool for s in (u, v)):   # NOT: c != True, c == False
+      k, c = (u, v) if isinstance(u, Const) else (v, u)
+      r = self.predicate(c)
+      return r if bool(k.value) == (e.op is Ops.CMPEQ) else Computed(r.stage, -r.scale, 1.0 - r.shift)
+    x, y = self.fp16_side(u), self.fp16_side(v)
+    if e.op is Ops.CMPLT: return self.step(x, y)
+    ne = self.step(y, x, plus=self.step(x, y).stage)   # (x < y) + (y < x)
+    return ne if e.op is Ops.CMPNE else Computed(ne.stage, -1.0, 1.0)
+
+  def select(self, cond:Alu, p, q) -> Value:
+    """where(cond, p, q) for an exact 0/1 condition and float16 loads p, q (SELECT_EXACT): r*p + (q - q*r), four stages
+    after the condition's."""
+    ind = self.indicator(self.predicate(cond))
+    if ind is None: raise Unsupported("a WHERE whose condition is not a comparison of float16 values")
+    r, negated = ind
+    pv, qv = self.fp16_side(strip_cast(p)), self.fp16_side(strip_cast(q))
+    # a constant branch never arrives here: tinygrad then gates the other branch's load by the condition, an index
+    # analysis.py does not read
+    if not (pv.terms and qv.terms): raise Unsupported("a where() with a constant branch")
+    if negated: pv, qv = qv, pv
+    rq = self.stage(Stage(qv.scaled(-1.0), ew_op="mul", operand=r))                               # -q*r
+    q0 = self.stage(Stage(qv, ew_op="add", operand=rq.stage))                                      # q - q*r
+    rp = self.stage(Stage(pv, ew_op="mul", operand=r, bound=FP16_MAX))                             # r*p: a finite fp16 value or 0
+    return self.stage(Stage(self.narrow(rp), ew_op="add", operand=q0.stage))
 
   def table_of_linear(self, e:Alu) -> Computed|None:
     """op(l) for a linear l over loads, with a guarded table of op over l's range: l is computed to fp16 by one stage
@@ -426,7 +520,7 @@ def _loads(e) -> list[Load]:
 def compile_stages(nest:LoopNest) -> list[Stage]|str:
   c = Compiler()
   try:
-    if nest.out_dtype not in FLOATS: return f"writes {nest.out_dtype} (only float16/float32 results)"
+    if nest.out_dtype not in OUT_DTYPES: return f"writes {nest.out_dtype} (only float16/float32/bool results)"
     out = c.value(nest.value)
     last = c.materialize(out)
     assert last.stage == len(c.stages) - 1
@@ -545,7 +639,8 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
         guards.append(Guard(A, rows, lay.count(t), tuple((a_o + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.main.terms)),
                             s.main.const, -FP16_MAX, FP16_MAX, f"stage {si}'s result narrowed to fp16 within its range",
                             ew=(s.ew_op, a_o + a_sz) if isinstance(s.operand, Load) else None))
-      bs = XStageOp(add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
+      assert s.mul is None or s.main.const == 0, "the BS ALU and MUL together: order unconfirmed (XStageOp)"
+      bs = XStageOp(mul=s.mul, add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
       tt.append(matmul_task(tile, A, a_o, B, si * b_sz, dst_slot, dst_off, bs=bs, ew=ew, out_fp16=s.out16 or last))
     tasks.append(tt)
   return StageCode(tasks, pack, guards, (ntiles * len(stages) * per_tile, len(stages) * b_sz, ntiles * len(stages) * c_sz), c_off)
@@ -612,4 +707,4 @@ def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:
   f = Feature(LANES, rows, 1, nbytes)
   g = _flat_grid(nest, rows, tile, n, f.c2)
   return replace(g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None), src=src, src_dtype="float32" if nbytes == 4 else "float16",
-                 dst_dtype=FLOATS[nest.out_dtype], src_index=Lin((rows * f.c2, f.c2, 1), off // nbytes))
+                 dst_dtype=OUT_DTYPES[nest.out_dtype], src_index=Lin((rows * f.c2, f.c2, 1), off // nbytes))
