@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, reject, strategies as st
 from hypothesis.extra.numpy import arrays
-from tinygrad import Tensor
+from tinygrad import Tensor, dtypes
 from tinygrad_rocket import lower, report
 from tinygrad_rocket.rules.pool import lower_pool, _block_passes, MAX_WINDOW, MIN_CHAINED_DIM
 import numerics as nm
@@ -180,14 +180,15 @@ def test_average_pooling_runs_as_a_contraction():
   S = Tensor(np.abs(x).astype(np.float64), device="CPU").avg_pool2d(2).numpy() * 4
   nm.assert_within(r, c, nm.bound_sum(nm.rocket("float32"), S, 4, mean=True) + nm.bound_sum(nm.cpu("float32"), S, 4, mean=True), "avg_pool2d")
 
-def test_fp32_precision_rejects_float32(monkeypatch):
-  """ROCKET_PRECISION=fp32: a float32 max rounded to fp16 is not float32-accurate; float16 stays on the PPU."""
-  asts = []
-  orig = lower.lower_kernel
-  monkeypatch.setattr(lower, "lower_kernel", lambda ast, *a: asts.append(ast) or orig(ast, *a))
-  Tensor(np.ones((1, 2, 6, 6), np.float32), device="ROCKET").max_pool2d(2).realize()
-  Tensor(np.ones((1, 2, 6, 6), np.float16), device="ROCKET").max_pool2d(2).realize()
-  f32, f16 = (lower.lower_kernel(a, "fp32") for a in asts[-2:])
+def test_fp32_precision_rejects_float32():
+  """ROCKET_PRECISION=fp32: a float32 max rounded to fp16 is not float32-accurate; float16 stays on the PPU. (The kernel
+  ASTs come from the schedule, not from a compile hook: another test may have compiled the same kernel already.)"""
+  from tinygrad_rocket._tg import Ops
+  def ast(dtype):
+    lin, _ = Tensor.empty(1, 2, 6, 6, dtype=dtype, device="ROCKET").max_pool2d(2).linear_with_vars()
+    (k,) = [c.src[0] for c in lin.src if c.src[0].op is Ops.SINK]
+    return k
+  f32, f16 = (lower.lower_kernel(ast(d), "fp32") for d in (dtypes.float32, dtypes.float16))
   assert isinstance(f32, lower.NotApplicable) and "ROCKET_PRECISION=fp32" in f32.reason
   assert not isinstance(f16, lower.NotApplicable) and "pooling" in f16.summary
 
