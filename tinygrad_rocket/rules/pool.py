@@ -385,8 +385,7 @@ def lower_pool(nest:LoopNest) -> NpuProgram|NotApplicable:
   job = _pool_job(nest)
   if isinstance(job, NotApplicable): return job
   summary, tasks, pack, unpack, scratch, _ = job
-  m = match(nest)
-  rounded = any(ld.dtype != dtypes.float16 for ld in (m.pro.loads if m.pro is not None else (m.load,)))
+  rounded = any(isinstance(x, Load) and x.dtype != dtypes.float16 for x in walk(nest.value))   # the max's operands
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack), tuple(unpack),
                     training_reason=ROUNDED_MAX_REASON if rounded else None)
 
