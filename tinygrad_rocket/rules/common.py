@@ -1,10 +1,10 @@
 """What every lowering rule shares: the float dtypes the NPU paths take, the task budget, expression helpers (walking,
-ReLU / ReLU6 forms) and the Grid that turns loop-nest accesses into Copy gathers."""
+ReLU / ReLU6 forms, the analysis of an epilogue around one reduction) and the Grid that turns loop-nest accesses into Copy gathers."""
 from __future__ import annotations
 from typing import Callable
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import Load, Alu, Const, Reduce, Affine, LoopNest
-from tinygrad_rocket.program import Copy, Var, Lin, Bound, PExpr
+from tinygrad_rocket.program import Copy, Var, Lin, Bound, PExpr, PEXPR_OPS
 
 FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}   # tinygrad dtype -> numpy dtype name
 MAX_TASKS = 4096  # beyond this a single kernel's job is unreasonable; it falls back with the reason
@@ -118,6 +118,35 @@ def relu_form(e) -> tuple[object, bool, float|None]:
   if (rc := relu_clip(e)) is not None: return strip_cast(rc[0]), True, rc[1]
   if (x := relu_arg(e)) is not None: return strip_cast(x), True, None
   return e, False, None
+
+# ---- epilogue analysis (an expression around one reduction: the contraction and conv rules) ----
+
+def epilogue_loads(e) -> list[Load]:
+  """The loads of an epilogue expression, not those inside its reduction."""
+  if isinstance(e, Load): return [e]
+  return [l for s in e.src for l in epilogue_loads(s)] if isinstance(e, Alu) else []
+
+def sum_terms(e) -> list:
+  """The terms of a top-level sum (through casts): x + y + z -> [x, y, z]."""
+  s = strip_cast(e)
+  return sum_terms(s.src[0]) + sum_terms(s.src[1]) if isinstance(s, Alu) and s.op is Ops.ADD else [e]
+
+def affine_degree(e, red:Reduce) -> int|str:
+  """Degree of e in the reduction (0 or 1), or why e is not affine in it."""
+  if e is red: return 1
+  if isinstance(e, (Load, Const)): return 0
+  if isinstance(e, Reduce): return "a second reduction in the epilogue"
+  degs = [affine_degree(s, red) for s in e.src]
+  if (bad := next((d for d in degs if isinstance(d, str)), None)) is not None: return bad
+  if e.op is Ops.MUL: return sum(degs) if sum(degs) <= 1 else "the epilogue multiplies the sum by itself"
+  if e.op in (Ops.ADD, Ops.CAST): return max(degs)
+  if e.op.name not in PEXPR_OPS: return f"the epilogue uses {e.op.name}"
+  return 0 if max(degs) == 0 else f"the epilogue applies {e.op.name} to the sum (only affine epilogues and ReLU are fused)"
+
+def subst(e, old, new):
+  """e with every subtree equal to old replaced by new."""
+  if e == old: return new
+  return Alu(e.op, tuple(subst(x, old, new) for x in e.src), e.dtype) if isinstance(e, Alu) else e
 
 def pexpr(e, index:Callable[[Affine], Lin]) -> PExpr:
   """An epilogue expression as a PExpr, each operand load at index(its affine index) over some Copy's values."""

@@ -63,9 +63,9 @@ from dataclasses import dataclass, field, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, relu_form, leaky_arg, prelu_arg, prelu_sum_arg, Grid
+from tinygrad_rocket.rules.common import epilogue_loads, sum_terms, affine_degree, subst, FLOATS, MAX_TASKS, strip_cast, uses, walk, relu_form, leaky_arg, prelu_arg, prelu_sum_arg, Grid
 from tinygrad_rocket.lower import NotApplicable
-from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, Guard, SCRATCH, PEXPR_OPS, eval_pexpr
+from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, Guard, SCRATCH, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, align, ceil_div
 from tinygrad_rocket.ops.matmul import (MatmulTile, EwOperand, XStageOp, matmul_task, plan_tiles, K_ALIGN, N_ALIGN, CBUF_BANKS,
                                         CBUF_BANK_BYTES, MAX_KERNEL_BYTES, MAX_ROWS, MIN_ROWS, EW_MIN_PLANE_ATOMS)
@@ -74,16 +74,6 @@ from tinygrad_rocket.ops.lut import all_fp16
 from tinygrad_rocket.rules.elementwise import compile_operand, emit_stages, stage_ops, TileLayout, LANES, FP16_MAX
 from tinygrad_rocket.rules.conv import LAYOUT_CLOCK_HZ, DMA_BYTES_PER_S, PER_TASK_OVERHEAD_S, INT8_OPERANDS, INT_RESULTS, int8_sum
 
-
-def _epilogue_loads(e) -> list[Load]:
-  """The loads of an epilogue expression, not those inside its reduction."""
-  if isinstance(e, Load): return [e]
-  return [l for s in e.src for l in _epilogue_loads(s)] if isinstance(e, Alu) else []
-
-def _sum_terms(e) -> list:
-  """The terms of a top-level sum (through casts): x + y + z -> [x, y, z]."""
-  s = strip_cast(e)
-  return _sum_terms(s.src[0]) + _sum_terms(s.src[1]) if isinstance(s, Alu) and s.op is Ops.ADD else [e]
 
 @dataclass
 class Contraction:
@@ -114,26 +104,10 @@ def uses_expr(e) -> set[int]:
   """The loop ranges an operand (a load, a constant or an expression of loads) depends on."""
   return set().union(*(uses(ld) for ld in _loads_of(e)))
 
-def _affine_degree(e, red:Reduce) -> int|str:
-  """Degree of e in the reduction (0 or 1), or why e is not affine in it."""
-  if e is red: return 1
-  if isinstance(e, (Load, Const)): return 0
-  if isinstance(e, Reduce): return "a second reduction in the epilogue"
-  degs = [_affine_degree(s, red) for s in e.src]
-  if (bad := next((d for d in degs if isinstance(d, str)), None)) is not None: return bad
-  if e.op is Ops.MUL: return sum(degs) if sum(degs) <= 1 else "the epilogue multiplies the sum by itself"
-  if e.op in (Ops.ADD, Ops.CAST): return max(degs)
-  if e.op.name not in PEXPR_OPS: return f"the epilogue uses {e.op.name}"
-  return 0 if max(degs) == 0 else f"the epilogue applies {e.op.name} to the sum (only affine epilogues and ReLU are fused)"
-
 def _affine_parts(e, red:Reduce) -> list:
   """The outermost subtrees of e that are affine in the reduction and contain it."""
-  if _affine_degree(e, red) == 1: return [e]
+  if affine_degree(e, red) == 1: return [e]
   return [u for x in (e.src if isinstance(e, Alu) else ()) for u in _affine_parts(x, red)]
-
-def _subst(e, old, new):
-  if e == old: return new
-  return Alu(e.op, tuple(_subst(x, old, new) for x in e.src), e.dtype) if isinstance(e, Alu) else e
 
 def _activation(e) -> tuple[object, object, bool]|str|None:
   """(u, g, multiply) when the epilogue is g(u) or u * g(u) for one affine-in-the-sum u and a g that is not affine
@@ -141,19 +115,19 @@ def _activation(e) -> tuple[object, object, bool]|str|None:
   reds = {x for x in walk(e) if isinstance(x, Reduce)}
   if len(reds) != 1: return None
   red = reds.pop()
-  if _affine_degree(e, red) == 1: return None
+  if affine_degree(e, red) == 1: return None
   us = _affine_parts(e, red)
   if not us or any(u != us[0] for u in us): return "the epilogue applies different functions of the sum"
   u = us[0]
   if isinstance(e, Alu) and e.op is Ops.MUL:
     for x, y in (e.src, e.src[::-1]):
-      if strip_cast(x) == u and _affine_degree(y, red) != 1: return u, y, True
+      if strip_cast(x) == u and affine_degree(y, red) != 1: return u, y, True
   return u, e, False
 
 def _activation_table(u, g):
   """A lookup table of g as a function of u, exact on every input (the argument is the NPU's own result: no guard)."""
   x = Load(-1, dtypes.float32, 0, Affine(()))   # stands for u
-  g = _subst(g, u, x)
+  g = subst(g, u, x)
   if any(isinstance(t, (Load, Reduce)) and t is not x for t in walk(g)): return None
   fn, name = (lambda v: eval_expr(g, x, v)), g.op.name.lower() if isinstance(g, Alu) else "gate"
   # exact on every input, else on an interval (sqrt, 1/x, log of a statistic): then a check after the job sends a call
@@ -236,10 +210,10 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
   if not reds: return NotApplicable("no reduction")
   v = reds[0]
   if v.op is not Ops.ADD: return NotApplicable(f"REDUCE({v.op.name}) is not a contraction")
-  terms = _sum_terms(e)  # a residual is a loaded term of the top-level sum; which one is decided once M and N are known
+  terms = sum_terms(e)  # a residual is a loaded term of the top-level sum; which one is decided once M and N are known
   epilogue = None
   if e is not v:
-    if isinstance(deg := _affine_degree(e, v), str): return NotApplicable(deg)
+    if isinstance(deg := affine_degree(e, v), str): return NotApplicable(deg)
     if deg != 1: return NotApplicable("the epilogue does not depend on the sum")
     epilogue = e
   body = strip_cast(v.src)
@@ -287,7 +261,7 @@ def match(nest:LoopNest) -> Contraction|NotApplicable:
     epilogue = rest[0]
     for t in rest[1:]: epilogue = Alu(Ops.ADD, (epilogue, t), nest.out_dtype)
     if strip_cast(epilogue) is v: epilogue = None
-  params = _epilogue_loads(epilogue) if epilogue is not None else []
+  params = epilogue_loads(epilogue) if epilogue is not None else []
   side = "b"
   if params:
     for p in params:
@@ -691,7 +665,7 @@ def _pure_scale(e, red:Reduce) -> bool:
   """Whether e is s * red for an s not depending on red (products and casts only: e is 0 where the sum is)."""
   e = strip_cast(e)
   if e is red: return True
-  return isinstance(e, Alu) and e.op is Ops.MUL and any(_pure_scale(x, red) and _affine_degree(y, red) == 0 for x, y in (e.src, e.src[::-1]))
+  return isinstance(e, Alu) and e.op is Ops.MUL and any(_pure_scale(x, red) and affine_degree(y, red) == 0 for x, y in (e.src, e.src[::-1]))
 
 def _prelu(e) -> tuple[object, tuple[Load, float]]|str|None:
   """(u, (k, c)) when e is a PReLU of an expression u of the sum with a loaded slope k, as relu(u) + c*k relu(-u)

@@ -2,7 +2,7 @@
 per input channel), any batch, stride, dilation and zero padding, with their epilogues fused; no im2col.
 
 Epilogues: those the contraction rule fuses but activations, s*acc + t then [ReLU | ReLU6 = clip(0, c)], found by its
-analysis (rules/contraction.py _affine_degree, _sum_terms; `Epilogue` here): a bias, BatchNorm in eval form, a residual
+analysis (rules/common.py affine_degree, sum_terms; `Epilogue` here): a bias, BatchNorm in eval form, a residual
 add (any tensor indexed by the output's loops) and their combinations. In the conv's own tasks:
   - s (the terms holding the sum; per output channel only) multiplies each kernel's weights when packing, rounded to
     fp16 once (as the contraction rule and weight converters fold BatchNorm);
@@ -69,7 +69,7 @@ from dataclasses import dataclass, replace
 from tinygrad_rocket import regs
 from tinygrad_rocket._tg import Ops, dtypes
 from tinygrad_rocket.analysis import LoopNest, Load, Reduce, Alu, Const, Affine, Valid, Bound as Bound_
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_form, leaky_arg, pexpr, Grid
+from tinygrad_rocket.rules.common import epilogue_loads, sum_terms, affine_degree, FLOATS, MAX_TASKS, strip_cast, uses, walk, is_zero, relu_form, leaky_arg, pexpr, Grid
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, Copy, Var, Lin, Bound, SCRATCH, PEXPR_OPS, eval_pexpr
 from tinygrad_rocket.ops.layout import Feature, Weights, DepthwiseWeights, align, ceil_div, c2, WEIGHT_GROUPS, DW_GROUPS, ELEMENT_BYTES, ATOM_BYTES
@@ -324,7 +324,7 @@ LEAKY_OPERAND_BYTES = 4
 
 @dataclass(frozen=True)
 class Epilogue:
-  """An epilogue affine in the sum, s*acc + t (rules/contraction.py's analysis: _affine_degree, _sum_terms; a
+  """An epilogue affine in the sum, s*acc + t (rules/common.py's epilogue analysis: affine_degree, sum_terms; a
   residual is one more term of t). s, from the terms holding the sum (`scaled`), must vary with the kernels only: it
   multiplies each kernel's weights when packing (rounded to fp16 once, as the contraction rule folds it). t is a
   constant (`shift`: the BS stage's fp32 add; None with `operand` False: t = 0) or varies per output element
@@ -348,26 +348,25 @@ def _vanishes(e, red:Reduce) -> bool:
 
 def _epilogue(e, red:Reduce, nest:LoopNest) -> Epilogue|NotApplicable:
   """The affine epilogue e of the sum `red`, or why the conv datapath does not take it."""
-  from tinygrad_rocket.rules import contraction as ct   # here: contraction.py imports this module's cost model
-  if isinstance(deg := ct._affine_degree(e, red), str): return NotApplicable(deg)
+  if isinstance(deg := affine_degree(e, red), str): return NotApplicable(deg)
   if deg != 1: return NotApplicable("the epilogue does not depend on the sum")
-  terms = ct._sum_terms(e)
-  held = [t for t in terms if ct._affine_degree(t, red) == 1]
-  rest = [t for t in terms if ct._affine_degree(t, red) != 1]
+  terms = sum_terms(e)
+  held = [t for t in terms if affine_degree(t, red) == 1]
+  rest = [t for t in terms if affine_degree(t, red) != 1]
   scaled = held[0]
   for t in held[1:]: scaled = Alu(Ops.ADD, (scaled, t), nest.out_dtype)
-  loads = ct._epilogue_loads(e)
+  loads = epilogue_loads(e)
   for ld in loads:
     if ld.dtype not in FLOATS: return NotApplicable(f"epilogue operand dtype {ld.dtype} (float32/float16 only)")
     if ld.valid: return NotApplicable("a padded epilogue operand (the contraction rule gathers it with its predicate)")
     if not uses(ld) <= set(nest.output_ranges): return NotApplicable("an epilogue operand varies with a reduce loop")
-  operand = any(ct._epilogue_loads(t) for t in rest) or (bool(ct._epilogue_loads(scaled)) and not _vanishes(scaled, red))
+  operand = any(epilogue_loads(t) for t in rest) or (bool(epilogue_loads(scaled)) and not _vanishes(scaled, red))
   shift = None
   if not operand:   # t is a constant: the terms without the sum, and the scaled part at acc = 0 (0 if it has operands)
     t = sum(float(eval_pexpr(pexpr(x, lambda a: None), None, 0.0)) for x in rest)
-    if not ct._epilogue_loads(scaled): t += float(eval_pexpr(pexpr(scaled, lambda a: None), None, 0.0))
+    if not epilogue_loads(scaled): t += float(eval_pexpr(pexpr(scaled, lambda a: None), None, 0.0))
     shift = t if t != 0 else None
-  return Epilogue(e, scaled, strip_cast(scaled) == red, shift, operand, tuple(loads), tuple(ct._epilogue_loads(scaled)))
+  return Epilogue(e, scaled, strip_cast(scaled) == red, shift, operand, tuple(loads), tuple(epilogue_loads(scaled)))
 
 def _axis(x:Load, out:int|None, tap:int|None) -> Axis|str:
   A, B = (x.index.coeff(r) if r is not None else 0 for r in (out, tap))

@@ -36,7 +36,7 @@ from tinygrad_rocket._tg import Ops
 from tinygrad_rocket.lower import NotApplicable
 from tinygrad_rocket.program import NpuProgram, SCRATCH
 from tinygrad_rocket.rules import conv
-from tinygrad_rocket.rules.common import FLOATS, MAX_TASKS, strip_cast, walk, relu_form, leaky_arg
+from tinygrad_rocket.rules.common import sum_terms, subst, FLOATS, MAX_TASKS, strip_cast, walk, relu_form, leaky_arg
 from tinygrad_rocket.ops.conv import conv_program, kernel_chunks, in_rows, overflow, ew_tiles, ew_bytes
 from tinygrad_rocket.ops.layout import Feature, Weights, ATOM_BYTES
 from tinygrad_rocket.ops.matmul import MIN_ROWS, EW_MIN_PLANE_ATOMS, EwOperand, XStageOp
@@ -60,7 +60,6 @@ def _stage_nest(nest:LoopNest, red:Reduce, value) -> LoopNest:
 def split(nest:LoopNest) -> tuple[list[tuple[Reduce, LoopNest, LoopNest]], bool, float|None]|NotApplicable:
   """For each choice of stage 2 (the conv with the larger weights per kernel first): (stage 2's sum, its nest computing its terms,
   stage 1's nest computing the other conv's terms plus every term without a sum); the ReLU and clip; or why not."""
-  from tinygrad_rocket.rules.contraction import _sum_terms, _subst   # here: contraction.py imports the conv rule
   if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
   e, relu, clip = relu_form(strip_cast(nest.value))
   if not relu and leaky_arg(e) is not None: return NotApplicable("a leaky ReLU after the two convs (ReLU and ReLU6 only)")
@@ -70,7 +69,7 @@ def split(nest:LoopNest) -> tuple[list[tuple[Reduce, LoopNest, LoopNest]], bool,
                          f"{': a reduction of the added convs, e.g. a pool, is not taken' if len(reds) > 2 else ''})")
   held: dict[Reduce, list] = {r: [] for r in reds}
   rest = []
-  for t in _sum_terms(e):
+  for t in sum_terms(e):
     inside = [r for r in reds if any(x is r for x in walk(t))]
     if len(inside) == 2: return NotApplicable("a term holding both convs' sums (e.g. a scale after the add)")
     (held[inside[0]] if inside else rest).append(t)
@@ -79,7 +78,7 @@ def split(nest:LoopNest) -> tuple[list[tuple[Reduce, LoopNest, LoopNest]], bool,
     # stage 2's own intercept (its terms at acc2 = 0: BatchNorm's -mean*s2 sits inside the scaled term) is added by
     # stage 1 too: stage 2's EW operand is stage 1's cube, so stage 2 keeps only its scale (_lower)
     e2 = _sum(held[r2], nest.out_dtype)
-    t2 = [] if conv._vanishes(e2, r2) else [_subst(e2, r2, Const(0.0, r2.dtype))]
+    t2 = [] if conv._vanishes(e2, r2) else [subst(e2, r2, Const(0.0, r2.dtype))]
     out.append((r2, _stage_nest(nest, r2, e2), _stage_nest(nest, r1, _sum(held[r1] + rest + t2, nest.out_dtype))))
   return out, relu, clip
 
