@@ -758,6 +758,14 @@ def lower_conv(nest:LoopNest) -> NpuProgram|NotApplicable:
   if isinstance(job := conv_job(nest, *m), NotApplicable): return job
   return NpuProgram(nest.name, job.summary, job.scratch, regs.assemble(job.tasks), tuple(job.pack), tuple(job.unpack), macs=job.macs)
 
+def image_points(c:Conv, sz:dict[int, int]) -> list[dict[int, int]]:
+  """The values of c's image loops for each image in turn (one conv per image; cubes lie one image after another)."""
+  return [dict(zip(c.images, vals)) for vals in itertools.product(*(range(sz[r]) for r in c.images))]
+
+def image_tasks(progs:list, i:int, strides:dict[int, int]) -> list[regs.Task]:
+  """progs' tasks for image i: each slot's addresses moved by i times its per-image size in bytes."""
+  return [regs.Task(entries(rebase(prg, {slot: i * n for slot, n in strides.items()})), regs.MESA_CONV_ENABLE) for prg in progs]
+
 def conv_job(nest:LoopNest, c:Conv, lay:Layout, ew_from:str|None=None) -> ConvJob|NotApplicable:
   """The tasks, packing and unpacking of convolution c laid out as `lay` (its spec's output precision: the cube's).
   `ew_from`: the per-pixel EW operand (lay.ew_nbytes per element) is written into EW_SLOT by earlier tasks of the job
@@ -767,7 +775,7 @@ def conv_job(nest:LoopNest, c:Conv, lay:Layout, ew_from:str|None=None) -> ConvJo
   K = sz[c.kernel] if c.kernel is not None else 1
   C, Cp = (K, align(K, spec.C)) if c.diagonal else (spec.channels_real, spec.C)   # diagonal: spec.C is one group's
   KH, KW, (OH, OW), He, We = spec.kh, spec.kw, spec.out_hw, c.ay.extent(sz), spec.W
-  images = list(itertools.product(*(range(sz[r]) for r in c.images)))
+  images = image_points(c, sz)
   pr = c.prec
   cube_in, cube_out = Feature(Cp, spec.H, We, pr.in_bytes), Feature(spec.OC, OH, OW, spec.out_bytes)
   WT, IN, OUT = SCRATCH, SCRATCH + 1, OUT_SLOT
@@ -785,13 +793,11 @@ def conv_job(nest:LoopNest, c:Conv, lay:Layout, ew_from:str|None=None) -> ConvJo
     if c.leaky is not None: progs = _leaky_programs(spec, slots, kpt, c.diagonal, progs)
   except regs.RegError as e: return NotApplicable(f"a register field does not hold this convolution: {e}")
   tasks, pack, unpack = [], pack_weights(c, sz, K, C, KH, KW, WT), []
-  for i, vals in enumerate(images):
-    fixed = dict(zip(c.images, vals))
+  for i, fixed in enumerate(images):
     pack.append(pack_input(c, sz, cube_in, fixed, IN, i * cube_in.elems, C))
     if ew is not None and ew_from is None: pack += pack_operand(c, sz, spec, kpt, fixed, i * ew_img, K)
     unpack.append(unpack_output(c, nest, cube_out, fixed, OUT, i * cube_out.elems, K))
-    tasks += [regs.Task(entries(rebase(prg, {IN: i * cube_in.nbytes, OUT: i * cube_out.nbytes, EW_SLOT: i * ew_img})), regs.MESA_CONV_ENABLE)
-              for prg in progs]
+    tasks += image_tasks(progs, i, {IN: cube_in.nbytes, OUT: cube_out.nbytes, EW_SLOT: ew_img})
   wbytes = (DepthwiseWeights(C, KH, KW, pr.name).elems if spec.depthwise else Weights(spec.kernels, spec.C, KH, KW, pr.weights_dtype).elems) * pr.in_bytes
   kind = "depthwise as direct per 32-channel group, block-diagonal weights" if c.diagonal else "depthwise" if c.depthwise else "direct"
   n_chunks = 1 if kpt is None else ceil_div(spec.kernels, kpt)

@@ -28,7 +28,7 @@ activation after the add, int8 or depthwise convolutions (depthwise cubes pad ch
 operand cubes would not agree), tiles under the EW stage's 12-pixel plane.
 """
 from __future__ import annotations
-import itertools, math
+import math
 from dataclasses import replace
 from tinygrad_rocket import regs
 from tinygrad_rocket.analysis import LoopNest, Reduce, Alu, Const
@@ -40,7 +40,7 @@ from tinygrad_rocket.rules.common import sum_terms, subst, FLOATS, MAX_TASKS, st
 from tinygrad_rocket.ops.conv import conv_program, kernel_chunks, in_rows, overflow, ew_tiles, ew_bytes
 from tinygrad_rocket.ops.layout import Feature, Weights, ATOM_BYTES
 from tinygrad_rocket.ops.matmul import MIN_ROWS, EW_MIN_PLANE_ATOMS, EwOperand, XStageOp
-from tinygrad_rocket.ops.program import entries, rebase, override
+from tinygrad_rocket.ops.program import override
 
 MID_BYTES = 4   # stage 1's cube: fp32 (DPU OUT fp32), read by stage 2's EW stage as a 32-bit operand (EDATA_SIZE 3)
 # scratch slots: stage 2 (conv_job) takes SCRATCH + 0..3, its EW operand slot conv.EW_SLOT being stage 1's output
@@ -134,9 +134,8 @@ def _lower(nest:LoopNest, n2:LoopNest, n1:LoopNest, relu:bool, clip:float|None) 
   operand = epi is not None and epi.operand
   mid_img, t_img = ew_bytes(spec2, kpt, MID_BYTES), ew_bytes(spec2, kpt, conv.EPILOGUE_OPERAND_BYTES)
   pack = conv.pack_weights(c1, sz, K, C1, spec1.kh, spec1.kw, WT1)
-  images = list(itertools.product(*(range(sz[r]) for r in c1.images)))
-  for i, vals in enumerate(images):
-    fixed = dict(zip(c1.images, vals))
+  images = conv.image_points(c1, sz)
+  for i, fixed in enumerate(images):
     pack.append(conv.pack_input(c1, sz, cube_in, fixed, IN1, i * cube_in.elems, C1))
     if operand: pack += [replace(cp, dst=EW1) for cp in conv.pack_operand(c1, sz, spec2, kpt, fixed, i * t_img, K)]
   bs = XStageOp(add=epi.shift if epi is not None else None)
@@ -152,8 +151,7 @@ def _lower(nest:LoopNest, n2:LoopNest, n1:LoopNest, relu:bool, clip:float|None) 
                                  ("DPU", "DST_BASE_ADDR"): regs.address("DPU", "DST_BASE_ADDR", MID, off),
                                  ("DPU", "DST_SURF_STRIDE"): dict(DST_SURF_STRIDE=plane),
                                  ("DPU", "SURFACE_ADD"): dict(SURF_ADD=plane * sub.atoms_per_group)}))
-  tasks = [regs.Task(entries(rebase(prg, {IN1: i * cube_in.nbytes, MID: i * mid_img, EW1: i * t_img})), regs.MESA_CONV_ENABLE)
-           for i in range(len(images)) for prg in progs]
+  tasks = [t for i in range(len(images)) for t in conv.image_tasks(progs, i, {IN1: cube_in.nbytes, MID: mid_img, EW1: t_img})]
   wbytes = Weights(spec1.kernels, spec1.C, spec1.kh, spec1.kw, c1.prec.weights_dtype).elems * spec1.ebytes
   scratch = (*job.scratch, wbytes, cube_in.nbytes * len(images)) + ((t_img * len(images),) if operand else ())
   fused = "".join(x for x, on in ((" +scale (weights)", epi is not None and not epi.unit), (" +shift (BS add)", epi is not None and epi.shift is not None),

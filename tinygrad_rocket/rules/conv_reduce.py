@@ -29,7 +29,6 @@ int8 convolutions, an output under MIN_ROWS rows with its rows reduced, windows 
 after the reduction other than a constant scale.
 """
 from __future__ import annotations
-import itertools
 import numpy as np
 from dataclasses import replace
 from tinygrad_rocket import regs
@@ -43,7 +42,6 @@ from tinygrad_rocket.rules.elementwise import FP16_MAX
 from tinygrad_rocket.ops.conv import ConvSpec, conv_programs, row_split, overflow
 from tinygrad_rocket.ops.layout import Feature, DepthwiseWeights, align, ELEMENT_BYTES
 from tinygrad_rocket.ops.matmul import MIN_ROWS
-from tinygrad_rocket.ops.program import entries, rebase
 
 MID_PRECISION = "fp16"   # the conv's output cube, stage 2's input (the CNA reads fp16 features)
 GUARD_LANES = 16         # a Guard reads 16 channels (two 8-channel fp16 surfaces) per row (program.Guard)
@@ -107,15 +105,15 @@ def lower_conv_reduce(nest:LoopNest) -> NpuProgram|NotApplicable:
   out = Feature(Cr, *rspec.out_hw, rspec.out_bytes)
   ONES, RED = SCRATCH + len(job.scratch), SCRATCH + len(job.scratch) + 1
   ones = DepthwiseWeights(Cr, KH, KW, MID_PRECISION)
-  images = list(itertools.product(*(range(sz[r]) for r in c.images)))
+  images = conv.image_points(c, sz)
   scratch = list(job.scratch)
   scratch[conv.OUT_SLOT - SCRATCH] += mid_read.nbytes - mid.nbytes
   progs = conv_programs(rspec, dict(input=conv.OUT_SLOT, weights=ONES, output=RED))
   tasks, unpack, guards = list(job.tasks), [], []
   slope = ("slope", ("MUL", "float64", ("acc",), ("const", scale)))
-  for i, vals in enumerate(images):
-    tasks += [regs.Task(entries(rebase(prg, {conv.OUT_SLOT: i * mid.nbytes, RED: i * out.nbytes})), regs.MESA_CONV_ENABLE) for prg in progs]
-    u = conv.unpack_output(c, nest, out, dict(zip(c.images, vals)), RED, i * out.elems, K)
+  for i, fixed in enumerate(images):
+    tasks += conv.image_tasks(progs, i, {conv.OUT_SLOT: mid.nbytes, RED: out.nbytes})
+    u = conv.unpack_output(c, nest, out, fixed, RED, i * out.elems, K)
     unpack.append(replace(u, value=slope) if scale != 1 else u)
     guards += [Guard(conv.OUT_SLOT, OH * OW, OH * OW * GUARD_LANES, ((i * mid.nbytes + g * GUARD_LANES * OH * OW * spec.out_bytes, 1.0),), 0.0,
                      -FP16_MAX, FP16_MAX, "the conv's output finite in fp16 (the sum's operand)", after=True,
