@@ -255,8 +255,9 @@ class NpuRunner:
   the job's cube until a CPU access needs them in plain memory (DESIGN.md, NPU layout coherence). A call whose operands
   the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback; one that fails a
   guard runs the program's next alternative (another window of its tables), the C code after the last one."""
-  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
-    self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
+  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram, depth:int=0):
+    self.dev, self.prg, self.name, self.other_path, self.depth = dev, prg, prg.name, other_path, depth   # depth: alternatives before it
+    assert prg.elements or all(g.first is None for g in prg.guards), f"{prg.name}: a guard of elements the program does not number"
     self.guard_paths: dict[str, FallbackProgram] = {}
     self.next: NpuRunner|None = None   # the runner of prg.alternatives[0], when a call first needs it
     self.before, self.after = [g for g in prg.guards if not g.after], [g for g in prg.guards if g.after]
@@ -456,7 +457,7 @@ class NpuRunner:
     if self.next is None:
       nxt = self.prg.alternatives[0]
       assert nxt.elements == self.prg.elements, f"{self.name}: alternatives number their elements alike"
-      self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path)
+      self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path, self.depth + 1)
     return self.next
 
   def _pack(self, slot:dict[int, RocketBuffer]) -> list[RocketBuffer]|None:
@@ -549,7 +550,8 @@ class NpuRunner:
       runner.calls += 1
       if (operands := runner._pack(slot := dict(base))) is None: return run(self.other_path)
       ok, failed = runner._holding(runner.before, slot, left)
-      if (take := left & ok).any():
+      take = left & ok if failed is None or runner.prg.alternatives else np.zeros_like(left)   # the last window leaves some: the C code
+      if take.any():
         bank, job_bos, in_handles = runner._submit(slot, operands)
         if runner.after:   # values the NPU computed must hold before its results count: wait for the job and check them
           runner._wait(bank, failure_ok=False)
@@ -571,7 +573,7 @@ class NpuRunner:
     if len(parts) == 1: report.kernel_ran(self.name, "npu", parts[0][0].prg.summary)
     else:
       report.kernel_ran(self.name, "npu", f"{len(parts)} range windows, each element from the first whose guards hold on it: " +
-                        " | ".join(r.prg.summary for r, *_ in parts), {r.prg.summary: int(take.sum()) for r, _, _, take in parts})
+                        " | ".join(r.prg.summary for r, *_ in parts), {f"[{r.depth}] {r.prg.summary}": int(take.sum()) for r, _, _, take in parts})
     for r, _, bank, _ in parts:
       if wait or (WAIT_EMULATED_JOBS and self.dev.emulated): r._wait(bank, failure_ok=False)
     return time.perf_counter() - st if wait else None

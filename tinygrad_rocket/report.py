@@ -11,7 +11,8 @@ class KernelRecord:
   reason: str   # why a fallback kernel is not on the NPU; what an NPU kernel became
   runs: int = 0
   detail: dict[str, int] = field(default_factory=dict)   # counts summed over its runs (a call over several range
-                                                          # windows: elements per window's program)
+                                                          # windows: elements per program, "[its index among the
+                                                          # kernel's window programs] summary")
 
 _records: dict[tuple[str, str, str], KernelRecord] = {}
 
