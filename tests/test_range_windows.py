@@ -245,3 +245,26 @@ def test_table_memo_tells_functions_apart():
     assert t == make_table(fn, -8.0, 8.0, name="memo_probe")
   assert _make_table(f, -8.0, 8.0, "memo_probe") is _make_table(f, -8.0, 8.0, "memo_probe")
   assert _make_table(f, -8.0, 8.0, "memo_probe") != _make_table(g, -8.0, 8.0, "memo_probe")
+
+def test_in_place_over_windows(monkeypatch):
+  """x.assign(1/x) twice: tinygrad's kernel reads and writes one buffer, and every window's job packs it before any
+  window's result is unpacked into it, so each element is 1/x of the input. Step k's relative error from the exact
+  value: the operand's fp16 rounding, Newton's largest window error, on top of the previous step's b:
+  (1 + RHO) / ((1 - U16) (1 - b)) - 1 (the fp32 result is Newton's own)."""
+  from tinygrad_rocket.device import NpuRunner
+  calls = []
+  def spy(self, *bufs, **kw):
+    calls.append(len(bufs))
+    return run(self, *bufs, **kw)
+  run = NpuRunner.__call__
+  monkeypatch.setattr(NpuRunner, "__call__", spy)
+  x = np.geomspace(0.3, 3000, 64).astype(np.float32).reshape(4, 16)
+  X = Tensor(x, device="ROCKET").realize()
+  b, want = 0.0, x.astype(np.float64)
+  for _ in range(2):
+    report.reset()
+    with env(ROCKET_FALLBACK="0"): r = X.assign(X.reciprocal()).numpy().astype(np.float64)
+    b, want = (1 + RHO) / ((1 - U16) * (1 - b)) - 1, 1 / want
+    assert len(report.records()[-1].detail) >= 2, report.records()
+    nm.assert_within(r, want, b * np.abs(want), "in-place 1/x")
+  assert calls == [1, 1]   # one buffer: the kernel's input is its output
