@@ -32,3 +32,14 @@ def conv_case(k:int, stride:int, dilation:int, padding:int, extra:int, min_size:
   assume(not (dilation == 1 and k < stride))
   assume(all(any(0 <= o * stride + j * dilation - padding < size for j in range(k)) for o in range(out)))
   return size, out
+
+def first_window(domains, x) -> np.ndarray:
+  """Per value of x as the NPU packs it (rounded to fp16), the index of the first domain whose guard holds on it (each
+  edge pulled in by GUARD_MARGIN of its magnitude: program.Guard), -1 for none: the range window a call takes that
+  element from (device.py NpuRunner)."""
+  from tinygrad_rocket.program import GUARD_MARGIN
+  v = np.asarray(x, np.float32).astype(np.float16).astype(np.float64)
+  out = np.full(v.shape, -1)
+  for w, (lo, hi) in reversed(list(enumerate(domains))):
+    out = np.where((v >= lo + GUARD_MARGIN * abs(lo)) & (v <= hi - GUARD_MARGIN * abs(hi)), w, out)
+  return out

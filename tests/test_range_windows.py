@@ -1,12 +1,14 @@
 """Range windows (rules/tables.py RANGE_WINDOWS; lower.py lowers a kernel once per window of its guarded tables, device.py
 NpuRunner tries the programs in order): a kernel whose 1/x, 1/sqrt(x) or sqrt argument lies in any one window runs on the
-NPU, within the bound of that window's measured error; beyond every window it runs the C code with the guard's reason."""
+NPU, within the bound of that window's measured error; an elementwise kernel (its elements numbered: NpuProgram.elements)
+takes each element from the first window whose guards hold on it; beyond every window it runs the C code with the
+guard's reason."""
 from __future__ import annotations
 import numpy as np
 import pytest
 from tinygrad import Tensor
 import numerics as nm
-from helpers import env
+from helpers import env, first_window
 from tinygrad_rocket import report
 from tinygrad_rocket.ops.lut import all_fp16
 from tinygrad_rocket.program import GUARD_MARGIN
@@ -15,6 +17,7 @@ from tinygrad_rocket.rules.tables import (newton, newton_model, NEWTON_FUNCTIONS
 from test_blocks_on_npu import all_npu, softmax_bound, table_error, assert_layernorm_within, table_of_window
 from test_elementwise_rule import leaf, mul, recip
 from test_reciprocal import assert_on_npu_within, rsqrt_node
+from test_elementwise_rule import sub
 
 U16, U32 = nm.U16, nm.U32
 WINDOWS = [(kind, w) for kind, (_, ws) in NEWTON_FUNCTIONS.items() for w in range(len(ws))]
@@ -22,15 +25,30 @@ RHO = max(newton(kind, w).rel_error for kind, w in WINDOWS)   # the largest meas
 
 @pytest.mark.parametrize("kind, window", WINDOWS)
 def test_scaled_by_a_row_value_in_each_window(kind, window):
-  """x * recip(s) and x * rsqrt(s) for a per-row s spanning window `window` (both edges inside the guard's margin, so
-  no earlier window holds them all): on the NPU in strict mode, within the per-node bound of tests/test_reciprocal.py
-  with the largest window error, and the window's program is the one that ran."""
-  lo, hi = NEWTON_FUNCTIONS[kind][1][window]
+  """x * recip(s) and x * rsqrt(s) for a per-row s spanning window `window` (both edges inside the guard's margin): on
+  the NPU in strict mode, within the per-node bound of tests/test_reciprocal.py with the largest window error; each
+  element came from the first window holding its s (rsqrt's window 3 lies within windows 0 and 2: never needed per
+  element), as many elements from each as the record counts."""
+  domains = NEWTON_FUNCTIONS[kind][1]
+  lo, hi = domains[window]
   s = np.geomspace(lo * (1 + 2 * GUARD_MARGIN), hi * (1 - 2 * GUARD_MARGIN), 12)[:, None].astype(np.float32)
   x = (np.random.default_rng(window).standard_normal((12, 16)) * 3).astype(np.float32)
   xn, sn = leaf(0, x, "float32"), leaf(1, s, "float32")
   assert_on_npu_within(mul(xn, recip(sn, RHO) if kind == "reciprocal" else rsqrt_node(sn, RHO)), [x, s], "float32", 3)
-  assert f"{kind}(seed on {(lo, hi)}" in report.records()[-1].reason
+  assert window_counts(report.records()[-1], kind) == element_counts(first_window(domains, np.broadcast_to(s, x.shape)))
+
+def window_counts(rec:report.KernelRecord, kind:str) -> dict[int, int]:
+  """{window: elements} of the one call `rec` recorded, read from the seeds its programs name (a call over one window
+  records no counts: all of its elements)."""
+  named = lambda summary: [w for w, d in enumerate(NEWTON_FUNCTIONS[kind][1]) if f"{kind}(seed on {d}" in summary]
+  if rec.detail: return {w: n for summary, n in rec.detail.items() for w in named(summary)}
+  (w,) = named(rec.reason)
+  return {w: -1}
+
+def element_counts(windows:np.ndarray) -> dict[int, int]:
+  """{window: elements} as window_counts reads them (a single window: -1, all of them)."""
+  ws, ns = np.unique(windows, return_counts=True)
+  return {int(w): int(n) for w, n in zip(ws, ns)} if len(ws) > 1 else {int(ws[0]): -1}
 
 def test_window_lists_fit_the_constant():
   assert all(len(ws) <= RANGE_WINDOWS for _, ws in NEWTON_FUNCTIONS.values()) and len(TABLE_SCALES) <= RANGE_WINDOWS
@@ -71,9 +89,9 @@ def test_window_zero_needs_no_context():
 
 @pytest.mark.parametrize("kind, window", [("reciprocal", 1), ("reciprocal", 3), ("rsqrt", 2)])
 def test_every_fp16_input_of_a_window(kind, window):
-  """1/x and 1/sqrt(x) of every fp16 argument of a window (inside the guard's margin) on the emulated NPU: the earlier
-  windows' guards fail (the inputs span this window), the window's program runs, and its result equals the model of
-  rules/tables.py bit for bit, the scaled seed included; so the measured error is the NPU's."""
+  """1/x and 1/sqrt(x) of every fp16 argument of a window (inside the guard's margin) on the emulated NPU, in one call:
+  each element from the first window holding it (this one for those beyond the earlier ones), and equal to that
+  window's model of rules/tables.py bit for bit, the scaled seed included; so the measured error is the NPU's."""
   nt = newton(kind, window)
   xs = all_fp16()
   xs = xs[(xs >= nt.domain[0] * (1 + 2 * GUARD_MARGIN)) & (xs <= nt.domain[1] * (1 - 2 * GUARD_MARGIN))]
@@ -82,8 +100,12 @@ def test_every_fp16_input_of_a_window(kind, window):
     t = Tensor(xs.astype(np.float32), device="ROCKET")
     r = (t.reciprocal() if kind == "reciprocal" else t.rsqrt()).numpy()
   recs = report.records()
-  assert [rec.engine for rec in recs] == ["npu"] and f"{kind}(seed on {nt.domain}" in recs[0].reason, recs
-  np.testing.assert_array_equal(r, newton_model(kind, nt.table, nt.steps, xs, nt.seed_scale)[-1])
+  ws = first_window(NEWTON_FUNCTIONS[kind][1], xs)
+  assert [rec.engine for rec in recs] == ["npu"] and window_counts(recs[0], kind) == element_counts(ws), recs
+  assert (ws == window).any()
+  for w in np.unique(ws):
+    nw = newton(kind, int(w))
+    np.testing.assert_array_equal(r[ws == w], newton_model(kind, nw.table, nw.steps, xs[ws == w], nw.seed_scale)[-1])
 
 @pytest.mark.parametrize("n", [100, 197, 1000])
 def test_softmax_flat_and_peaked_rows(n):
@@ -124,17 +146,74 @@ def test_reciprocal_beyond_every_window_takes_the_c_code():
   assert rec.engine == "fallback" and f"in its domain {NEWTON_FUNCTIONS['reciprocal'][1][-1]}" in rec.reason, rec
   np.testing.assert_array_equal(r, x / s)
 
-def test_softmax_row_sums_beyond_every_window_take_the_c_code():
+def test_softmax_row_sums_near_1_and_2000():
   """A confident row (sum ~1: the exp table's floor, a quantum 2^-15 per term, adds 0.06) and a flat row of 2000 (sum
-  2000) in one call: no window of ratio 1024 holds both, so the final kernel runs the C code (the CPU's answer exactly),
-  reported once, as a fallback."""
-  x = np.zeros((2, 2000), np.float32)
+  2000) in one tensor: no window of ratio 1024 holds both, so the final kernel takes the confident row's elements from
+  window 0 and the flat row's from [16, 16384], in one call recorded once; all-NPU in strict mode, within the composed
+  softmax bound of tests/test_blocks_on_npu.py with the largest window error."""
+  n = 2000
+  x = np.zeros((2, n), np.float32)
   x[0, 0] = 40.0
   X = Tensor(x, device="ROCKET").realize()
-  m = X.max(-1, keepdim=True).realize()
-  s = (X - m).exp().sum(-1, keepdim=True).realize()
-  assert s.numpy()[0, 0] < 2 and s.numpy()[1, 0] > 1024
-  _assert_final_kernel_is_the_c_code(X, m, s, "outside the table's domain")
+  r, summaries = all_npu(lambda: X.softmax(-1).numpy())
+  final = [rec for rec in report.records() if "Newton" in rec.reason]
+  assert len(final) == 1 and final[0].runs == 1, report.records()
+  assert window_counts(final[0], "reciprocal") == {0: n, 2: n}, final[0]
+  c = Tensor(x, device="CPU").softmax(-1).numpy()
+  p, b = softmax_bound(x.astype(np.float64), table_error("exp2", summaries), RHO)
+  nm.assert_within(r, c, b + 8 * U32 * p + nm.gamma(n + 8, U32) * p, "softmax")
+
+def test_reciprocal_over_windows_in_one_call():
+  """1/x for x from 0.1 to 5000 in one tensor (windows 0, 1 and 2 of 1/x): on the NPU in
+  strict mode, each element from the first window holding it, within Newton's largest window error, the operand's fp16
+  rounding and the fp32 output's."""
+  x = np.geomspace(0.1, 5000, 16 * 24).astype(np.float32).reshape(24, 16)
+  X = Tensor(x, device="ROCKET").realize()
+  r, _ = all_npu(lambda: X.reciprocal().numpy())
+  ws = first_window(NEWTON_FUNCTIONS["reciprocal"][1], x)
+  assert window_counts(report.records()[-1], "reciprocal") == element_counts(ws) and len(np.unique(ws)) == 3, report.records()
+  c = Tensor(x, device="CPU").reciprocal().numpy().astype(np.float64)
+  # fp16(x) = x (1 + d), |d| <= U16: 1/fp16(x) = c / (1 + d); Newton's relative error; the fp32 result and the CPU's
+  bound = np.abs(c) * ((U16 + RHO) / (1 - U16) + 2 * U32)
+  nm.assert_within(r, c, bound, "1/x over windows")
+
+@pytest.mark.parametrize("stds", [(10.0, 80.0), (10.0, 30.0, 80.0)])
+def test_layernorm_rows_over_two_windows(stds):
+  """Rows of std 10 and 80 in one tensor: the variance kernel's sqrt holds them in one window ([64, 8192]) and the
+  final kernel's 1/std takes the std-10 rows from window 0 and the std-80 ones from [63/64, 1008]: all-NPU in strict
+  mode within the layernorm bound of tests/test_blocks_on_npu.py with the largest window error."""
+  z = np.random.default_rng(7).standard_normal((len(stds) * 2, 64))
+  z = (z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True) * np.repeat(stds, 2)[:, None]
+  assert_layernorm_within(z.astype(np.float32), RHO)
+  final = next(rec for rec in report.records() if "reciprocal(seed" in rec.reason)
+  assert sorted(window_counts(final, "reciprocal")) == [0, 1], final
+
+def test_layernorm_final_kernel_over_three_windows():
+  """(x - mean) / std for rows of std 0.05, 3 and 300 (1/x windows 3, 0 and 1), its statistics realized first (the
+  variance kernel's sqrt has no one window for the three: the contraction rule takes a call whole): the final kernel on
+  the NPU in strict mode, each element from its row's window, within the per-node bound of tests/test_reciprocal.py
+  with the largest window error."""
+  stds = np.array([0.05, 3.0, 300.0])
+  z = np.random.default_rng(8).standard_normal((6, 32))
+  x = ((z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True) * np.repeat(stds, 2)[:, None] + 1.0).astype(np.float32)
+  X = Tensor(x, device="ROCKET").realize()
+  mean = X.mean(-1, keepdim=True).realize()
+  std = ((X - mean).square().mean(-1, keepdim=True) + 1e-5).sqrt().realize()
+  n = mul(sub(leaf(0, x, "float32"), leaf(1, mean.numpy(), "float32")), recip(leaf(2, std.numpy(), "float32"), RHO))
+  assert_on_npu_within(n, [x, mean.numpy(), std.numpy()], "float32", 3)
+  assert window_counts(report.records()[-1], "reciprocal") == {3: 64, 0: 64, 1: 64}, report.records()
+
+def test_an_element_beyond_every_window_takes_the_c_code():
+  """1/x over the windows as above but one element 1e-6 (below the lowest window): the whole call runs the C code, the
+  CPU's answer exactly, reported once with the guard's reason (the other elements' windows do not make it partial)."""
+  x = np.geomspace(0.1, 5000, 64).astype(np.float32).reshape(4, 16)
+  x[2, 5] = 1e-6
+  X = Tensor(x, device="ROCKET").realize()
+  report.reset()
+  r = X.reciprocal().numpy()
+  rec = final_kernel_record()
+  assert rec.engine == "fallback" and "outside the table's domain" in rec.reason and not rec.detail, rec
+  np.testing.assert_array_equal(r, Tensor(x, device="CPU").reciprocal().numpy())
 
 def test_a_guard_every_window_shares_reports_its_reason():
   """exp's argument beyond its table (x - m > 0: m below the row max) fails a guard every alternative has: after the last
@@ -166,3 +245,26 @@ def test_table_memo_tells_functions_apart():
     assert t == make_table(fn, -8.0, 8.0, name="memo_probe")
   assert _make_table(f, -8.0, 8.0, "memo_probe") is _make_table(f, -8.0, 8.0, "memo_probe")
   assert _make_table(f, -8.0, 8.0, "memo_probe") != _make_table(g, -8.0, 8.0, "memo_probe")
+
+def test_in_place_over_windows(monkeypatch):
+  """x.assign(1/x) twice: tinygrad's kernel reads and writes one buffer, and every window's job packs it before any
+  window's result is unpacked into it, so each element is 1/x of the input. Step k's relative error from the exact
+  value: the operand's fp16 rounding, Newton's largest window error, on top of the previous step's b:
+  (1 + RHO) / ((1 - U16) (1 - b)) - 1 (the fp32 result is Newton's own)."""
+  from tinygrad_rocket.device import NpuRunner
+  calls = []
+  def spy(self, *bufs, **kw):
+    calls.append(len(bufs))
+    return run(self, *bufs, **kw)
+  run = NpuRunner.__call__
+  monkeypatch.setattr(NpuRunner, "__call__", spy)
+  x = np.geomspace(0.3, 3000, 64).astype(np.float32).reshape(4, 16)
+  X = Tensor(x, device="ROCKET").realize()
+  b, want = 0.0, x.astype(np.float64)
+  for _ in range(2):
+    report.reset()
+    with env(ROCKET_FALLBACK="0"): r = X.assign(X.reciprocal()).numpy().astype(np.float64)
+    b, want = (1 + RHO) / ((1 - U16) * (1 - b)) - 1, 1 / want
+    assert len(report.records()[-1].detail) >= 2, report.records()
+    nm.assert_within(r, want, b * np.abs(want), "in-place 1/x")
+  assert calls == [1, 1]   # one buffer: the kernel's input is its output

@@ -2,7 +2,8 @@
 meeting in one stage (rules/elementwise.py Compiler.meet), in strict mode against tinygrad's CPU device, within bounds
 derived per node (the Node algebra of tests/test_elementwise_rule.py, extended by `recip` and `meet` there).
 
-Outside the seed's domain, and for non-finite operands, a call runs the kernel's C code: its result is the CPU's."""
+Outside every window of the seed's domain (tests/test_range_windows.py), and for non-finite operands, a call runs the
+kernel's C code: its result is the CPU's."""
 from __future__ import annotations
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tinygrad import Tensor
 import tinygrad_rocket  # noqa: F401
 from tinygrad_rocket import report
 from tinygrad_rocket.ops.lut import all_fp16
-from tinygrad_rocket.rules.tables import newton_reciprocal, newton_reciprocal_model, newton, newton_model, RECIP_MAX_REL_ERROR
+from tinygrad_rocket.rules.tables import newton_reciprocal, newton_reciprocal_model, newton, newton_model, RECIP_MAX_REL_ERROR, NEWTON_FUNCTIONS
 from tinygrad_rocket.program import GUARD_MARGIN
 from helpers import env
 from test_elementwise_rule import U16, U32, ETA16, Node, leaf, mul, add, sub, maximum, recip, cpu_bound, run
@@ -108,10 +109,21 @@ def test_division_by_a_loaded_row_value(rows, cols, seed, dtype, edge):
   n = mul(xn, recip(sn, NR.rel_error))
   assert_on_npu_within(n, [x, s], dtype, 3)
 
-@pytest.mark.parametrize("s", [LO * 0.9, HI * 1.5, HI * (1 + GUARD_MARGIN / 4), 1e-6, 3e-8, -2.0, 0.0, 1e5, np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("s", [LO * 0.9, HI * 1.5, HI * (1 + GUARD_MARGIN / 4)])
+def test_outside_window_0_takes_another_window(s):
+  """An argument outside window 0's domain (its edge within the guard's margin included) next to ones inside it: that
+  row's elements come from another window's program in the same call (two windows recorded), within the per-node bound
+  with the largest error of the windows."""
+  x = np.linspace(-3, 3, 40, dtype=np.float32).reshape(4, 10)
+  sv = np.array([[2.0], [s], [0.5], [3.0]], np.float32)
+  rho = max(newton("reciprocal", w).rel_error for w in range(len(NEWTON_FUNCTIONS["reciprocal"][1])))
+  assert_on_npu_within(mul(leaf(0, x, "float32"), recip(leaf(1, sv, "float32"), rho)), [x, sv], "float32", 3)
+  assert sorted(report.records()[-1].detail.values()) == [10, 30], report.records()
+
+@pytest.mark.parametrize("s", [1e-6, 3e-8, -2.0, 0.0, 1e5, np.inf, -np.inf, np.nan])
 def test_outside_the_domain_gives_the_cpu_answer(s):
-  """Arguments outside the seed's domain (incl. its edge within the guard's margin, subnormal, negative, zero) and
-  non-finite ones take the C code: the CPU's answer exactly, with the guard's or the non-finite operand's reason."""
+  """Arguments outside every window of the seed's domain (subnormal, negative, zero) and non-finite ones take the C
+  code: the CPU's answer exactly, with the guard's or the non-finite operand's reason."""
   x = np.linspace(-3, 3, 40, dtype=np.float32).reshape(4, 10)
   sv = np.array([[2.0], [s], [0.5], [3.0]], np.float32)
   report.reset()

@@ -158,6 +158,7 @@ class PendingUnpack:
   native: Native|None     # how an NPU program may read the results from the cube instead (None: it may not)
   bank: Bank
   fills: tuple = ()       # (dst indices, values, dtype) an output select writes after the results (NpuProgram.fills)
+  keep: list[np.ndarray]|None = None   # per copy, the points unpacked from this job (None: all; others come from other jobs)
 
   @property
   def writes(self) -> tuple:
@@ -167,7 +168,8 @@ class PendingUnpack:
   def apply(self) -> None:
     r = self.runner
     try:
-      for c, si, di, valid, lin in self.copies: r._copy(c, si, di, valid, lin, self.slot, operand=False, renew=False)
+      for i, (c, si, di, valid, lin) in enumerate(self.copies):
+        r._copy(c, si, di, valid, lin, self.slot, operand=False, renew=False, keep=None if self.keep is None else self.keep[i])
       for di, vals, dtype in self.fills: r._array(self.slot[self.copies[0][0].dst], dtype)[di] = vals
     except JobFailedError as e:
       self.bank.busy = False  # reported here, once
@@ -253,8 +255,9 @@ class NpuRunner:
   the job's cube until a CPU access needs them in plain memory (DESIGN.md, NPU layout coherence). A call whose operands
   the NPU cannot represent runs the kernel's C code instead (`other_path`), as a reported fallback; one that fails a
   guard runs the program's next alternative (another window of its tables), the C code after the last one."""
-  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram):
-    self.dev, self.prg, self.name, self.other_path = dev, prg, prg.name, other_path
+  def __init__(self, dev:RocketDevice, prg:NpuProgram, other_path:FallbackProgram, depth:int=0):
+    self.dev, self.prg, self.name, self.other_path, self.depth = dev, prg, prg.name, other_path, depth   # depth: alternatives before it
+    assert prg.elements or all(g.first is None for g in prg.guards), f"{prg.name}: a guard of elements the program does not number"
     self.guard_paths: dict[str, FallbackProgram] = {}
     self.next: NpuRunner|None = None   # the runner of prg.alternatives[0], when a call first needs it
     self.before, self.after = [g for g in prg.guards if not g.after], [g for g in prg.guards if g.after]
@@ -279,6 +282,7 @@ class NpuRunner:
     self.banks: list[Bank] = []
     self.calls = 0
     self.composed: dict[tuple, np.ndarray|None] = {}    # (pack Copy, Native.key, element offset) -> cube indices
+    self.unpack_elements: dict[int, list[np.ndarray]] = {}   # see _elements
     self.index_forms: dict[tuple, tuple] = {}           # see _where
 
   @staticmethod
@@ -351,10 +355,16 @@ class NpuRunner:
       raise NpuJobError(f"NPU job of kernel {pend[-1].runner.name} failed: {e}") from e
     with np.errstate(over="ignore"): return self._array(nat.scratch, nat.dtype)[idx].astype(nat.plain_dtype)
 
-  def _copy(self, c, src_idx, dst_idx, valid, lin, slot:dict[int, RocketBuffer], operand:bool, renew:bool=True) -> bool:
+  def _copy(self, c, src_idx, dst_idx, valid, lin, slot:dict[int, RocketBuffer], operand:bool, renew:bool=True,
+            keep:np.ndarray|None=None) -> bool:
     """Performs one Copy. For an operand (packing), False and nothing written if a value is not finite in the NPU's
     format (see NONFINITE_OPERAND_REASON); a result overflowing a narrower output dtype is IEEE's inf, as on the CPU.
-    renew: the destination gets new contents (not when unpacking results its version already stands for)."""
+    renew: the destination gets new contents (not when unpacking results its version already stands for). keep: only
+    these of its points (one window's elements)."""
+    # index forms are computed once per prepared index array (_where, _strided_pair); a kept subset is the call's own
+    cached = keep is None
+    if keep is not None:
+      src_idx, dst_idx, valid, lin = src_idx[keep], dst_idx[keep], None if valid is None else valid[keep], (lambda e, f=lin: f(e)[keep])
     dst = slot[c.dst]
     self.dev.to_cpu(dst)
     def load(s:int, dtype:str, index) -> np.ndarray:
@@ -364,7 +374,7 @@ class NpuRunner:
     if c.value is not None and (c.value[0] == "intercept" or c.src is None):  # a computed value: no source is read
       raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0) if c.value[0] == "intercept" else slope(c.value[1]), dst_idx.shape).astype(np.float64)
     elif c.src is None: raw = np.full(len(dst_idx), c.fill, np.float64)
-    elif not operand and valid is None and c.value is None and (view := self._strided_pair(src_idx, dst_idx)) is not None:
+    elif cached and not operand and valid is None and c.value is None and (view := self._strided_pair(src_idx, dst_idx)) is not None:
       # a result that is a strided block of the cube going to a strided block of the buffer (the usual unpack): one
       # converting copy between two views instead of a gather, a conversion and a scatter (same values)
       self.dev.to_cpu(slot[c.src])
@@ -383,10 +393,10 @@ class NpuRunner:
         raw = self._array(slot[c.src], c.src_dtype)[src_idx]
       if c.value is not None: raw = raw * slope(c.value[1])  # ("slope", e): scaled before the rounding to the NPU's format
       if c.neg_inf is not None and (hit := np.isneginf(raw)).any(): raw = np.where(hit, eval_pexpr(c.neg_inf, load, 0.0), raw)
-    if valid is not None: raw[self._where(valid, invert=True)] = c.fill
+    if valid is not None: raw[self._where(valid, invert=True) if cached else ~valid] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
     if operand and vals.dtype.kind == "f" and not _finite(vals) and not _exact_inf_only(raw, vals, c.exact_inf): return False
-    self._array(dst, c.dst_dtype)[self._where(dst_idx)] = vals
+    self._array(dst, c.dst_dtype)[self._where(dst_idx) if cached else dst_idx] = vals
     if renew: dst.domain.written()
     return True
 
@@ -429,29 +439,30 @@ class NpuRunner:
       path.reason = reason
     return path
 
-  def _failed_guard(self, guards:list[Guard], slot:dict[int, RocketBuffer]) -> NpuRunner|FallbackProgram|None:
-    """None if every guard holds. Else the runner of the program's next alternative (the kernel for another window of
-    its tables' arguments, program.py), or after the last one the C-code path of the first guard that does not hold (a
-    lookup table's argument outside its domain: the table's bound would not hold; a computed value beyond fp16),
-    reported with that guard's reason."""
+  def _holding(self, guards:list[Guard], slot:dict[int, RocketBuffer], left:np.ndarray) -> tuple[np.ndarray, Guard|None]:
+    """(per element of the call, whether every guard holds there; the first guard that fails on an element still `left`).
+    A guard over values that are not the program's elements (Guard.first None) holds for all of them or for none."""
+    ok, failed = np.ones(len(left), bool), None
     for g in guards:
       self.dev.to_cpu(mem := slot[g.slot])
-      if g.holds(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8)): continue
-      if self.prg.alternatives:
-        if self.next is None:   # built on first need: most kernels' calls stay in their first window
-          nxt = self.prg.alternatives[0]
-          self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path)
-        return self.next
-      return self._reason_path(f"{GUARD_REASON if not g.after else AFTER_GUARD_REASON}: {g.what}")
-    return None
+      m = g.mask(np.frombuffer(to_mv(mem.va_addr, mem.size), np.uint8), len(left))
+      if failed is None and (left & ~m).any(): failed = g
+      ok &= m
+    return ok, failed
 
-  def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
-    st = time.perf_counter()
-    self.calls += 1
-    if self.prg.training_reason is not None and TRAINING:
-      return self._reason_path(self.prg.training_reason)(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
-    # tinygrad passes the buffers of its program's globals (its simplification may drop some of the AST's)
-    slot: dict[int, RocketBuffer] = dict(zip(self.prg.globals or range(len(bufs)), bufs))
+  def _next(self) -> NpuRunner|None:
+    """The runner of the program's next alternative (the kernel for another window of its tables' arguments), built on
+    first need (most kernels' calls stay in their first window); None after the last one."""
+    if not self.prg.alternatives: return None
+    if self.next is None:
+      nxt = self.prg.alternatives[0]
+      assert nxt.elements == self.prg.elements, f"{self.name}: alternatives number their elements alike"
+      self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path, self.depth + 1)
+    return self.next
+
+  def _pack(self, slot:dict[int, RocketBuffer]) -> list[RocketBuffer]|None:
+    """Packs the operands into their scratch (kept resident while their sources do not change), binding them in `slot`;
+    None if one is not finite in the NPU's format."""
     operands = []
     for dst, group in self.pack.items():
       srcs = [slot[s] for c, *_ in group for s in ((c.src,) if c.src is not None else ()) + c.params]
@@ -464,11 +475,12 @@ class NpuRunner:
         continue
       res.key = None
       for c, si, di, valid, lin in group:
-        if not self._copy(c, si, di, valid, lin, slot, operand=True):
-          return self.other_path(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
+        if not self._copy(c, si, di, valid, lin, slot, operand=True): return None
       res.key = key
-    if (failed := self._failed_guard(self.before, slot)) is not None:
-      return failed(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
+    return operands
+
+  def _submit(self, slot:dict[int, RocketBuffer], operands:list[RocketBuffer]) -> tuple[Bank, list, list]:
+    """Submits the job's first part (all of it without a split) on a bank; (bank, its BOs, their input handles)."""
     bank = self._bank()
     bank.used = self.calls
     slot |= bank.scratch
@@ -477,27 +489,37 @@ class NpuRunner:
       self.dev.to_cpu(bank.regcmd)
       self.prg.tasks.bind({s: b.dma_addr for s, b in slot.items() if s >= SCRATCH}, bank.regcmd.dma_addr, out=bank.words)
       bank.bound = iovas
-    job_bos = (*operands, *bank.scratch.values(), bank.regcmd)
+    job_bos = [*operands, *bank.scratch.values(), bank.regcmd]
     for b in job_bos: self.dev.to_device(b)
     in_handles = [bank.regcmd.domain.bo.handle] + [b.domain.bo.handle for b in operands]
-    tasks, split = self.prg.tasks.task_addresses(bank.regcmd.dma_addr), self.prg.split or len(self.prg.tasks.tasks)
-    self.dev.driver.submit([Job(tasks[:split], in_handles, bank.out_handles)])
+    self.dev.driver.submit([Job(self.prg.tasks.task_addresses(bank.regcmd.dma_addr)[:self.prg.split or None], in_handles, bank.out_handles)])
     bank.busy = True
     self.dev.inflight[self.serial] = self
-    if self.after:   # values the NPU computed must hold before its results count: wait for the job and check them
-      self._wait(bank, failure_ok=False)
-      if (failed := self._failed_guard(self.after, slot)) is not None:
-        return failed(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
-    if split < len(tasks):   # (the checks read the BOs on the CPU: hand them back to the device first)
-      for b in job_bos: self.dev.to_device(b)
-      self.dev.driver.submit([Job(tasks[split:], in_handles, bank.out_handles)])
-      bank.busy = True
-    report.kernel_ran(self.name, "npu", self.prg.summary)
-    for k, copies in self.unpack.items():   # the results stay in the bank until a CPU access needs them
+    return bank, job_bos, in_handles
+
+  def _submit_rest(self, bank:Bank, job_bos:list, in_handles:list) -> None:
+    """Submits the tasks after the split, once the after-job guards held (the checks read the BOs on the CPU: hand them
+    back to the device first)."""
+    if not self.prg.split or self.prg.split >= len(self.prg.tasks.tasks): return
+    for b in job_bos: self.dev.to_device(b)
+    self.dev.driver.submit([Job(self.prg.tasks.task_addresses(bank.regcmd.dma_addr)[self.prg.split:], in_handles, bank.out_handles)])
+    bank.busy = True
+
+  def _elements(self, k:int) -> list[np.ndarray]:
+    """Per unpack copy into kernel buffer k, the program's element at each of its points (Copy.element)."""
+    if (els := self.unpack_elements.get(k)) is None:
+      assert all(c.element is not None and valid is None for c, _, _, valid, _ in self.unpack[k]), f"{self.name}: an unpack without element numbers"
+      els = self.unpack_elements[k] = [lin(c.element) for c, _, _, _, lin in self.unpack[k]]
+    return els
+
+  def _unpack(self, slot:dict[int, RocketBuffer], bank:Bank, fills:dict[int, tuple], take:np.ndarray|None) -> None:
+    """Leaves the job's results pending in the bank until a CPU access needs them: all of them (take None), or the
+    elements `take` holds (an NPU program may then not read them from the cube: other elements come from other jobs)."""
+    for k, copies in self.unpack.items():
       dst, inv = slot[k], self.inverse[k]
-      native = Native((self.serial, k), slot[inv[0]], inv[1], inv[2], dst, inv[3]) if inv is not None else None
-      fills = tuple((di, self._fill_values(c, lin, len(di), slot), c.dst_dtype) for c, _, di, _, lin in self.fills.get(k, ()))
-      p = PendingUnpack(self, copies, {c.src: slot[c.src] for c, *_ in copies} | {k: dst}, native, bank, fills)
+      native = Native((self.serial, k), slot[inv[0]], inv[1], inv[2], dst, inv[3]) if inv is not None and take is None else None
+      keep = None if take is None else [take[e] for e in self._elements(k)]
+      p = PendingUnpack(self, copies, {c.src: slot[c.src] for c, *_ in copies} | {k: dst}, native, bank, fills.get(k, ()), keep)
       if len(kept := [q for q in dst.domain.pending if q.writes != p.writes]) < len(dst.domain.pending):
         self.dev.layout_stats.dropped += len(dst.domain.pending) - len(kept)   # written over entirely (a JIT replay)
         dst.domain.pending = kept
@@ -505,7 +527,55 @@ class NpuRunner:
       dst.domain.written()
       bank.pending.append((dst.domain, p))
       if dst.domain.bo is None: self.dev.flush(dst.domain)  # host memory (from_blob) may be read behind our back
-    if wait or (WAIT_EMULATED_JOBS and self.dev.emulated): self._wait(bank, failure_ok=False)
+
+  def __call__(self, *bufs:RocketBuffer, global_size=(1,1,1), local_size=(1,1,1), vals=(), wait=False, **kw) -> float|None:
+    """Runs the call on the first window (program, then its alternatives in order) whose guards hold. A program that
+    numbers its elements (NpuProgram.elements) takes each element from the first window whose guards hold on it: window
+    0's job, its results unpacked where they hold, then the next window's job for the rest, and so on; each element
+    comes from a program whose checks (those after the job too) hold on it, so each program's per-element bound holds
+    on every element unpacked from it. Other programs are one element: the whole call takes one window. A call with an
+    element in no window runs the C code, reported with the first guard that fails there in the last window."""
+    st = time.perf_counter()
+    run = lambda prg: prg(*bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, **kw)
+    if self.prg.training_reason is not None and TRAINING:
+      self.calls += 1
+      return run(self._reason_path(self.prg.training_reason))
+    # tinygrad passes the buffers of its program's globals (its simplification may drop some of the AST's)
+    base: dict[int, RocketBuffer] = dict(zip(self.prg.globals or range(len(bufs)), bufs))
+    left = np.ones(max(self.prg.elements, 1), bool)   # elements no window has taken yet
+    parts: list[tuple[NpuRunner, dict[int, RocketBuffer], Bank, np.ndarray]] = []
+    runner: NpuRunner = self
+    # every window's operands are packed before any result is unpacked: an output buffer may be an input too
+    while True:
+      runner.calls += 1
+      if (operands := runner._pack(slot := dict(base))) is None: return run(self.other_path)
+      ok, failed = runner._holding(runner.before, slot, left)
+      take = left & ok if failed is None or runner.prg.alternatives else np.zeros_like(left)   # the last window leaves some: the C code
+      if take.any():
+        bank, job_bos, in_handles = runner._submit(slot, operands)
+        if runner.after:   # values the NPU computed must hold before its results count: wait for the job and check them
+          runner._wait(bank, failure_ok=False)
+          ok, failed_after = runner._holding(runner.after, slot, take)
+          failed, take = failed or failed_after, take & ok
+        if take.any():
+          runner._submit_rest(bank, job_bos, in_handles)
+          parts.append((runner, slot, bank, take))
+      left &= ~take
+      if not left.any(): break
+      if (nxt := runner._next()) is None:
+        assert failed is not None
+        return run(runner._reason_path(f"{GUARD_REASON if not failed.after else AFTER_GUARD_REASON}: {failed.what}"))
+      runner = nxt
+    # an output select's other values are read from the kernel's buffers before any result is pending there
+    fills = [{k: tuple((di, r._fill_values(c, lin, len(di), slot), c.dst_dtype) for c, _, di, _, lin in fs) for k, fs in r.fills.items()}
+             for r, slot, _, _ in parts]
+    for (r, slot, bank, take), fl in zip(parts, fills): r._unpack(slot, bank, fl, take if len(parts) > 1 else None)
+    if len(parts) == 1: report.kernel_ran(self.name, "npu", parts[0][0].prg.summary)
+    else:
+      report.kernel_ran(self.name, "npu", f"{len(parts)} range windows, each element from the first whose guards hold on it: " +
+                        " | ".join(r.prg.summary for r, *_ in parts), {f"[{r.depth}] {r.prg.summary}": int(take.sum()) for r, _, _, take in parts})
+    for r, _, bank, _ in parts:
+      if wait or (WAIT_EMULATED_JOBS and self.dev.emulated): r._wait(bank, failure_ok=False)
     return time.perf_counter() - st if wait else None
 
 # ***** device *****

@@ -96,6 +96,8 @@ class Copy:
                                    # infinite source value: the NPU consumes it exactly (rules/pool.py MAX_IDENTITY)
   neg_inf: PExpr|None = None       # packing: the finite value packed where the source holds -inf (the kernel's result
                                    # is the same for both: rules/elementwise.py NEG_INF_ARG)
+  element: Lin|None = None         # unpacking: each point's element in the program's numbering (NpuProgram.elements),
+                                   # so a call can unpack each element from the job of a window that holds it
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None, "Callable[[Lin], np.ndarray]"]:
     """(src element indices, dst element indices, validity mask or None, Lin -> per-point values), flat over the
@@ -140,27 +142,44 @@ class Guard:
   ew: tuple[str, int]|None = None
   after: bool = False   # checked after the job, on values the NPU computed (before any result is unpacked)
   lanes: int = 16       # of each row's 16 elements, the first `lanes` are checked (a tile's real kernels)
+  first: int|None = None   # element e (16*row + 8*surface + lane) of the cube is the program's element first + e
+                           # (NpuProgram.elements); None: the checked values are not the program's elements (an operand
+                           # several of them read), so the check holds for all of them or for none
 
   @functools.cached_property
-  def valid(self) -> np.ndarray:
-    """Which cube positions hold elements (computed once per program, not per call)."""
+  def positions(self) -> tuple[np.ndarray, np.ndarray]:
+    """(the cube positions holding elements, the element at each): computed once per program, not per call."""
     pos = np.arange(self.rows * 16)
     surface, row, lane = pos // (self.rows * 8), (pos % (self.rows * 8)) // 8, pos % 8
-    return (16 * row + 8 * surface + lane < self.count) & (8 * surface + lane < self.lanes)
+    element = 16 * row + 8 * surface + lane
+    valid = (element < self.count) & (8 * surface + lane < self.lanes)
+    return np.flatnonzero(valid), element[valid]
 
-  def holds(self, mem:np.ndarray) -> bool:
-    """mem: the slot's bytes (uint8)."""
-    n, valid = self.rows * 16, self.valid
+  def failing(self, mem:np.ndarray) -> np.ndarray:
+    """The elements (16*row + 8*surface + lane) whose checked value lies outside [lo, hi]. mem: the slot's bytes (uint8)."""
+    n = self.rows * 16
     v = np.full(n, self.const, np.float64)
     for off, coeff in self.terms: v += coeff * np.frombuffer(mem, np.float16, n, off).astype(np.float64)
     if self.ew is not None:
       op, off = self.ew
       o = np.abs(np.frombuffer(mem, np.float16, n, off).astype(np.float64))
       v = np.abs(v) * o if op == "mul" else np.abs(v) + o if op in ("add", "sub") else np.maximum(np.abs(v), o)
-    with np.errstate(over="ignore"): v = v.astype(np.float16).astype(np.float64)[valid]
+    pos, element = self.positions
+    with np.errstate(over="ignore"): v = v[pos].astype(np.float16).astype(np.float64)
     lo = self.lo + GUARD_MARGIN * abs(self.lo) if math.isfinite(self.lo) else -math.inf
     hi = self.hi - GUARD_MARGIN * abs(self.hi) if math.isfinite(self.hi) else math.inf
-    return bool(np.all((v >= lo) & (v <= hi)))
+    return element[~((v >= lo) & (v <= hi))]   # (NaN fails too)
+
+  def holds(self, mem:np.ndarray) -> bool: return not len(self.failing(mem))
+
+  def mask(self, mem:np.ndarray, n:int) -> np.ndarray:
+    """Per element of a program with n of them (n = 1: the call as a whole) whether the check holds there: the same check
+    as holds(), per position."""
+    bad = self.failing(mem)
+    if self.first is None: return np.full(n, not len(bad))
+    ok = np.ones(n, bool)
+    ok[self.first + bad] = False
+    return ok
 
 GUARD_MARGIN = 2.0 ** -9
 
@@ -184,6 +203,10 @@ class NpuProgram:
                                      # range_window), tried in order by a call that fails one of this program's guards
   fills: tuple[Copy, ...] = ()       # an output select's other value (rules/common.py select_fills): computed from the
                                      # kernel buffers when the job is submitted, written after the unpack of its results
+  elements: int = 0                  # > 0: the program's results are its elements 0..elements-1, each unpacked from one
+                                     # place (Copy.element) and checked only by guards of its own (Guard.first) or of all
+                                     # (first None): a call whose elements lie in different windows of its tables takes
+                                     # each from the first window whose guards hold on it (device.py NpuRunner)
 
   def kernel_slots(self) -> set[int]:
     """The kernel buffers (PARAM slots) the program or an alternative reads or writes."""

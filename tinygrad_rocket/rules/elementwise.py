@@ -540,6 +540,8 @@ class TileLayout:
   surfaces: int
   grid: Callable[[int], Grid]
   count: Callable[[int], int]   # elements of tile t that a guard checks: positions s*height*8 + h*8 + lane below it
+  first: Callable[[int], int]|None = None   # the program's element (NpuProgram.elements) at tile t's position 0, when
+                                # tile positions are the program's elements (the flat layout: each is one output element)
 
   @property
   def height(self) -> int: return 2 * self.rows // self.surfaces
@@ -602,6 +604,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
     return replace(c, neg_inf=_neg_inf_standin(ld, arg, g.pexpr), params=tuple(sorted({x.slot for x, _ in arg.terms if x != ld})))
   tasks: list[list] = []
   guards: list[Guard] = []
+  first = lambda t: lay.first(t) if lay.first is not None else None   # a guard's elements are tile t's positions, laid out as the gathers' cubes
   for t in range(ntiles):
     tt: list = []
     for si, s in enumerate(stages):
@@ -620,7 +623,8 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
           terms = ((g_off, 1.0),) if isinstance(src, Load) else \
                   tuple((g_off + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.guard.terms))
           guards.append(Guard(A, rows, lay.count(t), terms, 0.0 if isinstance(src, Load) else s.guard.const,
-                              table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}"))
+                              table.domain[0], table.domain[1], f"the argument of lut({table.name}) in its domain {table.domain}",
+                              first=first(t)))
         continue
       for i, (ld, _) in enumerate(s.main.terms):   # source i: A channels 16*i + lane, surfaces 2i, 2i+1
         if isinstance(ld, Load): pack.append(gather(ld, t, a_o + 2 * i * rows * 16, si))   # (an int: its stage writes it)
@@ -638,7 +642,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
       if s.guard16:   # its fp16 result must be finite: |result| from the packed operands (Guard with ew)
         guards.append(Guard(A, rows, lay.count(t), tuple((a_o + 2 * i * rows * 16, float(np.float16(c))) for i, (_, c) in enumerate(s.main.terms)),
                             s.main.const, -FP16_MAX, FP16_MAX, f"stage {si}'s result narrowed to fp16 within its range",
-                            ew=(s.ew_op, a_o + a_sz) if isinstance(s.operand, Load) else None))
+                            ew=(s.ew_op, a_o + a_sz) if isinstance(s.operand, Load) else None, first=first(t)))
       assert s.mul is None or s.main.const == 0, "the BS ALU and MUL together: order unconfirmed (XStageOp)"
       bs = XStageOp(mul=s.mul, add=s.main.const if s.main.const != 0 else None, relu=s.relu, clip=s.clip)
       tt.append(matmul_task(tile, A, a_o, B, si * b_sz, dst_slot, dst_off, bs=bs, ew=ew, out_fp16=s.out16 or last))
@@ -685,21 +689,28 @@ def lower_elementwise(nest:LoopNest) -> NpuProgram|NotApplicable:
   rows = max(min(plan[0], MAX_ROWS), EW_MIN_PLANE_ATOMS)
   tiles = ceil_div(rows_total, rows)
   if (ntasks := tiles * len(stages)) > MAX_TASKS: return NotApplicable(f"{ntasks} tasks (max {MAX_TASKS})")
-  lay = TileLayout(rows, tiles, 2, lambda t: _flat_grid(nest, rows, t, n), lambda t: min(n - t * rows * LANES, rows * LANES))
+  lay = TileLayout(rows, tiles, 2, lambda t: _flat_grid(nest, rows, t, n), lambda t: min(n - t * rows * LANES, rows * LANES),
+                   lambda t: t * rows * LANES)
   code = emit_stages(sz, stages, lay, (SCRATCH, SCRATCH + 1, SCRATCH + 2))
   unpack = tuple(_scatter(nest, SCRATCH + 2, code.c_off(t, len(stages) - 1), rows, t, n, stages[-1].out_bytes) for t in range(tiles))
   ops = stage_ops(stages)
   summary = (f"elementwise over {n} elements: {len(stages)} stage(s) x {tiles} tile(s) of {rows}x{LANES} as DPU "
              f"tasks (fp32 results{'; ' + ops if ops else ''})")
   return NpuProgram(nest.name, summary, code.scratch, regs.assemble([x for tt in code.tasks for x in tt]), tuple(code.pack), unpack,
-                    macs=0, guards=tuple(code.guards))
+                    macs=0, guards=tuple(code.guards), elements=n)
+
+def _element(rows:int, tile:int, c2:int) -> Lin:
+  """The element (16*row + c2*surface + lane, + the tile's first element) at each point of tile `tile`'s cube (16/c2
+  surfaces, rows, c2 lanes: 8 fp16, 4 fp32): the output elements, output ranges row-major. Guards number a tile's
+  positions the same way (16*row + 8*surface + lane: program.Guard), so tile t's guard element e is element t*rows*16 + e."""
+  return Lin((c2, LANES, 1), tile * rows * LANES)
 
 def _flat_grid(nest:LoopNest, rows:int, tile:int, n:int, c2:int=8) -> Grid:
-  """A grid over one tile's cube (16/c2 surfaces, rows, c2 lanes: 8 fp16, 4 fp32) whose linear position (element =
-  16*row + c2*surface + lane, + the tile's first element) enumerates the output elements (output ranges row-major) and
-  recovers each output range."""
+  """A grid over one tile's cube whose linear position (_element) enumerates the output elements and recovers each
+  output range."""
   g = Grid((LANES // c2, rows, c2), nest.ranges, {})
-  g.linear((c2, LANES, 1), tile * rows * LANES, list(nest.output_ranges), n)
+  e = _element(rows, tile, c2)
+  g.linear(e.coeffs, e.const, list(nest.output_ranges), n)
   return g
 
 def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:int) -> Copy:
@@ -707,4 +718,4 @@ def _scatter(nest:LoopNest, src:int, off:int, rows:int, tile:int, n:int, nbytes:
   f = Feature(LANES, rows, 1, nbytes)
   g = _flat_grid(nest, rows, tile, n, f.c2)
   return replace(g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None), src=src, src_dtype="float32" if nbytes == 4 else "float16",
-                 dst_dtype=OUT_DTYPES[nest.out_dtype], src_index=Lin((rows * f.c2, f.c2, 1), off // nbytes))
+                 dst_dtype=OUT_DTYPES[nest.out_dtype], src_index=Lin((rows * f.c2, f.c2, 1), off // nbytes), element=_element(rows, tile, f.c2))
