@@ -385,7 +385,7 @@ class Compiler:
     if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, (int, float)):
       if abs(e.value) <= FP16_MAX and float(np.float16(e.value)) == e.value: return Linear(const=float(e.value))
       raise Unsupported(f"a comparison or where() operand that is not a float16 load or an fp16 constant ({e.value!r} is "
-                        "not an fp16 value: the NPU would use its rounding)")
+                        "not a finite fp16 value: the NPU would use its rounding)")
     raise Unsupported("a comparison or where() operand that is not a float16 load or an fp16 constant (STEP_EXACT, SELECT_EXACT)")
 
   def branch(self, e) -> Linear:
