@@ -99,6 +99,8 @@ MASKS = {
   "and_where": (lambda m, n, x, y: (m & n.logical_not()).where(x, 0), 2),
   "and_cmp": (lambda m, n, x, y: (m & (x < y)).where(x, y), None),
   "or_mul": (lambda m, n, x, y: x * (m | n), 2),
+  "cmp_and_cmp": (lambda m, n, x, y: ((x < y) & (y < 0)).where(x, 0), None),   # two steps, one narrowed (bound 1)
+  "cmp_or_mask": (lambda m, n, x, y: ((x < y) | m).where(x, y), None),
 }
 
 @pytest.mark.parametrize("form", list(MASKS))

@@ -21,8 +21,8 @@ fp16 operands): its stage writes fp16 straight into the A block of the one stage
 (emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
 (Compiler.meet says which side and what it costs). A narrowed value must be bounded within fp16 (a table's result, a
 guarded reciprocal): an unbounded one could overflow to inf, and such kernels are not taken.
-Comparisons of float16 values are exact 0/1 stages (STEP_EXACT; a bool result, or a mask), where(cmp, p, q) of float16
-loads an exact select (SELECT_EXACT).
+Comparisons of float16 values are exact 0/1 stages (STEP_EXACT; a bool result, or a mask), stored bools exact 0/1 loads
+(STORED_BOOL), and where(c, p, q) on either, with p, q float16 loads or fp16 constants, an exact select (SELECT_EXACT).
 1/x and 1/sqrt(x) are guarded table seeds refined by Newton steps as stages (Compiler.newton; rules/tables.py derives and measures
 its error). Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into tiles that fit the
 CBUF.
@@ -359,11 +359,8 @@ class Compiler:
     """v (a 0/1 value) with a stage result or a stored bool as its indicator: a pending map other than r or 1 - r is
     applied by stages first (exact: a 0/1 value times or plus a constant 0/1 value)."""
     if self.indicator(v) is not None: return v
-    if isinstance(v, Computed) and (v.scale, v.shift) in ((1.0, 0.0), (-1.0, 1.0)):
-      self.indicators.add(v.stage)   # its result is v or 1 - v: 0/1 as well
-      return v
-    m = self.materialize(v)
-    self.stages[m.stage].bound = 1.0
+    m = v if isinstance(v, Computed) and (v.scale, v.shift) in ((1.0, 0.0), (-1.0, 1.0)) else self.materialize(v)
+    self.stages[m.stage].bound = 1.0   # its result is v or 1 - v: 0/1 as well (a bound: narrowing it needs no guard)
     self.indicators.add(m.stage)
     return m
 
