@@ -7,10 +7,11 @@ exactly, or q + (p - q) r with p - q an fp16 value (SELECT_FORMS), so results eq
 the other sign: -0 == +0). A float32 branch is packed rounded to fp16, as every float32 operand of the rule: bound_select.
 """
 from __future__ import annotations
+from dataclasses import asdict
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from tinygrad import Tensor
+from tinygrad import Tensor, Device
 import numerics as nm
 from test_leaky import strict, lowering_reason
 from test_compare_rule import finite_fp16
@@ -173,3 +174,16 @@ def test_refusals():
   assert "float32 operands" in lowering_reason((0 < x32).where(g32, 0))
   assert "float32 operands" in lowering_reason((x32 > g32).where(x32, 0))
   assert "not a float16 load or an fp16 constant" in lowering_reason((x * 2 < y).where(x, 0))   # a computed operand
+
+def test_mask_computed_on_the_npu():
+  """A mask the NPU wrote (a comparison's bool result, left in its job's fp32 cube until read) used as a stored bool by
+  the next kernels: packed from the cube (0.0/1.0 -> bool -> fp16) as from plain memory, exactly."""
+  x = finite_fp16()
+  a, b = pair(x, 9)
+  for use in (lambda m, x: m.where(x, x.flip(0)), lambda m, x: x * m.logical_not()):
+    before = asdict(Device["ROCKET"].layout_stats)
+    r, c, recs = strict(lambda a, b, x: use((a < b).realize(), x), a, b, x)
+    assert asdict(Device["ROCKET"].layout_stats)["packed_native"] > before["packed_native"]   # the mask read from the cube
+    assert np.array_equal(r, c)
+    assert_npu(recs, "mask from the npu")
+    assert len(recs) == 2 and "clip(0, 1)" in recs[0].reason and "clip(0, 1)" not in recs[1].reason, recs
