@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from tinygrad import Tensor, Device
+from tinygrad.helpers import Context
 import numerics as nm
 from test_leaky import strict, lowering_reason
 from test_compare_rule import finite_fp16
@@ -187,3 +188,19 @@ def test_mask_computed_on_the_npu():
     assert np.array_equal(r, c)
     assert_npu(recs, "mask from the npu")
     assert len(recs) == 2 and "clip(0, 1)" in recs[0].reason and "clip(0, 1)" not in recs[1].reason, recs
+
+@pytest.mark.parametrize("p", [0.5, 0.75])
+def test_dropout_applies_its_mask_on_the_npu(p):
+  """Training's dropout, where(rand >= p, x, 0) * 1/(1 - p): its random bits run the C code (a position-dependent
+  counter), the stored bool mask then selects on the NPU, exactly (a power-of-2 scale: the product is exact in fp32,
+  then one rounding to half, as on the CPU)."""
+  x = np.concatenate([finite_fp16(), np.float16([-0.0])])
+  def run(device:str) -> np.ndarray:
+    Tensor.manual_seed(3)
+    with Context(TRAINING=1): return Tensor(x, device=device).realize().dropout(p).numpy()
+  report.reset()
+  r = run("ROCKET")
+  recs = report.records()
+  c = run("CPU")
+  assert np.array_equal(r, c) and 0 < (c == 0).mean() < 1
+  assert recs[-1].engine == "npu" and "elementwise" in recs[-1].reason, recs
