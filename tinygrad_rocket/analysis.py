@@ -297,10 +297,15 @@ def _guarded_by_not(ld:UOp, cond:UOp) -> bool:
 
 def _not(c:UOp) -> UOp: return c.src[0] if c.op is Ops.CMPNE and c.src[1].op is Ops.CONST and c.src[1].arg is True else c.ne(True)
 
+def _reads_data(cond:UOp) -> bool:
+  """Whether a WHERE's condition reads a buffer: then it selects by data (relu's backward where(0 < x, g, 0), a stored
+  bool mask), not a padding predicate over loop positions, and the WHERE is an ordinary op of the value."""
+  return any(x.op in (Ops.INDEX, Ops.PARAM) for x in cond.toposort())
+
 def _padded_load_form(u:UOp) -> UOp:
   """tinygrad writes a load padded with a non-zero value (max pooling's -inf) as WHERE(c, WHERE(c, load, 0), pad), or
   with the condition inverted, WHERE(!c, pad, WHERE(!c, 0, load)); both mean WHERE(c, load, pad), which _expr reads."""
-  if u.op is not Ops.WHERE: return u
+  if u.op is not Ops.WHERE or _reads_data(u.src[0]): return u
   c, a, b = u.src
   if a.op is Ops.CONST and b.op is not Ops.CONST: c, a, b = _not(c), b, a
   if a.op is Ops.WHERE and (inner := _padded_load_form(a)).src[0] is c and inner.src[1].op is Ops.INDEX: a = inner.src[1]
@@ -336,6 +341,7 @@ def _expr(u:UOp, ranges:dict[int, int], loads:list[Load], sizes:dict[int, int]) 
   if u.op is Ops.INDEX:
     loads.append(ld:=_load(u, sizes))
     return ld
+  if u.op is Ops.WHERE and _reads_data(u.src[0]): return Alu(u.op, tuple(_expr(s, ranges, loads, sizes) for s in u.src), u.dtype)
   if u.op is Ops.WHERE and u.src[1].op is Ops.INDEX and u.src[2].op is Ops.CONST:
     # padded load: WHERE(valid, INDEX(p, WHERE(valid, idx, Invalid)), pad)
     loads.append(ld:=_load(u.src[1], sizes, tuple(predicate(u.src[0])), _scalar(u.src[2].arg)))

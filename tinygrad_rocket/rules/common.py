@@ -7,6 +7,8 @@ from tinygrad_rocket.analysis import Load, Alu, Const, Reduce, Affine, LoopNest
 from tinygrad_rocket.program import Copy, Var, Lin, Bound, PExpr, PEXPR_OPS
 
 FLOATS = {dtypes.float32: "float32", dtypes.float16: "float16"}   # tinygrad dtype -> numpy dtype name
+# the dtypes a Copy gathers from: a stored bool is 0 or 1 (one byte), exact as an fp16 operand (a mask, SELECT_EXACT)
+OPERANDS = {**FLOATS, dtypes.bool: "bool"}
 MAX_TASKS = 4096  # beyond this a single kernel's job is unreasonable; it falls back with the reason
 
 def strip_cast(e):
@@ -201,7 +203,7 @@ class Grid:
       src_index = self.lin(src.index)
       bounds += [Bound(self.lin(b.expr), b.lo, b.hi) for b in src.valid]
       bounds.append(Bound(src_index, 0, src.size))  # never read outside the buffer (a guard, not a semantic)
-    return Copy(None if src is None else src.slot, FLOATS[src.dtype] if src is not None else "float64", dst, "float16",
+    return Copy(None if src is None else src.slot, OPERANDS[src.dtype] if src is not None else "float64", dst, "float16",
                 self.grid, tuple(self.vars), src_index, pad(dst_index), tuple(bounds), fill, value, params)
 
 def select_fills(nest:LoopNest) -> tuple[Copy, ...]|str:

@@ -21,8 +21,8 @@ fp16 operands): its stage writes fp16 straight into the A block of the one stage
 (emit_stages), its pending map becoming that term's coefficient and the stage's constant; the other is the EW operand
 (Compiler.meet says which side and what it costs). A narrowed value must be bounded within fp16 (a table's result, a
 guarded reciprocal): an unbounded one could overflow to inf, and such kernels are not taken.
-Comparisons of float16 values are exact 0/1 stages (STEP_EXACT; a bool result, or a mask), where(cmp, p, q) of float16
-loads an exact select (SELECT_EXACT).
+Comparisons of float16 values are exact 0/1 stages (STEP_EXACT; a bool result, or a mask), stored bools exact 0/1 loads
+(STORED_BOOL), and where(c, p, q) on either, with p, q float16 loads or fp16 constants, an exact select (SELECT_EXACT).
 1/x and 1/sqrt(x) are guarded table seeds refined by Newton steps as stages (Compiler.newton; rules/tables.py derives and measures
 its error). Elements are laid out flat, 16 per output pixel (one 16-kernel group), rows split into tiles that fit the
 CBUF.
@@ -94,11 +94,13 @@ NEG_INF_ARG = -2048.0
 # or 1. STEP_GAIN does not fit one fp16 multiplier (max 65504), hence the split; the BS ALU stays bypassed (its order
 # with the MUL is ⚠ unconfirmed, XStageOp). x != y is step(x, y) + step(y, x) (the EW add of two exact 0/1 values),
 # x == y and NOT c are 1 - that (a pending map). float32 operands would compare their fp16 roundings: not taken.
-# SELECT_EXACT: where(c, p, q) with c such a 0/1 value r (or 1 - r: p and q swap) and p, q fp16 values is
-#   r*p + (q - q*r):
-# r*p and q*r are p or q or +-0 exactly (products of fp16 values and 0/1 in fp32); q - q*r is q or 0 exactly (x - x = 0,
-# x - 0 = x); of the final sum one term is +-0, so it is exact: p or q (a zero of either sign where the value is 0).
-# r*p is narrowed to fp16 to meet q - q*r in one stage: exact, it is p or 0. (b + c*(a - b) would round a - b.)
+# SELECT_EXACT: where(c, p, q) with c such a 0/1 value r (or 1 - r: p and q swap) and p, q fp16 values (loads or
+# constants) is r*p + (1 - r)*q, each term exact and one of them +-0 (Compiler.select, SELECT_FORMS for each form and
+# its cost). (q + r*(p - q) would round p - q unless it is an fp16 value.)
+# STORED_BOOL: a bool tensor (a dropout or padding mask, a realized comparison) holds 0 or 1 per one-byte element; the
+# pack converts it to fp16 0.0/1.0 exactly (program.Copy: numpy's bool -> float16), so it is a 0/1 indicator as a load,
+# no comparison stage needed: b*x and where(b, p, q) are SELECT_EXACT's forms with r the load, NOT b is 1 - b (the
+# CORE's -b plus the BS constant 1), AND an EW mul and OR an EW max of two 0/1 values (0/1 again, exactly).
 STEP_GAIN = 2.0 ** 24
 STEP_CORE = 2.0 ** 12               # the CORE's identity weights (fp16)
 STEP_BS = STEP_GAIN / STEP_CORE     # the BS MUL operand (fp16)
@@ -295,14 +297,18 @@ class Compiler:
       if isinstance(e.value, bool) or not isinstance(e.value, (int, float)): raise Unsupported(f"a {type(e.value).__name__} constant")
       return Linear(const=float(e.value))
     if isinstance(e, Load):
-      if e.dtype not in FLOATS: raise Unsupported(f"loads {e.dtype} (only float16/float32 operands)")
+      if e.dtype == dtypes.bool: return Linear(((e, 1.0),))   # packed as fp16 0/1, exactly (a mask: STORED_BOOL)
+      if e.dtype not in FLOATS: raise Unsupported(f"loads {e.dtype} (only float16/float32/bool operands)")
       if e.pad is not None and not math.isfinite(e.pad): raise Unsupported(f"padding value {e.pad}")
       return Linear(((e, 1.0),))
     if isinstance(e, Reduce): raise Unsupported("a reduction")
     assert isinstance(e, Alu)
     if e.dtype == dtypes.bool: return self.predicate(e)
-    if e.dtype not in FLOATS: raise Unsupported(f"computes in {e.dtype}")
     op, src = e.op, e.src
+    # where(c, k1, k2) of two constants is typed weakfloat (tinygrad's untyped constants) and cast after: it selects a
+    # constant, exactly the fp16 value fp16_side requires, which any float cast keeps
+    weak_select = op is Ops.WHERE and e.dtype == dtypes.weakfloat and all(isinstance(strip_cast(x), Const) for x in src[1:])
+    if e.dtype not in FLOATS and not weak_select: raise Unsupported(f"computes in {e.dtype}")
     if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op is Ops.CMPLT:
       # clamp and relu: where(x < y, y, x) = max(x, y), where(x < y, x, y) = min(x, y) (NaN operands never reach the
       # NPU: the runner sends them to the C code)
@@ -313,13 +319,13 @@ class Compiler:
       if (lk := leaky_arg(e)) is not None: return self.leaky(self.value(lk[0]), lk[1])
       if (pk := prelu_arg(e)) is not None: return self.prelu(self.value(pk[0]), self.value(pk[1]))
       return self.select(cond, src[1], src[2])
-    # a != / == condition: a select if it is one (a scratch compiler leaves no stage behind), else the WHERE may still
-    # be a table of its one load (the select's reason if not)
+    # any other condition (!=, ==, a stored bool, NOT, AND, OR): a select if it is one (a scratch compiler leaves no
+    # stage behind), else the WHERE may still be a table of its one load (the select's reason if not)
     refused: Unsupported|None = None
-    if op is Ops.WHERE and isinstance(cond := strip_cast(src[0]), Alu) and cond.op in (Ops.CMPNE, Ops.CMPEQ):
-      try: Compiler().select(cond, src[1], src[2])
+    if op is Ops.WHERE:
+      try: Compiler().select(strip_cast(src[0]), src[1], src[2])
       except Unsupported as ex: refused = ex
-      else: return self.select(cond, src[1], src[2])
+      else: return self.select(strip_cast(src[0]), src[1], src[2])
     if op is Ops.ADD and (clip := self.relu_difference(src[0], src[1])) is not None: return clip
     if op is Ops.ADD and (pk := prelu_sum_arg(e)) is not None and self.linear(pk[0]) and self.linear(pk[1]):
       return self.prelu(self.value(pk[0]), self.value(pk[1]).scaled(-pk[2]))
@@ -337,23 +343,56 @@ class Compiler:
     if refused is not None: raise refused
     raise Unsupported(f"{op.name} (no DPU lowering for it here; not a tabulable function of one operand)")
 
-  def indicator(self, v:Value) -> tuple[int, bool]|None:
-    """(stage, negated) when v is an exact 0/1 stage result r (negated: v = 1 - r)."""
+  def indicator(self, v:Value) -> tuple[Load|int, bool]|None:
+    """(r, negated) when v is exactly 0/1: r an exact 0/1 stage result (STEP_EXACT) or a stored bool (STORED_BOOL),
+    v = r or (negated) v = 1 - r."""
+    if isinstance(v, Linear) and len(v.terms) == 1 and isinstance(ld := v.terms[0][0], Load) and ld.dtype == dtypes.bool:
+      if (v.terms[0][1], v.const) == (1.0, 0.0): return ld, False
+      if (v.terms[0][1], v.const) == (-1.0, 1.0): return ld, True
+      return None
     if not isinstance(v, Computed) or v.stage not in self.indicators: return None
     if (v.scale, v.shift) == (1.0, 0.0): return v.stage, False
     if (v.scale, v.shift) == (-1.0, 1.0): return v.stage, True
     return None
 
+  def as_indicator(self, v:Value) -> Value:
+    """v (a 0/1 value) with a stage result or a stored bool as its indicator: a pending map other than r or 1 - r is
+    applied by stages first (exact: a 0/1 value times or plus a constant 0/1 value)."""
+    if self.indicator(v) is not None: return v
+    m = v if isinstance(v, Computed) and (v.scale, v.shift) in ((1.0, 0.0), (-1.0, 1.0)) else self.materialize(v)
+    self.stages[m.stage].bound = 1.0   # its result is v or 1 - v: 0/1 as well (a bound: narrowing it needs no guard)
+    self.indicators.add(m.stage)
+    return m
+
+  @staticmethod
+  def exact16_load(e):
+    """e without casts between float dtypes (a float16 value widened to float32 and back is itself)."""
+    while isinstance(e, Alu) and e.op is Ops.CAST and e.dtype in FLOATS: e = e.src[0]
+    return e
+
   @staticmethod
   def fp16_side(e) -> Linear:
-    """A comparison's or select's operand as an exact fp16 value: a float16 load or an fp16-representable constant."""
-    if isinstance(e, Load) and e.dtype == dtypes.float16 and (e.pad is None or float(np.float16(e.pad)) == e.pad): return Linear(((e, 1.0),))
+    """A comparison's or select's operand as an exact fp16 value: a float16 load (widened to float32 or not), a stored
+    bool (0/1, STORED_BOOL) or an fp16-representable constant."""
+    if isinstance(ld := Compiler.exact16_load(e), Load) and ld.dtype in (dtypes.float16, dtypes.bool) and \
+       (ld.pad is None or float(np.float16(ld.pad)) == ld.pad):
+      return Linear(((ld, 1.0),))
     if isinstance(ld := strip_cast(e), Load) and ld.dtype == dtypes.float32:
       raise Unsupported("a comparison or where() of float32 operands (the NPU would compare and select their fp16 roundings)")
-    if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, (int, float)) and \
-       abs(e.value) <= FP16_MAX and float(np.float16(e.value)) == e.value:
-      return Linear(const=float(e.value))
+    if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, (int, float)):
+      if abs(e.value) <= FP16_MAX and float(np.float16(e.value)) == e.value: return Linear(const=float(e.value))
+      raise Unsupported(f"a comparison or where() operand that is not a float16 load or an fp16 constant ({e.value!r} is "
+                        "not a finite fp16 value: the NPU would use its rounding)")
     raise Unsupported("a comparison or where() operand that is not a float16 load or an fp16 constant (STEP_EXACT, SELECT_EXACT)")
+
+  def branch(self, e) -> Linear:
+    """A select's branch as a linear form: an exact fp16 value (fp16_side), or a float32 load, packed rounded to fp16
+    as every float32 operand of this rule is (2^-11 relative, as in add and mul; the selection itself adds nothing)."""
+    if isinstance(ld := strip_cast(e), Load) and ld.dtype == dtypes.float32:
+      v = self.value(ld)
+      assert isinstance(v, Linear)
+      return v
+    return self.fp16_side(strip_cast(e))
 
   def exact16(self, v:Linear) -> Linear:
     """v (fp16_side) as a linear form with no constant: a nonzero constant becomes a main term, its own fp16 stage (the
@@ -362,42 +401,90 @@ class Compiler:
     return self.narrow(self.stage(Stage(Linear(const=v.const), bound=abs(v.const))))
 
   def step(self, x:Linear, y:Linear, plus:int|None=None) -> Computed:
-    """x < y as exactly 0 or 1 (STEP_EXACT), plus the 0/1 stage `plus` through the EW add if given."""
+    """x < y as exactly 0 or 1 (STEP_EXACT), plus the 0/1 stage `plus` through the EW add if given (x != y: at most one
+    of the two steps is 1, so the sum is 0/1 too)."""
     d = self.exact16(y).plus(self.exact16(x).scaled(-1.0)).scaled(STEP_CORE)
     assert d.const == 0
-    st = self.stage(Stage(d, relu=True, clip=1.0, mul=STEP_BS, ew_op="add" if plus is not None else None, operand=plus))
+    st = self.stage(Stage(d, relu=True, clip=1.0, mul=STEP_BS, ew_op="add" if plus is not None else None, operand=plus, bound=1.0))
     self.indicators.add(st.stage)
     return st
 
-  def predicate(self, e) -> Computed:
-    """A bool expression as an exact 0/1 value (a pending map 1 - r for a negation)."""
+  @staticmethod
+  def negate(v:Value) -> Value:
+    """1 - v."""
+    return v.scaled(-1.0).shifted(1.0) if isinstance(v, Linear) else Computed(v.stage, -v.scale, 1.0 - v.shift)
+
+  def predicate(self, e) -> Value:
+    """A bool expression as an exact 0/1 value: a comparison of fp16 values (STEP_EXACT), a stored bool (STORED_BOOL),
+    NOT (1 - r: a pending map), AND (r*s: an EW mul of 0/1 values) and OR (max(r, s)) of those."""
+    if isinstance(e, Load) and e.dtype == dtypes.bool: return self.value(e)
+    if isinstance(e, Alu) and e.op in (Ops.AND, Ops.OR):
+      x, y = self.predicate(e.src[0]), self.predicate(e.src[1])
+      return self.as_indicator(self.mul(x, y) if e.op is Ops.AND else self.max(x, y))
     if not (isinstance(e, Alu) and e.op in (Ops.CMPLT, Ops.CMPNE, Ops.CMPEQ)):
-      raise Unsupported(f"a bool {e.op.name if isinstance(e, Alu) else type(e).__name__} (only comparisons of float16 values)")
+      raise Unsupported(f"a bool {e.op.name if isinstance(e, Alu) else type(e).__name__} (only comparisons of float16 values, "
+                        "stored bools, and NOT/AND/OR of those)")
     u, v = e.src
     if e.op is not Ops.CMPLT and any(isinstance(s, Const) and s.dtype == dtypes.bool for s in (u, v)):   # NOT: c != True, c == False
       k, c = (u, v) if isinstance(u, Const) else (v, u)
       r = self.predicate(c)
-      return r if bool(k.value) == (e.op is Ops.CMPEQ) else Computed(r.stage, -r.scale, 1.0 - r.shift)
+      return r if bool(k.value) == (e.op is Ops.CMPEQ) else self.negate(r)
     x, y = self.fp16_side(u), self.fp16_side(v)
     if e.op is Ops.CMPLT: return self.step(x, y)
     ne = self.step(y, x, plus=self.step(x, y).stage)   # (x < y) + (y < x)
     return ne if e.op is Ops.CMPNE else Computed(ne.stage, -1.0, 1.0)
 
-  def select(self, cond:Alu, p, q) -> Value:
-    """where(cond, p, q) for an exact 0/1 condition and float16 loads p, q (SELECT_EXACT): r*p + (q - q*r), four stages
-    after the condition's."""
+  # SELECT_FORMS: where(c, p, q) for an exact 0/1 indicator r of c (1 - r swaps p and q) and p, q fp16 values (loads
+  # or fp16 constants; a float32 load is its fp16 rounding, Compiler.branch), as the sum of
+  #   gate(r, p) = r*p and gate_not(r, q) = (1 - r)*q:
+  # at every element one of them is +-0 and the other p or q exactly, so their one fp32 add is exact.
+  #   r*p, p a load: the EW mul of the fp16 p (through the CORE: times 1, exact) and r, so p or +-0.
+  #   r*k, k a constant: a pending map of r's stage (or the CORE's k*r for a stored bool r): k*1 and k*0 are exact.
+  #   (1 - r)*q, r a stored bool: the CORE's 1*(-r) plus the BS constant 1 is 1 or 0 exactly, times q (EW mul) or k
+  #     (the CORE's -k*r plus k: k - k = 0 and k, exact).
+  #   (1 - r)*q, r a stage: q - q*r, two stages (EW mul by r, then the EW add of q); q - q = 0 and q - 0 = q, exact.
+  #   (1 - r)*k, r a stage: the pending map k - k*r (materialized: a mul and an add stage, each exact as above).
+  # A zero branch drops its term (q = 0: r*p, one stage, a pending map for a constant p). Both constants: q + (p - q) r,
+  # one stage (a pending map for a stage r) when p - q is an fp16 value: its CORE weight (or scale) is exact, and the
+  # sum q + (p - q) = p is an fp16 value, which the fp32 add returns exactly. A branch whose constant is not an fp16
+  # value (0.1, -inf: masked_fill(m, -inf)) is refused (fp16_side): the NPU would select its rounding. Zeros: where the
+  # CPU selects +0 the NPU may give -0 (r*p with p < 0 and r = 0), equal in value, as the WHERE's own operands compare.
+  # NaN/inf branches never reach the NPU (0 * inf is NaN): the runner sends such calls to the C code.
+  def gate(self, r:Load|int, v:Linear) -> Value:
+    """r*v exactly (SELECT_FORMS)."""
+    if not v.terms: return Linear(((r, v.const),)) if isinstance(r, Load) else Computed(r, v.const)
+    return self.stage(Stage(v, ew_op="mul", operand=r, bound=FP16_MAX))
+
+  def gate_not(self, r:Load|int, v:Linear) -> Value:
+    """(1 - r)*v exactly (SELECT_FORMS)."""
+    if isinstance(r, Load):
+      if not v.terms: return Linear(((r, -v.const),), v.const)
+      return self.stage(Stage(Linear(((r, -1.0),), 1.0), ew_op="mul", operand=self.operand(v)[0], bound=FP16_MAX))
+    if not v.terms: return Computed(r, -v.const, v.const)
+    rq = self.stage(Stage(v.scaled(-1.0), ew_op="mul", operand=r))                       # -q*r
+    return self.stage(Stage(v, ew_op="add", operand=rq.stage, bound=FP16_MAX))           # q - q*r
+
+  def exact_sum(self, x:Value, y:Value) -> Computed:
+    """x + y for two gated values (SELECT_FORMS: one of them is +-0 at every element) in one EW add: a linear one
+    through the CORE, else one narrowed to fp16 (exact: it is a branch value or 0, bound by FP16_MAX)."""
+    if isinstance(x, Computed) and isinstance(y, Linear): x, y = y, x
+    if isinstance(x, Linear): return self.stage(Stage(x, ew_op="add", operand=self.materialize(y).stage))
+    xs, ys = self.materialize(x), self.materialize(y)
+    if self.stages[xs.stage].bound is None: self.stages[xs.stage].bound = FP16_MAX   # a constant branch times r
+    return self.stage(Stage(self.narrow(xs), ew_op="add", operand=ys.stage))
+
+  def select(self, cond, p, q) -> Value:
+    """where(cond, p, q) for an exact 0/1 condition (SELECT_FORMS)."""
     ind = self.indicator(self.predicate(cond))
-    if ind is None: raise Unsupported("a WHERE whose condition is not a comparison of float16 values")
+    if ind is None: raise Unsupported("a WHERE whose condition is not a comparison of float16 values or a stored bool")
     r, negated = ind
-    pv, qv = self.fp16_side(strip_cast(p)), self.fp16_side(strip_cast(q))
-    # a constant branch never arrives here: tinygrad then gates the other branch's load by the condition, an index
-    # analysis.py does not read
-    if not (pv.terms and qv.terms): raise Unsupported("a where() with a constant branch")
+    pv, qv = self.branch(p), self.branch(q)
     if negated: pv, qv = qv, pv
-    rq = self.stage(Stage(qv.scaled(-1.0), ew_op="mul", operand=r))                               # -q*r
-    q0 = self.stage(Stage(qv, ew_op="add", operand=rq.stage))                                      # q - q*r
-    rp = self.stage(Stage(pv, ew_op="mul", operand=r, bound=FP16_MAX))                             # r*p: a finite fp16 value or 0
-    return self.stage(Stage(self.narrow(rp), ew_op="add", operand=q0.stage))
+    if not qv.terms and qv.const == 0: return self.gate(r, pv)
+    if not pv.terms and pv.const == 0: return self.gate_not(r, qv)
+    if not (pv.terms or qv.terms) and abs(d := pv.const - qv.const) <= FP16_MAX and float(np.float16(d)) == d:
+      return Linear(((r, d),), qv.const) if isinstance(r, Load) else Computed(r, d, qv.const)   # q + (p - q) r
+    return self.exact_sum(self.gate(r, pv), self.gate_not(r, qv))
 
   def table_of_linear(self, e:Alu) -> Computed|None:
     """op(l) for a linear l over loads, with a guarded table of op over l's range: l is computed to fp16 by one stage
