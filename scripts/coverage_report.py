@@ -97,6 +97,13 @@ def configs():
   yield "((x - mean) / std).conv2d(w, stride=2, padding=3) @224x224 (normalized stem)", \
     lambda: ((E(1, 3, 224, 224) - E(1, 3, 1, 1)) / E(1, 3, 1, 1)).conv2d(E(64, 3, 7, 7), stride=2, padding=3)
   yield "sum((x - mean)^2) (variance)", lambda: ((E(8, 64) - E(8, 1)) ** 2).sum(-1)
+  H = lambda *shape: E(*shape, dtype=dtypes.half)
+  yield "fp16 (x > y).where(x, y)", lambda: (H(64, 64) > H(64, 64)).where(H(64, 64), H(64, 64))
+  yield "fp16 (x > 0).where(x, 0) (ReLU's backward form)", lambda: (H(64, 64) > 0).where(H(64, 64), 0)
+  yield "fp16 x.masked_fill(x < y, -1)", lambda: H(64, 64).masked_fill(H(64, 64) < H(64, 64), -1)
+  yield "fp16 x * mask (a stored bool: dropout)", lambda: H(64, 64) * E(64, 64, dtype=dtypes.bool)
+  yield "float32 (x > 0).where(g, 0) (ReLU's backward in float32)", lambda: (E(64, 64) > 0).where(E(64, 64), 0)
+  yield "attention with a bool padding mask", lambda: E(1, 2, 16, 32).scaled_dot_product_attention(E(1, 2, 16, 32), E(1, 2, 16, 32), attn_mask=E(1, 1, 1, 16, dtype=dtypes.bool))
   yield "copy of a permuted view", lambda: E(16, 32).permute(1, 0).contiguous()
 
 def verdicts(make):
