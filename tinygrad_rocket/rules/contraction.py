@@ -592,12 +592,14 @@ def _element(ci:int, blocks:int, rows:int, row:int, n:int) -> int:
   return (ci * blocks + n // LANES) * rows * LANES + LANES * row + n % LANES
 
 def _element_lin(g:Grid, c2:int, ci:int, blocks:int, rows:int) -> Lin:
-  """_element at each point (c1, row, lane) of output tile ci's result cube grid (kernel n = c2*c1 + lane): its two
-  digits n // 16 and n % 16 as Vars of the grid."""
+  """_element at each point (c1, row, lane) of output tile ci's result cube grid (kernel n = c2*c1 + lane), with the
+  digits n // 16 and n % 16 as Vars of the grid: _element is affine in (row, n // 16, n % 16), so its steps in each
+  are its coefficients (one formula for the guards and the unpack)."""
   block, lane = g.var(Var((c2, 0, 1), 0, LANES)), g.var(Var((c2, 0, 1), 0, 1, LANES))
+  at = lambda row, n: _element(ci, blocks, rows, row, n)
   coeffs = [0] * g.nvals
-  coeffs[1], coeffs[block], coeffs[lane] = LANES, rows * LANES, 1
-  return Lin(tuple(coeffs), _element(ci, blocks, rows, 0, 0))
+  coeffs[1], coeffs[block], coeffs[lane] = at(1, 0) - at(0, 0), at(0, LANES) - at(0, 0), at(0, 1) - at(0, 0)
+  return Lin(tuple(coeffs), at(0, 0))
 
 # ***** split precision (ROCKET_PRECISION=fp32) *****
 # A float32 value x (an operand, a folded epilogue's scaled weight or intercept, a residual) is packed as two fp16 halves
