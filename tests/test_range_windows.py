@@ -12,9 +12,10 @@ from helpers import env, first_window
 from tinygrad_rocket import report
 from tinygrad_rocket.ops.lut import all_fp16
 from tinygrad_rocket.program import GUARD_MARGIN
+from tinygrad_rocket.device import AFTER_GUARD_REASON
 from tinygrad_rocket.rules.tables import (newton, newton_model, NEWTON_FUNCTIONS, RECIP_MAX_REL_ERROR, RANGE_WINDOWS, TABLE_SCALES,
                                           LUT_MAX_ERROR, range_window, pick_table)
-from test_blocks_on_npu import all_npu, softmax_bound, table_error, assert_layernorm_within, table_of_window
+from test_blocks_on_npu import all_npu, softmax_bound, table_error, assert_layernorm_within, table_of_window, stated_tables
 from test_elementwise_rule import leaf, mul, recip
 from test_reciprocal import assert_on_npu_within, rsqrt_node
 from test_elementwise_rule import sub
@@ -189,10 +190,9 @@ def test_layernorm_rows_over_two_windows(stds):
   assert sorted(window_counts(final, "reciprocal")) == [0, 1], final
 
 def test_layernorm_final_kernel_over_three_windows():
-  """(x - mean) / std for rows of std 0.05, 3 and 300 (1/x windows 3, 0 and 1), its statistics realized first (the
-  variance kernel's sqrt has no one window for the three: the contraction rule takes a call whole): the final kernel on
-  the NPU in strict mode, each element from its row's window, within the per-node bound of tests/test_reciprocal.py
-  with the largest window error."""
+  """(x - mean) / std for rows of std 0.05, 3 and 300 (1/x windows 3, 0 and 1), its statistics realized first: the
+  final kernel on the NPU in strict mode, each element from its row's window, within the per-node bound of
+  tests/test_reciprocal.py with the largest window error."""
   stds = np.array([0.05, 3.0, 300.0])
   z = np.random.default_rng(8).standard_normal((6, 32))
   x = ((z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True) * np.repeat(stds, 2)[:, None] + 1.0).astype(np.float32)
@@ -268,3 +268,68 @@ def test_in_place_over_windows(monkeypatch):
     assert len(report.records()[-1].detail) >= 2, report.records()
     nm.assert_within(r, want, b * np.abs(want), "in-place 1/x")
   assert calls == [1, 1]   # one buffer: the kernel's input is its output
+
+SQRT_DOMAINS = [table_of_window(np.sqrt, "sqrt", w).domain for w in range(RANGE_WINDOWS)]
+
+def program_counts(rec:report.KernelRecord) -> dict[int, int]:
+  """{window program index: results} of the one call `rec` recorded over several windows (report.py KernelRecord.detail)."""
+  assert rec.runs == 1 and len(rec.detail) >= 2, rec
+  return {int(k[1:].split("]")[0]): n for k, n in rec.detail.items()}
+
+def test_layernorm_rows_over_every_sqrt_window():
+  """Full layernorm, rows of std 0.05, 30, 3, 10 and 0.3 interleaved (var + eps in sqrt windows 4, 3, 0, 1, 2): the
+  variance kernel (a contraction, its sqrt table checked after the job) takes each row's result from the first window
+  whose table holds that row's u (rules/contraction.py _element), in one call; all-NPU in strict mode within the
+  layernorm bound of tests/test_blocks_on_npu.py (per row the worst stated sqrt window meeting its u)."""
+  stds = np.array([0.05, 30.0, 3.0, 0.05, 10.0, 0.3, 30.0, 3.0, 0.3, 10.0])
+  z = np.random.default_rng(9).standard_normal((len(stds), 64))
+  x = ((z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True) * stds[:, None]).astype(np.float32)
+  assert_layernorm_within(x, RHO)
+  var = next(rec for rec in report.records() if "lut(sqrt" in rec.reason)
+  u = x.astype(np.float64).var(-1) + 1e-5
+  assert program_counts(var) == element_counts(first_window(SQRT_DOMAINS, u)) and len(var.detail) == RANGE_WINDOWS, var
+
+def test_sqrt_of_a_matmul_per_element_over_windows():
+  """sqrt(x @ w), u = x @ w from rows scaled by 1, 0.05, 0.005, 100 and columns by 1, 1, 10 (u in every sqrt window,
+  varying along both output axes), M = 1100 and N = 70: two row tiles (the last partial), five 16-kernel guard blocks
+  per tile (the last with 6 kernels). Each element from the first window whose table holds its u, all on the NPU in
+  strict mode. Bound: u from fp16 operands in fp32 (e_u, numerics.bound_matmul), the window's table within its
+  measured error T on its domain (the NPU's u lies there: its guard held) and its fp16 output; sqrt moves an input error
+  e by at most e / sqrt(u); the CPU's fp32 dot likewise, then its sqrt rounded once. T per element: the worst stated
+  window whose domain meets [u - e_u, u + e_u]."""
+  rng = np.random.default_rng(3)
+  M, K, N = 1100, 32, 70
+  x = (rng.uniform(0.5, 1.5, (M, K)) * np.resize([1.0, 0.05, 0.005, 100.0, 1.0], M)[:, None] / K).astype(np.float32)
+  w = (rng.uniform(0.5, 1.5, (K, N)) * np.resize([1.0, 1.0, 10.0], N)[None, :]).astype(np.float32)
+  X, W = Tensor(x, device="ROCKET").realize(), Tensor(w, device="ROCKET").realize()
+  r, summaries = all_npu(lambda: (X @ W).sqrt().numpy())
+  xd, wd = x.astype(np.float64), w.astype(np.float64)
+  u = xd @ wd
+  assert program_counts(report.records()[-1]) == element_counts(first_window(SQRT_DOMAINS, u)), report.records()
+  e_u, e_c = nm.bound_matmul(nm.rocket("float32"), xd, wd), nm.bound_matmul(nm.cpu("float32"), xd, wd)
+  T = np.full(u.shape, -np.inf)
+  for t in stated_tables(np.sqrt, "sqrt", summaries):
+    T = np.where((u + e_u >= t.domain[0]) & (u - e_u <= t.domain[1]), np.maximum(T, t.max_abs_error), T)
+  assert np.isfinite(T).all()
+  bound = T + U16 * (np.sqrt(u + e_u) + T) + nm.ETA16 + (e_u + e_c) / np.sqrt(u) + U32 * np.sqrt(u + e_c)
+  nm.assert_within(r, (X.to("CPU") @ W.to("CPU")).sqrt().numpy(), bound, "sqrt(x @ w) over windows")
+
+@pytest.mark.parametrize("std, why", [(0.01, f"the argument of lut(sqrt) in its domain {SQRT_DOMAINS[-1]}"),
+                                      (200.0, "the computed operand finite in fp16")])
+def test_a_row_beyond_every_sqrt_window_takes_the_c_code(std, why):
+  """The std kernel sqrt(mean((x - mean)^2) + eps) with rows of std 0.05 and 3 (windows 4 and 0) and one of std `std`:
+  0.01 (u ~ 1.1e-4, below window 4's 2^-10: no window holds that row) or 200 (squares beyond fp16 in the computed A,
+  which every row's result reads: a check over operands, all or nothing). The whole call runs the C code (the CPU's
+  answer exactly), reported once with the failing after-job guard of the last window as the reason (the other rows'
+  windows do not make it partial)."""
+  stds = np.array([0.05, 3.0, std, 3.0])
+  z = np.random.default_rng(10).standard_normal((len(stds), 64))
+  x = ((z - z.mean(-1, keepdims=True)) / z.std(-1, keepdims=True) * stds[:, None] + 1.0).astype(np.float32)
+  X = Tensor(x, device="ROCKET").realize()
+  mean = X.mean(-1, keepdim=True).realize()
+  sd = lambda X, mean: ((X - mean).square().mean(-1, keepdim=True) + 1e-5).sqrt()
+  report.reset()
+  r = sd(X, mean).numpy()
+  rec = final_kernel_record()
+  assert rec.engine == "fallback" and rec.reason == f"{AFTER_GUARD_REASON}: {why}" and not rec.detail, rec
+  np.testing.assert_array_equal(r, sd(X.to("CPU"), mean.to("CPU")).numpy())

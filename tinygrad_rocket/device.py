@@ -283,6 +283,7 @@ class NpuRunner:
     self.calls = 0
     self.composed: dict[tuple, np.ndarray|None] = {}    # (pack Copy, Native.key, element offset) -> cube indices
     self.unpack_elements: dict[int, list[np.ndarray]] = {}   # see _elements
+    self.results: np.ndarray|None = None                      # see _results
     self.index_forms: dict[tuple, tuple] = {}           # see _where
 
   @staticmethod
@@ -512,6 +513,14 @@ class NpuRunner:
       els = self.unpack_elements[k] = [lin(c.element) for c, _, _, _, lin in self.unpack[k]]
     return els
 
+  def _results(self) -> np.ndarray:
+    """Per element, whether a result is unpacked from it (a program may number padding it never unpacks)."""
+    if self.results is None:
+      self.results = np.zeros(self.prg.elements, bool)
+      for k in self.unpack:
+        for e in self._elements(k): self.results[e] = True
+    return self.results
+
   def _unpack(self, slot:dict[int, RocketBuffer], bank:Bank, fills:dict[int, tuple], take:np.ndarray|None) -> None:
     """Leaves the job's results pending in the bank until a CPU access needs them: all of them (take None), or the
     elements `take` holds (an NPU program may then not read them from the cube: other elements come from other jobs)."""
@@ -551,12 +560,15 @@ class NpuRunner:
       if (operands := runner._pack(slot := dict(base))) is None: return run(self.other_path)
       ok, failed = runner._holding(runner.before, slot, left)
       take = left & ok if failed is None or runner.prg.alternatives else np.zeros_like(left)   # the last window leaves some: the C code
+      # once elements go separate ways, numbers no result uses (a contraction's padding) need no window: no job for them alone
+      if failed is not None and self.prg.elements: left &= self._results(); take &= left
       if take.any():
         bank, job_bos, in_handles = runner._submit(slot, operands)
         if runner.after:   # values the NPU computed must hold before its results count: wait for the job and check them
           runner._wait(bank, failure_ok=False)
           ok, failed_after = runner._holding(runner.after, slot, take)
           failed, take = failed or failed_after, take & ok
+          if failed_after is not None and self.prg.elements: left &= self._results(); take &= left
         if take.any():
           runner._submit_rest(bank, job_bos, in_handles)
           parts.append((runner, slot, bank, take))
@@ -573,7 +585,7 @@ class NpuRunner:
     if len(parts) == 1: report.kernel_ran(self.name, "npu", parts[0][0].prg.summary)
     else:
       report.kernel_ran(self.name, "npu", f"{len(parts)} range windows, each element from the first whose guards hold on it: " +
-                        " | ".join(r.prg.summary for r, *_ in parts), {f"[{r.depth}] {r.prg.summary}": int(take.sum()) for r, _, _, take in parts})
+                        " | ".join(r.prg.summary for r, *_ in parts), {f"[{r.depth}] {r.prg.summary}": int((take & r._results()).sum()) for r, _, _, take in parts})
     for r, _, bank, _ in parts:
       if wait or (WAIT_EMULATED_JOBS and self.dev.emulated): r._wait(bank, failure_ok=False)
     return time.perf_counter() - st if wait else None

@@ -204,9 +204,10 @@ class NpuProgram:
   fills: tuple[Copy, ...] = ()       # an output select's other value (rules/common.py select_fills): computed from the
                                      # kernel buffers when the job is submitted, written after the unpack of its results
   elements: int = 0                  # > 0: the program's results are its elements 0..elements-1, each unpacked from one
-                                     # place (Copy.element) and checked only by guards of its own (Guard.first) or of all
-                                     # (first None): a call whose elements lie in different windows of its tables takes
-                                     # each from the first window whose guards hold on it (device.py NpuRunner)
+                                     # place (Copy.element; numbers no unpack uses are padding) and checked only by guards
+                                     # of its own (Guard.first) or of all (first None): a call whose elements lie in
+                                     # different windows of its tables takes each from the first window whose guards hold
+                                     # on it (device.py NpuRunner)
 
   def kernel_slots(self) -> set[int]:
     """The kernel buffers (PARAM slots) the program or an alternative reads or writes."""

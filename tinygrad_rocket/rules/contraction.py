@@ -433,6 +433,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
   # tasks: the job; late: tasks after the tables' arguments exist (a second job when values the NPU computed are checked
   # first: a NaN must never reach a table, rocket_fp16_ew_ppu.md §4.6; an overflowed computed operand could make one)
   tasks, late, pack, unpack, guards = [], [], [], [], []
+  # an activation's results are the program's elements (NpuProgram.elements, _element): 16-kernel blocks of each output
+  # tile, as its guards check u (whatever the window's table: alternatives number their elements alike)
+  blocks = ceil_div(n_t, LANES)
+  elements = tiles * blocks * rows * LANES if c.activation is not None else 0
   a_tiles: list[tuple[dict[int, int], int, int]] = []   # a computed A's tiles: (batch loops, m tile, element offset)
   for bi, bvals in enumerate(batches):
     fixed = dict(zip(c.batch_dims, bvals))
@@ -518,9 +522,13 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
           for s in range(ceil_div(min(n_t, N - nt * n_t), u_f.c2)):
             late += lut_tasks(m_real * u_f.c2, table, C, u_off + s * surf, C, g_off + s * surf)
         if table.domain != (-math.inf, math.inf):   # u of the tile's real rows and kernels, one guard per 16 kernels
+          # each u is one result's (its element, _element): a call takes each result from the first window whose table
+          # holds its u. A signed decode's job would meet out-of-window u near 0 (QUIRK 2, rocket_fp16_ew_ppu.md §4.6,
+          # which the emulator refuses): its guards hold for the whole call or for none
           guards += [Guard(C, rows, min(rows, M - mt * rows) * LANES, ((u_off + gi * rows * LANES * 2, 1.0),), 0.0, *table.domain,
                            f"the argument of lut({table.name}) in its domain {table.domain}", after=True,
-                           lanes=min(LANES, N - nt * n_t - gi * LANES)) for gi in range(ceil_div(min(n_t, N - nt * n_t), LANES))]
+                           lanes=min(LANES, N - nt * n_t - gi * LANES), first=None if table.signed else _element(ci, blocks, rows, 0, gi * LANES))
+                     for gi in range(ceil_div(min(n_t, N - nt * n_t), LANES))]
         if multiply: late.append(matmul_task(tile, A, a_off, B, b_off, C, dst(0), bs=XStageOp(add=icpt), ew=EwOperand("mul", C, g_off, 2)))
       if c.leaky is not None:   # u in fp32, then the tile recomputed: max(a*u, u) (min for a > 1), _leaky_tasks
         tasks += _leaky_tasks(tile, c.leaky, icpt, (A, a_off), (B, b_off), (C, ci * per_c + c_sz), (C, dst(0)))
@@ -546,9 +554,10 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
       r_f, r_off, r_dt = (u_f, g_off, "float16") if c.activation is not None and not c.activation[1] else (c_f, dst(chain_len - 1), "int32" if i8 else "float32")
       g = Grid((r_f.c1, rows, r_f.c2), sz, fixed)
       g.linear((r_f.c2, 0, 1), nt * n_t, c.n_dims, N); g.linear((0, 1, 0), mt * rows, c.m_dims, M)
+      element = _element_lin(g, r_f.c2, ci, blocks, rows) if elements else None
       cp = g.copy(None, nest.out_slot, g.lin(nest.out_index), fill=None)
       unpack.append(Copy(C, r_dt, nest.out_slot, INT_RESULTS[nest.out_dtype] if i8 else FLOATS[nest.out_dtype], cp.grid, cp.vars,
-                         Lin((rows * r_f.c2, r_f.c2, 1), r_off // r_f.elem_bytes), cp.dst_index, cp.bounds, fill=None))
+                         Lin((rows * r_f.c2, r_f.c2, 1), r_off // r_f.elem_bytes), cp.dst_index, cp.bounds, fill=None, element=element))
   if c.prologue is not None:   # the computed A's stages run first, each tile's last stage writing its A tile in fp16
     pro = _prologue(c, sz, a_tiles, rows, K, M, (SCRATCH + 3, SCRATCH + 4, SCRATCH + 5))
     if isinstance(pro, NotApplicable): return pro
@@ -573,7 +582,24 @@ def lower_contraction(nest:LoopNest) -> NpuProgram|NotApplicable:
     split = f", K in {n_k} chunk(s) of {kc}: float32 operands as fp16 hi + 2^-{SPLIT_SHIFT} lo halves, fp32 partials (EW add)"
   summary = f"contraction M={M} K={K} N={N} batch={len(batches)}{fused} as {len(tasks) - n_pro} {kind} of {shape}{split}"
   return NpuProgram(nest.name, summary, scratch, regs.assemble(tasks), tuple(pack) + (tuple(pro.pack) if c.prologue else ()),
-                    tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job)
+                    tuple(unpack), macs=len(batches)*M*N*K, guards=tuple(guards), split=first_job, elements=elements)
+
+def _element(ci:int, blocks:int, rows:int, row:int, n:int) -> int:
+  """The program's element at row `row`, kernel n of output tile ci (of `blocks` 16-kernel blocks): the numbering of
+  the tile's guards over u (program.Guard: 16*row + 8*surface + lane for kernel 16*gi + 8*surface + lane, block gi's
+  guard starting at element _element(ci, blocks, rows, 0, 16*gi)). Padding rows and kernels have numbers no result
+  uses."""
+  return (ci * blocks + n // LANES) * rows * LANES + LANES * row + n % LANES
+
+def _element_lin(g:Grid, c2:int, ci:int, blocks:int, rows:int) -> Lin:
+  """_element at each point (c1, row, lane) of output tile ci's result cube grid (kernel n = c2*c1 + lane), with the
+  digits n // 16 and n % 16 as Vars of the grid: _element is affine in (row, n // 16, n % 16), so its steps in each
+  are its coefficients (one formula for the guards and the unpack)."""
+  block, lane = g.var(Var((c2, 0, 1), 0, LANES)), g.var(Var((c2, 0, 1), 0, 1, LANES))
+  at = lambda row, n: _element(ci, blocks, rows, row, n)
+  coeffs = [0] * g.nvals
+  coeffs[1], coeffs[block], coeffs[lane] = at(1, 0) - at(0, 0), at(0, LANES) - at(0, 0), at(0, 1) - at(0, 0)
+  return Lin(tuple(coeffs), at(0, 0))
 
 # ***** split precision (ROCKET_PRECISION=fp32) *****
 # A float32 value x (an operand, a folded epilogue's scaled weight or intercept, a residual) is packed as two fp16 halves
