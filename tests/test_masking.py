@@ -17,7 +17,7 @@ import numerics as nm
 from test_leaky import strict, lowering_reason
 from test_compare_rule import finite_fp16
 from tinygrad_rocket import report
-from tinygrad_rocket.device import NONFINITE_OPERAND_REASON
+from tinygrad_rocket.device import NONFINITE_OPERAND_REASON, DISTINCT_REASON
 
 def assert_npu(recs, what:str, stages:int|None=None):
   """Every kernel ran on the NPU (no fallback record); with `stages`, the select took exactly that many (its cost in
@@ -163,7 +163,7 @@ def test_nonfinite_operands_take_the_c_code(bad):
 
 def test_refusals():
   """What stays the C code, with its reason: a constant that is not a finite fp16 value (the NPU would select its
-  rounding), float32 comparisons (ReLU's backward in float32: their fp16 roundings could tie, or round to 0)."""
+  rounding), comparisons of two float32 tensors (their fp16 roundings could tie)."""
   rng = np.random.default_rng(8)
   x, y = (Tensor(rng.standard_normal(32).astype(np.float16), device="ROCKET").realize() for _ in range(2))
   m = Tensor(rng.random(32) < 0.5, device="ROCKET").realize()
@@ -172,8 +172,8 @@ def test_refusals():
   assert "-inf is not a finite fp16 value" in lowering_reason(m.where(x, -float("inf")))
   assert "0.1 is not a finite fp16 value" in lowering_reason(m.where(0.1, 0.2).half())
   x32, g32 = (Tensor(rng.standard_normal(32).astype(np.float32), device="ROCKET").realize() for _ in range(2))
-  assert "float32 operands" in lowering_reason((0 < x32).where(g32, 0))
-  assert "float32 operands" in lowering_reason((x32 > g32).where(x32, 0))
+  assert "float32 operands" in lowering_reason((x32 > g32).where(x32, 0))   # two float32 loads (COMPARE_F32 takes a constant)
+  assert "0.1 is not a finite fp16 value" in lowering_reason(x32 < 0.1)
   assert "not a float16 load or an fp16 constant" in lowering_reason((x * 2 < y).where(x, 0))   # a computed operand
 
 def test_mask_computed_on_the_npu():
@@ -204,3 +204,61 @@ def test_dropout_applies_its_mask_on_the_npu(p):
   c = run("CPU")
   assert np.array_equal(r, c) and 0 < (c == 0).mean() < 1
   assert recs[-1].engine == "npu" and "elementwise" in recs[-1].reason, recs
+
+def float32_around(k:float, n:int, seed:int) -> np.ndarray:
+  """float32 values for comparisons with k: k itself, both zeros, and values at every scale on both sides of k, none of
+  which rounds onto k in fp16 unless it is k (the fp16 neighbours of k, and float32 values between those)."""
+  rng = np.random.default_rng(seed)
+  x = (rng.standard_normal(n) * np.exp2(rng.integers(-30, 15, n))).astype(np.float32)
+  up, down = (np.nextafter(np.float16(k), np.float16(d)) for d in (np.inf, -np.inf))
+  near = np.float32([np.float32(v) + np.float32(w * t) for v in (up, down) for w, t in ((0, 0), (1, 2 ** -14), (-1, 2 ** -14))])
+  x = np.concatenate([x + np.float32(k), near, np.float32([k, k, 0.0, -0.0])])
+  keep = (x.astype(np.float16) != np.float16(k)) | (x == np.float32(k))
+  return x[keep & (np.abs(x) <= 65504)]
+
+@pytest.mark.parametrize("k", [0.0, 0.5, -1.0, 2.0 ** -20, 1000.0])
+def test_float32_compared_with_a_constant(k):
+  """COMPARE_F32: x < k, x > k, x <= k, x != k, x == k for float32 x and an fp16 constant k are exact on the NPU (bool
+  results equal the CPU's); ReLU's backward form where(k < x, g, 0) selects fl16(g) (bound_select)."""
+  x = float32_around(k, 2000, 11)
+  g = np.random.default_rng(12).standard_normal(len(x)).astype(np.float32)
+  for name, fn in {"lt": lambda x: x < k, "gt": lambda x: x > k, "le": lambda x: x <= k, "ne": lambda x: x != k, "eq": lambda x: x == k}.items():
+    r, c, recs = strict(fn, x)
+    assert_npu(recs, name)
+    assert np.array_equal(r, c), (name, k, x[r != c][:8])
+  r, c, recs = strict(lambda x, g: (x > k).where(g, 0), x, g)
+  assert_npu(recs, "relu backward form", 2 if k == 0 else None)
+  nm.assert_within(r, c, nm.bound_select(nm.rocket("float32"), np.abs(g.astype(np.float64))), "float32 select")
+  assert np.array_equal(r != 0, c != 0)   # the selection itself is exact
+
+def test_float32_rounding_onto_the_constant_takes_the_c_code():
+  """An element that rounds onto the constant without being it (0 < x < 2^-25 against 0; a tie next to 0.5) sends
+  that call to the C code with DISTINCT_REASON, with the CPU's answer; the next call with clean data runs on the NPU."""
+  for k, bad in ((0.0, 2.0 ** -26), (0.0, -1e-9), (0.5, 0.5 + 2.0 ** -13)):
+    x = float32_around(k, 64, 13)
+    x[5] = np.float32(bad)
+    xt, gt = Tensor(x, device="ROCKET").realize(), Tensor(np.ones_like(x), device="ROCKET").realize()
+    report.reset()
+    r = (xt > k).where(gt, 0).numpy()
+    assert np.array_equal(r, np.where(x > k, 1, 0).astype(np.float32))
+    assert [(rec.engine, rec.reason) for rec in report.records()] == [("fallback", DISTINCT_REASON)], report.records()
+    x[5] = np.float32(k)
+    r, c, recs = strict(lambda x: (x > k).where(1.0, 0.0), x)
+    assert_npu(recs, "clean call")
+    assert np.array_equal(r, c)
+
+def test_float32_relu_backward_on_the_npu():
+  """tinygrad's ReLU backward in float32 (where(0 < x, g, 0) after the forward's relu) runs on the NPU: the gradient is
+  fl16(upstream) where x > 0, exactly 0 elsewhere."""
+  rng = np.random.default_rng(14)
+  xv, wv = float32_around(0.0, 300, 15).reshape(1, -1), rng.standard_normal((1, 1)).astype(np.float32)
+  xv = xv[:, :(xv.shape[1] // 4) * 4]
+  x, w = Tensor(xv, device="ROCKET"), Tensor(np.broadcast_to(wv, xv.shape).copy(), device="ROCKET")
+  x.requires_grad = True
+  (x.relu() * w).sum().backward()
+  report.reset()
+  got = x.grad.numpy()
+  assert any(rec.engine == "npu" and "clip(0, 1)" in rec.reason for rec in report.records()), report.records()
+  want = np.where(xv > 0, np.broadcast_to(wv, xv.shape), 0)
+  nm.assert_within(got, want, nm.bound_select(nm.rocket("float32"), np.abs(want.astype(np.float64))), "relu backward")
+  assert np.array_equal(got != 0, want != 0)

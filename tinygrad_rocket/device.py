@@ -110,6 +110,9 @@ class NpuJobError(RuntimeError):
 # Copy allows (program.Copy.exact_inf: -inf operands of the PPU's max, rules/pool.py MAX_IDENTITY) or replaces by a
 # finite stand-in (program.Copy.neg_inf: a -inf argument of exp's table, rules/elementwise.py NEG_INF_ARG).
 NONFINITE_OPERAND_REASON = "an operand is not finite in fp16 for this call (|x| > 65504, inf or NaN)"
+# rules/elementwise.py COMPARE_F32: a float32 operand compared with an fp16 constant k must not round onto k
+DISTINCT_REASON = ("a float32 operand compared with a constant rounds to it in fp16 for this call (the NPU would find them "
+                   "equal)")
 GUARD_REASON = ("a check of this call's operands before the job fails (a lookup table's argument outside the table's domain, "
                 "or a narrowed stage result fp16 cannot hold)")
 AFTER_GUARD_REASON = "a value the NPU computed for this call fails a check (the job's results are discarded)"
@@ -357,9 +360,10 @@ class NpuRunner:
     with np.errstate(over="ignore"): return self._array(nat.scratch, nat.dtype)[idx].astype(nat.plain_dtype)
 
   def _copy(self, c, src_idx, dst_idx, valid, lin, slot:dict[int, RocketBuffer], operand:bool, renew:bool=True,
-            keep:np.ndarray|None=None) -> bool:
-    """Performs one Copy. For an operand (packing), False and nothing written if a value is not finite in the NPU's
-    format (see NONFINITE_OPERAND_REASON); a result overflowing a narrower output dtype is IEEE's inf, as on the CPU.
+            keep:np.ndarray|None=None) -> str|None:
+    """Performs one Copy. For an operand (packing), the reason and nothing written if a value is not finite in the NPU's
+    format (NONFINITE_OPERAND_REASON) or rounds onto the constant it is compared with (DISTINCT_REASON); a result
+    overflowing a narrower output dtype is IEEE's inf, as on the CPU.
     renew: the destination gets new contents (not when unpacking results its version already stands for). keep: only
     these of its points (one window's elements)."""
     # index forms are computed once per prepared index array (_where, _strided_pair); a kept subset is the call's own
@@ -385,7 +389,7 @@ class NpuRunner:
       dst_v = np.lib.stride_tricks.as_strided(dst_arr[first_d:], shape, tuple(x * dst_arr.itemsize for x in ds))
       with np.errstate(over="ignore"): np.copyto(dst_v, src_v, casting="unsafe")
       if renew: dst.domain.written()
-      return True
+      return None
     else:
       raw = self._native_values(c, src_idx, valid, slot[c.src]) if operand else None
       if operand: setattr(self.dev.layout_stats, k := "packed" if raw is None else "packed_native", getattr(self.dev.layout_stats, k) + 1)
@@ -396,10 +400,11 @@ class NpuRunner:
       if c.neg_inf is not None and (hit := np.isneginf(raw)).any(): raw = np.where(hit, eval_pexpr(c.neg_inf, load, 0.0), raw)
     if valid is not None: raw[self._where(valid, invert=True) if cached else ~valid] = c.fill
     with np.errstate(over="ignore"): vals = raw.astype(c.dst_dtype)
-    if operand and vals.dtype.kind == "f" and not _finite(vals) and not _exact_inf_only(raw, vals, c.exact_inf): return False
+    if operand and vals.dtype.kind == "f" and not _finite(vals) and not _exact_inf_only(raw, vals, c.exact_inf): return NONFINITE_OPERAND_REASON
+    if operand and c.distinct is not None and ((vals == c.distinct) & (raw != c.distinct)).any(): return DISTINCT_REASON
     self._array(dst, c.dst_dtype)[self._where(dst_idx) if cached else dst_idx] = vals
     if renew: dst.domain.written()
-    return True
+    return None
 
   def _fill_values(self, c, lin, n:int, slot:dict[int, RocketBuffer]) -> np.ndarray:
     """An output select's other value at its n points (a fill Copy's intercept, float64), rounded to the output dtype."""
@@ -461,9 +466,9 @@ class NpuRunner:
       self.next = NpuRunner(self.dev, replace(nxt, alternatives=self.prg.alternatives[1:]), self.other_path, self.depth + 1)
     return self.next
 
-  def _pack(self, slot:dict[int, RocketBuffer]) -> list[RocketBuffer]|None:
+  def _pack(self, slot:dict[int, RocketBuffer]) -> list[RocketBuffer]|str:
     """Packs the operands into their scratch (kept resident while their sources do not change), binding them in `slot`;
-    None if one is not finite in the NPU's format."""
+    or why an operand cannot be packed for this call (_copy)."""
     operands = []
     for dst, group in self.pack.items():
       srcs = [slot[s] for c, *_ in group for s in ((c.src,) if c.src is not None else ()) + c.params]
@@ -476,7 +481,7 @@ class NpuRunner:
         continue
       res.key = None
       for c, si, di, valid, lin in group:
-        if not self._copy(c, si, di, valid, lin, slot, operand=True): return None
+        if (why := self._copy(c, si, di, valid, lin, slot, operand=True)) is not None: return why
       res.key = key
     return operands
 
@@ -557,7 +562,7 @@ class NpuRunner:
     # every window's operands are packed before any result is unpacked: an output buffer may be an input too
     while True:
       runner.calls += 1
-      if (operands := runner._pack(slot := dict(base))) is None: return run(self.other_path)
+      if isinstance(operands := runner._pack(slot := dict(base)), str): return run(self._reason_path(operands))
       ok, failed = runner._holding(runner.before, slot, left)
       take = left & ok if failed is None or runner.prg.alternatives else np.zeros_like(left)   # the last window leaves some: the C code
       # once elements go separate ways, numbers no result uses (a contraction's padding) need no window: no job for them alone

@@ -96,6 +96,8 @@ class Copy:
                                    # infinite source value: the NPU consumes it exactly (rules/pool.py MAX_IDENTITY)
   neg_inf: PExpr|None = None       # packing: the finite value packed where the source holds -inf (the kernel's result
                                    # is the same for both: rules/elementwise.py NEG_INF_ARG)
+  distinct: float|None = None      # packing: no source value other than this one may round onto it (the constant a
+                                   # float32 operand is compared with: rules/elementwise.py COMPARE_F32)
   element: Lin|None = None         # unpacking: each point's element in the program's numbering (NpuProgram.elements),
                                    # so a call can unpack each element from the job of a window that holds it
 

@@ -97,6 +97,12 @@ NEG_INF_ARG = -2048.0
 # SELECT_EXACT: where(c, p, q) with c such a 0/1 value r (or 1 - r: p and q swap) and p, q fp16 values (loads or
 # constants) is r*p + (1 - r)*q, each term exact and one of them +-0 (Compiler.select, SELECT_FORMS for each form and
 # its cost). (q + r*(p - q) would round p - q unless it is an fp16 value.)
+# COMPARE_F32: x < k, x != k, x == k for a float32 load x and an fp16 constant k (ReLU's backward in float32,
+# where(0 < x, g, 0); thresholds): rounding to nearest is monotone and keeps k, so x < k gives fl16(x) <= k and x > k
+# gives fl16(x) >= k: the fp16 comparison agrees with x's wherever fl16(x) != k, and where fl16(x) == k it agrees
+# exactly when x == k. The pack checks that no element rounds onto k without being k (program.Copy.distinct): a call
+# where one does (0 < x < 2^-25 against 0, say) runs the C code with the reason. Two float32 loads stay refused (a pair
+# rounding to one value would need a check across two operands).
 # STORED_BOOL: a bool tensor (a dropout or padding mask, a realized comparison) holds 0 or 1 per one-byte element; the
 # pack converts it to fp16 0.0/1.0 exactly (program.Copy: numpy's bool -> float16), so it is a 0/1 indicator as a load,
 # no comparison stage needed: b*x and where(b, p, q) are SELECT_EXACT's forms with r the load, NOT b is 1 - b (the
@@ -154,6 +160,8 @@ class Stage:
   guard16: bool = False           # with out16: a guard checks the result stays within fp16 (its bound is not known)
   saturates: bool = False         # with lut: the table's function is at its -inf limit at NEG_INF_ARG (a -inf argument
                                   # may be packed as NEG_INF_ARG)
+  distinct: tuple[tuple[Load, float], ...] = ()   # float32 main-term loads compared with an fp16 constant: packed only
+                                                  # where no element rounds onto it (COMPARE_F32, program.Copy.distinct)
 
   @property
   def out_bytes(self) -> int: return 2 if self.lut is not None or self.out16 else 4
@@ -400,12 +408,24 @@ class Compiler:
     if v.terms or v.const == 0: return v
     return self.narrow(self.stage(Stage(Linear(const=v.const), bound=abs(v.const))))
 
-  def step(self, x:Linear, y:Linear, plus:int|None=None) -> Computed:
+  def compared(self, u, v) -> tuple[Linear, Linear, tuple[tuple[Load, float], ...]]:
+    """A comparison's two sides as exact fp16 values (fp16_side), or a float32 load and an fp16 constant (COMPARE_F32:
+    the load with the constant its packing must not round onto)."""
+    for a, b, flip in ((u, v, False), (v, u, True)):
+      if isinstance(ld := strip_cast(a), Load) and ld.dtype == dtypes.float32 and ld.pad is None and isinstance(b, Const):
+        k = self.fp16_side(b)
+        x = self.value(ld)
+        assert isinstance(x, Linear)
+        return (k, x, ((ld, k.const),)) if flip else (x, k, ((ld, k.const),))
+    return self.fp16_side(u), self.fp16_side(v), ()
+
+  def step(self, x:Linear, y:Linear, plus:int|None=None, distinct:tuple[tuple[Load, float], ...]=()) -> Computed:
     """x < y as exactly 0 or 1 (STEP_EXACT), plus the 0/1 stage `plus` through the EW add if given (x != y: at most one
     of the two steps is 1, so the sum is 0/1 too)."""
     d = self.exact16(y).plus(self.exact16(x).scaled(-1.0)).scaled(STEP_CORE)
     assert d.const == 0
-    st = self.stage(Stage(d, relu=True, clip=1.0, mul=STEP_BS, ew_op="add" if plus is not None else None, operand=plus, bound=1.0))
+    st = self.stage(Stage(d, relu=True, clip=1.0, mul=STEP_BS, ew_op="add" if plus is not None else None, operand=plus, bound=1.0,
+                          distinct=distinct))
     self.indicators.add(st.stage)
     return st
 
@@ -429,9 +449,9 @@ class Compiler:
       k, c = (u, v) if isinstance(u, Const) else (v, u)
       r = self.predicate(c)
       return r if bool(k.value) == (e.op is Ops.CMPEQ) else self.negate(r)
-    x, y = self.fp16_side(u), self.fp16_side(v)
-    if e.op is Ops.CMPLT: return self.step(x, y)
-    ne = self.step(y, x, plus=self.step(x, y).stage)   # (x < y) + (y < x)
+    x, y, dist = self.compared(u, v)
+    if e.op is Ops.CMPLT: return self.step(x, y, distinct=dist)
+    ne = self.step(y, x, plus=self.step(x, y, distinct=dist).stage, distinct=dist)   # (x < y) + (y < x)
     return ne if e.op is Ops.CMPNE else Computed(ne.stage, -1.0, 1.0)
 
   # SELECT_FORMS: where(c, p, q) for an exact 0/1 indicator r of c (1 - r swaps p and q) and p, q fp16 values (loads
@@ -714,7 +734,9 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
                               first=first(t)))
         continue
       for i, (ld, _) in enumerate(s.main.terms):   # source i: A channels 16*i + lane, surfaces 2i, 2i+1
-        if isinstance(ld, Load): pack.append(gather(ld, t, a_o + 2 * i * rows * 16, si))   # (an int: its stage writes it)
+        if isinstance(ld, Load):   # (an int: its stage writes it)
+          cp = gather(ld, t, a_o + 2 * i * rows * 16, si)
+          pack.append(replace(cp, distinct=k) if (k := dict(s.distinct).get(ld)) is not None else cp)
       if not s.main.terms:  # a constant stage: the CORE multiplies zeros
         g = Grid((a_f.c1, rows, a_f.c2), sizes, {})
         pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_o // 2),
