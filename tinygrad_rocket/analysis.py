@@ -420,12 +420,15 @@ def split_divided_ranges(ast:UOp) -> UOp:
 @dataclass(frozen=True)
 class Select:
   """Where the kernel writes `other` instead of the nest's value: `region` (disjoint conjunctions of bounds over the
-  kernel's own output ranges `ranges`, at `out_index`), `other` an expression of constants and loads over them."""
+  kernel's own output ranges `ranges`, at `out_index`), `other` an expression of constants and loads over them; with
+  `mask`, only where that stored bool also holds `mask_writes` (read at each call: the points depend on the data)."""
   ranges: tuple[tuple[int, int], ...]   # (range id, size) of the kernel's output loops, in END order
   out_index: Affine
   region: tuple[tuple[Bound, ...], ...]
   other: Expr
   loads: tuple[Load, ...]
+  mask: Load|None = None                # a stored bool over the output ranges (an attention padding mask)
+  mask_writes: bool = True              # the mask's value where `other` is written
 
 
 def _has_reduce(u:UOp) -> bool: return any(x.op is Ops.REDUCE for x in u.toposort())
@@ -434,15 +437,27 @@ def _position_only(u:UOp, outs:set[int]) -> bool:
   """Whether condition u reads only output loop positions (no loads, no reductions, no reduce loops)."""
   return all(x.op not in (Ops.INDEX, Ops.PARAM, Ops.REDUCE) and (x.op is not Ops.RANGE or x.arg[0] in outs) for x in u.toposort())
 
+def _mask_load(u:UOp, outs:set[int]) -> tuple[UOp, bool]|None:
+  """(the load, its value where u holds) of a condition that is a stored bool read at output positions only (a padding
+  mask, broadcast over heads and rows or not), or its NOT (m != True); None otherwise."""
+  holds = not (u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True)
+  m = u if holds else u.src[0]
+  return (m, holds) if m.op is Ops.INDEX and m.dtype == dtypes.bool and m.src[0].op is Ops.PARAM and _position_only(m.src[1], outs) else None
+
+def _select_cond(u:UOp, outs:set[int]) -> bool:
+  """Whether u can decide an output select: a predicate on output positions, or a stored bool mask over them."""
+  return _position_only(u, outs) or _mask_load(u, outs) is not None
+
 def _select_node(u:UOp, outs:set[int]) -> tuple[UOp, UOp, UOp, UOp]|None:
   """(node, P, then value, else value) of the outermost select on u's elementwise ops: a WHERE on an output-position
-  condition with the reduction in exactly one branch, or a mask added to the reduction's value, x + where(P, c1, c2)
-  with c2 (or c1) infinite: where(P, x + c1, c2) (exact for finite x; an infinite constant is only ever written)."""
-  if u.op is Ops.WHERE and _position_only(u.src[0], outs) and _has_reduce(u.src[1]) != _has_reduce(u.src[2]): return u, *u.src
+  condition or a stored bool mask (_select_cond) with the reduction in exactly one branch, or a mask added to the
+  reduction's value, x + where(P, c1, c2) with c2 (or c1) infinite: where(P, x + c1, c2) (exact for finite x; an
+  infinite constant is only ever written)."""
+  if u.op is Ops.WHERE and _select_cond(u.src[0], outs) and _has_reduce(u.src[1]) != _has_reduce(u.src[2]): return u, *u.src
   if u.op is Ops.ADD:
     for x, m in (u.src, u.src[::-1]):
       w = m.src[0] if m.op is Ops.CAST else m
-      if not (w.op is Ops.WHERE and _position_only(w.src[0], outs) and _has_reduce(x) and
+      if not (w.op is Ops.WHERE and _select_cond(w.src[0], outs) and _has_reduce(x) and
               all(c.op is Ops.CONST and isinstance(c.arg, (int, float)) and not isinstance(c.arg, bool) for c in w.src[1:])): continue
       c1, c2 = (float(c.arg) for c in w.src[1:])
       if math.isinf(c2) and math.isfinite(c1): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
@@ -484,9 +499,16 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   value = store.src[1].substitute({node: a if v_then else b})
   other = store.src[1].substitute({node: b if v_then else a})
   if _has_reduce(other): raise NotAnalyzable("the value written outside an output select still reads the reduction")
-  bounds = position_predicate(cond, sizes)
-  where_v = [bounds] if v_then else complement(bounds)   # disjoint conjunctions: where the reduction's value is written
-  where_o = complement(bounds) if v_then else [bounds]
+  mask, mask_writes = None, True
+  if (ml := _mask_load(cond, outs)) is not None:   # decided by data: the other value's points are read at each call
+    mask = _load(ml[0], sizes)
+    if mask.valid: raise NotAnalyzable("an output select's bool mask is padded (the select reads a stored mask as it is)")
+    mask_writes = ml[1] != v_then   # then-branch computed: `other` where the condition fails
+  bounds = position_predicate(cond, sizes) if mask is None else []
+  # disjoint conjunctions: where the reduction's value is written, and where the other value is (a mask's select: both
+  # everywhere, the mask deciding per point at each call)
+  where_v = [bounds] if v_then or mask is not None else complement(bounds)
+  where_o = [bounds] if not v_then or mask is not None else complement(bounds)
   # what the value's branch knows: its own condition (then: each of its atoms; else: the condition is false)
   known = {x: UOp(Ops.CONST, dtypes.bool, arg=True) for x in _atoms(cond)} if v_then else {cond: UOp(Ops.CONST, dtypes.bool, arg=False)}
   value = value.substitute(known)
@@ -520,7 +542,7 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   if (dt := next((x.dtype for x in _walk(o) if isinstance(x, (Alu, Load)) and not (dtypes.is_float(x.dtype) or x.dtype == dtypes.bool)), None)) is not None:
     raise NotAnalyzable(f"the value written outside an output select computes in {dt} (the CPU evaluates float values)")
   nest.select = Select(tuple((r.arg[0], _range_size(r)) for r in out_rs), affine(store.src[0].src[1], IndexContext(sizes, [])),
-                       tuple(tuple(x) for x in where_o), o, tuple(loads))
+                       tuple(tuple(x) for x in where_o), o, tuple(loads), mask, mask_writes)
   return nest
 
 def _walk(e:Expr):

@@ -98,6 +98,8 @@ class Copy:
                                    # is the same for both: rules/elementwise.py NEG_INF_ARG)
   element: Lin|None = None         # unpacking: each point's element in the program's numbering (NpuProgram.elements),
                                    # so a call can unpack each element from the job of a window that holds it
+  where: PExpr|None = None         # an output select's fill: written only at the points where this is not 0 (a stored
+                                   # bool mask's load, or its NOT), evaluated at each call (device.py NpuRunner._fill)
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None, "Callable[[Lin], np.ndarray]"]:
     """(src element indices, dst element indices, validity mask or None, Lin -> per-point values), flat over the
