@@ -445,23 +445,31 @@ def _mask_load(u:UOp, outs:set[int]) -> tuple[UOp, bool]|None:
   return (m, holds) if m.op is Ops.INDEX and m.dtype == dtypes.bool and m.src[0].op is Ops.PARAM and _position_only(m.src[1], outs) else None
 
 def _select_cond(u:UOp, outs:set[int]) -> bool:
-  """Whether u can decide an output select: a predicate on output positions, or a stored bool mask over them."""
-  return _position_only(u, outs) or _mask_load(u, outs) is not None
+  """Whether u can decide an output select: a predicate on output positions, or a stored bool mask over them. A
+  condition that reads other data (a non-bool mask cast or compared in the kernel, a comparison of values) is refused
+  with the reason: no rule computes a select of the reduction by data."""
+  if _position_only(u, outs) or _mask_load(u, outs) is not None: return True
+  if _reads_data(u) and not _has_reduce(u):
+    data = sorted({x.dtype.name for x in u.toposort() if x.op is Ops.INDEX})
+    raise NotAnalyzable(f"the reduction is selected by a condition that reads {'/'.join(data)} data but is not a stored bool "
+                        "(or its NOT) indexed by output positions only (what an output select reads as a mask)")
+  return False
 
 def _select_node(u:UOp, outs:set[int]) -> tuple[UOp, UOp, UOp, UOp]|None:
   """(node, P, then value, else value) of the outermost select on u's elementwise ops: a WHERE on an output-position
   condition or a stored bool mask (_select_cond) with the reduction in exactly one branch, or a mask added to the
   reduction's value, x + where(P, c1, c2) with c2 (or c1) infinite: where(P, x + c1, c2) (exact for finite x; an
   infinite constant is only ever written)."""
-  if u.op is Ops.WHERE and _select_cond(u.src[0], outs) and _has_reduce(u.src[1]) != _has_reduce(u.src[2]): return u, *u.src
+  if u.op is Ops.WHERE and _has_reduce(u.src[1]) != _has_reduce(u.src[2]) and _select_cond(u.src[0], outs): return u, *u.src
   if u.op is Ops.ADD:
     for x, m in (u.src, u.src[::-1]):
       w = m.src[0] if m.op is Ops.CAST else m
-      if not (w.op is Ops.WHERE and _select_cond(w.src[0], outs) and _has_reduce(x) and
+      if not (w.op is Ops.WHERE and _has_reduce(x) and
               all(c.op is Ops.CONST and isinstance(c.arg, (int, float)) and not isinstance(c.arg, bool) for c in w.src[1:])): continue
       c1, c2 = (float(c.arg) for c in w.src[1:])
-      if math.isinf(c2) and math.isfinite(c1): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
-      if math.isinf(c1) and math.isfinite(c2): return u, w.src[0], x.const_like(c1), x + x.const_like(c2)
+      if math.isinf(c1) == math.isinf(c2) or not _select_cond(w.src[0], outs): continue
+      if math.isinf(c2): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
+      return u, w.src[0], x.const_like(c1), x + x.const_like(c2)
   if u.op in (Ops.REDUCE, Ops.INDEX, Ops.RANGE, Ops.CONST, Ops.PARAM): return None
   return next((found for s in u.src if (found := _select_node(s, outs)) is not None), None)
 
