@@ -369,3 +369,21 @@ def test_non_bool_mask_refused(mask):
   S = np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2)
   c_code = nm.bound_dot(nm.cpu("float32"), S, HEAD, 0.0)   # tinygrad's C code on both devices
   nm.assert_within(np.where(keep, got, 0), np.where(keep, ref, 0), c_code + c_code, "C code scores")
+
+def test_mask_of_stored_bools():
+  """A mask combined in the kernel from stored bools (padding & a stored causal mask, a XOR, an OR of a NOT): the CPU
+  evaluates it at each call; the scores kernel on the NPU, the fill bit for bit."""
+  rng = np.random.default_rng(15)
+  L = 7
+  q, k, _ = qkv(rng, 2, 2, L)
+  m, causal = padding_mask(rng, 2, 1, L), np.tril(np.ones((L, L), bool))
+  scores = lambda Q, K: Q @ K.transpose(-1, -2) / float(np.sqrt(HEAD))
+  for name, fn, keep in [("and", lambda M, C: M & C, m & causal), ("xor", lambda M, C: M ^ C, m ^ causal),
+                         ("or not", lambda M, C: M | C.logical_not(), m | ~causal)]:
+    got, reason = on_npu(lambda Q, K, M, C: scores(Q, K) + fn(M, C).where(0, float("-inf")), (q, k, m, causal))
+    assert MASK_SAYS in reason, (name, reason)
+    keep = np.broadcast_to(keep, got.shape)
+    assert np.isneginf(got[~keep]).all() and np.isfinite(got[keep]).all(), name
+    ref = run(lambda Q, K, M, C: scores(Q, K) + fn(M, C).where(0, float("-inf")), (q, k, m, causal), "CPU")
+    S = np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2) / np.sqrt(HEAD)
+    nm.assert_within(np.where(keep, got, 0), np.where(keep, ref, 0), np.where(keep, dot_bound(S, HEAD, float(np.abs(q).max() + np.abs(k).max() / np.sqrt(HEAD))), 0), name)

@@ -421,14 +421,14 @@ def split_divided_ranges(ast:UOp) -> UOp:
 class Select:
   """Where the kernel writes `other` instead of the nest's value: `region` (disjoint conjunctions of bounds over the
   kernel's own output ranges `ranges`, at `out_index`), `other` an expression of constants and loads over them; with
-  `mask`, only where that stored bool also holds `mask_writes` (read at each call: the points depend on the data)."""
+  `mask`, only where that expression of stored bools holds (read at each call: the points depend on the data)."""
   ranges: tuple[tuple[int, int], ...]   # (range id, size) of the kernel's output loops, in END order
   out_index: Affine
   region: tuple[tuple[Bound, ...], ...]
   other: Expr
   loads: tuple[Load, ...]
-  mask: Load|None = None                # a stored bool over the output ranges (an attention padding mask)
-  mask_writes: bool = True              # the mask's value where `other` is written
+  mask: Expr|None = None                # bool loads over the output ranges (an attention padding mask), NOT, AND, OR, XOR
+  mask_loads: tuple[Load, ...] = ()
 
 
 def _has_reduce(u:UOp) -> bool: return any(x.op is Ops.REDUCE for x in u.toposort())
@@ -437,22 +437,24 @@ def _position_only(u:UOp, outs:set[int]) -> bool:
   """Whether condition u reads only output loop positions (no loads, no reductions, no reduce loops)."""
   return all(x.op not in (Ops.INDEX, Ops.PARAM, Ops.REDUCE) and (x.op is not Ops.RANGE or x.arg[0] in outs) for x in u.toposort())
 
-def _mask_load(u:UOp, outs:set[int]) -> tuple[UOp, bool]|None:
-  """(the load, its value where u holds) of a condition that is a stored bool read at output positions only (a padding
-  mask, broadcast over heads and rows or not), or its NOT (m != True); None otherwise."""
-  holds = not (u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True)
-  m = u if holds else u.src[0]
-  return (m, holds) if m.op is Ops.INDEX and m.dtype == dtypes.bool and m.src[0].op is Ops.PARAM and _position_only(m.src[1], outs) else None
+MASK_OPS = (Ops.AND, Ops.OR, Ops.XOR)   # (NOT is x != True)
+
+def _is_mask(u:UOp, outs:set[int]) -> bool:
+  """Whether condition u is a mask of stored bools: bool loads indexed by output positions only (a padding mask,
+  broadcast over heads and rows or not), combined by NOT (x != True), AND, OR, XOR."""
+  if u.op is Ops.INDEX: return u.dtype == dtypes.bool and u.src[0].op is Ops.PARAM and _position_only(u.src[1], outs)
+  if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True: return _is_mask(u.src[0], outs)
+  return u.op in MASK_OPS and all(_is_mask(x, outs) for x in u.src)
 
 def _select_cond(u:UOp, outs:set[int]) -> bool:
   """Whether u can decide an output select: a predicate on output positions, or a stored bool mask over them. A
   condition that reads other data (a non-bool mask cast or compared in the kernel, a comparison of values) is refused
   with the reason: no rule computes a select of the reduction by data."""
-  if _position_only(u, outs) or _mask_load(u, outs) is not None: return True
+  if _position_only(u, outs) or _is_mask(u, outs): return True
   if _reads_data(u) and not _has_reduce(u):
     data = sorted({x.dtype.name for x in u.toposort() if x.op is Ops.INDEX})
     raise NotAnalyzable(f"the reduction is selected by a condition that reads {'/'.join(data)} data but is not a stored bool "
-                        "(or its NOT) indexed by output positions only (what an output select reads as a mask)")
+                        "mask indexed by output positions only (what an output select reads as a mask: bool loads, NOT, AND, OR, XOR)")
   return False
 
 def _select_node(u:UOp, outs:set[int]) -> tuple[UOp, UOp, UOp, UOp]|None:
@@ -507,11 +509,11 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   value = store.src[1].substitute({node: a if v_then else b})
   other = store.src[1].substitute({node: b if v_then else a})
   if _has_reduce(other): raise NotAnalyzable("the value written outside an output select still reads the reduction")
-  mask, mask_writes = None, True
-  if (ml := _mask_load(cond, outs)) is not None:   # decided by data: the other value's points are read at each call
-    mask = _load(ml[0], sizes)
-    if mask.valid: raise NotAnalyzable("an output select's bool mask is padded (the select reads a stored mask as it is)")
-    mask_writes = ml[1] != v_then   # then-branch computed: `other` where the condition fails
+  mask: Expr|None = None
+  mask_loads: list[Load] = []
+  if _is_mask(cond, outs):   # decided by data: the other value's points are read at each call, where the mask holds
+    mask = _expr(cond if not v_then else _not(cond), {r.arg[0]: _range_size(r) for r in out_rs}, mask_loads, sizes)
+    if any(ld.valid for ld in mask_loads): raise NotAnalyzable("an output select's bool mask is padded (the select reads a stored mask as it is)")
   bounds = position_predicate(cond, sizes) if mask is None else []
   # disjoint conjunctions: where the reduction's value is written, and where the other value is (a mask's select: both
   # everywhere, the mask deciding per point at each call)
@@ -550,7 +552,7 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   if (dt := next((x.dtype for x in _walk(o) if isinstance(x, (Alu, Load)) and not (dtypes.is_float(x.dtype) or x.dtype == dtypes.bool)), None)) is not None:
     raise NotAnalyzable(f"the value written outside an output select computes in {dt} (the CPU evaluates float values)")
   nest.select = Select(tuple((r.arg[0], _range_size(r)) for r in out_rs), affine(store.src[0].src[1], IndexContext(sizes, [])),
-                       tuple(tuple(x) for x in where_o), o, tuple(loads), mask, mask_writes)
+                       tuple(tuple(x) for x in where_o), o, tuple(loads), mask, tuple(mask_loads))
   return nest
 
 def _walk(e:Expr):

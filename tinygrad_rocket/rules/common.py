@@ -154,7 +154,7 @@ def pexpr(e, index:Callable[[Affine], Lin]) -> PExpr:
   """An epilogue expression as a PExpr, each operand load at index(its affine index) over some Copy's values."""
   if isinstance(e, Reduce): return ("acc",)
   if isinstance(e, Const): return ("const", float(e.value))
-  if isinstance(e, Load): return ("load", e.slot, FLOATS[e.dtype], index(e.index))
+  if isinstance(e, Load): return ("load", e.slot, OPERANDS[e.dtype], index(e.index))
   return (e.op.name, FLOATS.get(e.dtype, "float64"), *(pexpr(s, index) for s in e.src))
 
 class Grid:
@@ -222,11 +222,11 @@ def select_fills(nest:LoopNest) -> tuple[Copy, ...]|str:
     if ld.dtype not in FLOATS: return f"the value outside an output select reads {ld.dtype} (float32/float16 only)"
     if ld.size < 0 or not ld.index.ranges() <= set(col): return "the value outside an output select reads a buffer of unknown size"
   where: PExpr|None = None
-  if (m := sel.mask) is not None:   # the points a stored bool mask selects, read at each call (Copy.where)
-    if m.dtype != dtypes.bool or m.size < 0 or not m.index.ranges() <= set(col): return "an output select's mask is not a stored bool over the output positions"
-    where = ("load", m.slot, OPERANDS[m.dtype], lin(m.index))
-    if not sel.mask_writes: where = ("CMPNE", "float64", where, ("const", 1.0))
-  reads = (*sel.loads, *((sel.mask,) if sel.mask is not None else ()))
+  if sel.mask is not None:   # the points a mask of stored bools selects, read at each call (Copy.where)
+    if any(ld.dtype != dtypes.bool or ld.size < 0 or not ld.index.ranges() <= set(col) for ld in sel.mask_loads):
+      return "an output select's mask is not stored bools over the output positions"
+    where = pexpr(sel.mask, lin)
+  reads = (*sel.loads, *sel.mask_loads)
   value = ("intercept", pexpr(sel.other, lin))
   params = tuple(sorted({ld.slot for ld in reads}))
   grid = tuple(n for _, n in sel.ranges)
