@@ -3,7 +3,8 @@
 The three real-model forms: a conv whose output tinygrad writes already padded with -inf (ResNet's stem before its
 max pool; here written with .pad(value=-inf), the same kernel), causal attention's scores with the mask added
 (qk + where(j <= i, 0, -inf), as scaled_dot_product_attention(is_causal=True) builds it) and a channel concatenation
-of a conv with an elementwise value of another buffer (YOLO's neck). Strict mode (ROCKET_FALLBACK=0) proves the NPU
+of a conv with an elementwise value of another buffer (YOLO's neck); and attention with a stored bool padding mask
+(scaled_dot_product_attention(attn_mask=m): a select the mask's data decides, read at each call). Strict mode (ROCKET_FALLBACK=0) proves the NPU
 ran the kernel; its summary's "+output select" that the select was read.
 
 Bounds (numerics.py model): the contraction's positions as the contraction alone (bound_dot on both devices, the

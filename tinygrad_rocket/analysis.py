@@ -416,6 +416,9 @@ def split_divided_ranges(ast:UOp) -> UOp:
 # where(j <= i, s + 0, -inf) for every finite s, and s is finite on both devices whenever the NPU runs the call: its
 # operands and folded epilogue factors are finite fp16 values (else the call runs the C code), so |s| stays far below
 # fp32's range on the NPU and in the CPU's float32.
+# P may also be a mask of stored bools over output positions (attention's padding mask: scaled_dot_product_attention
+# with a bool attn_mask adds where(m, 0, -inf); masked_fill(~m, -inf)): then V is computed at every output position and
+# the CPU writes E(O) where the mask, read at each call before any result lands, selects it (Select.mask).
 
 @dataclass(frozen=True)
 class Select:
