@@ -3,7 +3,8 @@
 The three real-model forms: a conv whose output tinygrad writes already padded with -inf (ResNet's stem before its
 max pool; here written with .pad(value=-inf), the same kernel), causal attention's scores with the mask added
 (qk + where(j <= i, 0, -inf), as scaled_dot_product_attention(is_causal=True) builds it) and a channel concatenation
-of a conv with an elementwise value of another buffer (YOLO's neck). Strict mode (ROCKET_FALLBACK=0) proves the NPU
+of a conv with an elementwise value of another buffer (YOLO's neck); and attention with a stored bool padding mask
+(scaled_dot_product_attention(attn_mask=m): a select the mask's data decides, read at each call). Strict mode (ROCKET_FALLBACK=0) proves the NPU
 ran the kernel; its summary's "+output select" that the select was read.
 
 Bounds (numerics.py model): the contraction's positions as the contraction alone (bound_dot on both devices, the
@@ -213,3 +214,177 @@ def test_other_reading_the_sum_refused():
   with pytest.raises(NotAnalyzable, match="reads the reduction"): analyze(kern)
   (kern,) = kernels(mask.where(s, s * 2))
   with pytest.raises(NotAnalyzable, match="depends on the output position"): analyze(kern)
+
+# ***** attention with a stored bool padding mask *****
+# scaled_dot_product_attention(attn_mask=m), m bool (BERT-style padding masks, batched sequences of different lengths):
+# tinygrad writes its scores as s*scale + where(m, 0, -inf), a select decided by the mask's data. The NPU computes the
+# scores everywhere; the CPU writes -inf where the mask, read at each call, is False (Copy.where). Bounds: the scores'
+# positions as causal_scores (bound_dot on both devices, the scale a power of two: exact), the masked ones bit for bit;
+# the whole attention as test_blocks_on_npu.test_attention_block's bound for the stand-in scores the NPU's softmax
+# computes with (test_nonfinite_operands.standin; a masked score's probability is exactly 0 on the CPU).
+from test_blocks_on_npu import all_npu, softmax_bound, table_error   # noqa: E402
+from test_nonfinite_operands import standin   # noqa: E402
+from tinygrad_rocket.device import NONFINITE_OPERAND_REASON   # noqa: E402
+
+U16, U32, ETA16 = nm.U16, nm.U32, nm.ETA16
+HEAD = 16   # head size: the scale 1/sqrt(16) is a power of two, exact on both devices
+MASK_SAYS = "where a stored bool mask says"
+
+def padding_mask(rng, B:int, rows:int, L:int) -> np.ndarray:
+  """A bool mask (B, 1, rows, L) with at least one True per row (rows 1: per-sequence key lengths' padding mask)."""
+  m = rng.random((B, 1, rows, L)) < 0.6
+  np.put_along_axis(m, rng.integers(0, L, (B, 1, rows, 1)), True, -1)
+  return m
+
+def qkv(rng, B:int, H:int, L:int) -> list[np.ndarray]: return [rng.standard_normal((B, H, L, HEAD)).astype(np.float32) for _ in range(3)]
+
+def masked_scores(fn, q:np.ndarray, k:np.ndarray, m:np.ndarray, fill:float) -> np.ndarray:
+  """fn(Q, K, M): the scores kernel alone, on the NPU; `fill` bit for bit where m is False, the scores elsewhere."""
+  got, reason = on_npu(fn, (q, k, m))
+  assert MASK_SAYS in reason and reason.startswith("contraction "), reason
+  ref = run(fn, (q, k, m), "CPU")
+  keep = np.broadcast_to(m, ref.shape)
+  assert np.array_equal(got[~keep].view(np.uint32), np.full((~keep).sum(), fill, np.float32).view(np.uint32)), "masked scores"
+  assert_filled(got, ref, ~keep, "masked scores")
+  s = 1 / np.sqrt(HEAD)
+  S = np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2) * s
+  nm.assert_within(np.where(keep, got, 0), np.where(keep, ref, 0), np.where(keep, dot_bound(S, HEAD, float(np.abs(q).max() + np.abs(k).max() * s)), 0), "scores")
+  return got
+
+def sdpa_scores(Q, K, M): return Q @ K.transpose(-1, -2) / float(np.sqrt(HEAD)) + M.where(0, float("-inf"))
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_sdpa_scores_with_bool_mask(rows):
+  rng = np.random.default_rng(rows)
+  q, k, _ = qkv(rng, 2, 2, 6)
+  masked_scores(sdpa_scores, q, k, padding_mask(rng, 2, rows, 6), float("-inf"))
+
+def test_masked_fill_forms():
+  """s.masked_fill(~m, -inf) (a select on NOT m), m.where(s, -inf) and a finite constant (-1e4, HF's large negative)."""
+  rng = np.random.default_rng(7)
+  q, k, _ = qkv(rng, 2, 2, 5)
+  m = padding_mask(rng, 2, 5, 5)
+  scores = lambda Q, K: Q @ K.transpose(-1, -2) / float(np.sqrt(HEAD))
+  masked_scores(lambda Q, K, M: scores(Q, K).masked_fill(M.logical_not(), float("-inf")), q, k, m, float("-inf"))
+  masked_scores(lambda Q, K, M: M.where(scores(Q, K), float("-inf")), q, k, m, float("-inf"))
+  masked_scores(lambda Q, K, M: scores(Q, K).masked_fill(~M, -1e4), q, k, m, np.float32(-1e4))
+
+def test_mask_read_at_each_call():
+  """One compiled kernel, two masks: each call writes the fill where its own mask says (the points are data)."""
+  rng = np.random.default_rng(8)
+  q, k, _ = qkv(rng, 2, 2, 8)
+  for _ in range(2): masked_scores(sdpa_scores, q, k, padding_mask(rng, 2, 1, 8), float("-inf"))
+
+def attention_bound(q:np.ndarray, k:np.ndarray, v:np.ndarray, keep:np.ndarray, exp_error:float) -> np.ndarray:
+  """test_blocks_on_npu.test_attention_block's bound with the masked scores at -inf (the softmax's stand-in for them);
+  exp_error: the exp2 table's (the program states it)."""
+  qd, kd, vd = (t.astype(np.float64) for t in (q, k, v))
+  scale = 1 / np.sqrt(HEAD)
+  s = qd @ kd.swapaxes(-1, -2) * scale
+  ds = np.where(keep, nm.bound_matmul(nm.rocket("float32"), qd, kd.swapaxes(-1, -2)) * scale + U16 * np.abs(s), 0)
+  p, e_p = softmax_bound(standin(np.where(keep, s, -np.inf)), exp_error)
+  dmax = ds.max(-1, keepdims=True)
+  e_p = e_p * np.exp(2 * dmax) + p * (np.exp(2 * dmax) - 1)
+  e_p = e_p + U16 * (p + e_p) + ETA16                                     # narrowed to fp16 in A
+  e_v = U16 * np.abs(vd) + ETA16
+  S = (p + e_p) @ (np.abs(vd) + e_v)
+  L = k.shape[-2]
+  bound = e_p @ np.abs(vd) + p @ e_v + e_p @ e_v + nm.gamma(L - 1, U32) * S + U32 * S
+  return bound + nm.gamma(L + 8, U32) * (np.abs(p) @ np.abs(vd))
+
+def masked_attention(q:np.ndarray, k:np.ndarray, v:np.ndarray, m:np.ndarray) -> None:
+  """The whole attention with a padding mask, every kernel on the NPU, within attention_bound."""
+  Q, K, V, M = (Tensor(a, device="ROCKET").realize() for a in (q, k, v, m))
+  r, summaries = all_npu(lambda: Q.scaled_dot_product_attention(K, V, attn_mask=M).numpy())
+  assert MASK_SAYS in summaries[0], summaries
+  c = Tensor(q, device="CPU").scaled_dot_product_attention(*(Tensor(a, device="CPU") for a in (k, v)), attn_mask=Tensor(m, device="CPU")).numpy()
+  keep = np.broadcast_to(m, q.shape[:2] + (q.shape[2], k.shape[2]))
+  nm.assert_within(r, c, attention_bound(q, k, v, keep, table_error("exp2", summaries)), "masked attention")
+
+@pytest.mark.parametrize("rows", [1, 12])
+def test_sdpa_with_bool_mask_on_the_npu(rows):
+  rng = np.random.default_rng(10 + rows)
+  masked_attention(*qkv(rng, 2, 2, 12), padding_mask(rng, 2, rows, 12))
+
+@given(L=st.integers(4, 16), rows=st.sampled_from(["key", "full"]), seed=st.integers(0, 2**16))
+def test_sdpa_mask_shapes(L, rows, seed):
+  rng = np.random.default_rng(seed)
+  masked_attention(*qkv(rng, 2, 2, L), padding_mask(rng, 2, 1 if rows == "key" else L, L))
+
+def test_fully_masked_row_runs_the_c_code():
+  """A query row with every key masked: its scores are all -inf (the scores kernel on the NPU, the fill), its softmax
+  0/0 = NaN on the CPU; the kernels that read the row's -inf max run the C code (NONFINITE_OPERAND_REASON, the whole
+  call), and the result is the CPU's: NaN on that row, the other rows within attention_bound."""
+  rng = np.random.default_rng(12)
+  L = 8
+  q, k, v = qkv(rng, 2, 2, L)
+  m = padding_mask(rng, 2, L, L)
+  m[1, 0, 3] = False
+  Q, K, V, M = (Tensor(a, device="ROCKET").realize() for a in (q, k, v, m))
+  report.reset()
+  r = Q.scaled_dot_product_attention(K, V, attn_mask=M).numpy()
+  recs = report.records()
+  assert recs[0].engine == "npu" and MASK_SAYS in recs[0].reason, recs
+  assert NONFINITE_OPERAND_REASON in [x.reason for x in recs if x.engine == "fallback"], recs
+  c = Tensor(q, device="CPU").scaled_dot_product_attention(*(Tensor(a, device="CPU") for a in (k, v)), attn_mask=Tensor(m, device="CPU")).numpy()
+  dead = np.zeros(r.shape[:3], bool)
+  dead[1, :, 3] = True
+  assert np.isnan(r[dead]).all() and np.isnan(c[dead]).all() and not np.isnan(r[~dead]).any()
+  assert recs[2:] and all(x.engine == "fallback" for x in recs[2:]), recs   # the softmax's sum and softmax @ V: the C code
+  # the bound of attention_bound with no table: the softmax ran in float32 (exp2f within EXP2F_ULPS ulps of fp32), far
+  # inside the fp16 roundings softmax_bound carries for the NPU's softmax
+  keep = np.broadcast_to(m, (2, 2, L, L)) | dead[..., None]   # (the dead row's bound is not used)
+  nm.assert_within(r[~dead], c[~dead], attention_bound(q, k, v, keep, 0.0)[~dead], "attention, other rows")
+
+def test_mask_in_the_reduction_is_not_a_select():
+  """A bool mask indexed by a reduce loop (where(m, a, 0) @ b: inside the sum) is the operand's (packed with it),
+  never an output select; with -inf in the operand the kernel is refused with the reason."""
+  rng = np.random.default_rng(13)
+  a, b = (rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2))
+  m = rng.random((8, 16)) < 0.6
+  A, B, M = (Tensor(x, device="ROCKET").realize() for x in (a, b, m))
+  (kern,) = kernels(M.where(A, 0) @ B.T)
+  assert analyze(kern).select is None
+  report.reset()
+  with env(ROCKET_FALLBACK="0"): got = run(lambda A, B, M: M.where(A, 0) @ B.T, (a, b, m), "ROCKET")
+  assert all("output select" not in r.reason for r in report.records())
+  ta = np.where(m, a, 0)
+  nm.assert_within(got, run(lambda A, B, M: M.where(A, 0) @ B.T, (a, b, m), "CPU"),
+                   nm.bound_matmul(nm.rocket("float32"), ta, b.T) + nm.bound_matmul(nm.cpu("float32"), ta, b.T), "where(m, A, 0) @ B")
+  with env(ROCKET_FALLBACK="0"), pytest.raises(FallbackError, match="-inf is not a finite fp16 value"):
+    run(lambda A, B, M: M.where(A, float("-inf")) @ B.T, (a, b, m), "ROCKET")
+
+@pytest.mark.parametrize("mask", ["int32", "float32"])
+def test_non_bool_mask_refused(mask):
+  """A mask stored as int or float, made a condition in the kernel (m != 0): refused with the reason, and correct."""
+  rng = np.random.default_rng(14)
+  q, k, _ = qkv(rng, 1, 2, 6)
+  m = (padding_mask(rng, 1, 1, 6)).astype(mask)
+  fn = lambda Q, K, M: (M != 0).where(Q @ K.transpose(-1, -2), float("-inf"))
+  (kern,) = kernels(fn(*(Tensor(x, device="ROCKET").realize() for x in (q, k, m))))
+  with pytest.raises(NotAnalyzable, match="not a stored bool"): analyze(kern)
+  with env(ROCKET_FALLBACK="0"), pytest.raises(FallbackError, match="not a stored bool"): run(fn, (q, k, m), "ROCKET")
+  got, ref = run(fn, (q, k, m), "ROCKET"), run(fn, (q, k, m), "CPU")
+  keep = np.broadcast_to(m != 0, ref.shape)
+  assert_filled(got, ref, ~keep, "masked scores")
+  S = np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2)
+  c_code = nm.bound_dot(nm.cpu("float32"), S, HEAD, 0.0)   # tinygrad's C code on both devices
+  nm.assert_within(np.where(keep, got, 0), np.where(keep, ref, 0), c_code + c_code, "C code scores")
+
+def test_mask_of_stored_bools():
+  """A mask combined in the kernel from stored bools (padding & a stored causal mask, a XOR, an OR of a NOT): the CPU
+  evaluates it at each call; the scores kernel on the NPU, the fill bit for bit."""
+  rng = np.random.default_rng(15)
+  L = 7
+  q, k, _ = qkv(rng, 2, 2, L)
+  m, causal = padding_mask(rng, 2, 1, L), np.tril(np.ones((L, L), bool))
+  scores = lambda Q, K: Q @ K.transpose(-1, -2) / float(np.sqrt(HEAD))
+  for name, fn, keep in [("and", lambda M, C: M & C, m & causal), ("xor", lambda M, C: M ^ C, m ^ causal),
+                         ("or not", lambda M, C: M | C.logical_not(), m | ~causal)]:
+    got, reason = on_npu(lambda Q, K, M, C: scores(Q, K) + fn(M, C).where(0, float("-inf")), (q, k, m, causal))
+    assert MASK_SAYS in reason, (name, reason)
+    keep = np.broadcast_to(keep, got.shape)
+    assert np.isneginf(got[~keep]).all() and np.isfinite(got[keep]).all(), name
+    ref = run(lambda Q, K, M, C: scores(Q, K) + fn(M, C).where(0, float("-inf")), (q, k, m, causal), "CPU")
+    S = np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2) / np.sqrt(HEAD)
+    nm.assert_within(np.where(keep, got, 0), np.where(keep, ref, 0), np.where(keep, dot_bound(S, HEAD, float(np.abs(q).max() + np.abs(k).max() / np.sqrt(HEAD))), 0), name)

@@ -416,16 +416,22 @@ def split_divided_ranges(ast:UOp) -> UOp:
 # where(j <= i, s + 0, -inf) for every finite s, and s is finite on both devices whenever the NPU runs the call: its
 # operands and folded epilogue factors are finite fp16 values (else the call runs the C code), so |s| stays far below
 # fp32's range on the NPU and in the CPU's float32.
+# P may also be a mask of stored bools over output positions (attention's padding mask: scaled_dot_product_attention
+# with a bool attn_mask adds where(m, 0, -inf); masked_fill(~m, -inf)): then V is computed at every output position and
+# the CPU writes E(O) where the mask, read at each call before any result lands, selects it (Select.mask).
 
 @dataclass(frozen=True)
 class Select:
   """Where the kernel writes `other` instead of the nest's value: `region` (disjoint conjunctions of bounds over the
-  kernel's own output ranges `ranges`, at `out_index`), `other` an expression of constants and loads over them."""
+  kernel's own output ranges `ranges`, at `out_index`), `other` an expression of constants and loads over them; with
+  `mask`, only where that expression of stored bools holds (read at each call: the points depend on the data)."""
   ranges: tuple[tuple[int, int], ...]   # (range id, size) of the kernel's output loops, in END order
   out_index: Affine
   region: tuple[tuple[Bound, ...], ...]
   other: Expr
   loads: tuple[Load, ...]
+  mask: Expr|None = None                # bool loads over the output ranges (an attention padding mask), NOT, AND, OR, XOR
+  mask_loads: tuple[Load, ...] = ()
 
 
 def _has_reduce(u:UOp) -> bool: return any(x.op is Ops.REDUCE for x in u.toposort())
@@ -434,19 +440,41 @@ def _position_only(u:UOp, outs:set[int]) -> bool:
   """Whether condition u reads only output loop positions (no loads, no reductions, no reduce loops)."""
   return all(x.op not in (Ops.INDEX, Ops.PARAM, Ops.REDUCE) and (x.op is not Ops.RANGE or x.arg[0] in outs) for x in u.toposort())
 
+MASK_OPS = (Ops.AND, Ops.OR, Ops.XOR)   # (NOT is x != True)
+
+def _is_mask(u:UOp, outs:set[int]) -> bool:
+  """Whether condition u is a mask of stored bools: bool loads indexed by output positions only (a padding mask,
+  broadcast over heads and rows or not), combined by NOT (x != True), AND, OR, XOR."""
+  if u.op is Ops.INDEX: return u.dtype == dtypes.bool and u.src[0].op is Ops.PARAM and _position_only(u.src[1], outs)
+  if u.op is Ops.CMPNE and u.src[1].op is Ops.CONST and u.src[1].arg is True: return _is_mask(u.src[0], outs)
+  return u.op in MASK_OPS and all(_is_mask(x, outs) for x in u.src)
+
+def _select_cond(u:UOp, outs:set[int]) -> bool:
+  """Whether u can decide an output select: a predicate on output positions, or a stored bool mask over them. A
+  condition that reads other data (a non-bool mask cast or compared in the kernel, a comparison of values) is refused
+  with the reason: no rule computes a select of the reduction by data."""
+  if _position_only(u, outs) or _is_mask(u, outs): return True
+  if _reads_data(u) and not _has_reduce(u):
+    data = sorted({x.dtype.name for x in u.toposort() if x.op is Ops.INDEX})
+    raise NotAnalyzable(f"the reduction is selected by a condition that reads {'/'.join(data)} data but is not a stored bool "
+                        "mask indexed by output positions only (what an output select reads as a mask: bool loads, NOT, AND, OR, XOR)")
+  return False
+
 def _select_node(u:UOp, outs:set[int]) -> tuple[UOp, UOp, UOp, UOp]|None:
   """(node, P, then value, else value) of the outermost select on u's elementwise ops: a WHERE on an output-position
-  condition with the reduction in exactly one branch, or a mask added to the reduction's value, x + where(P, c1, c2)
-  with c2 (or c1) infinite: where(P, x + c1, c2) (exact for finite x; an infinite constant is only ever written)."""
-  if u.op is Ops.WHERE and _position_only(u.src[0], outs) and _has_reduce(u.src[1]) != _has_reduce(u.src[2]): return u, *u.src
+  condition or a stored bool mask (_select_cond) with the reduction in exactly one branch, or a mask added to the
+  reduction's value, x + where(P, c1, c2) with c2 (or c1) infinite: where(P, x + c1, c2) (exact for finite x; an
+  infinite constant is only ever written)."""
+  if u.op is Ops.WHERE and _has_reduce(u.src[1]) != _has_reduce(u.src[2]) and _select_cond(u.src[0], outs): return u, *u.src
   if u.op is Ops.ADD:
     for x, m in (u.src, u.src[::-1]):
       w = m.src[0] if m.op is Ops.CAST else m
-      if not (w.op is Ops.WHERE and _position_only(w.src[0], outs) and _has_reduce(x) and
+      if not (w.op is Ops.WHERE and _has_reduce(x) and
               all(c.op is Ops.CONST and isinstance(c.arg, (int, float)) and not isinstance(c.arg, bool) for c in w.src[1:])): continue
       c1, c2 = (float(c.arg) for c in w.src[1:])
-      if math.isinf(c2) and math.isfinite(c1): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
-      if math.isinf(c1) and math.isfinite(c2): return u, w.src[0], x.const_like(c1), x + x.const_like(c2)
+      if math.isinf(c1) == math.isinf(c2) or not _select_cond(w.src[0], outs): continue
+      if math.isinf(c2): return u, w.src[0], x + x.const_like(c1), x.const_like(c2)
+      return u, w.src[0], x.const_like(c1), x + x.const_like(c2)
   if u.op in (Ops.REDUCE, Ops.INDEX, Ops.RANGE, Ops.CONST, Ops.PARAM): return None
   return next((found for s in u.src if (found := _select_node(s, outs)) is not None), None)
 
@@ -484,9 +512,16 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   value = store.src[1].substitute({node: a if v_then else b})
   other = store.src[1].substitute({node: b if v_then else a})
   if _has_reduce(other): raise NotAnalyzable("the value written outside an output select still reads the reduction")
-  bounds = position_predicate(cond, sizes)
-  where_v = [bounds] if v_then else complement(bounds)   # disjoint conjunctions: where the reduction's value is written
-  where_o = complement(bounds) if v_then else [bounds]
+  mask: Expr|None = None
+  mask_loads: list[Load] = []
+  if _is_mask(cond, outs):   # decided by data: the other value's points are read at each call, where the mask holds
+    mask = _expr(cond if not v_then else _not(cond), {r.arg[0]: _range_size(r) for r in out_rs}, mask_loads, sizes)
+    if any(ld.valid for ld in mask_loads): raise NotAnalyzable("an output select's bool mask is padded (the select reads a stored mask as it is)")
+  bounds = position_predicate(cond, sizes) if mask is None else []
+  # disjoint conjunctions: where the reduction's value is written, and where the other value is (a mask's select: both
+  # everywhere, the mask deciding per point at each call)
+  where_v = [bounds] if v_then or mask is not None else complement(bounds)
+  where_o = [bounds] if not v_then or mask is not None else complement(bounds)
   # what the value's branch knows: its own condition (then: each of its atoms; else: the condition is false)
   known = {x: UOp(Ops.CONST, dtypes.bool, arg=True) for x in _atoms(cond)} if v_then else {cond: UOp(Ops.CONST, dtypes.bool, arg=False)}
   value = value.substitute(known)
@@ -520,7 +555,7 @@ def _output_select(ast:UOp, end:UOp, store:UOp, out_rs:tuple[UOp, ...], sizes:di
   if (dt := next((x.dtype for x in _walk(o) if isinstance(x, (Alu, Load)) and not (dtypes.is_float(x.dtype) or x.dtype == dtypes.bool)), None)) is not None:
     raise NotAnalyzable(f"the value written outside an output select computes in {dt} (the CPU evaluates float values)")
   nest.select = Select(tuple((r.arg[0], _range_size(r)) for r in out_rs), affine(store.src[0].src[1], IndexContext(sizes, [])),
-                       tuple(tuple(x) for x in where_o), o, tuple(loads))
+                       tuple(tuple(x) for x in where_o), o, tuple(loads), mask, tuple(mask_loads))
   return nest
 
 def _walk(e:Expr):

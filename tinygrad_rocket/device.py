@@ -273,7 +273,7 @@ class NpuRunner:
     for c in prg.unpack: self.unpack.setdefault(c.dst, []).append((c, *c.indices()))
     self.inverse = {k: self._inverse(copies) for k, copies in self.unpack.items()}
     # an output select's fills: its other value, computed from the kernel's buffers at each call (they may change before
-    # the results are unpacked) and written after them; the cube does not hold those elements
+    # the results are unpacked) and written after them; the cube does not hold those elements (a mask's: any it may select)
     self.fills: dict[int, list] = {}
     for c in prg.fills:
       assert c.dst in self.unpack and c.src is None and c.fill is None and c.value is not None and c.value[0] == "intercept", c
@@ -406,13 +406,18 @@ class NpuRunner:
     if renew: dst.domain.written()
     return None
 
-  def _fill_values(self, c, lin, n:int, slot:dict[int, RocketBuffer]) -> np.ndarray:
-    """An output select's other value at its n points (a fill Copy's intercept, float64), rounded to the output dtype."""
+  def _fill(self, c, di:np.ndarray, lin, slot:dict[int, RocketBuffer]) -> tuple[np.ndarray, np.ndarray]:
+    """(points, values) an output select's fill Copy writes at this call: its other value (the Copy's intercept,
+    float64, rounded to the output dtype) at its points di, or at those where its stored bool mask selects it
+    (Copy.where: the mask's data of this call)."""
     def load(s:int, dtype:str, index) -> np.ndarray:
       self.dev.to_cpu(slot[s])
       return self._array(slot[s], dtype)[lin(index)].astype(np.float64)
-    raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0), (n,))
-    with np.errstate(all="ignore"): return raw.astype(c.dst_dtype)
+    raw = np.broadcast_to(eval_pexpr(c.value[1], load, 0.0), di.shape)
+    if c.where is not None:
+      sel = np.broadcast_to(eval_pexpr(c.where, load, 0.0), di.shape) != 0
+      di, raw = di[sel], raw[sel]
+    with np.errstate(all="ignore"): return di, raw.astype(c.dst_dtype)
 
   def _strided_pair(self, src_idx:np.ndarray, dst_idx:np.ndarray) -> tuple|None:
     """(src first, dst first, shape, src strides, dst strides) of a copy whose source and destination indices are
@@ -583,8 +588,9 @@ class NpuRunner:
         assert failed is not None
         return run(runner._reason_path(f"{GUARD_REASON if not failed.after else AFTER_GUARD_REASON}: {failed.what}"))
       runner = nxt
-    # an output select's other values are read from the kernel's buffers before any result is pending there
-    fills = [{k: tuple((di, r._fill_values(c, lin, len(di), slot), c.dst_dtype) for c, _, di, _, lin in fs) for k, fs in r.fills.items()}
+    # an output select's other values (and a stored bool mask's points) are read from the kernel's buffers before any
+    # result is pending there: an output that is also an operand is read as the call found it
+    fills = [{k: tuple((*r._fill(c, di, lin, slot), c.dst_dtype) for c, _, di, _, lin in fs) for k, fs in r.fills.items()}
              for r, slot, _, _ in parts]
     for (r, slot, bank, take), fl in zip(parts, fills): r._unpack(slot, bank, fl, take if len(parts) > 1 else None)
     if len(parts) == 1: report.kernel_ran(self.name, "npu", parts[0][0].prg.summary)

@@ -57,7 +57,8 @@ def _with_select(res:NpuProgram|NotApplicable, nest:LoopNest) -> NpuProgram|NotA
   if isinstance(res, NotApplicable): return NotApplicable(f"the kernel's computed part, where its output select writes it: {res.reason}")
   if isinstance(fills := select_fills(nest), str): return NotApplicable(fills)
   other = "constant" if not nest.select.loads else "computed from loads on the CPU"
-  return dataclasses.replace(res, fills=fills, summary=f"{res.summary} +output select ({other} elsewhere, {len(fills)} piece(s))")
+  where = "elsewhere" if nest.select.mask is None else "where a stored bool mask says"
+  return dataclasses.replace(res, fills=fills, summary=f"{res.summary} +output select ({other} {where}, {len(fills)} piece(s))")
 
 def _lower_nest(nest:LoopNest, ast:UOp) -> NpuProgram | NotApplicable:
   """The first rule's program, or why none applies."""

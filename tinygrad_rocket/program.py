@@ -50,6 +50,8 @@ PEXPR_OPS = {"ADD", "MUL", "NEG", "SUB", "RECIPROCAL", "SQRT", "EXP2", "LOG2", "
 # also evaluated, for the values an output select writes (rules/common.py select_fills): a leaky ReLU or clip there;
 # a comparison is 1.0 or 0.0, WHERE takes its first branch where the condition is not 0
 PEXPR_SELECT_OPS = PEXPR_OPS | {"WHERE", "CMPLT", "CMPNE"}
+# and for the points a mask of stored bools selects (Copy.where): 1.0 or 0.0 of operands read as bools (not 0)
+MASK_TAGS = {"AND": np.logical_and, "OR": np.logical_or, "XOR": np.logical_xor}
 
 def eval_pexpr(e:PExpr, load, acc:float) -> np.ndarray|float:
   """Evaluates e with the accumulator = acc; load(slot, dtype, Lin) returns the operand's values per point."""
@@ -72,6 +74,7 @@ def eval_pexpr(e:PExpr, load, acc:float) -> np.ndarray|float:
     if tag == "CMPLT": return np.less(x[0], x[1]).astype(np.float64)
     if tag == "CMPNE": return np.not_equal(x[0], x[1]).astype(np.float64)
     if tag == "WHERE": return np.where(np.asarray(x[0]) != 0, x[1], x[2])
+    if tag in MASK_TAGS: return MASK_TAGS[tag](np.asarray(x[0]) != 0, np.asarray(x[1]) != 0).astype(np.float64)
     if tag == "CAST": return np.asarray(x[0]).astype(e[1]).astype(np.float64) if e[1] in ("float32", "float16") else x[0]
   raise ValueError(f"unsupported epilogue op {tag}")
 
@@ -100,6 +103,8 @@ class Copy:
                                    # float32 operand is compared with: rules/elementwise.py COMPARE_F32)
   element: Lin|None = None         # unpacking: each point's element in the program's numbering (NpuProgram.elements),
                                    # so a call can unpack each element from the job of a window that holds it
+  where: PExpr|None = None         # an output select's fill: written only at the points where this is not 0 (a stored
+                                   # bool mask's load, or its NOT), evaluated at each call (device.py NpuRunner._fill)
 
   def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray|None, "Callable[[Lin], np.ndarray]"]:
     """(src element indices, dst element indices, validity mask or None, Lin -> per-point values), flat over the

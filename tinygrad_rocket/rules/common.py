@@ -154,7 +154,7 @@ def pexpr(e, index:Callable[[Affine], Lin]) -> PExpr:
   """An epilogue expression as a PExpr, each operand load at index(its affine index) over some Copy's values."""
   if isinstance(e, Reduce): return ("acc",)
   if isinstance(e, Const): return ("const", float(e.value))
-  if isinstance(e, Load): return ("load", e.slot, FLOATS[e.dtype], index(e.index))
+  if isinstance(e, Load): return ("load", e.slot, OPERANDS[e.dtype], index(e.index))
   return (e.op.name, FLOATS.get(e.dtype, "float64"), *(pexpr(s, index) for s in e.src))
 
 class Grid:
@@ -211,7 +211,8 @@ def select_fills(nest:LoopNest) -> tuple[Copy, ...]|str:
   piece of its region, or why they cannot. Over the kernel's own output loops (the grid coordinates), no source read:
   the value is evaluated in float64 from its operands and rounded once to the output dtype (a constant, -inf included,
   exactly), on the CPU at call time; the NPU program's results are written first, so these overwrite what it computed
-  where the select writes the other value (a causal mask's upper triangle)."""
+  where the select writes the other value (a causal mask's upper triangle). A select decided by a stored bool mask
+  (an attention padding mask) writes only where the mask, read at each call, selects the other value (Copy.where)."""
   sel = nest.select
   assert sel is not None
   if nest.out_dtype not in FLOATS: return f"an output select into {nest.out_dtype} (float32/float16 only)"
@@ -220,9 +221,15 @@ def select_fills(nest:LoopNest) -> tuple[Copy, ...]|str:
   for ld in sel.loads:
     if ld.dtype not in FLOATS: return f"the value outside an output select reads {ld.dtype} (float32/float16 only)"
     if ld.size < 0 or not ld.index.ranges() <= set(col): return "the value outside an output select reads a buffer of unknown size"
+  where: PExpr|None = None
+  if sel.mask is not None:   # the points a mask of stored bools selects, read at each call (Copy.where)
+    if any(ld.dtype != dtypes.bool or ld.size < 0 or not ld.index.ranges() <= set(col) for ld in sel.mask_loads):
+      return "an output select's mask is not stored bools over the output positions"
+    where = pexpr(sel.mask, lin)
+  reads = (*sel.loads, *sel.mask_loads)
   value = ("intercept", pexpr(sel.other, lin))
-  params = tuple(sorted({ld.slot for ld in sel.loads}))
+  params = tuple(sorted({ld.slot for ld in reads}))
   grid = tuple(n for _, n in sel.ranges)
   return tuple(Copy(None, "float64", nest.out_slot, FLOATS[nest.out_dtype], grid, (), Lin((0,)), lin(sel.out_index),
-                    tuple(Bound(lin(b.expr), b.lo, b.hi) for b in piece) + tuple(Bound(lin(ld.index), 0, ld.size) for ld in sel.loads),
-                    None, value, params) for piece in sel.region)
+                    tuple(Bound(lin(b.expr), b.lo, b.hi) for b in piece) + tuple(Bound(lin(ld.index), 0, ld.size) for ld in reads),
+                    None, value, params, where=where) for piece in sel.region)
