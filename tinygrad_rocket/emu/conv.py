@@ -336,7 +336,8 @@ def run(d:ConvDesc, mem:IovaSpace, cbuf:dict, need_window_sum:bool) -> ConvResul
     out = acc_all.reshape(oh * ow, d.out_c)[:, :K]
     def chunk(q0:int, q1:int) -> None:
       cols = _im2col(d, raw, q0, q1, C)
-      np.matmul(cols, wC, out=out[q0:q1])                   # (pixels, kernels), straight into the accumulator
+      # operands may be inf/NaN (fp16 values an earlier task computed for elements a later check discards): IEEE, quietly
+      with np.errstate(over="ignore", invalid="ignore"): np.matmul(cols, wC, out=out[q0:q1])   # (pixels, kernels), into the accumulator
       if S is not None: S.reshape(-1)[q0:q1] = cols.sum(axis=1)
     pixels = oh * ow
     parts = GEMM_PARTS if GEMM_PARTS > 1 and pixels * taps * d.channels * K >= GEMM_PARALLEL_MACS else 1
