@@ -24,7 +24,7 @@ def finite_fp16() -> np.ndarray:
 def partners(x:np.ndarray) -> dict[str, np.ndarray]:
   """For each x, the y values where a comparison could go wrong: itself, its fp16 neighbours (across 0: the smallest
   subnormals, and -0/+0), its negation and zeros of both signs."""
-  up, down = np.nextafter(x, np.float16(np.inf)), np.nextafter(x, np.float16(-np.inf))
+  with np.errstate(over="ignore"): up, down = np.nextafter(x, np.float16(np.inf)), np.nextafter(x, np.float16(-np.inf))   # +-65504 -> +-inf
   fin = lambda y: np.where(np.isfinite(y), y, x).astype(np.float16)   # 65504's upper neighbour is inf: itself instead
   return {"same": x.copy(), "up": fin(up), "down": fin(down), "neg": -x, "+0": np.zeros_like(x), "-0": -np.zeros_like(x)}
 

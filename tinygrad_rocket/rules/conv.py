@@ -544,7 +544,8 @@ def match(nest:LoopNest, agree:Callable[[Conv], bool]|None=None) -> tuple[Conv, 
     if nest.out_dtype not in FLOATS: return NotApplicable(f"output dtype {nest.out_dtype} (float32/float16 only)")
     e, relu, clip = relu_form(strip_cast(nest.value))
     if not relu and (lk := leaky_arg(e)) is not None and any(isinstance(x, Reduce) for x in walk(lk[0])):
-      if not np.isfinite(np.float16(lk[1])): return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
+      with np.errstate(over="ignore"): finite = bool(np.isfinite(np.float16(lk[1])))
+      if not finite: return NotApplicable(f"a leaky ReLU of slope {lk[1]} (not finite in fp16, the BS multiplier)")
       e, relu, leaky = strip_cast(lk[0]), lk[1] == 0, (lk[1] if lk[1] not in (0, 1) else None)
     if not isinstance(e, Reduce):
       reds = list(dict.fromkeys(x for x in walk(e) if isinstance(x, Reduce)))
