@@ -177,11 +177,8 @@ class Guard:
     hi = self.hi - GUARD_MARGIN * abs(self.hi) if math.isfinite(self.hi) else math.inf
     return element[~((v >= lo) & (v <= hi))]   # (NaN fails too)
 
-  def holds(self, mem:np.ndarray) -> bool: return not len(self.failing(mem))
-
   def mask(self, mem:np.ndarray, n:int) -> np.ndarray:
-    """Per element of a program with n of them (n = 1: the call as a whole) whether the check holds there: the same check
-    as holds(), per position."""
+    """Per element of a program with n of them (n = 1: the call as a whole) whether the check holds there (failing)."""
     bad = self.failing(mem)
     if self.first is None: return np.full(n, not len(bad))
     ok = np.ones(n, bool)

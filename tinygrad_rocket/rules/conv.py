@@ -745,7 +745,8 @@ def plan(s:ConvSpec) -> int|None|str:
 
 @dataclass(frozen=True)
 class ConvJob:
-  """A matched convolution's job before assembly (rules/conv_reduce.py appends tasks reading its output cube)."""
+  """A matched convolution's job before assembly (rules/conv_reduce.py appends tasks reading its output cube,
+  rules/conv_pair.py puts tasks writing its EW operand cube before it)."""
   tasks: list[regs.Task]
   pack: list[Copy]
   unpack: list[Copy]

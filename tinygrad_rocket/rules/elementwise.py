@@ -703,10 +703,11 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
       pack.append(Copy(None, "float64", B, "float16", g.grid, (), Lin((0,)), dst, (diag,), fill=None, value=("intercept", ("const", coeff))))
   neg_inf = _neg_inf_args(stages)
   def gather(ld:Load, t:int, off:int, si:int, fill:float|None=None) -> Copy:
-    """Load `ld` (read by stage si) over tile t's positions as an fp16 cube at byte `off` of slot A."""
+    """Load `ld` (read by stage si) over tile t's positions as an fp16 cube at byte `off` of slot A, with the checks and
+    stand-ins its stage asks for (COMPARE_F32, NEG_INF_ARG)."""
     g = lay.grid(t)
     c = replace(g.copy(ld, A, Lin((lay.height * 8, 8, 1), off // 2)),
-                fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0)
+                fill=fill if fill is not None else float(ld.pad) if ld.pad is not None else 0.0, distinct=dict(stages[si].distinct).get(ld))
     if (arg := neg_inf.get((si, ld))) is None: return c
     return replace(c, neg_inf=_neg_inf_standin(ld, arg, g.pexpr), params=tuple(sorted({x.slot for x, _ in arg.terms if x != ld})))
   tasks: list[list] = []
@@ -734,9 +735,7 @@ def emit_stages(sizes:dict[int, int], stages:list[Stage], lay:TileLayout, slots:
                               first=first(t)))
         continue
       for i, (ld, _) in enumerate(s.main.terms):   # source i: A channels 16*i + lane, surfaces 2i, 2i+1
-        if isinstance(ld, Load):   # (an int: its stage writes it)
-          cp = gather(ld, t, a_o + 2 * i * rows * 16, si)
-          pack.append(replace(cp, distinct=k) if (k := dict(s.distinct).get(ld)) is not None else cp)
+        if isinstance(ld, Load): pack.append(gather(ld, t, a_o + 2 * i * rows * 16, si))   # (an int: its stage writes it)
       if not s.main.terms:  # a constant stage: the CORE multiplies zeros
         g = Grid((a_f.c1, rows, a_f.c2), sizes, {})
         pack.append(Copy(None, "float64", A, "float16", g.grid, (), Lin((0,)), Lin((rows * a_f.c2, a_f.c2, 1), a_o // 2),
